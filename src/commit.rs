@@ -1,0 +1,240 @@
+//! Commit written files and Kafka offsets to the table in one Delta transaction.
+//!
+//! # The exactly-once invariant
+//!
+//! For every partition `p` this pipeline reads, the table holds a `txn` action
+//! `(<app_id>-<topic>-<p>, v)`: every record of `p` with offset `<= v` is accounted
+//! for in the table (as a row, or rejected and counted) and no record with offset
+//! `> v` is. Each commit moves `v` forward and adds exactly the rows in between, in
+//! the same atomic log entry.
+//!
+//! A commit is a compare-and-swap on each partition's `v`: the pipeline remembers
+//! the `v` it started its buffer from (`expected`); before committing it reloads the
+//! table and checks that `v` is still `expected`, and delta-rs' conflict checker
+//! rejects the commit if a concurrent commit that landed between that check and our
+//! write touched the same app id (`ConcurrentTransaction`). The log entry itself is
+//! written with S3 conditional put, so no two commits can claim one version.
+//!
+//! So when two workers hold the same partition (a rebalance they disagree about, a
+//! zombie after a network partition), at most one lands each range; the other sees
+//! [`CommitOutcome::Stale`], drops its buffer and rewinds to the table's offsets.
+//! Its uploaded files stay unreferenced until `vacuum` removes them.
+//!
+//! A commit whose outcome is unknown (the PUT landed but the response was lost) is
+//! retried; the retry finds `v == last` and reports [`CommitOutcome::AlreadyCommitted`]
+//! instead of writing the data twice.
+
+use std::time::{Duration, Instant};
+
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError};
+
+use crate::record::TopicPartition;
+use crate::table::{is_retryable, stored_offsets, txn_app_id};
+
+/// One partition's part of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCommit {
+    /// The partition.
+    pub tp: TopicPartition,
+    /// The offset the table must still hold for the commit to be valid.
+    pub expected: Option<i64>,
+    /// The last offset accounted for by this commit (becomes the stored offset).
+    pub last: i64,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The data and offsets landed as this table version.
+    Committed {
+        /// The new table version.
+        version: i64,
+    },
+    /// Every partition already held `last`: an earlier attempt whose response was
+    /// lost landed (or another worker wrote the same ranges). Nothing was written.
+    AlreadyCommitted,
+    /// Another writer moved these partitions' offsets; nothing was written.
+    Stale {
+        /// The partitions and the offsets the table now holds for them.
+        partitions: Vec<(TopicPartition, Option<i64>)>,
+    },
+}
+
+/// Errors that end a commit attempt for good.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// delta-rs failed with an error that retrying will not fix.
+    #[error("commit to table {uri} failed: {source}")]
+    Delta {
+        /// The table.
+        uri: String,
+        /// delta-rs' error.
+        #[source]
+        source: DeltaTableError,
+    },
+    /// Shutdown was requested while the commit was retrying.
+    #[error("commit to table {uri} abandoned at shutdown after {attempts} attempts: {last_error}")]
+    Abandoned {
+        /// The table.
+        uri: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last transient error.
+        last_error: String,
+    },
+}
+
+impl CommitError {
+    /// Whether a later attempt with the same data could succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CommitError::Delta { source, .. } => is_retryable(source),
+            CommitError::Abandoned { .. } => true,
+        }
+    }
+}
+
+/// Retry and backoff settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// delta-rs' own retries on version conflicts with non-overlapping commits.
+    pub max_conflict_retries: usize,
+    /// First backoff after a transient error.
+    pub initial_backoff: Duration,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+}
+
+/// A commit request: files already uploaded, and the offsets they account for.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    /// Add actions for the uploaded files.
+    pub adds: Vec<Add>,
+    /// One entry per partition touched.
+    pub partitions: Vec<PartitionCommit>,
+}
+
+/// Statistics of a finished commit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitStats {
+    /// Attempts, including the successful one.
+    pub attempts: u32,
+    /// Wall time from the first attempt to the outcome.
+    pub duration: Duration,
+}
+
+/// Commit `req` to `table`, retrying transient failures with exponential backoff
+/// until it lands, turns out stale, or `cancelled()` returns true.
+pub async fn commit(
+    table: &mut DeltaTable,
+    app_id: &str,
+    req: &CommitRequest,
+    policy: RetryPolicy,
+    cancelled: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<(CommitOutcome, CommitStats), CommitError> {
+    let start = Instant::now();
+    let uri = table.table_url().to_string();
+    let mut backoff = policy.initial_backoff;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match attempt(table, app_id, req, policy).await {
+            Ok(outcome) => {
+                return Ok((
+                    outcome,
+                    CommitStats {
+                        attempts,
+                        duration: start.elapsed(),
+                    },
+                ));
+            }
+            Err(source) if is_retryable(&source) => {
+                if cancelled() {
+                    return Err(CommitError::Abandoned {
+                        uri,
+                        attempts,
+                        last_error: source.to_string(),
+                    });
+                }
+                tracing::warn!(
+                    table = %uri, attempt = attempts, backoff_ms = backoff.as_millis() as u64,
+                    error = %source, "commit failed; retrying"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+            Err(source) => return Err(CommitError::Delta { uri, source }),
+        }
+    }
+}
+
+async fn attempt(
+    table: &mut DeltaTable,
+    app_id: &str,
+    req: &CommitRequest,
+    policy: RetryPolicy,
+) -> Result<CommitOutcome, DeltaTableError> {
+    loop {
+        table.update_state().await?;
+        let tps: Vec<TopicPartition> = req.partitions.iter().map(|p| p.tp.clone()).collect();
+        let stored = stored_offsets(table, app_id, &tps).await?;
+        if req
+            .partitions
+            .iter()
+            .all(|p| stored.get(&p.tp).copied().flatten() == Some(p.last))
+        {
+            return Ok(CommitOutcome::AlreadyCommitted);
+        }
+        let stale: Vec<(TopicPartition, Option<i64>)> = req
+            .partitions
+            .iter()
+            .filter_map(|p| {
+                let now = stored.get(&p.tp).copied().flatten();
+                (now != p.expected).then(|| (p.tp.clone(), now))
+            })
+            .collect();
+        if !stale.is_empty() {
+            return Ok(CommitOutcome::Stale { partitions: stale });
+        }
+
+        let snapshot = table.snapshot()?;
+        let partition_cols: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: (!partition_cols.is_empty()).then_some(partition_cols),
+            predicate: None,
+        };
+        let txns = req
+            .partitions
+            .iter()
+            .map(|p| Transaction::new(txn_app_id(app_id, &p.tp), p.last))
+            .collect();
+        let properties = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_max_retries(policy.max_conflict_retries);
+        let result = CommitBuilder::from(properties)
+            .with_actions(req.adds.iter().cloned().map(Action::Add).collect())
+            .build(Some(snapshot), table.log_store(), operation)
+            .await;
+        match result {
+            Ok(finalized) => return Ok(CommitOutcome::Committed {
+                version: finalized.version() as i64,
+            }),
+            // A concurrent commit touched one of our app ids: loop to re-read the
+            // offsets, which will report the partitions as stale.
+            Err(DeltaTableError::Transaction {
+                source:
+                    TransactionError::CommitConflict(
+                        c @ deltalake::kernel::transaction::CommitConflictError::ConcurrentTransaction,
+                    ),
+            }) => {
+                tracing::info!(error = %c, "concurrent commit on one of our partitions; re-checking offsets");
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,1054 @@
+//! Configuration: the TOML file as written by the operator ([`RawConfig`]) and the
+//! validated, typed form every other module consumes ([`Config`]).
+//!
+//! Loading is two steps, so that nothing starts on a config that cannot work:
+//!
+//! 1. [`RawConfig::parse`] deserializes TOML with unknown keys rejected, after
+//!    `${NAME}` references have been expanded from an environment lookup the caller
+//!    supplies (the library never reads the process environment itself; `main.rs`
+//!    passes `std::env::var`).
+//! 2. [`RawConfig::validate`] checks every value and resolves defaults, returning a
+//!    [`Config`] or a [`ConfigError`] that names the key and says what to fix.
+//!
+//! See `examples/config/` and README.md for a complete, commented example.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+use url::Url;
+
+use crate::secret::Secret;
+
+/// Errors found while loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named on the command line.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped keys.
+    #[error("invalid config{}: {message}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Parse {
+        /// The file, when known.
+        path: Option<PathBuf>,
+        /// The TOML parser's message, which points at the line and key.
+        message: String,
+    },
+    /// A `${NAME}` reference names an environment variable that is not set.
+    #[error(
+        "config references environment variable ${{{name}}}, which is not set: export it or replace the reference"
+    )]
+    MissingEnv {
+        /// The variable name.
+        name: String,
+    },
+    /// A value is present but unusable.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The table schema file could not be read or parsed.
+    #[error("table schema file {path}: {message}")]
+    Schema {
+        /// The schema file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw form: exactly what the TOML file says.
+// ---------------------------------------------------------------------------
+
+/// The configuration file as written. Every section rejects unknown keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Identifies this pipeline. Stored offsets live under txn app ids
+    /// `<app_id>-<topic>-<partition>`: two pipelines with different ids never see each
+    /// other's offsets, so changing it re-reads the topic from `auto_offset_reset`.
+    pub app_id: String,
+    /// Kafka source settings.
+    pub kafka: RawKafka,
+    /// Destination table settings.
+    pub table: RawTable,
+    /// Object store settings (S3 endpoint, region, credentials).
+    #[serde(default)]
+    pub storage: RawStorage,
+    /// When buffered records are written and committed.
+    #[serde(default)]
+    pub flush: RawFlush,
+    /// Delta commit behaviour.
+    #[serde(default)]
+    pub commit: RawCommit,
+    /// Record decoding.
+    #[serde(default)]
+    pub decode: RawDecode,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// `bootstrap.servers`, comma separated.
+    pub brokers: String,
+    /// Consumer group id; defaults to the `app_id`.
+    pub group_id: Option<String>,
+    /// Topics to read (exclusive with `topic_pattern`).
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// A regular expression over topic names (exclusive with `topics`).
+    pub topic_pattern: Option<String>,
+    /// Where to start a partition with no offset stored in the table.
+    #[serde(default)]
+    pub auto_offset_reset: OffsetReset,
+    /// librdkafka properties passed through verbatim (e.g. `session.timeout.ms`,
+    /// `security.protocol`, `sasl.username`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Maximum records handed from the poll thread to the pipeline in one chunk.
+    pub max_chunk_records: Option<usize>,
+    /// Chunks queued between the poll thread and the pipeline before the poll thread
+    /// pauses its partitions.
+    pub channel_capacity: Option<usize>,
+}
+
+/// Where a partition starts when the table holds no offset for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// The oldest retained record.
+    #[default]
+    Earliest,
+    /// Only records produced from now on.
+    Latest,
+}
+
+/// `[table]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    /// `s3://bucket/prefix`, `file:///abs/path` or a plain local path.
+    pub uri: String,
+    /// A Delta/Spark schema JSON file (`{"type":"struct","fields":[...]}`, as printed
+    /// by Spark's `df.schema.json()`), relative to the config file.
+    pub schema_file: PathBuf,
+    /// Partition columns, used when the table is created.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// `snappy` (default), `zstd`, `zstd(LEVEL)`, `lz4` or `uncompressed`.
+    pub compression: Option<String>,
+    /// Delta table properties set when the table is created
+    /// (e.g. `delta.logRetentionDuration`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Kafka metadata columns added to every row.
+    #[serde(default)]
+    pub metadata_columns: RawMetadataColumns,
+    /// Maximum rows per Parquet row group.
+    pub row_group_rows: Option<usize>,
+}
+
+/// `[table.metadata_columns]`: the column name for each Kafka attribute to store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetadataColumns {
+    /// Topic name (string).
+    pub topic: Option<String>,
+    /// Partition number (int).
+    pub partition: Option<String>,
+    /// Offset (long).
+    pub offset: Option<String>,
+    /// Record timestamp (timestamp, UTC, microseconds).
+    pub timestamp: Option<String>,
+    /// Record key (binary).
+    pub key: Option<String>,
+    /// Record headers (array of struct<key: string, value: binary>).
+    pub headers: Option<String>,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// S3 endpoint URL for S3-compatible servers; AWS when absent.
+    pub endpoint: Option<String>,
+    /// AWS region.
+    pub region: Option<String>,
+    /// Allow `http://` endpoints.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Use path-style addressing (`endpoint/bucket/key`), needed by most
+    /// S3-compatible servers.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Static access key; when absent the standard AWS credential chain is used.
+    pub access_key_id: Option<String>,
+    /// Static secret key (use `${AWS_SECRET_ACCESS_KEY}` rather than a literal).
+    pub secret_access_key: Option<Secret>,
+    /// Session token for temporary credentials.
+    pub session_token: Option<Secret>,
+    /// Further object-store options passed through to delta-rs verbatim.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// `[flush]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlush {
+    /// Commit once this many rows are buffered.
+    pub max_rows: Option<u64>,
+    /// Commit once the Parquet written so far reaches this size (e.g. `"128 MiB"`).
+    pub max_bytes: Option<ByteSize>,
+    /// Commit at most this long after the first buffered record (e.g. `"30s"`),
+    /// whether or not more records arrive.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+}
+
+/// `[commit]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommit {
+    /// Delta conflict retries for concurrent, non-overlapping appends.
+    pub max_conflict_retries: Option<usize>,
+    /// Longest wait between retries of a failing commit (e.g. `"30s"`).
+    #[serde(default, with = "humantime_serde")]
+    pub max_backoff: Option<Duration>,
+}
+
+/// `[decode]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecode {
+    /// Record value format. Only `json` today.
+    pub format: Option<String>,
+    /// What to do with a record that cannot be decoded.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// Policy for records that cannot be decoded or violate the schema.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Count and log the record with its reason; its offset counts as processed.
+    #[default]
+    Skip,
+    /// Stop the pipeline with an error naming the record.
+    Fail,
+}
+
+// ---------------------------------------------------------------------------
+// Validated form.
+// ---------------------------------------------------------------------------
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// See [`RawConfig::app_id`].
+    pub app_id: String,
+    /// Kafka source.
+    pub kafka: KafkaConfig,
+    /// Destination table.
+    pub table: TableConfig,
+    /// Object-store options handed to delta-rs.
+    pub storage: StorageConfig,
+    /// Flush policy.
+    pub flush: FlushPolicy,
+    /// Commit behaviour.
+    pub commit: CommitConfig,
+    /// Decoding.
+    pub decode: DecodeConfig,
+}
+
+/// Validated `[kafka]`.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// What to subscribe to.
+    pub subscription: Subscription,
+    /// Start position for partitions without a stored offset.
+    pub auto_offset_reset: OffsetReset,
+    /// librdkafka properties, secrets included (never logged).
+    pub properties: BTreeMap<String, Secret>,
+    /// Records per chunk from the poll thread.
+    pub max_chunk_records: usize,
+    /// Chunks queued before the poll thread pauses.
+    pub channel_capacity: usize,
+}
+
+/// The topics a pipeline reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    /// A fixed list.
+    Topics(Vec<String>),
+    /// A regular expression (librdkafka syntax, anchored with `^`).
+    Pattern(String),
+}
+
+impl Subscription {
+    /// The strings handed to `subscribe`.
+    pub fn as_subscribe_args(&self) -> Vec<String> {
+        match self {
+            Subscription::Topics(t) => t.clone(),
+            Subscription::Pattern(p) => vec![p.clone()],
+        }
+    }
+}
+
+/// Validated `[table]`.
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    /// Normalized table URL.
+    pub uri: Url,
+    /// The record schema (without metadata columns).
+    pub schema: deltalake::kernel::StructType,
+    /// Where the schema came from, for messages.
+    pub schema_path: PathBuf,
+    /// Partition columns for table creation.
+    pub partition_by: Vec<String>,
+    /// Parquet compression.
+    pub compression: Compression,
+    /// Table properties for creation.
+    pub properties: BTreeMap<String, String>,
+    /// Metadata columns.
+    pub metadata_columns: MetadataColumns,
+    /// Rows per row group.
+    pub row_group_rows: usize,
+}
+
+/// Parquet compression codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Snappy (fast, the Spark default).
+    Snappy,
+    /// Zstandard at a level (smaller files, similar speed at low levels).
+    Zstd(i32),
+    /// LZ4 (raw).
+    Lz4,
+    /// No compression.
+    Uncompressed,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "snappy" => Ok(Self::Snappy),
+            "zstd" => Ok(Self::Zstd(3)),
+            "lz4" => Ok(Self::Lz4),
+            "uncompressed" | "none" => Ok(Self::Uncompressed),
+            other => {
+                if let Some(level) = other
+                    .strip_prefix("zstd(")
+                    .and_then(|r| r.strip_suffix(')'))
+                {
+                    let level: i32 = level
+                        .parse()
+                        .map_err(|_| format!("zstd level `{level}` is not a number"))?;
+                    if !(1..=22).contains(&level) {
+                        return Err(format!("zstd level {level} is outside 1..=22"));
+                    }
+                    Ok(Self::Zstd(level))
+                } else {
+                    Err(format!(
+                        "unknown compression `{other}`: use snappy, zstd, zstd(LEVEL), lz4 or uncompressed"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Names of the Kafka metadata columns to add; `None` leaves a column out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataColumns {
+    /// Topic column.
+    pub topic: Option<String>,
+    /// Partition column.
+    pub partition: Option<String>,
+    /// Offset column.
+    pub offset: Option<String>,
+    /// Timestamp column.
+    pub timestamp: Option<String>,
+    /// Key column.
+    pub key: Option<String>,
+    /// Headers column.
+    pub headers: Option<String>,
+}
+
+impl MetadataColumns {
+    /// The configured names, in column order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.topic,
+            &self.partition,
+            &self.offset,
+            &self.timestamp,
+            &self.key,
+            &self.headers,
+        ]
+        .into_iter()
+        .filter_map(|c| c.as_deref())
+    }
+}
+
+/// Object-store options for delta-rs.
+#[derive(Clone, Default)]
+pub struct StorageConfig {
+    /// Key/value options understood by delta-rs' object stores.
+    pub options: BTreeMap<String, Secret>,
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.options.iter()).finish()
+    }
+}
+
+impl StorageConfig {
+    /// The options in the form delta-rs takes.
+    pub fn to_options(&self) -> std::collections::HashMap<String, String> {
+        self.options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect()
+    }
+}
+
+/// When to write and commit buffered records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPolicy {
+    /// Rows.
+    pub max_rows: u64,
+    /// Encoded Parquet bytes.
+    pub max_bytes: u64,
+    /// Age of the oldest buffered record.
+    pub max_age: Duration,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        Self {
+            max_rows: 1_000_000,
+            max_bytes: 128 * 1024 * 1024,
+            max_age: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Validated `[commit]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitConfig {
+    /// delta-rs conflict retries.
+    pub max_conflict_retries: usize,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+}
+
+/// Validated `[decode]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeConfig {
+    /// Bad-record policy.
+    pub on_error: OnError,
+}
+
+impl RawConfig {
+    /// Parse TOML text, expanding `${NAME}` from `env` first. `$${` escapes a literal `${`.
+    pub fn parse(
+        text: &str,
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let expanded = expand_env(text, env)?;
+        toml::from_str(&expanded).map_err(|e| ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            message: e.to_string(),
+        })
+    }
+
+    /// Read and parse a file. Relative paths inside it resolve against its directory.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut raw = Self::parse(&text, Some(path), env)?;
+        if raw.table.schema_file.is_relative() {
+            if let Some(dir) = path.parent() {
+                raw.table.schema_file = dir.join(&raw.table.schema_file);
+            }
+        }
+        Ok(raw)
+    }
+
+    /// Check every value, read the schema file, and resolve defaults.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let app_id = self.app_id.trim().to_owned();
+        if app_id.is_empty() {
+            return Err(ConfigError::invalid("app_id", "must not be empty"));
+        }
+        if !app_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(ConfigError::invalid(
+                "app_id",
+                format!("`{app_id}` may only contain letters, digits, '-', '_' and '.'"),
+            ));
+        }
+        let kafka = validate_kafka(self.kafka, &app_id)?;
+        let table = validate_table(self.table)?;
+        let storage = validate_storage(self.storage, &table.uri)?;
+        let defaults = FlushPolicy::default();
+        let flush = FlushPolicy {
+            max_rows: self.flush.max_rows.unwrap_or(defaults.max_rows),
+            max_bytes: self
+                .flush
+                .max_bytes
+                .map(|b| b.as_u64())
+                .unwrap_or(defaults.max_bytes),
+            max_age: self.flush.max_age.unwrap_or(defaults.max_age),
+        };
+        if flush.max_rows == 0 {
+            return Err(ConfigError::invalid("flush.max_rows", "must be at least 1"));
+        }
+        if flush.max_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "flush.max_bytes",
+                "must be at least 1 KiB",
+            ));
+        }
+        if flush.max_age < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "flush.max_age",
+                "must be at least 100ms; a commit per few records floods the Delta log",
+            ));
+        }
+        let commit = CommitConfig {
+            max_conflict_retries: self.commit.max_conflict_retries.unwrap_or(100),
+            max_backoff: self.commit.max_backoff.unwrap_or(Duration::from_secs(30)),
+        };
+        if commit.max_backoff < Duration::from_millis(10) {
+            return Err(ConfigError::invalid(
+                "commit.max_backoff",
+                "must be at least 10ms",
+            ));
+        }
+        match self.decode.format.as_deref().unwrap_or("json") {
+            "json" => {}
+            other => {
+                return Err(ConfigError::invalid(
+                    "decode.format",
+                    format!("unsupported format `{other}`: use `json`"),
+                ));
+            }
+        }
+        Ok(Config {
+            app_id,
+            kafka,
+            table,
+            storage,
+            flush,
+            commit,
+            decode: DecodeConfig {
+                on_error: self.decode.on_error,
+            },
+        })
+    }
+}
+
+/// librdkafka properties tributary sets itself; overriding them would break the
+/// exactly-once protocol.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+];
+
+fn validate_kafka(raw: RawKafka, app_id: &str) -> Result<KafkaConfig, ConfigError> {
+    if raw.brokers.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "kafka.brokers",
+            "must list at least one host:port",
+        ));
+    }
+    for broker in raw.brokers.split(',') {
+        let broker = broker.trim();
+        let port_ok = broker
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(ConfigError::invalid(
+                "kafka.brokers",
+                format!("`{broker}` is not host:port"),
+            ));
+        }
+    }
+    let subscription = match (raw.topics.is_empty(), raw.topic_pattern) {
+        (false, None) => {
+            if let Some(bad) = raw.topics.iter().find(|t| !valid_topic_name(t)) {
+                return Err(ConfigError::invalid(
+                    "kafka.topics",
+                    format!("`{bad}` is not a valid Kafka topic name"),
+                ));
+            }
+            Subscription::Topics(raw.topics)
+        }
+        (true, Some(pattern)) => {
+            let anchored = if pattern.starts_with('^') {
+                pattern
+            } else {
+                format!("^{pattern}")
+            };
+            Subscription::Pattern(anchored)
+        }
+        (true, None) => {
+            return Err(ConfigError::invalid(
+                "kafka.topics",
+                "set `topics = [...]` or `topic_pattern = \"...\"`",
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "kafka.topic_pattern",
+                "set either `topics` or `topic_pattern`, not both",
+            ));
+        }
+    };
+    if let Some(key) = raw
+        .properties
+        .keys()
+        .find(|k| RESERVED_KAFKA_PROPERTIES.contains(&k.as_str()))
+    {
+        return Err(ConfigError::invalid(
+            "kafka.properties",
+            format!(
+                "`{key}` is managed by tributary; use the [kafka] keys (brokers, group_id, auto_offset_reset) instead"
+            ),
+        ));
+    }
+    let group_id = raw.group_id.unwrap_or_else(|| app_id.to_owned());
+    if group_id.trim().is_empty() {
+        return Err(ConfigError::invalid("kafka.group_id", "must not be empty"));
+    }
+    let max_chunk_records = raw.max_chunk_records.unwrap_or(4096);
+    if max_chunk_records == 0 {
+        return Err(ConfigError::invalid(
+            "kafka.max_chunk_records",
+            "must be at least 1",
+        ));
+    }
+    let channel_capacity = raw.channel_capacity.unwrap_or(16);
+    if channel_capacity == 0 {
+        return Err(ConfigError::invalid(
+            "kafka.channel_capacity",
+            "must be at least 1",
+        ));
+    }
+    Ok(KafkaConfig {
+        brokers: raw.brokers,
+        group_id,
+        subscription,
+        auto_offset_reset: raw.auto_offset_reset,
+        properties: raw
+            .properties
+            .into_iter()
+            .map(|(k, v)| (k, Secret::new(v)))
+            .collect(),
+        max_chunk_records,
+        channel_capacity,
+    })
+}
+
+fn valid_topic_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
+    let uri = parse_table_uri(&raw.uri)?;
+    let text = std::fs::read_to_string(&raw.schema_file).map_err(|e| ConfigError::Schema {
+        path: raw.schema_file.clone(),
+        message: e.to_string(),
+    })?;
+    let schema = crate::schema::parse_schema_json(&text).map_err(|e| ConfigError::Schema {
+        path: raw.schema_file.clone(),
+        message: e.to_string(),
+    })?;
+    let compression = raw
+        .compression
+        .as_deref()
+        .unwrap_or("snappy")
+        .parse::<Compression>()
+        .map_err(|m| ConfigError::invalid("table.compression", m))?;
+    let m = raw.metadata_columns;
+    let metadata_columns = MetadataColumns {
+        topic: m.topic,
+        partition: m.partition,
+        offset: m.offset,
+        timestamp: m.timestamp,
+        key: m.key,
+        headers: m.headers,
+    };
+    let mut seen = std::collections::HashSet::new();
+    for name in metadata_columns.names() {
+        if name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "table.metadata_columns",
+                "column names must not be empty",
+            ));
+        }
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Err(ConfigError::invalid(
+                "table.metadata_columns",
+                format!("column `{name}` is named twice"),
+            ));
+        }
+        if schema
+            .fields()
+            .any(|f| f.name().eq_ignore_ascii_case(name))
+        {
+            return Err(ConfigError::invalid(
+                "table.metadata_columns",
+                format!("`{name}` is already a field of the record schema; pick another name"),
+            ));
+        }
+    }
+    for col in &raw.partition_by {
+        let in_schema = schema.fields().any(|f| f.name() == col);
+        let in_meta = metadata_columns.names().any(|n| n == col);
+        if !in_schema && !in_meta {
+            return Err(ConfigError::invalid(
+                "table.partition_by",
+                format!("`{col}` is not a column of the schema or a metadata column"),
+            ));
+        }
+    }
+    let row_group_rows = raw.row_group_rows.unwrap_or(128 * 1024);
+    if row_group_rows < 1024 {
+        return Err(ConfigError::invalid(
+            "table.row_group_rows",
+            "must be at least 1024",
+        ));
+    }
+    Ok(TableConfig {
+        uri,
+        schema,
+        schema_path: raw.schema_file,
+        partition_by: raw.partition_by,
+        compression,
+        properties: raw.properties,
+        metadata_columns,
+        row_group_rows,
+    })
+}
+
+/// Accepts `s3://bucket/prefix`, `s3a://`, `file:///abs` and plain local paths
+/// (made absolute against the current directory).
+pub fn parse_table_uri(raw: &str) -> Result<Url, ConfigError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(ConfigError::invalid("table.uri", "must not be empty"));
+    }
+    if raw.contains("://") {
+        let url = Url::parse(raw)
+            .map_err(|e| ConfigError::invalid("table.uri", format!("`{raw}`: {e}")))?;
+        match url.scheme() {
+            "s3" | "s3a" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(ConfigError::invalid(
+                        "table.uri",
+                        format!("`{raw}` has no bucket: write s3://BUCKET/PATH"),
+                    ));
+                }
+                Ok(url)
+            }
+            "file" | "memory" => Ok(url),
+            other => Err(ConfigError::invalid(
+                "table.uri",
+                format!("unsupported scheme `{other}`: use s3:// or file://"),
+            )),
+        }
+    } else {
+        let path = Path::new(raw);
+        let abs = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| ConfigError::invalid("table.uri", e.to_string()))?
+                .join(path)
+        };
+        Url::from_directory_path(&abs).map_err(|()| {
+            ConfigError::invalid("table.uri", format!("`{raw}` is not a usable local path"))
+        })
+    }
+}
+
+fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigError> {
+    let mut options: BTreeMap<String, Secret> = BTreeMap::new();
+    let is_s3 = matches!(uri.scheme(), "s3" | "s3a");
+    let mut set = |k: &str, v: String| {
+        options.insert(k.to_owned(), Secret::new(v));
+    };
+    if let Some(endpoint) = raw.endpoint {
+        let parsed = Url::parse(&endpoint).map_err(|e| {
+            ConfigError::invalid("storage.endpoint", format!("`{endpoint}`: {e}"))
+        })?;
+        if parsed.scheme() == "http" && !raw.allow_http {
+            return Err(ConfigError::invalid(
+                "storage.endpoint",
+                format!("`{endpoint}` is plain http: set `allow_http = true` to permit it"),
+            ));
+        }
+        set("aws_endpoint_url", endpoint);
+    }
+    if let Some(region) = raw.region {
+        set("aws_region", region);
+    }
+    if raw.allow_http {
+        set("aws_allow_http", "true".into());
+    }
+    if raw.path_style {
+        set("aws_virtual_hosted_style_request", "false".into());
+    }
+    match (raw.access_key_id, raw.secret_access_key) {
+        (Some(id), Some(secret)) => {
+            set("aws_access_key_id", id);
+            set("aws_secret_access_key", secret.expose().to_owned());
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ConfigError::invalid(
+                "storage.access_key_id",
+                "set both access_key_id and secret_access_key, or neither to use the AWS credential chain",
+            ));
+        }
+    }
+    if let Some(token) = raw.session_token {
+        set("aws_session_token", token.expose().to_owned());
+    }
+    if is_s3 {
+        // Conditional put (If-None-Match) is what makes concurrent writers safe
+        // without a lock service; refuse configs that would switch it off.
+        if let Some(v) = raw.options.get("aws_conditional_put") {
+            if v != "etag" {
+                return Err(ConfigError::invalid(
+                    "storage.options",
+                    "aws_conditional_put must stay `etag`: concurrent writers rely on it",
+                ));
+            }
+        }
+        if raw.options.contains_key("AWS_S3_LOCKING_PROVIDER")
+            || raw.options.contains_key("aws_s3_locking_provider")
+        {
+            return Err(ConfigError::invalid(
+                "storage.options",
+                "a locking provider is not needed: S3 conditional put orders commits",
+            ));
+        }
+        set("aws_conditional_put", "etag".into());
+    }
+    for (k, v) in raw.options {
+        options.insert(k, Secret::new(v));
+    }
+    Ok(StorageConfig { options })
+}
+
+/// Expand `${NAME}` references. `$${` is a literal `${`.
+fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let end = tail.find('}').ok_or_else(|| ConfigError::Parse {
+                path: None,
+                message: "unterminated `${` in config".into(),
+            })?;
+            let name = &tail[..end];
+            let value = env(name).ok_or_else(|| ConfigError::MissingEnv {
+                name: name.to_owned(),
+            })?;
+            // Escape for a TOML basic string: values land inside quotes.
+            for c in value.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const MINIMAL: &str = r#"
+app_id = "orders"
+[kafka]
+brokers = "127.0.0.1:9092"
+topics = ["orders"]
+[table]
+uri = "s3://bucket/orders"
+schema_file = "SCHEMA"
+"#;
+
+    fn schema_file() -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            f.path(),
+            r#"{"type":"struct","fields":[{"name":"id","type":"long","nullable":false,"metadata":{}}]}"#,
+        )
+        .unwrap();
+        f
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let f = schema_file();
+        let text = text.replace("SCHEMA", f.path().to_str().unwrap());
+        RawConfig::parse(&text, None, &no_env)?.validate()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.kafka.group_id, "orders");
+        assert_eq!(c.flush, FlushPolicy::default());
+        assert_eq!(c.table.compression, Compression::Snappy);
+        assert_eq!(
+            c.storage.options.get("aws_conditional_put").unwrap().expose(),
+            "etag"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = parse(&MINIMAL.replace("[table]", "[table]\nurl = \"x\"")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `url`"), "{err}");
+    }
+
+    #[test]
+    fn env_references_expand_and_missing_ones_fail() {
+        let env = |k: &str| (k == "BROKERS").then(|| "10.0.0.1:9093".to_owned());
+        let f = schema_file();
+        let text = MINIMAL
+            .replace("127.0.0.1:9092", "${BROKERS}")
+            .replace("SCHEMA", f.path().to_str().unwrap());
+        let c = RawConfig::parse(&text, None, &env)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(c.kafka.brokers, "10.0.0.1:9093");
+        let err = RawConfig::parse(&text, None, &no_env).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingEnv { ref name } if name == "BROKERS"));
+        assert_eq!(expand_env("a $${b} $c", &no_env).unwrap(), "a ${b} $c");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (MINIMAL.replace("127.0.0.1:9092", "nohost"), "kafka.brokers"),
+            (
+                MINIMAL.replace("topics = [\"orders\"]", ""),
+                "kafka.topics",
+            ),
+            (
+                MINIMAL.replace("s3://bucket/orders", "ftp://x/y"),
+                "table.uri",
+            ),
+            (
+                MINIMAL.replace("s3://bucket/orders", "s3:///orders"),
+                "table.uri",
+            ),
+            (
+                format!("{MINIMAL}\n[kafka.properties]\n\"group.id\" = \"x\""),
+                "kafka.properties",
+            ),
+            (
+                format!("{MINIMAL}compression = \"zstd(99)\""),
+                "table.compression",
+            ),
+            (
+                format!("{MINIMAL}[flush]\nmax_age = \"1ms\""),
+                "flush.max_age",
+            ),
+            (
+                format!("{MINIMAL}[storage]\nendpoint = \"http://127.0.0.1:1\""),
+                "storage.endpoint",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(
+                err.to_string().contains(key),
+                "expected error naming {key}, got: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn compression_parses() {
+        assert_eq!("zstd(1)".parse::<Compression>(), Ok(Compression::Zstd(1)));
+        assert_eq!("ZSTD".parse::<Compression>(), Ok(Compression::Zstd(3)));
+        assert!("gzip".parse::<Compression>().is_err());
+    }
+
+    #[test]
+    fn local_paths_become_file_urls() {
+        let u = parse_table_uri("/tmp/some/table").unwrap();
+        assert_eq!(u.as_str(), "file:///tmp/some/table/");
+    }
+}

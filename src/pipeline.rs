@@ -1,0 +1,760 @@
+//! The ingest daemon's event loop: records in, Parquet out, one Delta commit per
+//! flush window with the offsets it accounts for.
+//!
+//! ```text
+//!  kafka-poll thread          pipeline task                         commit task
+//!  ─────────────────          ─────────────                         ───────────
+//!  poll ─▶ RecordChunk ─▶ epoch/dup filter ─▶ decode ─▶ window ─▶ flush files
+//!  rebalance ─▶ event  ─▶ read table offsets / commit on revoke       │
+//!  seek ◀── rewind ◀────────────────────────── stale / failed ◀── txn commit (CAS)
+//!  commit group offsets ◀───────────────────── committed ◀────────────┘
+//! ```
+//!
+//! # Guarantees
+//!
+//! - A record is in the table at most once: per partition the pipeline drops records
+//!   at or below the offset it has accounted for, tags records with the epoch of the
+//!   assignment or seek they came from, and commits with a compare-and-swap on the
+//!   stored offsets (see [`crate::commit`]).
+//! - A record is in the table at least once (or counted as rejected): offsets only
+//!   advance in the commit that carries the record's row, and anything not committed
+//!   is read again from the table's offset after a restart, rebalance or rewind.
+//! - One commit is in flight at a time, so a partition's offsets are committed in
+//!   order. While it runs, the next window fills; when that one is due too, the
+//!   pipeline stops taking chunks and the poll thread pauses its partitions.
+//!
+//! # Failures
+//!
+//! A failed upload or a lost commit race aborts the open window and *rewinds*: every
+//! assigned partition seeks back to the offset stored in the table and continues from
+//! there, after a backoff when storage is failing. Nothing is lost; the work since
+//! the last commit is redone. Non-transient errors (a table whose schema no longer
+//! fits, a rejected record in strict mode) stop the daemon with an error.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError};
+use tokio::task::JoinHandle;
+
+use crate::commit::{
+    self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
+};
+use crate::config::{Config, OnError};
+use crate::decode::{DecodeError, JsonDecoder};
+use crate::record::{RecordChunk, TopicPartition};
+use crate::source::{
+    AssignReply, Source, SourceChannels, SourceCommand, SourceError, SourceEvent, StartAt,
+};
+use crate::stats::PipelineStats;
+use crate::table::{self, TableError};
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The table could not be opened or created.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// The Kafka consumer failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The decoder could not be built.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A record was rejected and `decode.on_error = "fail"`.
+    #[error(
+        "record {tp} offset {offset} rejected: {reason} (decode.on_error = \"fail\"; set it to \"skip\" to count and skip such records)"
+    )]
+    Rejected {
+        /// The partition.
+        tp: TopicPartition,
+        /// The record's offset.
+        offset: i64,
+        /// Why.
+        reason: String,
+    },
+    /// Writing Parquet failed in a way retrying will not fix.
+    #[error("writing to table {uri} failed: {source}")]
+    Write {
+        /// The table.
+        uri: String,
+        /// delta-rs' error.
+        #[source]
+        source: DeltaTableError,
+    },
+    /// A commit failed in a way retrying will not fix.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// The poll thread stopped unexpectedly.
+    #[error("the kafka poll thread stopped: {0}")]
+    SourceStopped(String),
+}
+
+/// Knobs that are not part of the config file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// How long shutdown may spend committing what is buffered before abandoning it
+    /// (it is then re-read on the next start).
+    pub shutdown_grace: Duration,
+    /// How long a revoke may spend committing before the buffer is dropped instead.
+    pub revoke_commit_timeout: Duration,
+    /// First retry delay after a storage failure.
+    pub initial_backoff: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(60),
+            revoke_commit_timeout: Duration::from_secs(30),
+            initial_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What a run did, returned at clean shutdown.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Records accounted for.
+    pub records: u64,
+    /// Rows committed.
+    pub rows: u64,
+    /// Records rejected.
+    pub rejected: u64,
+    /// Commits made.
+    pub commits: u64,
+}
+
+/// Run the ingest daemon until `shutdown` resolves, then commit what is buffered,
+/// leave the consumer group and return.
+pub async fn run(
+    cfg: Config,
+    stats: Arc<PipelineStats>,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunSummary, PipelineError> {
+    let cfg = Arc::new(cfg);
+    let opened = table::open_or_create(&cfg.table, &cfg.storage).await?;
+    tracing::info!(
+        table = %cfg.table.uri,
+        created = opened.created,
+        version = opened.table.version().map_or(-1, |v| v as i64),
+        "table open"
+    );
+    let decoder = JsonDecoder::new(opened.schema.clone(), cfg.kafka.max_chunk_records)?;
+    let (source, channels) = Source::start(&cfg.kafka)?;
+    let props = table::writer_properties(cfg.table.compression, cfg.table.row_group_rows);
+    let mut pipeline = Pipeline {
+        policy: RetryPolicy {
+            max_conflict_retries: cfg.commit.max_conflict_retries,
+            initial_backoff: options.initial_backoff,
+            max_backoff: cfg.commit.max_backoff,
+        },
+        backoff: options.initial_backoff,
+        options,
+        cfg,
+        stats,
+        table: opened.table,
+        decoder,
+        props,
+        parts: HashMap::new(),
+        window: Window::default(),
+        inflight: None,
+        source: Some(source),
+        next_epoch: 1,
+        needs_rewind: false,
+        resume_at: None,
+        abandon: Arc::new(AtomicBool::new(false)),
+    };
+    pipeline.run(channels, shutdown).await
+}
+
+#[derive(Debug)]
+struct PartState {
+    /// Epoch of the current assignment or seek; records of other epochs are stale.
+    epoch: u64,
+    /// Offset stored in the table, as far as this pipeline knows.
+    committed: Option<i64>,
+    /// Last offset accounted for (in the window, in flight or committed).
+    seen_last: Option<i64>,
+}
+
+#[derive(Default)]
+struct Window {
+    writer: Option<RecordBatchWriter>,
+    rows: u64,
+    records: u64,
+    opened_at: Option<Instant>,
+    /// Last offset accounted for per partition.
+    parts: HashMap<TopicPartition, i64>,
+}
+
+impl Window {
+    fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    fn encoded_bytes(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.buffer_len() as u64)
+    }
+
+    fn abort(&mut self) {
+        if let Some(w) = self.writer.as_mut() {
+            w.reset();
+        }
+        *self = Window::default();
+    }
+}
+
+struct Inflight {
+    handle: JoinHandle<CommitDone>,
+    /// (partition, epoch at flush, last offset)
+    parts: Vec<(TopicPartition, u64, i64)>,
+    rows: u64,
+}
+
+struct CommitDone {
+    table: DeltaTable,
+    result: Result<(CommitOutcome, CommitStats, usize, u64), TaskError>,
+}
+
+enum TaskError {
+    Write(DeltaTableError),
+    Commit(CommitError),
+}
+
+struct Pipeline {
+    cfg: Arc<Config>,
+    stats: Arc<PipelineStats>,
+    options: RunOptions,
+    policy: RetryPolicy,
+    table: DeltaTable,
+    decoder: JsonDecoder,
+    props: WriterProperties,
+    parts: HashMap<TopicPartition, PartState>,
+    window: Window,
+    inflight: Option<Inflight>,
+    source: Option<Source>,
+    next_epoch: u64,
+    needs_rewind: bool,
+    resume_at: Option<Instant>,
+    backoff: Duration,
+    abandon: Arc<AtomicBool>,
+}
+
+async fn wait_inflight(inflight: &mut Option<Inflight>) -> Result<CommitDone, tokio::task::JoinError> {
+    match inflight {
+        Some(i) => (&mut i.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Pipeline {
+    async fn run(
+        &mut self,
+        mut channels: SourceChannels,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<RunSummary, PipelineError> {
+        let tick_every = (self.cfg.flush.max_age / 10)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            let data_open = self.accepting_data();
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                ev = channels.events.recv() => match ev {
+                    Some(ev) => self.on_event(ev).await?,
+                    None => return Err(PipelineError::SourceStopped("event channel closed".into())),
+                },
+                done = wait_inflight(&mut self.inflight) => {
+                    let inflight = self.inflight.take().expect("inflight present");
+                    self.on_commit_done(done, inflight)?;
+                }
+                _ = tick.tick() => {
+                    if self.needs_rewind && self.inflight.is_none()
+                        && self.resume_at.is_none_or(|t| Instant::now() >= t)
+                    {
+                        self.rewind().await;
+                    }
+                    self.maybe_flush();
+                }
+                chunk = channels.chunks.recv(), if data_open => match chunk {
+                    Some(chunk) => self.on_chunk(chunk).await?,
+                    None => return Err(PipelineError::SourceStopped("record channel closed".into())),
+                },
+            }
+            self.stats.ready.store(
+                !self.parts.is_empty() && !self.needs_rewind,
+                Ordering::Relaxed,
+            );
+        }
+        self.drain(channels).await
+    }
+
+    fn accepting_data(&self) -> bool {
+        if self.needs_rewind {
+            return false;
+        }
+        if self.resume_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        // Back-pressure: the open window is due but the previous commit still runs.
+        !(self.inflight.is_some() && self.flush_due())
+    }
+
+    fn flush_due(&self) -> bool {
+        let w = &self.window;
+        if w.is_empty() {
+            return false;
+        }
+        let f = &self.cfg.flush;
+        w.rows >= f.max_rows
+            || w.encoded_bytes() >= f.max_bytes
+            || w.opened_at.is_some_and(|t| t.elapsed() >= f.max_age)
+    }
+
+    fn epoch(&mut self) -> u64 {
+        self.next_epoch += 1;
+        self.next_epoch
+    }
+
+    fn source(&self) -> &Source {
+        self.source.as_ref().expect("source runs until drain")
+    }
+
+    async fn on_event(&mut self, ev: SourceEvent) -> Result<(), PipelineError> {
+        match ev {
+            SourceEvent::Assigned { partitions, reply } => {
+                PipelineStats::add(&self.stats.rebalances, 1);
+                let answer = self.on_assign(partitions).await;
+                let _ = reply.send(answer);
+            }
+            SourceEvent::Revoked {
+                partitions,
+                lost,
+                reply,
+            } => {
+                PipelineStats::add(&self.stats.rebalances, 1);
+                self.on_revoke(&partitions, lost).await?;
+                let _ = reply.send(());
+            }
+            SourceEvent::Fatal(msg) => return Err(SourceError::Fatal(msg).into()),
+        }
+        Ok(())
+    }
+
+    async fn on_assign(&mut self, partitions: Vec<TopicPartition>) -> AssignReply {
+        let stored = match self.table.update_state().await {
+            Ok(()) => table::stored_offsets(&self.table, &self.cfg.app_id, &partitions)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let reset = self.cfg.kafka.auto_offset_reset;
+        let mut reply = Vec::with_capacity(partitions.len());
+        for tp in partitions {
+            let epoch = self.epoch();
+            match &stored {
+                Ok(m) => {
+                    let committed = m.get(&tp).copied().flatten();
+                    tracing::info!(partition = %tp, stored_offset = ?committed, "starting partition after its stored offset");
+                    reply.push((tp.clone(), StartAt::after(committed, reset), epoch));
+                    self.parts.insert(
+                        tp,
+                        PartState {
+                            epoch,
+                            committed,
+                            seen_last: committed,
+                        },
+                    );
+                }
+                Err(e) => {
+                    // Offsets unknown: tag the partition's records with an epoch the
+                    // pipeline will not accept; the rewind seeks it properly.
+                    tracing::warn!(partition = %tp, error = %e, "cannot read stored offset; will retry");
+                    let dead_epoch = self.epoch();
+                    reply.push((tp.clone(), StartAt::End, dead_epoch));
+                    self.parts.insert(
+                        tp,
+                        PartState {
+                            epoch,
+                            committed: None,
+                            seen_last: None,
+                        },
+                    );
+                    self.needs_rewind = true;
+                }
+            }
+        }
+        reply
+    }
+
+    async fn on_revoke(&mut self, partitions: &[TopicPartition], lost: bool) -> Result<(), PipelineError> {
+        let touches_window = partitions.iter().any(|tp| self.window.parts.contains_key(tp));
+        let deadline = self.options.revoke_commit_timeout;
+        self.await_inflight(deadline).await?;
+        if touches_window {
+            if lost || self.needs_rewind || self.inflight.is_some() {
+                // Another consumer may already own these partitions, or we cannot
+                // commit in time: drop the window, it is re-read by whoever owns them.
+                tracing::info!(records = self.window.records, lost, "dropping buffered records of revoked partitions");
+                self.window.abort();
+                self.needs_rewind = true;
+            } else {
+                self.start_commit();
+                self.await_inflight(deadline).await?;
+                if self.inflight.is_some() {
+                    tracing::warn!("commit on revoke did not finish in time; its outcome is checked later");
+                }
+            }
+        }
+        for tp in partitions {
+            self.parts.remove(tp);
+        }
+        Ok(())
+    }
+
+    async fn await_inflight(&mut self, deadline: Duration) -> Result<(), PipelineError> {
+        let Some(mut inflight) = self.inflight.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(deadline, &mut inflight.handle).await {
+            Ok(done) => self.on_commit_done(done, inflight),
+            Err(_) => {
+                self.inflight = Some(inflight);
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_chunk(&mut self, chunk: RecordChunk) -> Result<(), PipelineError> {
+        // Which records to take: current epoch, beyond what is already accounted for.
+        let mut last: Vec<Option<Option<i64>>> = chunk
+            .partitions
+            .iter()
+            .map(|cp| {
+                self.parts
+                    .get(&cp.tp)
+                    .filter(|p| p.epoch == cp.epoch)
+                    .map(|p| p.seen_last)
+            })
+            .collect();
+        let mut keep = vec![false; chunk.len()];
+        for (i, r) in chunk.records.iter().enumerate() {
+            if let Some(seen) = &mut last[r.part as usize] {
+                if seen.is_none_or(|s| r.offset > s) {
+                    keep[i] = true;
+                    *seen = Some(r.offset);
+                }
+            }
+        }
+        let accounted = keep.iter().filter(|k| **k).count() as u64;
+        if accounted == 0 {
+            return Ok(());
+        }
+        let decoded = self.decoder.decode(&chunk, |i| keep[i])?;
+        for rej in &decoded.rejected {
+            let r = &chunk.records[rej.index];
+            let tp = &chunk.partitions[r.part as usize].tp;
+            if self.cfg.decode.on_error == OnError::Fail {
+                return Err(PipelineError::Rejected {
+                    tp: tp.clone(),
+                    offset: r.offset,
+                    reason: rej.reason.clone(),
+                });
+            }
+            tracing::warn!(
+                topic = %tp.topic, partition = tp.partition, offset = r.offset,
+                reason = %rej.reason, "record rejected; counted and skipped"
+            );
+        }
+        // Account for every kept record, good or rejected.
+        for (idx, seen) in last.iter().enumerate() {
+            if let Some(Some(offset)) = seen {
+                let tp = &chunk.partitions[idx].tp;
+                if let Some(p) = self.parts.get_mut(tp) {
+                    if p.seen_last.is_none_or(|s| *offset > s) {
+                        p.seen_last = Some(*offset);
+                        self.window.parts.insert(tp.clone(), *offset);
+                    }
+                }
+            }
+        }
+        PipelineStats::add(&self.stats.records_rejected, decoded.rejected.len() as u64);
+        PipelineStats::add(&self.stats.records_accounted, accounted);
+        self.window.records += accounted;
+        self.window.opened_at.get_or_insert_with(Instant::now);
+        if let Some(batch) = decoded.batch {
+            let rows = batch.num_rows() as u64;
+            if self.window.writer.is_none() {
+                let writer = table::new_writer(&self.table, self.props.clone(), self.cfg.flush.max_bytes)
+                    .map_err(|source| PipelineError::Write {
+                        uri: self.cfg.table.uri.to_string(),
+                        source,
+                    })?;
+                self.window.writer = Some(writer);
+            }
+            let writer = self.window.writer.as_mut().expect("writer just set");
+            if let Err(e) = writer.write(batch).await {
+                if table::is_retryable(&e) {
+                    tracing::warn!(error = %e, "writing Parquet failed; rewinding to the table's offsets");
+                    self.fail_and_rewind();
+                    return Ok(());
+                }
+                return Err(PipelineError::Write {
+                    uri: self.cfg.table.uri.to_string(),
+                    source: e,
+                });
+            }
+            self.window.rows += rows;
+        }
+        self.maybe_flush();
+        Ok(())
+    }
+
+    fn maybe_flush(&mut self) {
+        if self.inflight.is_none() && !self.needs_rewind && self.flush_due() {
+            self.start_commit();
+        }
+    }
+
+    fn start_commit(&mut self) {
+        let window = std::mem::take(&mut self.window);
+        if window.is_empty() {
+            return;
+        }
+        let mut partitions = Vec::with_capacity(window.parts.len());
+        let mut parts = Vec::with_capacity(window.parts.len());
+        for (tp, last) in window.parts {
+            let Some(p) = self.parts.get(&tp) else { continue };
+            partitions.push(PartitionCommit {
+                tp: tp.clone(),
+                expected: p.committed,
+                last,
+            });
+            parts.push((tp, p.epoch, last));
+        }
+        partitions.sort_by(|a, b| a.tp.cmp(&b.tp));
+        let rows = window.rows;
+        let table = self.table.clone();
+        let app_id = self.cfg.app_id.clone();
+        let policy = self.policy;
+        let abandon = self.abandon.clone();
+        let writer = window.writer;
+        let handle = tokio::spawn(async move {
+            flush_and_commit(writer, table, app_id, partitions, policy, abandon).await
+        });
+        self.inflight = Some(Inflight { handle, parts, rows });
+    }
+
+    fn on_commit_done(
+        &mut self,
+        done: Result<CommitDone, tokio::task::JoinError>,
+        inflight: Inflight,
+    ) -> Result<(), PipelineError> {
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "commit task failed; rewinding");
+                self.fail_and_rewind();
+                return Ok(());
+            }
+        };
+        self.table = done.table;
+        match done.result {
+            Ok((outcome @ (CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted), cstats, files, bytes)) => {
+                let mut offsets = Vec::with_capacity(inflight.parts.len());
+                for (tp, epoch, last) in &inflight.parts {
+                    if let Some(p) = self.parts.get_mut(tp) {
+                        if p.epoch == *epoch {
+                            p.committed = Some(*last);
+                        }
+                    }
+                    offsets.push((tp.clone(), *last));
+                }
+                if let CommitOutcome::Committed { version } = outcome {
+                    self.stats.table_version.store(version as u64, Ordering::Relaxed);
+                    PipelineStats::add(&self.stats.commits, 1);
+                    PipelineStats::add(&self.stats.rows_committed, inflight.rows);
+                    PipelineStats::add(&self.stats.files_committed, files as u64);
+                    PipelineStats::add(&self.stats.bytes_committed, bytes);
+                    tracing::info!(
+                        version, rows = inflight.rows, files, bytes, partitions = inflight.parts.len(),
+                        attempts = cstats.attempts, ms = cstats.duration.as_millis() as u64,
+                        "committed"
+                    );
+                } else {
+                    tracing::info!(rows = inflight.rows, "offsets were already committed; nothing written");
+                }
+                self.stats.set_committed(offsets.iter().cloned());
+                if let Some(source) = &self.source {
+                    source.send(SourceCommand::CommitOffsets(
+                        offsets.into_iter().map(|(tp, last)| (tp, last + 1)).collect(),
+                    ));
+                }
+                self.backoff = self.options.initial_backoff;
+                Ok(())
+            }
+            Ok((CommitOutcome::Stale { partitions }, _, _, _)) => {
+                PipelineStats::add(&self.stats.stale_commits, 1);
+                tracing::warn!(
+                    partitions = ?partitions,
+                    "another writer committed these partitions first; dropping this window and rewinding"
+                );
+                self.window.abort();
+                self.needs_rewind = true;
+                Ok(())
+            }
+            Err(TaskError::Write(e)) if table::is_retryable(&e) => {
+                tracing::warn!(error = %e, "uploading Parquet failed; rewinding");
+                self.fail_and_rewind();
+                Ok(())
+            }
+            Err(TaskError::Commit(e)) if e.is_retryable() => {
+                tracing::warn!(error = %e, "commit did not complete; rewinding");
+                self.fail_and_rewind();
+                Ok(())
+            }
+            Err(TaskError::Write(source)) => Err(PipelineError::Write {
+                uri: self.cfg.table.uri.to_string(),
+                source,
+            }),
+            Err(TaskError::Commit(e)) => Err(e.into()),
+        }
+    }
+
+    /// Abort the window and rewind after a backoff.
+    fn fail_and_rewind(&mut self) {
+        self.window.abort();
+        self.needs_rewind = true;
+        self.resume_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(self.cfg.commit.max_backoff);
+    }
+
+    /// Seek every assigned partition back to the offset stored in the table.
+    async fn rewind(&mut self) {
+        self.window.abort();
+        let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
+        let stored = match self.table.update_state().await {
+            Ok(()) => table::stored_offsets(&self.table, &self.cfg.app_id, &tps).await,
+            Err(e) => Err(e),
+        };
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, backoff_ms = self.backoff.as_millis() as u64, "cannot read stored offsets; retrying");
+                self.resume_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(self.cfg.commit.max_backoff);
+                return;
+            }
+        };
+        let reset = self.cfg.kafka.auto_offset_reset;
+        for tp in tps {
+            let epoch = self.epoch();
+            let committed = stored.get(&tp).copied().flatten();
+            if let Some(p) = self.parts.get_mut(&tp) {
+                p.epoch = epoch;
+                p.committed = committed;
+                p.seen_last = committed;
+            }
+            tracing::info!(partition = %tp, stored_offset = ?committed, "rewinding partition to its stored offset");
+            self.source().send(SourceCommand::Seek {
+                tp,
+                to: StartAt::after(committed, reset),
+                epoch,
+            });
+        }
+        PipelineStats::add(&self.stats.rewinds, 1);
+        self.needs_rewind = false;
+        self.resume_at = None;
+    }
+
+    /// Commit what is buffered, leave the group and stop the poll thread.
+    async fn drain(&mut self, mut channels: SourceChannels) -> Result<RunSummary, PipelineError> {
+        tracing::info!(records = self.window.records, "shutting down: committing buffered records");
+        let abandon = self.abandon.clone();
+        let grace = self.options.shutdown_grace;
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            abandon.store(true, Ordering::Release);
+        });
+        let result = async {
+            self.await_inflight(grace).await?;
+            if !self.needs_rewind && self.inflight.is_none() && !self.window.is_empty() {
+                self.start_commit();
+                self.await_inflight(grace).await?;
+            }
+            Ok::<(), PipelineError>(())
+        }
+        .await;
+        timer.abort();
+        self.stats.ready.store(false, Ordering::Relaxed);
+        // Leave the group. Keep answering rebalance events until the thread is gone:
+        // it may be inside a callback waiting for us.
+        if let Some(source) = self.source.take() {
+            if let Some(thread) = source.shutdown() {
+                let mut join = tokio::task::spawn_blocking(move || thread.join());
+                loop {
+                    tokio::select! {
+                        _ = &mut join => break,
+                        ev = channels.events.recv() => match ev {
+                            Some(SourceEvent::Assigned { partitions, reply }) => {
+                                let dead: AssignReply = partitions.into_iter().map(|tp| (tp, StartAt::End, 0)).collect();
+                                let _ = reply.send(dead);
+                            }
+                            Some(SourceEvent::Revoked { reply, .. }) => { let _ = reply.send(()); }
+                            Some(SourceEvent::Fatal(_)) | None => {}
+                        },
+                    }
+                }
+            }
+        }
+        result?;
+        let s = &self.stats;
+        Ok(RunSummary {
+            records: PipelineStats::get(&s.records_accounted),
+            rows: PipelineStats::get(&s.rows_committed),
+            rejected: PipelineStats::get(&s.records_rejected),
+            commits: PipelineStats::get(&s.commits),
+        })
+    }
+}
+
+async fn flush_and_commit(
+    writer: Option<RecordBatchWriter>,
+    mut table: DeltaTable,
+    app_id: String,
+    partitions: Vec<PartitionCommit>,
+    policy: RetryPolicy,
+    abandon: Arc<AtomicBool>,
+) -> CommitDone {
+    let adds = match writer {
+        Some(mut w) => match w.flush().await {
+            Ok(adds) => adds,
+            Err(e) => {
+                return CommitDone {
+                    table,
+                    result: Err(TaskError::Write(e)),
+                };
+            }
+        },
+        None => Vec::new(),
+    };
+    let files = adds.len();
+    let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
+    let req = CommitRequest { adds, partitions };
+    let cancelled = move || abandon.load(Ordering::Acquire);
+    let result = commit::commit(&mut table, &app_id, &req, policy, &cancelled)
+        .await
+        .map(|(o, s)| (o, s, files, bytes))
+        .map_err(TaskError::Commit);
+    CommitDone { table, result }
+}

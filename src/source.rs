@@ -1,0 +1,548 @@
+//! The Kafka side: one OS thread owns the rdkafka consumer, polls it, and hands
+//! records to the pipeline in [`RecordChunk`]s.
+//!
+//! # Rebalances
+//!
+//! librdkafka runs the rebalance callback on this thread, inside `poll`. The callback
+//! sends a typed [`SourceEvent`] to the pipeline and waits for its answer (a
+//! rendezvous) before returning:
+//!
+//! - on assign the pipeline reads each partition's offset from the table and answers
+//!   where to start and under which epoch; the callback assigns with those offsets
+//!   (`auto_offset_reset` for partitions the table has never seen);
+//! - on revoke the pipeline commits (or, failing that, drops) everything buffered
+//!   for the revoked partitions before answering, so nothing it holds outlives the
+//!   assignment.
+//!
+//! # Back-pressure
+//!
+//! Chunks go through a bounded channel. When it is full the thread pauses all its
+//! partitions and keeps calling `poll`, so group heartbeats, rebalances and
+//! `max.poll.interval.ms` keep being served however long a commit takes; it resumes
+//! them once the chunk it holds has been taken.
+//!
+//! # Epochs
+//!
+//! Every record carries the epoch of the assignment or seek it was fetched under. The
+//! pipeline picks the epochs; after it rewinds a partition (seek back to the table's
+//! offset) it ignores records of older epochs still in the channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{KafkaConfig, OffsetReset};
+use crate::record::{HeaderMeta, RecordChunk, RecordMeta, TopicPartition};
+
+/// Errors from the Kafka side.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The consumer could not be created or subscribed.
+    #[error("kafka consumer for brokers {brokers}: {source}")]
+    Client {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// rdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// librdkafka reported a fatal error; the consumer cannot continue.
+    #[error("fatal kafka error: {0}")]
+    Fatal(String),
+    /// The poll thread could not be started.
+    #[error("cannot start the kafka poll thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl SourceError {
+    /// Whether restarting the consumer may help.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SourceError::Client { .. })
+    }
+}
+
+/// Where a partition starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// This offset.
+    Offset(i64),
+    /// The oldest retained record.
+    Beginning,
+    /// The next record produced.
+    End,
+}
+
+impl StartAt {
+    /// The position after a stored offset, or the reset policy when there is none.
+    pub fn after(stored: Option<i64>, reset: OffsetReset) -> Self {
+        match (stored, reset) {
+            (Some(v), _) => StartAt::Offset(v + 1),
+            (None, OffsetReset::Earliest) => StartAt::Beginning,
+            (None, OffsetReset::Latest) => StartAt::End,
+        }
+    }
+
+    fn offset(self) -> Offset {
+        match self {
+            StartAt::Offset(o) => Offset::Offset(o),
+            StartAt::Beginning => Offset::Beginning,
+            StartAt::End => Offset::End,
+        }
+    }
+}
+
+/// The pipeline's answer to an assignment: per partition, where to start and the
+/// epoch to tag its records with.
+pub type AssignReply = Vec<(TopicPartition, StartAt, u64)>;
+
+/// Events from the poll thread that need the pipeline's answer.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// Partitions were assigned; answer with their start positions.
+    Assigned {
+        /// The new partitions.
+        partitions: Vec<TopicPartition>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<AssignReply>,
+    },
+    /// Partitions are being revoked; answer once nothing buffered for them remains.
+    Revoked {
+        /// The partitions.
+        partitions: Vec<TopicPartition>,
+        /// Whether the assignment was lost (session expired) rather than handed over.
+        lost: bool,
+        /// Where the acknowledgement goes.
+        reply: oneshot::Sender<()>,
+    },
+    /// The consumer hit a fatal error and stopped.
+    Fatal(String),
+}
+
+/// Requests from the pipeline to the poll thread.
+#[derive(Debug)]
+pub enum SourceCommand {
+    /// Re-position a partition and tag its records with `epoch` from now on.
+    Seek {
+        /// The partition.
+        tp: TopicPartition,
+        /// Where to continue.
+        to: StartAt,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// Commit consumer-group offsets (next offset to read) for monitoring tools.
+    CommitOffsets(Vec<(TopicPartition, i64)>),
+    /// Leave the group and stop.
+    Shutdown,
+}
+
+type EpochMap = HashMap<Arc<str>, HashMap<i32, u64>>;
+
+struct IngestContext {
+    events: mpsc::UnboundedSender<SourceEvent>,
+    epochs: Mutex<EpochMap>,
+    closing: AtomicBool,
+}
+
+impl ClientContext for IngestContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", facility = fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility = fac, "{log_message}"),
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Transport errors are retried by librdkafka; they are worth a warning, not
+        // an error (no data is at risk while the broker is away).
+        tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
+    }
+}
+
+fn tpl_partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let closing = self.closing.load(Ordering::Acquire);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions = tpl_partitions(tpl);
+                tracing::info!(partitions = ?partitions, "partitions assigned");
+                let (reply, answer) = oneshot::channel();
+                let starts = if closing
+                    || self
+                        .events
+                        .send(SourceEvent::Assigned {
+                            partitions: partitions.clone(),
+                            reply,
+                        })
+                        .is_err()
+                {
+                    None
+                } else {
+                    answer.blocking_recv().ok()
+                };
+                let Some(starts) = starts else {
+                    // The pipeline is gone: take no partitions, so none are read
+                    // without their stored offsets.
+                    let _ = if cooperative {
+                        Ok(())
+                    } else {
+                        consumer.unassign()
+                    };
+                    return;
+                };
+                {
+                    let mut epochs = self.epochs.lock().expect("epoch map poisoned");
+                    for (tp, start, epoch) in &starts {
+                        if let Err(e) =
+                            tpl.set_partition_offset(&tp.topic, tp.partition, start.offset())
+                        {
+                            tracing::error!(partition = %tp, error = %e, "cannot set start offset");
+                        }
+                        epochs
+                            .entry(tp.topic.clone())
+                            .or_default()
+                            .insert(tp.partition, *epoch);
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions = tpl_partitions(tpl);
+                let lost = consumer.assignment_lost();
+                tracing::info!(partitions = ?partitions, lost, "partitions revoked");
+                if !closing {
+                    let (reply, answer) = oneshot::channel();
+                    if self
+                        .events
+                        .send(SourceEvent::Revoked {
+                            partitions: partitions.clone(),
+                            lost,
+                            reply,
+                        })
+                        .is_ok()
+                    {
+                        let _ = answer.blocking_recv();
+                    }
+                }
+                {
+                    let mut epochs = self.epochs.lock().expect("epoch map poisoned");
+                    for tp in &partitions {
+                        if let Some(m) = epochs.get_mut(&tp.topic) {
+                            m.remove(&tp.partition);
+                        }
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; dropping the assignment");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Handle to the poll thread.
+#[derive(Debug)]
+pub struct Source {
+    commands: std_mpsc::Sender<SourceCommand>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The pipeline's ends of the source's channels.
+#[derive(Debug)]
+pub struct SourceChannels {
+    /// Record chunks.
+    pub chunks: mpsc::Receiver<RecordChunk>,
+    /// Rebalance and fatal events.
+    pub events: mpsc::UnboundedReceiver<SourceEvent>,
+}
+
+/// Build the librdkafka configuration from the validated config.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set(
+            "auto.offset.reset",
+            match cfg.auto_offset_reset {
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
+            },
+        )
+        // Bound what librdkafka prefetches per partition; the pipeline holds the rest.
+        .set("queued.max.messages.kbytes", "16384");
+    for (k, v) in &cfg.properties {
+        c.set(k, v.expose());
+    }
+    c
+}
+
+impl Source {
+    /// Create the consumer, subscribe, and start the poll thread.
+    pub fn start(cfg: &KafkaConfig) -> Result<(Self, SourceChannels), SourceError> {
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(cfg.channel_capacity);
+        let (cmd_tx, cmd_rx) = std_mpsc::channel();
+        let context = IngestContext {
+            events: event_tx.clone(),
+            epochs: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+        };
+        let consumer: BaseConsumer<IngestContext> = client_config(cfg)
+            .create_with_context(context)
+            .map_err(|source| SourceError::Client {
+                brokers: cfg.brokers.clone(),
+                source,
+            })?;
+        let topics = cfg.subscription.as_subscribe_args();
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topic_refs)
+            .map_err(|source| SourceError::Client {
+                brokers: cfg.brokers.clone(),
+                source,
+            })?;
+        let max_records = cfg.max_chunk_records;
+        let thread = std::thread::Builder::new()
+            .name("kafka-poll".into())
+            .spawn(move || poll_loop(consumer, chunk_tx, cmd_rx, event_tx, max_records))
+            .map_err(SourceError::Thread)?;
+        Ok((
+            Self {
+                commands: cmd_tx,
+                thread: Some(thread),
+            },
+            SourceChannels {
+                chunks: chunk_rx,
+                events: event_rx,
+            },
+        ))
+    }
+
+    /// Send a command; a stopped thread ignores it.
+    pub fn send(&self, cmd: SourceCommand) {
+        let _ = self.commands.send(cmd);
+    }
+
+    /// Ask the thread to leave the group and stop; returns its join handle.
+    pub fn shutdown(mut self) -> Option<JoinHandle<()>> {
+        let _ = self.commands.send(SourceCommand::Shutdown);
+        self.thread.take()
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        let _ = self.commands.send(SourceCommand::Shutdown);
+    }
+}
+
+const MAX_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+fn poll_loop(
+    consumer: BaseConsumer<IngestContext>,
+    chunks: mpsc::Sender<RecordChunk>,
+    commands: std_mpsc::Receiver<SourceCommand>,
+    events: mpsc::UnboundedSender<SourceEvent>,
+    max_records: usize,
+) {
+    let mut pending: Option<RecordChunk> = None;
+    let mut paused: Option<TopicPartitionList> = None;
+    'outer: loop {
+        loop {
+            match commands.try_recv() {
+                Ok(SourceCommand::Seek { tp, to, epoch }) => {
+                    {
+                        let mut epochs = consumer.context().epochs.lock().expect("epoch map");
+                        let Some(e) = epochs.get_mut(&tp.topic).and_then(|m| m.get_mut(&tp.partition))
+                        else {
+                            continue; // no longer assigned
+                        };
+                        *e = epoch;
+                    }
+                    if let Some(chunk) = pending.as_mut() {
+                        drop_partition(chunk, &tp);
+                    }
+                    if let Err(e) = consumer.seek(&tp.topic, tp.partition, to.offset(), Duration::ZERO) {
+                        tracing::warn!(partition = %tp, error = %e, "seek failed");
+                    }
+                }
+                Ok(SourceCommand::CommitOffsets(offsets)) => {
+                    let mut tpl = TopicPartitionList::new();
+                    for (tp, next) in &offsets {
+                        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
+                    }
+                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                        tracing::debug!(error = %e, "consumer-group offset commit failed (monitoring only)");
+                    }
+                }
+                Ok(SourceCommand::Shutdown) | Err(std_mpsc::TryRecvError::Disconnected) => break 'outer,
+                Err(std_mpsc::TryRecvError::Empty) => break,
+            }
+        }
+
+        if let Some(chunk) = pending.take() {
+            match chunks.try_send(chunk) {
+                Ok(()) => {
+                    if let Some(tpl) = paused.take() {
+                        let _ = consumer.resume(&tpl);
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(chunk)) => {
+                    pending = Some(chunk);
+                    if paused.is_none() {
+                        if let Ok(assignment) = consumer.assignment() {
+                            let _ = consumer.pause(&assignment);
+                            paused = Some(assignment);
+                        }
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => break 'outer,
+            }
+        }
+
+        // While paused, poll only to serve callbacks and heartbeats; any record that
+        // was already queued is added to the held chunk.
+        let timeout = if pending.is_some() {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(100)
+        };
+        let mut chunk = pending.take().unwrap_or_default();
+        let mut first = true;
+        while chunk.len() < max_records && chunk.data_bytes() < MAX_CHUNK_BYTES {
+            let polled = consumer.poll(if first { timeout } else { Duration::ZERO });
+            first = false;
+            match polled {
+                None => break,
+                Some(Ok(msg)) => {
+                    let epoch = {
+                        let epochs = consumer.context().epochs.lock().expect("epoch map");
+                        epochs
+                            .get(msg.topic())
+                            .and_then(|m| m.get(&msg.partition()))
+                            .copied()
+                    };
+                    // Not (or no longer) assigned as far as the pipeline knows.
+                    let Some(epoch) = epoch else { continue };
+                    push_message(&mut chunk, &msg, epoch);
+                }
+                Some(Err(e)) => {
+                    if let KafkaError::MessageConsumption(code) = &e {
+                        if *code == rdkafka::types::RDKafkaErrorCode::Fatal {
+                            let _ = events.send(SourceEvent::Fatal(e.to_string()));
+                            break 'outer;
+                        }
+                    }
+                    tracing::warn!(error = %e, "kafka poll error");
+                    break;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            pending = Some(chunk);
+        }
+    }
+    consumer.context().closing.store(true, Ordering::Release);
+    consumer.unsubscribe();
+    // Dropping the consumer closes it (leaving the group); callbacks no longer wait.
+    drop(consumer);
+}
+
+fn push_message(chunk: &mut RecordChunk, msg: &rdkafka::message::BorrowedMessage<'_>, epoch: u64) {
+    let tp = TopicPartition::new(msg.topic(), msg.partition());
+    let part = if let Some(last) = chunk.partitions.last() {
+        if last.epoch == epoch && *last.tp.topic == *msg.topic() && last.tp.partition == msg.partition() {
+            (chunk.partitions.len() - 1) as u32
+        } else {
+            chunk.partition_index(&tp, epoch)
+        }
+    } else {
+        chunk.partition_index(&tp, epoch)
+    };
+    let key = msg.key().map(|k| chunk.push_bytes(k));
+    let value = msg.payload().map(|v| chunk.push_bytes(v));
+    let header_start = chunk.headers.len();
+    if let Some(headers) = msg.headers() {
+        for h in headers.iter() {
+            let value = h.value.map(|v| chunk.push_bytes(v));
+            chunk.headers.push(HeaderMeta {
+                key: h.key.to_owned(),
+                value,
+            });
+        }
+    }
+    let header_end = chunk.headers.len();
+    chunk.records.push(RecordMeta {
+        part,
+        offset: msg.offset(),
+        timestamp_ms: msg.timestamp().to_millis(),
+        key,
+        value,
+        headers: header_start..header_end,
+    });
+}
+
+/// Remove a partition's records from a held chunk (after a seek).
+fn drop_partition(chunk: &mut RecordChunk, tp: &TopicPartition) {
+    let parts: Vec<u32> = chunk
+        .partitions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| &p.tp == tp)
+        .map(|(i, _)| i as u32)
+        .collect();
+    if !parts.is_empty() {
+        chunk.records.retain(|r| !parts.contains(&r.part));
+    }
+}

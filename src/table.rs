@@ -1,0 +1,330 @@
+//! The destination Delta table: open it (creating it when absent), check its schema
+//! and protocol, hand out Parquet writers, and read the Kafka offsets stored in its
+//! `txn` actions.
+//!
+//! Offsets live in the table itself: for every Kafka partition the pipeline has
+//! written, a `txn` action with app id `<app_id>-<topic>-<partition>` holds the last
+//! offset whose record is accounted for in the table (written as a row, or rejected
+//! and counted). Those app ids are what [`stored_offset`] reads and what
+//! [`crate::commit`] writes.
+
+use std::collections::HashMap;
+
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::{DataType, StructType};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::parquet::basic::{Compression as PqCompression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::writer::RecordBatchWriter;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use url::Url;
+
+use crate::config::{Compression, StorageConfig, TableConfig};
+use crate::record::TopicPartition;
+use crate::schema::{SchemaError, TableSchema};
+
+/// Errors opening, creating or reading the table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// delta-rs failed.
+    #[error("table {uri}: {source}")]
+    Delta {
+        /// The table.
+        uri: Url,
+        /// delta-rs' error.
+        #[source]
+        source: DeltaTableError,
+    },
+    /// The table exists with a schema that cannot hold the configured records.
+    #[error("table {uri} does not match the schema file {schema_file}: {message}")]
+    SchemaMismatch {
+        /// The table.
+        uri: Url,
+        /// The configured schema file.
+        schema_file: String,
+        /// The differences.
+        message: String,
+    },
+    /// The schema could not be built.
+    #[error("table {uri}: {source}")]
+    Schema {
+        /// The table.
+        uri: Url,
+        /// The problem.
+        #[source]
+        source: SchemaError,
+    },
+    /// The table uses a feature this writer does not support.
+    #[error("table {uri}: {message}")]
+    Unsupported {
+        /// The table.
+        uri: Url,
+        /// What is unsupported.
+        message: String,
+    },
+}
+
+impl TableError {
+    /// Whether trying again later may succeed (storage unavailable, throttled).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TableError::Delta { source, .. } => is_retryable(source),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a delta-rs error is transient: storage or network trouble rather than
+/// a problem with the table or the data.
+pub fn is_retryable(e: &DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    match e {
+        DeltaTableError::ObjectStore { source } => !matches!(
+            source,
+            deltalake::ObjectStoreError::NotFound { .. }
+                | deltalake::ObjectStoreError::InvalidPath { .. }
+                | deltalake::ObjectStoreError::NotSupported { .. }
+                | deltalake::ObjectStoreError::NotImplemented { .. }
+                | deltalake::ObjectStoreError::UnknownConfigurationKey { .. }
+                | deltalake::ObjectStoreError::PermissionDenied { .. }
+                | deltalake::ObjectStoreError::Unauthenticated { .. }
+        ),
+        DeltaTableError::Io { .. } => true,
+        DeltaTableError::Transaction { source } => matches!(
+            source,
+            TransactionError::ObjectStore { .. }
+                | TransactionError::MaxCommitAttempts(_)
+                | TransactionError::LogStoreError { .. }
+        ),
+        DeltaTableError::GenericError { .. } => true,
+        _ => false,
+    }
+}
+
+/// The txn app id under which a partition's offset is stored.
+pub fn txn_app_id(app_id: &str, tp: &TopicPartition) -> String {
+    format!("{app_id}-{}-{}", tp.topic, tp.partition)
+}
+
+/// An open table and the schema records are written in.
+#[derive(Debug, Clone)]
+pub struct OpenTable {
+    /// The delta-rs handle, loaded at its latest version.
+    pub table: DeltaTable,
+    /// Record + metadata schema, following the table's own column list.
+    pub schema: TableSchema,
+    /// Whether this call created the table.
+    pub created: bool,
+}
+
+fn delta_err(uri: &Url) -> impl Fn(DeltaTableError) -> TableError + '_ {
+    move |source| TableError::Delta {
+        uri: uri.clone(),
+        source,
+    }
+}
+
+/// Build an unloaded handle.
+pub fn table_handle(uri: &Url, storage: &StorageConfig) -> Result<DeltaTable, TableError> {
+    DeltaTableBuilder::from_url(uri.clone())
+        .and_then(|b| b.with_storage_options(storage.to_options()).build())
+        .map_err(delta_err(uri))
+}
+
+/// Load the table at `uri`; `Ok(None)` when there is no table there yet.
+pub async fn load(uri: &Url, storage: &StorageConfig) -> Result<Option<DeltaTable>, TableError> {
+    let mut table = table_handle(uri, storage)?;
+    if !table
+        .verify_deltatable_existence()
+        .await
+        .map_err(delta_err(uri))?
+    {
+        return Ok(None);
+    }
+    table.load().await.map_err(delta_err(uri))?;
+    Ok(Some(table))
+}
+
+/// Open the table, creating it from the configured schema when it does not exist.
+/// Safe when several workers start at once: losing the creation race just loads
+/// the winner's table.
+pub async fn open_or_create(
+    cfg: &TableConfig,
+    storage: &StorageConfig,
+) -> Result<OpenTable, TableError> {
+    let uri = &cfg.uri;
+    let wanted = TableSchema::new(&cfg.schema, &cfg.metadata_columns).map_err(|source| {
+        TableError::Schema {
+            uri: uri.clone(),
+            source,
+        }
+    })?;
+    let mut created = false;
+    let table = match load(uri, storage).await? {
+        Some(t) => t,
+        None => {
+            match create(cfg, storage, &wanted.delta).await {
+                Ok(t) => {
+                    created = true;
+                    t
+                }
+                // Another worker created it between our check and our create.
+                Err(TableError::Delta {
+                    source: DeltaTableError::VersionAlreadyExists(_),
+                    ..
+                }) => load(uri, storage).await?.ok_or_else(|| TableError::Unsupported {
+                    uri: uri.clone(),
+                    message: "table creation raced and the table is still missing".into(),
+                })?,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let schema = check_schema(&table, cfg, &wanted)?;
+    Ok(OpenTable {
+        table,
+        schema,
+        created,
+    })
+}
+
+async fn create(
+    cfg: &TableConfig,
+    storage: &StorageConfig,
+    schema: &StructType,
+) -> Result<DeltaTable, TableError> {
+    tracing::info!(table = %cfg.uri, "table does not exist; creating it");
+    let mut builder = CreateBuilder::new()
+        .with_location(cfg.uri.as_str())
+        .with_storage_options(storage.to_options())
+        .with_columns(schema.fields().cloned())
+        .with_partition_columns(cfg.partition_by.clone());
+    for (k, v) in &cfg.properties {
+        builder = builder.with_configuration_property(
+            k.parse().map_err(|_| TableError::Unsupported {
+                uri: cfg.uri.clone(),
+                message: format!("unknown Delta table property `{k}`"),
+            })?,
+            Some(v.clone()),
+        );
+    }
+    builder.await.map_err(delta_err(&cfg.uri))
+}
+
+/// The table's columns must include every configured record field with the same
+/// type, and the metadata columns with theirs.
+pub fn check_schema(
+    table: &DeltaTable,
+    cfg: &TableConfig,
+    wanted: &TableSchema,
+) -> Result<TableSchema, TableError> {
+    let uri = &cfg.uri;
+    let snapshot = table.snapshot().map_err(delta_err(uri))?;
+    let table_schema: StructType = snapshot.schema().as_ref().clone();
+    let mut problems = Vec::new();
+    for f in wanted.delta.fields() {
+        match table_schema.field(f.name()) {
+            None => problems.push(format!("column `{}` is missing from the table", f.name())),
+            Some(t) if !same_type(t.data_type(), f.data_type()) => problems.push(format!(
+                "column `{}` is {} in the table but {} in the schema",
+                f.name(),
+                type_name(t.data_type()),
+                type_name(f.data_type())
+            )),
+            Some(_) => {}
+        }
+    }
+    for f in table_schema.fields() {
+        if !f.is_nullable() && wanted.delta.field(f.name()).is_none() {
+            problems.push(format!(
+                "table column `{}` is required but the schema file does not declare it",
+                f.name()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(TableError::SchemaMismatch {
+            uri: uri.clone(),
+            schema_file: cfg.schema_path.display().to_string(),
+            message: problems.join("; "),
+        });
+    }
+    // Decode with the table's full column list so extra nullable table columns are
+    // filled with nulls rather than rejected.
+    let schema = TableSchema::from_table(&table_schema, &cfg.metadata_columns).map_err(
+        |source| TableError::Schema {
+            uri: uri.clone(),
+            source,
+        },
+    )?;
+    let arrow_kernel: Result<StructType, _> = schema.arrow.as_ref().try_into_kernel();
+    if arrow_kernel.is_err() {
+        return Err(TableError::Unsupported {
+            uri: uri.clone(),
+            message: "the table schema has no Arrow equivalent".into(),
+        });
+    }
+    Ok(schema)
+}
+
+fn same_type(a: &DataType, b: &DataType) -> bool {
+    // Nullability inside nested types may legitimately differ; compare by JSON
+    // shape without it would be stricter than needed, so compare the type names.
+    type_name(a) == type_name(b)
+}
+
+fn type_name(t: &DataType) -> String {
+    serde_json::to_string(t).unwrap_or_else(|_| format!("{t:?}"))
+}
+
+/// The offset stored in the table for `tp`, if any.
+pub async fn stored_offset(
+    table: &DeltaTable,
+    app_id: &str,
+    tp: &TopicPartition,
+) -> Result<Option<i64>, DeltaTableError> {
+    let snapshot = table.snapshot()?;
+    snapshot
+        .transaction_version(table.log_store().as_ref(), txn_app_id(app_id, tp))
+        .await
+}
+
+/// Stored offsets for several partitions.
+pub async fn stored_offsets(
+    table: &DeltaTable,
+    app_id: &str,
+    tps: &[TopicPartition],
+) -> Result<HashMap<TopicPartition, Option<i64>>, DeltaTableError> {
+    let mut out = HashMap::with_capacity(tps.len());
+    for tp in tps {
+        out.insert(tp.clone(), stored_offset(table, app_id, tp).await?);
+    }
+    Ok(out)
+}
+
+/// Parquet writer properties for the configured codec and row-group size.
+pub fn writer_properties(compression: Compression, row_group_rows: usize) -> WriterProperties {
+    let codec = match compression {
+        Compression::Snappy => PqCompression::SNAPPY,
+        Compression::Zstd(level) => PqCompression::ZSTD(
+            ZstdLevel::try_new(level).unwrap_or_default(),
+        ),
+        Compression::Lz4 => PqCompression::LZ4_RAW,
+        Compression::Uncompressed => PqCompression::UNCOMPRESSED,
+    };
+    WriterProperties::builder()
+        .set_compression(codec)
+        .set_max_row_group_row_count(Some(row_group_rows))
+        .build()
+}
+
+/// A writer for the table's next file(s).
+pub fn new_writer(
+    table: &DeltaTable,
+    props: WriterProperties,
+    target_file_size: u64,
+) -> Result<RecordBatchWriter, DeltaTableError> {
+    Ok(RecordBatchWriter::for_table(table)?
+        .with_writer_properties(props)
+        .with_target_file_size(target_file_size))
+}
