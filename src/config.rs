@@ -696,8 +696,7 @@ fn valid_topic_name(t: &str) -> bool {
         && t.len() <= 249
         && t != "."
         && t != ".."
-        && t
-            .chars()
+        && t.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
@@ -740,10 +739,7 @@ fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
                 format!("column `{name}` is named twice"),
             ));
         }
-        if schema
-            .fields()
-            .any(|f| f.name().eq_ignore_ascii_case(name))
-        {
+        if schema.fields().any(|f| f.name().eq_ignore_ascii_case(name)) {
             return Err(ConfigError::invalid(
                 "table.metadata_columns",
                 format!("`{name}` is already a field of the record schema; pick another name"),
@@ -827,9 +823,8 @@ fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigE
         options.insert(k.to_owned(), Secret::new(v));
     };
     if let Some(endpoint) = raw.endpoint {
-        let parsed = Url::parse(&endpoint).map_err(|e| {
-            ConfigError::invalid("storage.endpoint", format!("`{endpoint}`: {e}"))
-        })?;
+        let parsed = Url::parse(&endpoint)
+            .map_err(|e| ConfigError::invalid("storage.endpoint", format!("`{endpoint}`: {e}")))?;
         if parsed.scheme() == "http" && !raw.allow_http {
             return Err(ConfigError::invalid(
                 "storage.endpoint",
@@ -969,7 +964,11 @@ schema_file = "SCHEMA"
         assert_eq!(c.flush, FlushPolicy::default());
         assert_eq!(c.table.compression, Compression::Snappy);
         assert_eq!(
-            c.storage.options.get("aws_conditional_put").unwrap().expose(),
+            c.storage
+                .options
+                .get("aws_conditional_put")
+                .unwrap()
+                .expose(),
             "etag"
         );
     }
@@ -1001,10 +1000,7 @@ schema_file = "SCHEMA"
     fn bad_values_name_the_key() {
         let cases = [
             (MINIMAL.replace("127.0.0.1:9092", "nohost"), "kafka.brokers"),
-            (
-                MINIMAL.replace("topics = [\"orders\"]", ""),
-                "kafka.topics",
-            ),
+            (MINIMAL.replace("topics = [\"orders\"]", ""), "kafka.topics"),
             (
                 MINIMAL.replace("s3://bucket/orders", "ftp://x/y"),
                 "table.uri",

@@ -14,8 +14,8 @@
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
-    StringBuilder, StructBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
+    StructBuilder, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::compute::concat_batches;
 use deltalake::arrow::datatypes::{DataType, Field, Fields, SchemaRef};
@@ -85,7 +85,8 @@ impl JsonDecoder {
     /// A decoder for chunks of up to `batch_size` records.
     pub fn new(schema: TableSchema, batch_size: usize) -> Result<Self, DecodeError> {
         let batch_size = batch_size.max(1);
-        let decoder = build_decoder(&schema.record_arrow, batch_size).map_err(DecodeError::Schema)?;
+        let decoder =
+            build_decoder(&schema.record_arrow, batch_size).map_err(DecodeError::Schema)?;
         Ok(Self {
             schema,
             batch_size,
@@ -130,8 +131,8 @@ impl JsonDecoder {
             Ok(batch) => batch,
             Err(_) => {
                 // Isolate: the chunk holds at least one bad record.
-                self.decoder =
-                    build_decoder(&self.schema.record_arrow, self.batch_size).map_err(DecodeError::Schema)?;
+                self.decoder = build_decoder(&self.schema.record_arrow, self.batch_size)
+                    .map_err(DecodeError::Schema)?;
                 let (batch, good, bad) = self.decode_each(chunk, &rows)?;
                 rejected.extend(bad);
                 rejected.sort_by_key(|r| r.index);
@@ -202,8 +203,8 @@ impl JsonDecoder {
                         index: i,
                         reason: format!("invalid JSON for the table schema: {reason}"),
                     });
-                    single = build_decoder(&self.schema.record_arrow, 1)
-                        .map_err(DecodeError::Schema)?;
+                    single =
+                        build_decoder(&self.schema.record_arrow, 1).map_err(DecodeError::Schema)?;
                 }
             }
         }
@@ -382,12 +383,12 @@ mod tests {
         let mut d = decoder(MetadataColumns::default());
         let c = chunk(&[
             r#"{"id":1}"#,
-            r#"{"id":"#,             // truncated
-            r#"{"id":"x"}"#,         // wrong type
-            r#"{"name":"no id"}"#,   // required field missing
-            r#"{"id":5}{"id":6}"#,   // two documents
-            "",                      // empty
-            r#"[1,2]"#,              // not an object
+            r#"{"id":"#,           // truncated
+            r#"{"id":"x"}"#,       // wrong type
+            r#"{"name":"no id"}"#, // required field missing
+            r#"{"id":5}{"id":6}"#, // two documents
+            "",                    // empty
+            r#"[1,2]"#,            // not an object
             r#"{"id":8}"#,
         ]);
         let out = d.decode(&c, |_| true).unwrap();
@@ -432,7 +433,10 @@ mod tests {
             .as_primitive::<Int64Type>();
         assert_eq!(offsets.values().to_vec(), vec![100, 102]);
         assert_eq!(
-            b.column_by_name("_topic").unwrap().as_string::<i32>().value(1),
+            b.column_by_name("_topic")
+                .unwrap()
+                .as_string::<i32>()
+                .value(1),
             "t"
         );
         let keys = b.column_by_name("_key").unwrap().as_binary::<i32>();

@@ -119,13 +119,21 @@ pub struct DemoReport {
     pub exactly_once: bool,
 }
 
-fn demo_config(brokers: String, dir: &Path, partitions: i32, max_age: Duration) -> Result<Config, DemoError> {
+fn demo_config(
+    brokers: String,
+    dir: &Path,
+    partitions: i32,
+    max_age: Duration,
+) -> Result<Config, DemoError> {
     let schema = crate::schema::parse_schema_json(DEMO_SCHEMA)
         .map_err(|e| DemoError::Options(e.to_string()))?;
     let uri = url::Url::from_directory_path(dir)
         .map_err(|()| DemoError::Options(format!("{} is not an absolute path", dir.display())))?;
     let mut properties = BTreeMap::new();
-    properties.insert("session.timeout.ms".to_owned(), crate::secret::Secret::new("6000"));
+    properties.insert(
+        "session.timeout.ms".to_owned(),
+        crate::secret::Secret::new("6000"),
+    );
     Ok(Config {
         app_id: "tributary-demo".into(),
         kafka: KafkaConfig {
@@ -213,7 +221,9 @@ fn chrono_like_rfc3339(secs: u64) -> String {
 /// Run the demo; `progress` is called about twice a second while ingesting.
 pub async fn run(opts: DemoOptions, progress: impl Fn(Progress)) -> Result<DemoReport, DemoError> {
     if opts.partitions < 1 || opts.partitions > 64 {
-        return Err(DemoError::Options("partitions must be between 1 and 64".into()));
+        return Err(DemoError::Options(
+            "partitions must be between 1 and 64".into(),
+        ));
     }
     if opts.records == 0 {
         return Err(DemoError::Options("records must be at least 1".into()));
@@ -258,33 +268,43 @@ pub async fn run(opts: DemoOptions, progress: impl Fn(Progress)) -> Result<DemoR
     let partitions = opts.partitions;
     let bad_every = opts.bad_every;
     let produced_in_thread = produced.clone();
-    let producer_thread = std::thread::spawn(move || -> Result<(u64, BTreeMap<i32, i64>), rdkafka::error::KafkaError> {
-        let mut bad = 0;
-        let mut last = BTreeMap::new();
-        for i in 0..total {
-            let p = (i % partitions as u64) as i32;
-            let payload = if bad_every > 0 && i % bad_every == bad_every - 1 {
-                bad += 1;
-                format!(r#"{{"event_id":{i},"user_id":"#) // truncated JSON
-            } else {
-                sample_event(i)
-            };
-            let key = format!("user-{}", i % 997);
-            loop {
-                match producer.send(BaseRecord::to(TOPIC).partition(p).key(&key).payload(&payload)) {
-                    Ok(()) => break,
-                    Err((rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ), _)) => std::thread::sleep(Duration::from_millis(5)),
-                    Err((e, _)) => return Err(e),
+    let producer_thread = std::thread::spawn(
+        move || -> Result<(u64, BTreeMap<i32, i64>), rdkafka::error::KafkaError> {
+            let mut bad = 0;
+            let mut last = BTreeMap::new();
+            for i in 0..total {
+                let p = (i % partitions as u64) as i32;
+                let payload = if bad_every > 0 && i % bad_every == bad_every - 1 {
+                    bad += 1;
+                    format!(r#"{{"event_id":{i},"user_id":"#) // truncated JSON
+                } else {
+                    sample_event(i)
+                };
+                let key = format!("user-{}", i % 997);
+                loop {
+                    match producer.send(
+                        BaseRecord::to(TOPIC)
+                            .partition(p)
+                            .key(&key)
+                            .payload(&payload),
+                    ) {
+                        Ok(()) => break,
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull,
+                            ),
+                            _,
+                        )) => std::thread::sleep(Duration::from_millis(5)),
+                        Err((e, _)) => return Err(e),
+                    }
                 }
+                *last.entry(p).or_insert(-1) += 1;
+                produced_in_thread.store(i + 1, std::sync::atomic::Ordering::Relaxed);
             }
-            *last.entry(p).or_insert(-1) += 1;
-            produced_in_thread.store(i + 1, std::sync::atomic::Ordering::Relaxed);
-        }
-        producer.flush(Duration::from_secs(30))?;
-        Ok((bad, last))
-    });
+            producer.flush(Duration::from_secs(30))?;
+            Ok((bad, last))
+        },
+    );
 
     // Stop the pipeline once every partition's last offset is committed.
     let start = Instant::now();
@@ -334,7 +354,15 @@ pub async fn run(opts: DemoOptions, progress: impl Fn(Progress)) -> Result<DemoR
         .map_err(|_| DemoError::Options("producer thread panicked".into()))??;
     drop(cluster);
 
-    verify(&cfg, total, produced_bad, &produced_last, summary.rejected, elapsed).await
+    verify(
+        &cfg,
+        total,
+        produced_bad,
+        &produced_last,
+        summary.rejected,
+        elapsed,
+    )
+    .await
 }
 
 async fn verify(
@@ -351,9 +379,11 @@ async fn verify(
         .map_err(|e| verr(&e))?
         .ok_or_else(|| DemoError::Verify("the table was not created".into()))?;
     let ctx = SessionContext::new();
-    t.update_datafusion_session(&ctx.state()).map_err(|e| verr(&e))?;
+    t.update_datafusion_session(&ctx.state())
+        .map_err(|e| verr(&e))?;
     let provider = t.table_provider().await.map_err(|e| verr(&e))?;
-    ctx.register_table("events", provider).map_err(|e| verr(&e))?;
+    ctx.register_table("events", provider)
+        .map_err(|e| verr(&e))?;
     let batches: Vec<RecordBatch> = ctx
         .sql(
             "SELECT count(*) AS n, \
@@ -378,15 +408,14 @@ async fn verify(
     let offsets: BTreeMap<i32, (Option<i64>, i64)> = produced_last
         .iter()
         .map(|(p, last)| {
-            let s = stored.get(&TopicPartition::new(TOPIC, *p)).copied().flatten();
+            let s = stored
+                .get(&TopicPartition::new(TOPIC, *p))
+                .copied()
+                .flatten();
             (*p, (s, *last))
         })
         .collect();
-    let files = t
-        .snapshot()
-        .map_err(|e| verr(&e))?
-        .log_data()
-        .num_files();
+    let files = t.snapshot().map_err(|e| verr(&e))?.log_data().num_files();
     let good = produced - produced_bad;
     let exactly_once = rows == good
         && distinct == good

@@ -13,11 +13,17 @@ use tributary::pipeline::{self, RunOptions};
 use tributary::stats::PipelineStats;
 
 #[derive(Parser, Debug)]
-#[command(name = "tributary", version, about = "Stream Kafka topics into Delta Lake tables, exactly once")]
+#[command(
+    name = "tributary",
+    version,
+    about = "Stream Kafka topics into Delta Lake tables, exactly once"
+)]
 struct Cli {
-    /// Log level or filter (e.g. `info`, `tributary=debug,librdkafka=warn`); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// Log level or filter (e.g. `debug`, `tributary=debug,librdkafka=warn`); RUST_LOG
+    /// overrides it. Default: `info` for tributary and librdkafka, `warn` for the
+    /// libraries below (`warn` for everything in `demo`).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -65,10 +71,16 @@ enum Command {
     },
 }
 
+/// Quiet defaults: delta-rs and the Delta kernel log every snapshot load at INFO.
+const DEFAULT_FILTER: &str = "info,buoyant_kernel=warn,deltalake_core=warn,deltalake_aws=warn,\
+deltalake=warn,datafusion=warn,object_store=warn,aws_config=warn,aws_smithy_runtime=warn,hyper=warn";
+
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -108,8 +120,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let summary =
                 pipeline::run(cfg, stats, RunOptions::default(), shutdown_signal()).await?;
             tracing::info!(
-                records = summary.records, rows = summary.rows, rejected = summary.rejected,
-                commits = summary.commits, "stopped cleanly"
+                records = summary.records,
+                rows = summary.rows,
+                rejected = summary.rejected,
+                commits = summary.commits,
+                "stopped cleanly"
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -135,7 +150,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Demo {
             records,
@@ -168,7 +187,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             eprintln!();
             print_demo_report(&report);
-            Ok(if report.exactly_once { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.exactly_once {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -186,8 +209,14 @@ fn print_demo_report(r: &tributary::demo::DemoReport) {
     println!("table            {}", r.table_uri);
     println!("version          {}", r.version);
     println!("data files       {}", r.files);
-    println!("events produced  {} ({} malformed on purpose)", r.produced, r.produced_bad);
-    println!("rows in table    {} ({} distinct partition/offset)", r.rows, r.distinct);
+    println!(
+        "events produced  {} ({} malformed on purpose)",
+        r.produced, r.produced_bad
+    );
+    println!(
+        "rows in table    {} ({} distinct partition/offset)",
+        r.rows, r.distinct
+    );
     println!("rejected         {}", r.rejected);
     println!("ingest time      {:.1}s", r.elapsed.as_secs_f64());
     println!("partition  stored offset  last produced");
@@ -196,7 +225,9 @@ fn print_demo_report(r: &tributary::demo::DemoReport) {
         println!("{p:>9}  {s:>13}  {last:>13}");
     }
     if r.exactly_once {
-        println!("exactly once     yes: every good event once, every malformed one rejected, offsets at the partition ends");
+        println!(
+            "exactly once     yes: every good event once, every malformed one rejected, offsets at the partition ends"
+        );
     } else {
         println!("exactly once     NO: see the figures above");
     }
@@ -204,8 +235,15 @@ fn print_demo_report(r: &tributary::demo::DemoReport) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let default = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => DEFAULT_FILTER,
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(default), cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -247,7 +247,9 @@ struct Pipeline {
     abandon: Arc<AtomicBool>,
 }
 
-async fn wait_inflight(inflight: &mut Option<Inflight>) -> Result<CommitDone, tokio::task::JoinError> {
+async fn wait_inflight(
+    inflight: &mut Option<Inflight>,
+) -> Result<CommitDone, tokio::task::JoinError> {
     match inflight {
         Some(i) => (&mut i.handle).await,
         None => std::future::pending().await,
@@ -260,8 +262,8 @@ impl Pipeline {
         mut channels: SourceChannels,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunSummary, PipelineError> {
-        let tick_every = (self.cfg.flush.max_age / 10)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let tick_every =
+            (self.cfg.flush.max_age / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -397,22 +399,34 @@ impl Pipeline {
         reply
     }
 
-    async fn on_revoke(&mut self, partitions: &[TopicPartition], lost: bool) -> Result<(), PipelineError> {
-        let touches_window = partitions.iter().any(|tp| self.window.parts.contains_key(tp));
+    async fn on_revoke(
+        &mut self,
+        partitions: &[TopicPartition],
+        lost: bool,
+    ) -> Result<(), PipelineError> {
+        let touches_window = partitions
+            .iter()
+            .any(|tp| self.window.parts.contains_key(tp));
         let deadline = self.options.revoke_commit_timeout;
         self.await_inflight(deadline).await?;
         if touches_window {
             if lost || self.needs_rewind || self.inflight.is_some() {
                 // Another consumer may already own these partitions, or we cannot
                 // commit in time: drop the window, it is re-read by whoever owns them.
-                tracing::info!(records = self.window.records, lost, "dropping buffered records of revoked partitions");
+                tracing::info!(
+                    records = self.window.records,
+                    lost,
+                    "dropping buffered records of revoked partitions"
+                );
                 self.window.abort();
                 self.needs_rewind = true;
             } else {
                 self.start_commit();
                 self.await_inflight(deadline).await?;
                 if self.inflight.is_some() {
-                    tracing::warn!("commit on revoke did not finish in time; its outcome is checked later");
+                    tracing::warn!(
+                        "commit on revoke did not finish in time; its outcome is checked later"
+                    );
                 }
             }
         }
@@ -456,11 +470,53 @@ impl Pipeline {
                 }
             }
         }
-        let accounted = keep.iter().filter(|k| **k).count() as u64;
+        // Split the chunk where the window reaches max_rows, so no window (and no
+        // file) holds more rows than the policy allows.
+        let mut start = 0;
+        while start < chunk.len() {
+            if self.flush_due() {
+                if self.inflight.is_some() {
+                    self.await_inflight(Duration::MAX).await?;
+                }
+                self.maybe_flush();
+            }
+            if self.needs_rewind {
+                return Ok(()); // the rest is re-read after the rewind
+            }
+            let budget = self
+                .cfg
+                .flush
+                .max_rows
+                .saturating_sub(self.window.rows)
+                .max(1);
+            let mut end = start;
+            let mut taken = 0u64;
+            while end < chunk.len() && taken < budget {
+                if keep[end] {
+                    taken += 1;
+                }
+                end += 1;
+            }
+            self.on_segment(&chunk, &keep, start..end).await?;
+            start = end;
+        }
+        self.maybe_flush();
+        Ok(())
+    }
+
+    /// Account for, decode and write the kept records of `chunk[range]`.
+    async fn on_segment(
+        &mut self,
+        chunk: &RecordChunk,
+        keep: &[bool],
+        range: std::ops::Range<usize>,
+    ) -> Result<(), PipelineError> {
+        let in_segment = |i: usize| range.contains(&i) && keep[i];
+        let accounted = range.clone().filter(|&i| keep[i]).count() as u64;
         if accounted == 0 {
             return Ok(());
         }
-        let decoded = self.decoder.decode(&chunk, |i| keep[i])?;
+        let decoded = self.decoder.decode(chunk, in_segment)?;
         for rej in &decoded.rejected {
             let r = &chunk.records[rej.index];
             let tp = &chunk.partitions[r.part as usize].tp;
@@ -476,14 +532,17 @@ impl Pipeline {
                 reason = %rej.reason, "record rejected; counted and skipped"
             );
         }
-        // Account for every kept record, good or rejected.
-        for (idx, seen) in last.iter().enumerate() {
-            if let Some(Some(offset)) = seen {
-                let tp = &chunk.partitions[idx].tp;
-                if let Some(p) = self.parts.get_mut(tp) {
-                    if p.seen_last.is_none_or(|s| *offset > s) {
-                        p.seen_last = Some(*offset);
-                        self.window.parts.insert(tp.clone(), *offset);
+        // Account for every kept record, good or rejected: the window's offset for a
+        // partition is its last kept record, whatever became of it.
+        for i in range.clone().filter(|&i| keep[i]) {
+            let r = &chunk.records[i];
+            let tp = &chunk.partitions[r.part as usize].tp;
+            if let Some(p) = self.parts.get_mut(tp) {
+                p.seen_last = Some(r.offset);
+                match self.window.parts.get_mut(tp) {
+                    Some(o) => *o = r.offset,
+                    None => {
+                        self.window.parts.insert(tp.clone(), r.offset);
                     }
                 }
             }
@@ -495,11 +554,12 @@ impl Pipeline {
         if let Some(batch) = decoded.batch {
             let rows = batch.num_rows() as u64;
             if self.window.writer.is_none() {
-                let writer = table::new_writer(&self.table, self.props.clone(), self.cfg.flush.max_bytes)
-                    .map_err(|source| PipelineError::Write {
-                        uri: self.cfg.table.uri.to_string(),
-                        source,
-                    })?;
+                let writer =
+                    table::new_writer(&self.table, self.props.clone(), self.cfg.flush.max_bytes)
+                        .map_err(|source| PipelineError::Write {
+                            uri: self.cfg.table.uri.to_string(),
+                            source,
+                        })?;
                 self.window.writer = Some(writer);
             }
             let writer = self.window.writer.as_mut().expect("writer just set");
@@ -516,7 +576,6 @@ impl Pipeline {
             }
             self.window.rows += rows;
         }
-        self.maybe_flush();
         Ok(())
     }
 
@@ -534,7 +593,9 @@ impl Pipeline {
         let mut partitions = Vec::with_capacity(window.parts.len());
         let mut parts = Vec::with_capacity(window.parts.len());
         for (tp, last) in window.parts {
-            let Some(p) = self.parts.get(&tp) else { continue };
+            let Some(p) = self.parts.get(&tp) else {
+                continue;
+            };
             partitions.push(PartitionCommit {
                 tp: tp.clone(),
                 expected: p.committed,
@@ -552,7 +613,11 @@ impl Pipeline {
         let handle = tokio::spawn(async move {
             flush_and_commit(writer, table, app_id, partitions, policy, abandon).await
         });
-        self.inflight = Some(Inflight { handle, parts, rows });
+        self.inflight = Some(Inflight {
+            handle,
+            parts,
+            rows,
+        });
     }
 
     fn on_commit_done(
@@ -570,7 +635,12 @@ impl Pipeline {
         };
         self.table = done.table;
         match done.result {
-            Ok((outcome @ (CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted), cstats, files, bytes)) => {
+            Ok((
+                outcome @ (CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted),
+                cstats,
+                files,
+                bytes,
+            )) => {
                 let mut offsets = Vec::with_capacity(inflight.parts.len());
                 for (tp, epoch, last) in &inflight.parts {
                     if let Some(p) = self.parts.get_mut(tp) {
@@ -581,23 +651,36 @@ impl Pipeline {
                     offsets.push((tp.clone(), *last));
                 }
                 if let CommitOutcome::Committed { version } = outcome {
-                    self.stats.table_version.store(version as u64, Ordering::Relaxed);
+                    self.stats
+                        .table_version
+                        .store(version as u64, Ordering::Relaxed);
                     PipelineStats::add(&self.stats.commits, 1);
                     PipelineStats::add(&self.stats.rows_committed, inflight.rows);
                     PipelineStats::add(&self.stats.files_committed, files as u64);
                     PipelineStats::add(&self.stats.bytes_committed, bytes);
                     tracing::info!(
-                        version, rows = inflight.rows, files, bytes, partitions = inflight.parts.len(),
-                        attempts = cstats.attempts, ms = cstats.duration.as_millis() as u64,
+                        version,
+                        rows = inflight.rows,
+                        files,
+                        bytes,
+                        partitions = inflight.parts.len(),
+                        attempts = cstats.attempts,
+                        ms = cstats.duration.as_millis() as u64,
                         "committed"
                     );
                 } else {
-                    tracing::info!(rows = inflight.rows, "offsets were already committed; nothing written");
+                    tracing::info!(
+                        rows = inflight.rows,
+                        "offsets were already committed; nothing written"
+                    );
                 }
                 self.stats.set_committed(offsets.iter().cloned());
                 if let Some(source) = &self.source {
                     source.send(SourceCommand::CommitOffsets(
-                        offsets.into_iter().map(|(tp, last)| (tp, last + 1)).collect(),
+                        offsets
+                            .into_iter()
+                            .map(|(tp, last)| (tp, last + 1))
+                            .collect(),
                     ));
                 }
                 self.backoff = self.options.initial_backoff;
@@ -679,7 +762,10 @@ impl Pipeline {
 
     /// Commit what is buffered, leave the group and stop the poll thread.
     async fn drain(&mut self, mut channels: SourceChannels) -> Result<RunSummary, PipelineError> {
-        tracing::info!(records = self.window.records, "shutting down: committing buffered records");
+        tracing::info!(
+            records = self.window.records,
+            "shutting down: committing buffered records"
+        );
         let abandon = self.abandon.clone();
         let grace = self.options.shutdown_grace;
         let timer = tokio::spawn(async move {

@@ -75,7 +75,10 @@ pub fn headers_type() -> DataType {
         StructField::new("value", DataType::BINARY, true),
     ])
     .expect("static header struct is valid");
-    DataType::Array(Box::new(ArrayType::new(DataType::Struct(Box::new(entry)), false)))
+    DataType::Array(Box::new(ArrayType::new(
+        DataType::Struct(Box::new(entry)),
+        false,
+    )))
 }
 
 /// The record schema and the metadata columns, in both type systems.

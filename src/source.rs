@@ -34,15 +34,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientContext;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{KafkaConfig, OffsetReset};
@@ -164,10 +162,18 @@ impl ClientContext for IngestContext {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", facility = fac, "{log_message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility = fac, "{log_message}"),
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{log_message}")
+            }
         }
     }
 
@@ -192,7 +198,10 @@ impl ConsumerContext for IngestContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let closing = self.closing.load(Ordering::Acquire);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -404,7 +413,9 @@ fn poll_loop(
                 Ok(SourceCommand::Seek { tp, to, epoch }) => {
                     {
                         let mut epochs = consumer.context().epochs.lock().expect("epoch map");
-                        let Some(e) = epochs.get_mut(&tp.topic).and_then(|m| m.get_mut(&tp.partition))
+                        let Some(e) = epochs
+                            .get_mut(&tp.topic)
+                            .and_then(|m| m.get_mut(&tp.partition))
                         else {
                             continue; // no longer assigned
                         };
@@ -413,20 +424,28 @@ fn poll_loop(
                     if let Some(chunk) = pending.as_mut() {
                         drop_partition(chunk, &tp);
                     }
-                    if let Err(e) = consumer.seek(&tp.topic, tp.partition, to.offset(), Duration::ZERO) {
+                    if let Err(e) =
+                        consumer.seek(&tp.topic, tp.partition, to.offset(), Duration::ZERO)
+                    {
                         tracing::warn!(partition = %tp, error = %e, "seek failed");
                     }
                 }
                 Ok(SourceCommand::CommitOffsets(offsets)) => {
                     let mut tpl = TopicPartitionList::new();
                     for (tp, next) in &offsets {
-                        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
+                        let _ = tpl.add_partition_offset(
+                            &tp.topic,
+                            tp.partition,
+                            Offset::Offset(*next),
+                        );
                     }
                     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
                         tracing::debug!(error = %e, "consumer-group offset commit failed (monitoring only)");
                     }
                 }
-                Ok(SourceCommand::Shutdown) | Err(std_mpsc::TryRecvError::Disconnected) => break 'outer,
+                Ok(SourceCommand::Shutdown) | Err(std_mpsc::TryRecvError::Disconnected) => {
+                    break 'outer;
+                }
                 Err(std_mpsc::TryRecvError::Empty) => break,
             }
         }
@@ -502,7 +521,10 @@ fn poll_loop(
 fn push_message(chunk: &mut RecordChunk, msg: &rdkafka::message::BorrowedMessage<'_>, epoch: u64) {
     let tp = TopicPartition::new(msg.topic(), msg.partition());
     let part = if let Some(last) = chunk.partitions.last() {
-        if last.epoch == epoch && *last.tp.topic == *msg.topic() && last.tp.partition == msg.partition() {
+        if last.epoch == epoch
+            && *last.tp.topic == *msg.topic()
+            && last.tp.partition == msg.partition()
+        {
             (chunk.partitions.len() - 1) as u32
         } else {
             chunk.partition_index(&tp, epoch)

@@ -172,10 +172,12 @@ pub async fn open_or_create(
                 Err(TableError::Delta {
                     source: DeltaTableError::VersionAlreadyExists(_),
                     ..
-                }) => load(uri, storage).await?.ok_or_else(|| TableError::Unsupported {
-                    uri: uri.clone(),
-                    message: "table creation raced and the table is still missing".into(),
-                })?,
+                }) => load(uri, storage)
+                    .await?
+                    .ok_or_else(|| TableError::Unsupported {
+                        uri: uri.clone(),
+                        message: "table creation raced and the table is still missing".into(),
+                    })?,
                 Err(e) => return Err(e),
             }
         }
@@ -251,12 +253,13 @@ pub fn check_schema(
     }
     // Decode with the table's full column list so extra nullable table columns are
     // filled with nulls rather than rejected.
-    let schema = TableSchema::from_table(&table_schema, &cfg.metadata_columns).map_err(
-        |source| TableError::Schema {
-            uri: uri.clone(),
-            source,
-        },
-    )?;
+    let schema =
+        TableSchema::from_table(&table_schema, &cfg.metadata_columns).map_err(|source| {
+            TableError::Schema {
+                uri: uri.clone(),
+                source,
+            }
+        })?;
     let arrow_kernel: Result<StructType, _> = schema.arrow.as_ref().try_into_kernel();
     if arrow_kernel.is_err() {
         return Err(TableError::Unsupported {
@@ -306,9 +309,9 @@ pub async fn stored_offsets(
 pub fn writer_properties(compression: Compression, row_group_rows: usize) -> WriterProperties {
     let codec = match compression {
         Compression::Snappy => PqCompression::SNAPPY,
-        Compression::Zstd(level) => PqCompression::ZSTD(
-            ZstdLevel::try_new(level).unwrap_or_default(),
-        ),
+        Compression::Zstd(level) => {
+            PqCompression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default())
+        }
         Compression::Lz4 => PqCompression::LZ4_RAW,
         Compression::Uncompressed => PqCompression::UNCOMPRESSED,
     };

@@ -1,0 +1,457 @@
+//! Shared test harness: the real servers started by `tests/servers.sh`, unique
+//! names, topic and bucket creation, producing, reading tables back, and running
+//! the daemon as a real process.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use deltalake::DeltaTable;
+use deltalake::arrow::array::{AsArray, RecordBatch};
+use deltalake::arrow::datatypes::{Int32Type, Int64Type};
+use deltalake::datafusion::prelude::SessionContext;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tributary::config::{Config, RawConfig};
+use tributary::record::TopicPartition;
+
+/// Addresses of the servers `tests/servers.sh` started.
+pub struct Servers {
+    pub brokers: String,
+    pub s3: String,
+}
+
+pub fn servers() -> Servers {
+    let get = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!(
+                "{k} is not set: the integration tests need the Kafka and S3 servers that \
+                 tests/run.sh starts; run the tests with `tests/run.sh`"
+            )
+        })
+    };
+    Servers {
+        brokers: get("TRIBUTARY_TEST_BROKERS"),
+        s3: get("TRIBUTARY_TEST_S3_ENDPOINT"),
+    }
+}
+
+/// A name no other test (or earlier run against the same servers) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000;
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create_topics");
+    for r in results {
+        r.expect("topic created");
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let topic_owned = topic.to_owned();
+    eventually(Duration::from_secs(20), "topic metadata", || {
+        let ok = consumer
+            .fetch_metadata(Some(&topic_owned), Duration::from_secs(2))
+            .ok()
+            .is_some_and(|m| {
+                m.topics()
+                    .iter()
+                    .any(|t| t.name() == topic_owned && t.partitions().len() == partitions as usize)
+            });
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+/// Create a bucket on the S3 server with a plain HTTP PUT (moto does not check
+/// signatures).
+pub fn create_bucket(endpoint: &str, bucket: &str) {
+    let hostport = endpoint.trim_start_matches("http://");
+    let mut s = TcpStream::connect(hostport).expect("connect to S3 server");
+    write!(
+        s,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "bucket creation failed: {resp}"
+    );
+}
+
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer")
+}
+
+/// Produce `(partition, payload)` records; returns the offsets per partition in order.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    records: impl IntoIterator<Item = (i32, String)>,
+) -> BTreeMap<i32, Vec<i64>> {
+    let records: Vec<(i32, String, String)> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (p, payload))| (p, format!("k{i}"), payload))
+        .collect();
+    let mut out: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for batch in records.chunks(500) {
+        let mut futures: Vec<_> = batch
+            .iter()
+            .map(|(p, key, payload)| {
+                producer.send(
+                    FutureRecord::to(topic)
+                        .partition(*p)
+                        .key(key)
+                        .payload(payload),
+                    Duration::from_secs(30),
+                )
+            })
+            .collect();
+        for (p, o) in drain(&mut futures).await {
+            out.entry(p).or_default().push(o);
+        }
+    }
+    out
+}
+
+async fn drain<F>(futures: &mut Vec<F>) -> Vec<(i32, i64)>
+where
+    F: std::future::Future<
+            Output = Result<
+                rdkafka::producer::future_producer::Delivery,
+                (rdkafka::error::KafkaError, rdkafka::message::OwnedMessage),
+            >,
+        >,
+{
+    let results = futures::future::join_all(futures.drain(..)).await;
+    results
+        .into_iter()
+        .map(|r| {
+            let d = r.map_err(|(e, _)| e).expect("delivery");
+            (d.partition, d.offset)
+        })
+        .collect()
+}
+
+/// A JSON event for the demo schema.
+pub fn event(i: u64) -> String {
+    tributary::demo::sample_event(i)
+}
+
+/// The path of the demo record schema.
+pub fn demo_schema_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/demo_events.json")
+}
+
+/// A test's Kafka topic, S3 bucket and table.
+pub struct Scenario {
+    pub servers: Servers,
+    pub topic: String,
+    pub bucket: String,
+    pub app_id: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    pub async fn new(name: &str, partitions: i32) -> Self {
+        let servers = servers();
+        let topic = unique(name);
+        let bucket = unique("b").to_lowercase();
+        create_topic(&servers.brokers, &topic, partitions).await;
+        create_bucket(&servers.s3, &bucket);
+        Self {
+            servers,
+            topic,
+            bucket,
+            app_id: unique("app"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn table_uri(&self) -> String {
+        format!("s3://{}/events", self.bucket)
+    }
+
+    /// The config as TOML; `extra` is appended (e.g. a `[flush]` section).
+    pub fn config_toml(&self, extra: &str) -> String {
+        format!(
+            r#"
+app_id = "{app_id}"
+
+[kafka]
+brokers = "{brokers}"
+topics = ["{topic}"]
+auto_offset_reset = "earliest"
+
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+
+[table]
+uri = "{uri}"
+schema_file = "{schema}"
+compression = "zstd(1)"
+
+[table.metadata_columns]
+topic = "_topic"
+partition = "_partition"
+offset = "_offset"
+timestamp = "_timestamp"
+key = "_key"
+headers = "_headers"
+
+[storage]
+endpoint = "{s3}"
+region = "us-east-1"
+allow_http = true
+path_style = true
+access_key_id = "test"
+secret_access_key = "test"
+
+{extra}
+"#,
+            app_id = self.app_id,
+            brokers = self.servers.brokers,
+            topic = self.topic,
+            uri = self.table_uri(),
+            schema = demo_schema_path().display(),
+            s3 = self.servers.s3,
+        )
+    }
+
+    pub fn config(&self, extra: &str) -> Config {
+        RawConfig::parse(&self.config_toml(extra), None, &|_| None)
+            .expect("config parses")
+            .validate()
+            .expect("config valid")
+    }
+
+    pub fn write_config(&self, extra: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{}.toml", unique("cfg")));
+        std::fs::write(&path, self.config_toml(extra)).unwrap();
+        path
+    }
+
+    pub async fn table(&self) -> Option<DeltaTable> {
+        let cfg = self.config("");
+        tributary::table::load(&cfg.table.uri, &cfg.storage)
+            .await
+            .expect("load table")
+    }
+
+    /// Stored txn versions for partitions `0..n`.
+    pub async fn stored_offsets(&self, n: i32) -> BTreeMap<i32, Option<i64>> {
+        let Some(t) = self.table().await else {
+            return (0..n).map(|p| (p, None)).collect();
+        };
+        let mut out = BTreeMap::new();
+        for p in 0..n {
+            let tp = TopicPartition::new(self.topic.as_str(), p);
+            out.insert(
+                p,
+                tributary::table::stored_offset(&t, &self.app_id, &tp)
+                    .await
+                    .unwrap(),
+            );
+        }
+        out
+    }
+
+    /// Every (partition, offset) row in the table.
+    pub async fn rows(&self) -> Vec<(i32, i64)> {
+        let Some(t) = self.table().await else {
+            return Vec::new();
+        };
+        query_rows(&t).await
+    }
+}
+
+pub async fn query(t: &DeltaTable, sql: &str) -> Vec<RecordBatch> {
+    let ctx = SessionContext::new();
+    t.update_datafusion_session(&ctx.state()).unwrap();
+    let provider = t.table_provider().await.unwrap();
+    ctx.register_table("t", provider).unwrap();
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+pub async fn query_rows(t: &DeltaTable) -> Vec<(i32, i64)> {
+    let batches = query(t, "SELECT _partition, _offset FROM t").await;
+    let mut rows = Vec::new();
+    for b in batches {
+        let p = b.column(0).as_primitive::<Int32Type>();
+        let o = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            rows.push((p.value(i), o.value(i)));
+        }
+    }
+    rows.sort_unstable();
+    rows
+}
+
+/// Lost and duplicated (partition, offset) pairs of `rows` against `expected`.
+pub fn diff(rows: &[(i32, i64)], expected: &BTreeMap<i32, Vec<i64>>) -> (usize, usize) {
+    let mut counts: BTreeMap<(i32, i64), usize> = BTreeMap::new();
+    for r in rows {
+        *counts.entry(*r).or_default() += 1;
+    }
+    let duplicated = counts.values().filter(|c| **c > 1).map(|c| c - 1).sum();
+    let lost = expected
+        .iter()
+        .flat_map(|(p, offs)| offs.iter().map(move |o| (*p, *o)))
+        .filter(|k| !counts.contains_key(k))
+        .count();
+    (lost, duplicated)
+}
+
+/// The `tributary` binary running `ingest`.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, log_dir: &Path) -> Self {
+        let log = log_dir.join(format!("{}.log", unique("daemon")));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args(["ingest", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,buoyant_kernel=warn,deltalake_core=warn")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn tributary");
+        Self { child, log }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub async fn terminate(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let child = &mut self.child;
+        eventually(deadline, "daemon exit after SIGTERM", || {
+            let r = child.try_wait().unwrap();
+            async move { r }
+        })
+        .await
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A background producer writing events round-robin over `partitions` in small
+/// batches, so a daemon sees a steady stream; `finish()` returns the offsets.
+pub struct BackgroundProducer {
+    handle: tokio::task::JoinHandle<BTreeMap<i32, Vec<i64>>>,
+}
+
+impl BackgroundProducer {
+    pub fn start(brokers: &str, topic: &str, partitions: i32, total: u64, per_batch: u64) -> Self {
+        let producer = producer(brokers);
+        let topic = topic.to_owned();
+        let handle = tokio::spawn(async move {
+            let mut all: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+            let mut i = 0u64;
+            while i < total {
+                let n = per_batch.min(total - i);
+                let batch: Vec<(i32, String)> = (i..i + n)
+                    .map(|j| ((j % partitions as u64) as i32, event(j)))
+                    .collect();
+                for (p, offs) in produce(&producer, &topic, batch).await {
+                    all.entry(p).or_default().extend(offs);
+                }
+                i += n;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            all
+        });
+        Self { handle }
+    }
+
+    pub async fn finish(self) -> BTreeMap<i32, Vec<i64>> {
+        self.handle.await.unwrap()
+    }
+}
+
+/// Last offsets per partition.
+pub fn last_offsets(produced: &BTreeMap<i32, Vec<i64>>) -> BTreeMap<i32, Option<i64>> {
+    produced
+        .iter()
+        .map(|(p, o)| (*p, o.iter().max().copied()))
+        .collect()
+}

@@ -1,0 +1,174 @@
+//! The pipeline in-process: exactly once with txn versions, the age flush, bad
+//! records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deltalake::arrow::datatypes::{DataType, TimeUnit};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tributary::config::Config;
+use tributary::pipeline::{self, PipelineError, RunOptions, RunSummary};
+use tributary::record::TopicPartition;
+use tributary::stats::PipelineStats;
+
+use crate::harness::*;
+
+struct Running {
+    stats: Arc<PipelineStats>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<RunSummary, PipelineError>>,
+}
+
+fn start(cfg: Config) -> Running {
+    let stats = Arc::new(PipelineStats::default());
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(pipeline::run(
+        cfg,
+        stats.clone(),
+        RunOptions::default(),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Running {
+        stats,
+        stop: Some(tx),
+        handle,
+    }
+}
+
+impl Running {
+    async fn stop(mut self) -> RunSummary {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.await.unwrap().expect("pipeline ends cleanly")
+    }
+
+    async fn committed(
+        &self,
+        topic: &str,
+        expected: &std::collections::BTreeMap<i32, Option<i64>>,
+    ) {
+        let stats = self.stats.clone();
+        let topic = topic.to_owned();
+        eventually(
+            Duration::from_secs(90),
+            "pipeline to commit the last offsets",
+            || {
+                let c = stats.committed_offsets();
+                let done = expected.iter().all(|(p, last)| {
+                    c.get(&TopicPartition::new(topic.as_str(), *p)).copied() == *last
+                });
+                async move { done.then_some(()) }
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_land_exactly_once_with_txn_versions() {
+    let s = Scenario::new("exactly-once", 4).await;
+    let producer = producer(&s.servers.brokers);
+    let produced = produce(
+        &producer,
+        &s.topic,
+        (0..2000u64).map(|i| ((i % 4) as i32, event(i))),
+    )
+    .await;
+    // Small windows force several commits.
+    let run = start(s.config("[flush]\nmax_rows = 300\nmax_age = \"1s\""));
+    let last = last_offsets(&produced);
+    run.committed(&s.topic, &last).await;
+    let summary = run.stop().await;
+
+    assert_eq!(summary.rejected, 0);
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    assert_eq!((rows.len(), lost, duplicated), (2000, 0, 0));
+    assert_eq!(
+        s.stored_offsets(4).await,
+        last,
+        "txn versions are the last offsets"
+    );
+    let t = s.table().await.unwrap();
+    assert!(
+        t.version().unwrap() >= 3,
+        "several commits, got version {:?}",
+        t.version()
+    );
+    // New tables stay at reader 1 / writer 2, with UTC timestamps.
+    let snapshot = t.snapshot().unwrap();
+    assert_eq!(snapshot.protocol().min_reader_version(), 1);
+    assert_eq!(snapshot.protocol().min_writer_version(), 2);
+    let batches = query(&t, "SELECT ts, _timestamp, _key, _topic FROM t LIMIT 1").await;
+    let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    assert_eq!(batches[0].schema().field(0).data_type(), &utc);
+    assert_eq!(batches[0].schema().field(1).data_type(), &utc);
+    assert_eq!(batches[0].num_rows(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_flush_fires_without_new_records() {
+    let s = Scenario::new("age-flush", 2).await;
+    let run =
+        start(s.config("[flush]\nmax_rows = 1000000\nmax_bytes = \"1 GiB\"\nmax_age = \"1s\""));
+    // Let the consumer join before producing, so nothing after these 10 records
+    // arrives to trigger a flush.
+    eventually(Duration::from_secs(60), "partition assignment", || {
+        let ready = run.stats.ready.load(std::sync::atomic::Ordering::Relaxed);
+        async move { ready.then_some(()) }
+    })
+    .await;
+    let producer = producer(&s.servers.brokers);
+    let produced = produce(
+        &producer,
+        &s.topic,
+        (0..10u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    // The table, read while the daemon still runs, shows the rows.
+    let rows = eventually(
+        Duration::from_secs(60),
+        "age flush to commit 10 rows",
+        || async {
+            let rows = s.rows().await;
+            (rows.len() == 10).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(diff(&rows, &produced), (0, 0));
+    assert_eq!(PipelineStats::get(&run.stats.commits), 1);
+    let summary = run.stop().await;
+    assert_eq!(summary.commits, 1, "shutdown had nothing left to commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_counted_skipped_and_their_offsets_accounted() {
+    let s = Scenario::new("bad-json", 1).await;
+    let producer = producer(&s.servers.brokers);
+    let payloads = vec![
+        event(0),
+        "{\"event_id\": ".to_owned(), // truncated
+        event(2),
+        "{\"event_id\": \"not a number\"}".to_owned(), // wrong type
+        "not json at all".to_owned(),                  // garbage, and the partition's tail
+    ];
+    let produced = produce(&producer, &s.topic, payloads.into_iter().map(|p| (0, p))).await;
+    let last = last_offsets(&produced);
+    let run = start(s.config("[flush]\nmax_age = \"1s\""));
+    run.committed(&s.topic, &last).await;
+    let summary = run.stop().await;
+    assert_eq!((summary.records, summary.rejected, summary.rows), (5, 3, 2));
+    let rows = s.rows().await;
+    let offs = &produced[&0];
+    assert_eq!(rows, vec![(0, offs[0]), (0, offs[2])]);
+    // The stored offset covers the rejected tail: a restart does not re-read it.
+    assert_eq!(s.stored_offsets(1).await, last);
+
+    let more = produce(&producer, &s.topic, [(0, event(5))]).await;
+    let run = start(s.config("[flush]\nmax_age = \"1s\""));
+    run.committed(&s.topic, &last_offsets(&more)).await;
+    let summary = run.stop().await;
+    assert_eq!((summary.records, summary.rejected, summary.rows), (1, 0, 1));
+}

@@ -1,0 +1,9 @@
+//! Integration tests against real servers (Tansu for Kafka, moto for S3) started by
+//! `tests/run.sh`. Every test uses its own topic, bucket, table and app id, so they
+//! run in parallel.
+
+mod commit;
+mod harness;
+mod ingest;
+mod process;
+mod validate;

@@ -1,0 +1,102 @@
+//! The daemon as a real process: kill -9 and restart, and two daemons sharing a
+//! consumer group. Checked by reading every (partition, offset) back from the table.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+const FLUSH: &str = "[flush]\nmax_rows = 400\nmax_age = \"1s\"";
+
+async fn table_version(s: &Scenario) -> Option<u64> {
+    s.table().await.and_then(|t| t.version())
+}
+
+async fn wait_caught_up(
+    s: &Scenario,
+    produced: &std::collections::BTreeMap<i32, Vec<i64>>,
+    partitions: i32,
+) {
+    let last = last_offsets(produced);
+    eventually(
+        Duration::from_secs(120),
+        "table offsets to reach the produced ends",
+        || async { (s.stored_offsets(partitions).await == last).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_is_exactly_once() {
+    let s = Scenario::new("kill9", 4).await;
+    let cfg = s.write_config(FLUSH);
+    let producer = BackgroundProducer::start(&s.servers.brokers, &s.topic, 4, 6000, 100);
+    let mut first = Daemon::start(&cfg, s.dir.path());
+    // Kill it once it has committed something and is in the middle of more.
+    eventually(Duration::from_secs(90), "first commits", || async {
+        (table_version(&s).await >= Some(2)).then_some(())
+    })
+    .await;
+    first.kill9();
+    let at_kill = s.rows().await.len();
+    let second = Daemon::start(&cfg, s.dir.path());
+    let produced = producer.finish().await;
+    wait_caught_up(&s, &produced, 4).await;
+    let mut second = second;
+    let status = second.terminate(Duration::from_secs(60)).await;
+    assert!(
+        status.success(),
+        "daemon exit status {status:?}; log:\n{}",
+        second.log_text()
+    );
+
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    assert!(
+        at_kill > 0 && at_kill < 6000,
+        "killed mid-stream ({at_kill} rows at kill)"
+    );
+    assert_eq!((rows.len(), lost, duplicated), (6000, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_one_stopped_midway_is_exactly_once() {
+    let s = Scenario::new("two-daemons", 4).await;
+    let cfg = s.write_config(FLUSH);
+    let producer = BackgroundProducer::start(&s.servers.brokers, &s.topic, 4, 6000, 100);
+    let mut a = Daemon::start(&cfg, s.dir.path());
+    let mut b = Daemon::start(&cfg, s.dir.path());
+    // Both working: each has logged an assignment and the table moves.
+    eventually(
+        Duration::from_secs(90),
+        "both daemons assigned and committing",
+        || {
+            let both = a.log_text().contains("partitions assigned")
+                && b.log_text().contains("partitions assigned");
+            let s = &s;
+            async move { (both && table_version(s).await >= Some(3)).then_some(()) }
+        },
+    )
+    .await;
+    let status = a.terminate(Duration::from_secs(60)).await;
+    assert!(
+        status.success(),
+        "stopped daemon exit {status:?}; log:\n{}",
+        a.log_text()
+    );
+    let produced = producer.finish().await;
+    wait_caught_up(&s, &produced, 4).await;
+    let status = b.terminate(Duration::from_secs(60)).await;
+    assert!(
+        status.success(),
+        "daemon exit {status:?}; log:\n{}",
+        b.log_text()
+    );
+
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    assert_eq!((rows.len(), lost, duplicated), (6000, 0, 0));
+    assert!(
+        b.log_text().matches("partitions assigned").count() >= 2,
+        "the remaining daemon took over the stopped one's partitions"
+    );
+}

@@ -1,0 +1,71 @@
+//! `tributary validate`: clear messages and non-zero exits for what an operator
+//! gets wrong.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+fn validate(config: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["validate", "--timeout", "3s", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn validate_passes_on_a_working_config() {
+    let s = Scenario::new("validate-ok", 2).await;
+    let (code, out) = validate(&s.write_config(""));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok    kafka topics"), "{out}");
+    assert!(out.contains("will be created"), "{out}");
+}
+
+#[tokio::test]
+async fn validate_reports_an_unreachable_broker() {
+    let s = Scenario::new("validate-broker", 1).await;
+    let text = s.config_toml("").replace(&s.servers.brokers, "127.0.0.1:1");
+    let path = s.dir.path().join("bad-broker.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, out) = validate(&path);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("FAIL  kafka brokers: cannot reach 127.0.0.1:1"),
+        "{out}"
+    );
+    assert!(out.contains("Check kafka.brokers"), "{out}");
+    // The table check still runs and passes.
+    assert!(out.contains("ok    delta table"), "{out}");
+}
+
+#[tokio::test]
+async fn validate_reports_malformed_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "app_id = \"x\"\n[kafka]\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"t\"]\nbogus = 1\n",
+            "unknown field `bogus`",
+        ),
+        ("app_id = \"x\"\n[kafka\n", "invalid config"),
+        ("app_id = \"x\"\n", "missing field `kafka`"),
+    ];
+    for (text, expected) in cases {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let (code, out) = validate(&path);
+        assert_eq!(code, 2, "{out}");
+        assert!(
+            out.contains("FAIL  config") && out.contains(expected),
+            "expected `{expected}` in:\n{out}"
+        );
+    }
+    let (code, out) = validate(&dir.path().join("missing.toml"));
+    assert_eq!(code, 2);
+    assert!(out.contains("cannot read config file"), "{out}");
+}

