@@ -73,7 +73,7 @@ pub enum CommitError {
         uri: String,
         /// delta-rs' error.
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     /// Shutdown was requested while the commit was retrying.
     #[error("commit to table {uri} abandoned at shutdown after {attempts} attempts: {last_error}")]
@@ -166,7 +166,12 @@ pub async fn commit(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(policy.max_backoff);
             }
-            Err(source) => return Err(CommitError::Delta { uri, source }),
+            Err(source) => {
+                return Err(CommitError::Delta {
+                    uri,
+                    source: Box::new(source),
+                });
+            }
         }
     }
 }

@@ -481,17 +481,24 @@ pub struct DecodeConfig {
 }
 
 impl RawConfig {
-    /// Parse TOML text, expanding `${NAME}` from `env` first. `$${` escapes a literal `${`.
+    /// Parse TOML text. `${NAME}` in string values is replaced by `env(NAME)`
+    /// (comments and keys are left alone); `$${` is a literal `${`.
     pub fn parse(
         text: &str,
         path: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let expanded = expand_env(text, env)?;
-        toml::from_str(&expanded).map_err(|e| ConfigError::Parse {
+        let parse_err = |message: String| ConfigError::Parse {
             path: path.map(Path::to_path_buf),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        for (_, v) in value.iter_mut() {
+            expand_value(v, env)?;
+        }
+        toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))
     }
 
     /// Read and parse a file. Relative paths inside it resolve against its directory.
@@ -501,10 +508,10 @@ impl RawConfig {
             source,
         })?;
         let mut raw = Self::parse(&text, Some(path), env)?;
-        if raw.table.schema_file.is_relative() {
-            if let Some(dir) = path.parent() {
-                raw.table.schema_file = dir.join(&raw.table.schema_file);
-            }
+        if raw.table.schema_file.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            raw.table.schema_file = dir.join(&raw.table.schema_file);
         }
         Ok(raw)
     }
@@ -861,13 +868,13 @@ fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigE
     if is_s3 {
         // Conditional put (If-None-Match) is what makes concurrent writers safe
         // without a lock service; refuse configs that would switch it off.
-        if let Some(v) = raw.options.get("aws_conditional_put") {
-            if v != "etag" {
-                return Err(ConfigError::invalid(
-                    "storage.options",
-                    "aws_conditional_put must stay `etag`: concurrent writers rely on it",
-                ));
-            }
+        if let Some(v) = raw.options.get("aws_conditional_put")
+            && v != "etag"
+        {
+            return Err(ConfigError::invalid(
+                "storage.options",
+                "aws_conditional_put must stay `etag`: concurrent writers rely on it",
+            ));
         }
         if raw.options.contains_key("AWS_S3_LOCKING_PROVIDER")
             || raw.options.contains_key("aws_s3_locking_provider")
@@ -885,7 +892,28 @@ fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigE
     Ok(StorageConfig { options })
 }
 
-/// Expand `${NAME}` references. `$${` is a literal `${`.
+fn expand_value(
+    v: &mut toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match v {
+        toml::Value::String(s) => *s = expand_env(s, env)?,
+        toml::Value::Array(items) => {
+            for item in items {
+                expand_value(item, env)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (_, item) in t.iter_mut() {
+                expand_value(item, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Expand `${NAME}` references in one string. `$${` is a literal `${`.
 fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -898,21 +926,13 @@ fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
         } else if let Some(tail) = after.strip_prefix('{') {
             let end = tail.find('}').ok_or_else(|| ConfigError::Parse {
                 path: None,
-                message: "unterminated `${` in config".into(),
+                message: format!("unterminated `${{` in the value `{text}`"),
             })?;
             let name = &tail[..end];
             let value = env(name).ok_or_else(|| ConfigError::MissingEnv {
                 name: name.to_owned(),
             })?;
-            // Escape for a TOML basic string: values land inside quotes.
-            for c in value.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    c => out.push(c),
-                }
-            }
+            out.push_str(&value);
             rest = &tail[end + 1..];
         } else {
             out.push('$');
@@ -981,16 +1001,27 @@ schema_file = "SCHEMA"
 
     #[test]
     fn env_references_expand_and_missing_ones_fail() {
-        let env = |k: &str| (k == "BROKERS").then(|| "10.0.0.1:9093".to_owned());
+        let env = |k: &str| match k {
+            "BROKERS" => Some("10.0.0.1:9093".to_owned()),
+            "PW" => Some(r#"a"b\c ${X}"#.to_owned()),
+            _ => None,
+        };
         let f = schema_file();
-        let text = MINIMAL
-            .replace("127.0.0.1:9092", "${BROKERS}")
-            .replace("SCHEMA", f.path().to_str().unwrap());
+        let text = format!(
+            "{}\n[kafka.properties]\n\"sasl.password\" = \"${{PW}}\" # not ${{IN_COMMENT}}\n",
+            MINIMAL.replace("127.0.0.1:9092", "${BROKERS}")
+        )
+        .replace("SCHEMA", f.path().to_str().unwrap());
         let c = RawConfig::parse(&text, None, &env)
             .unwrap()
             .validate()
             .unwrap();
         assert_eq!(c.kafka.brokers, "10.0.0.1:9093");
+        // Values are substituted verbatim (no re-parsing), comments are not expanded.
+        assert_eq!(
+            c.kafka.properties["sasl.password"].expose(),
+            r#"a"b\c ${X}"#
+        );
         let err = RawConfig::parse(&text, None, &no_env).unwrap_err();
         assert!(matches!(err, ConfigError::MissingEnv { ref name } if name == "BROKERS"));
         assert_eq!(expand_env("a $${b} $c", &no_env).unwrap(), "a ${b} $c");
@@ -1040,6 +1071,17 @@ schema_file = "SCHEMA"
         assert_eq!("zstd(1)".parse::<Compression>(), Ok(Compression::Zstd(1)));
         assert_eq!("ZSTD".parse::<Compression>(), Ok(Compression::Zstd(3)));
         assert!("gzip".parse::<Compression>().is_err());
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config/events.toml");
+        let env = |k: &str| (k == "KAFKA_BROKERS").then(|| "127.0.0.1:9092".to_owned());
+        let c = RawConfig::load(&path, &env).unwrap().validate().unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.table.compression, Compression::Zstd(1));
+        assert_eq!(c.flush.max_bytes, 128 * 1024 * 1024);
+        assert_eq!(c.table.metadata_columns.names().count(), 6);
     }
 
     #[test]

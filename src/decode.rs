@@ -133,11 +133,11 @@ impl JsonDecoder {
                 // Isolate: the chunk holds at least one bad record.
                 self.decoder = build_decoder(&self.schema.record_arrow, self.batch_size)
                     .map_err(DecodeError::Schema)?;
-                let (batch, good, bad) = self.decode_each(chunk, &rows)?;
-                rejected.extend(bad);
+                let each = self.decode_each(chunk, &rows)?;
+                rejected.extend(each.rejected);
                 rejected.sort_by_key(|r| r.index);
-                rows = good;
-                match batch {
+                rows = each.rows;
+                match each.batch {
                     Some(b) => b,
                     None => {
                         return Ok(Decoded {
@@ -176,11 +176,7 @@ impl JsonDecoder {
     }
 
     /// Slow path: each record alone, to tell good from bad.
-    fn decode_each(
-        &mut self,
-        chunk: &RecordChunk,
-        rows: &[usize],
-    ) -> Result<(Option<RecordBatch>, Vec<usize>, Vec<Rejected>), DecodeError> {
+    fn decode_each(&mut self, chunk: &RecordChunk, rows: &[usize]) -> Result<Decoded, DecodeError> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let mut batches = Vec::new();
@@ -208,12 +204,19 @@ impl JsonDecoder {
                 }
             }
         }
-        if batches.is_empty() {
-            return Ok((None, good, bad));
-        }
-        let batch =
-            concat_batches(&self.schema.record_arrow, &batches).map_err(DecodeError::Assemble)?;
-        Ok((Some(batch), good, bad))
+        let batch = if batches.is_empty() {
+            None
+        } else {
+            Some(
+                concat_batches(&self.schema.record_arrow, &batches)
+                    .map_err(DecodeError::Assemble)?,
+            )
+        };
+        Ok(Decoded {
+            batch,
+            rows: good,
+            rejected: bad,
+        })
     }
 }
 

@@ -62,7 +62,7 @@ pub enum DemoError {
     Kafka(#[from] rdkafka::error::KafkaError),
     /// The pipeline failed.
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Pipeline(#[from] Box<PipelineError>),
     /// Reading the table back failed.
     #[error("reading the table back: {0}")]
     Verify(String),
@@ -341,7 +341,7 @@ pub async fn run(opts: DemoOptions, progress: impl Fn(Progress)) -> Result<DemoR
     tokio::pin!(run);
     let summary = loop {
         tokio::select! {
-            r = &mut run => break r?,
+            r = &mut run => break r.map_err(Box::new)?,
             Some(p) = progress_rx.recv() => progress(p),
         }
     };

@@ -59,7 +59,7 @@ use crate::table::{self, TableError};
 pub enum PipelineError {
     /// The table could not be opened or created.
     #[error(transparent)]
-    Table(#[from] TableError),
+    Table(#[from] Box<TableError>),
     /// The Kafka consumer failed.
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -85,11 +85,11 @@ pub enum PipelineError {
         uri: String,
         /// delta-rs' error.
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     /// A commit failed in a way retrying will not fix.
     #[error(transparent)]
-    Commit(#[from] CommitError),
+    Commit(#[from] Box<CommitError>),
     /// The poll thread stopped unexpectedly.
     #[error("the kafka poll thread stopped: {0}")]
     SourceStopped(String),
@@ -139,7 +139,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, PipelineError> {
     let cfg = Arc::new(cfg);
-    let opened = table::open_or_create(&cfg.table, &cfg.storage).await?;
+    let opened = table::open_or_create(&cfg.table, &cfg.storage)
+        .await
+        .map_err(Box::new)?;
     tracing::info!(
         table = %cfg.table.uri,
         created = opened.created,
@@ -463,11 +465,11 @@ impl Pipeline {
             .collect();
         let mut keep = vec![false; chunk.len()];
         for (i, r) in chunk.records.iter().enumerate() {
-            if let Some(seen) = &mut last[r.part as usize] {
-                if seen.is_none_or(|s| r.offset > s) {
-                    keep[i] = true;
-                    *seen = Some(r.offset);
-                }
+            if let Some(seen) = &mut last[r.part as usize]
+                && seen.is_none_or(|s| r.offset > s)
+            {
+                keep[i] = true;
+                *seen = Some(r.offset);
             }
         }
         // Split the chunk where the window reaches max_rows, so no window (and no
@@ -558,7 +560,7 @@ impl Pipeline {
                     table::new_writer(&self.table, self.props.clone(), self.cfg.flush.max_bytes)
                         .map_err(|source| PipelineError::Write {
                             uri: self.cfg.table.uri.to_string(),
-                            source,
+                            source: Box::new(source),
                         })?;
                 self.window.writer = Some(writer);
             }
@@ -571,7 +573,7 @@ impl Pipeline {
                 }
                 return Err(PipelineError::Write {
                     uri: self.cfg.table.uri.to_string(),
-                    source: e,
+                    source: Box::new(e),
                 });
             }
             self.window.rows += rows;
@@ -643,10 +645,10 @@ impl Pipeline {
             )) => {
                 let mut offsets = Vec::with_capacity(inflight.parts.len());
                 for (tp, epoch, last) in &inflight.parts {
-                    if let Some(p) = self.parts.get_mut(tp) {
-                        if p.epoch == *epoch {
-                            p.committed = Some(*last);
-                        }
+                    if let Some(p) = self.parts.get_mut(tp)
+                        && p.epoch == *epoch
+                    {
+                        p.committed = Some(*last);
                     }
                     offsets.push((tp.clone(), *last));
                 }
@@ -708,9 +710,9 @@ impl Pipeline {
             }
             Err(TaskError::Write(source)) => Err(PipelineError::Write {
                 uri: self.cfg.table.uri.to_string(),
-                source,
+                source: Box::new(source),
             }),
-            Err(TaskError::Commit(e)) => Err(e.into()),
+            Err(TaskError::Commit(e)) => Err(Box::new(e).into()),
         }
     }
 
@@ -785,21 +787,21 @@ impl Pipeline {
         self.stats.ready.store(false, Ordering::Relaxed);
         // Leave the group. Keep answering rebalance events until the thread is gone:
         // it may be inside a callback waiting for us.
-        if let Some(source) = self.source.take() {
-            if let Some(thread) = source.shutdown() {
-                let mut join = tokio::task::spawn_blocking(move || thread.join());
-                loop {
-                    tokio::select! {
-                        _ = &mut join => break,
-                        ev = channels.events.recv() => match ev {
-                            Some(SourceEvent::Assigned { partitions, reply }) => {
-                                let dead: AssignReply = partitions.into_iter().map(|tp| (tp, StartAt::End, 0)).collect();
-                                let _ = reply.send(dead);
-                            }
-                            Some(SourceEvent::Revoked { reply, .. }) => { let _ = reply.send(()); }
-                            Some(SourceEvent::Fatal(_)) | None => {}
-                        },
-                    }
+        if let Some(source) = self.source.take()
+            && let Some(thread) = source.shutdown()
+        {
+            let mut join = tokio::task::spawn_blocking(move || thread.join());
+            loop {
+                tokio::select! {
+                    _ = &mut join => break,
+                    ev = channels.events.recv() => match ev {
+                        Some(SourceEvent::Assigned { partitions, reply }) => {
+                            let dead: AssignReply = partitions.into_iter().map(|tp| (tp, StartAt::End, 0)).collect();
+                            let _ = reply.send(dead);
+                        }
+                        Some(SourceEvent::Revoked { reply, .. }) => { let _ = reply.send(()); }
+                        Some(SourceEvent::Fatal(_)) | None => {}
+                    },
                 }
             }
         }

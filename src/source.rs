@@ -459,11 +459,11 @@ fn poll_loop(
                 }
                 Err(mpsc::error::TrySendError::Full(chunk)) => {
                     pending = Some(chunk);
-                    if paused.is_none() {
-                        if let Ok(assignment) = consumer.assignment() {
-                            let _ = consumer.pause(&assignment);
-                            paused = Some(assignment);
-                        }
+                    if paused.is_none()
+                        && let Ok(assignment) = consumer.assignment()
+                    {
+                        let _ = consumer.pause(&assignment);
+                        paused = Some(assignment);
                     }
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => break 'outer,
@@ -497,11 +497,11 @@ fn poll_loop(
                     push_message(&mut chunk, &msg, epoch);
                 }
                 Some(Err(e)) => {
-                    if let KafkaError::MessageConsumption(code) = &e {
-                        if *code == rdkafka::types::RDKafkaErrorCode::Fatal {
-                            let _ = events.send(SourceEvent::Fatal(e.to_string()));
-                            break 'outer;
-                        }
+                    if let KafkaError::MessageConsumption(code) = &e
+                        && *code == rdkafka::types::RDKafkaErrorCode::Fatal
+                    {
+                        let _ = events.send(SourceEvent::Fatal(e.to_string()));
+                        break 'outer;
                     }
                     tracing::warn!(error = %e, "kafka poll error");
                     break;

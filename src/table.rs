@@ -30,16 +30,16 @@ pub enum TableError {
     #[error("table {uri}: {source}")]
     Delta {
         /// The table.
-        uri: Url,
+        uri: String,
         /// delta-rs' error.
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     /// The table exists with a schema that cannot hold the configured records.
     #[error("table {uri} does not match the schema file {schema_file}: {message}")]
     SchemaMismatch {
         /// The table.
-        uri: Url,
+        uri: String,
         /// The configured schema file.
         schema_file: String,
         /// The differences.
@@ -49,7 +49,7 @@ pub enum TableError {
     #[error("table {uri}: {source}")]
     Schema {
         /// The table.
-        uri: Url,
+        uri: String,
         /// The problem.
         #[source]
         source: SchemaError,
@@ -58,7 +58,7 @@ pub enum TableError {
     #[error("table {uri}: {message}")]
     Unsupported {
         /// The table.
-        uri: Url,
+        uri: String,
         /// What is unsupported.
         message: String,
     },
@@ -119,8 +119,8 @@ pub struct OpenTable {
 
 fn delta_err(uri: &Url) -> impl Fn(DeltaTableError) -> TableError + '_ {
     move |source| TableError::Delta {
-        uri: uri.clone(),
-        source,
+        uri: uri.to_string(),
+        source: Box::new(source),
     }
 }
 
@@ -155,7 +155,7 @@ pub async fn open_or_create(
     let uri = &cfg.uri;
     let wanted = TableSchema::new(&cfg.schema, &cfg.metadata_columns).map_err(|source| {
         TableError::Schema {
-            uri: uri.clone(),
+            uri: uri.to_string(),
             source,
         }
     })?;
@@ -169,15 +169,16 @@ pub async fn open_or_create(
                     t
                 }
                 // Another worker created it between our check and our create.
-                Err(TableError::Delta {
-                    source: DeltaTableError::VersionAlreadyExists(_),
-                    ..
-                }) => load(uri, storage)
-                    .await?
-                    .ok_or_else(|| TableError::Unsupported {
-                        uri: uri.clone(),
-                        message: "table creation raced and the table is still missing".into(),
-                    })?,
+                Err(TableError::Delta { source, .. })
+                    if matches!(*source, DeltaTableError::VersionAlreadyExists(_)) =>
+                {
+                    load(uri, storage)
+                        .await?
+                        .ok_or_else(|| TableError::Unsupported {
+                            uri: uri.to_string(),
+                            message: "table creation raced and the table is still missing".into(),
+                        })?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -204,7 +205,7 @@ async fn create(
     for (k, v) in &cfg.properties {
         builder = builder.with_configuration_property(
             k.parse().map_err(|_| TableError::Unsupported {
-                uri: cfg.uri.clone(),
+                uri: cfg.uri.to_string(),
                 message: format!("unknown Delta table property `{k}`"),
             })?,
             Some(v.clone()),
@@ -246,7 +247,7 @@ pub fn check_schema(
     }
     if !problems.is_empty() {
         return Err(TableError::SchemaMismatch {
-            uri: uri.clone(),
+            uri: uri.to_string(),
             schema_file: cfg.schema_path.display().to_string(),
             message: problems.join("; "),
         });
@@ -256,14 +257,14 @@ pub fn check_schema(
     let schema =
         TableSchema::from_table(&table_schema, &cfg.metadata_columns).map_err(|source| {
             TableError::Schema {
-                uri: uri.clone(),
+                uri: uri.to_string(),
                 source,
             }
         })?;
     let arrow_kernel: Result<StructType, _> = schema.arrow.as_ref().try_into_kernel();
     if arrow_kernel.is_err() {
         return Err(TableError::Unsupported {
-            uri: uri.clone(),
+            uri: uri.to_string(),
             message: "the table schema has no Arrow equivalent".into(),
         });
     }
