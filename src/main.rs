@@ -73,7 +73,7 @@ enum Command {
 
 /// Quiet defaults: delta-rs and the Delta kernel log every snapshot load at INFO.
 const DEFAULT_FILTER: &str = "info,buoyant_kernel=warn,deltalake_core=warn,deltalake_aws=warn,\
-deltalake=warn,datafusion=warn,object_store=warn,aws_config=warn,aws_smithy_runtime=warn,hyper=warn";
+deltalake=warn,deltalake_core::writer::stats=error,datafusion=warn,object_store=warn,aws_config=warn,aws_smithy_runtime=warn,hyper=warn";
 
 fn init_logging(level: &str, format: LogFormat) {
     let filter = match std::env::var("RUST_LOG") {

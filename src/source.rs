@@ -397,6 +397,31 @@ impl Drop for Source {
 }
 
 const MAX_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Epoch of a partition whose seek is pending: its records are not handed on.
+const BLOCKED: u64 = 0;
+
+/// Set a partition's epoch; false if it is not assigned.
+fn set_epoch(consumer: &BaseConsumer<IngestContext>, tp: &TopicPartition, epoch: u64) -> bool {
+    let mut epochs = consumer.context().epochs.lock().expect("epoch map");
+    match epochs
+        .get_mut(&tp.topic)
+        .and_then(|m| m.get_mut(&tp.partition))
+    {
+        Some(e) => {
+            *e = epoch;
+            true
+        }
+        None => false,
+    }
+}
+
+fn is_assigned(consumer: &BaseConsumer<IngestContext>, tp: &TopicPartition) -> bool {
+    let epochs = consumer.context().epochs.lock().expect("epoch map");
+    epochs
+        .get(&tp.topic)
+        .is_some_and(|m| m.contains_key(&tp.partition))
+}
 
 fn poll_loop(
     consumer: BaseConsumer<IngestContext>,
@@ -407,27 +432,20 @@ fn poll_loop(
 ) {
     let mut pending: Option<RecordChunk> = None;
     let mut paused: Option<TopicPartitionList> = None;
+    // Seeks not yet confirmed by librdkafka. Until one succeeds, its partition's
+    // records are dropped here (epoch 0): a failed seek must never let records from
+    // the old position through under the new epoch, which would skip offsets.
+    let mut seeks: Vec<(TopicPartition, StartAt, u64)> = Vec::new();
     'outer: loop {
         loop {
             match commands.try_recv() {
                 Ok(SourceCommand::Seek { tp, to, epoch }) => {
-                    {
-                        let mut epochs = consumer.context().epochs.lock().expect("epoch map");
-                        let Some(e) = epochs
-                            .get_mut(&tp.topic)
-                            .and_then(|m| m.get_mut(&tp.partition))
-                        else {
-                            continue; // no longer assigned
-                        };
-                        *e = epoch;
-                    }
-                    if let Some(chunk) = pending.as_mut() {
-                        drop_partition(chunk, &tp);
-                    }
-                    if let Err(e) =
-                        consumer.seek(&tp.topic, tp.partition, to.offset(), Duration::ZERO)
-                    {
-                        tracing::warn!(partition = %tp, error = %e, "seek failed");
+                    if set_epoch(&consumer, &tp, BLOCKED) {
+                        if let Some(chunk) = pending.as_mut() {
+                            drop_partition(chunk, &tp);
+                        }
+                        seeks.retain(|(t, _, _)| t != &tp);
+                        seeks.push((tp, to, epoch));
                     }
                 }
                 Ok(SourceCommand::CommitOffsets(offsets)) => {
@@ -449,6 +467,23 @@ fn poll_loop(
                 Err(std_mpsc::TryRecvError::Empty) => break,
             }
         }
+        seeks.retain(|(tp, to, epoch)| {
+            if !is_assigned(&consumer, tp) {
+                return false;
+            }
+            // A blocking seek reports failures (e.g. fetch not started yet); an
+            // asynchronous one would not.
+            match consumer.seek(&tp.topic, tp.partition, to.offset(), SEEK_TIMEOUT) {
+                Ok(()) => {
+                    set_epoch(&consumer, tp, *epoch);
+                    false
+                }
+                Err(e) => {
+                    tracing::debug!(partition = %tp, error = %e, "seek not accepted yet; retrying");
+                    true
+                }
+            }
+        });
 
         if let Some(chunk) = pending.take() {
             match chunks.try_send(chunk) {
@@ -492,8 +527,10 @@ fn poll_loop(
                             .and_then(|m| m.get(&msg.partition()))
                             .copied()
                     };
-                    // Not (or no longer) assigned as far as the pipeline knows.
-                    let Some(epoch) = epoch else { continue };
+                    // Not (or no longer) assigned, or waiting for a seek.
+                    let Some(epoch) = epoch.filter(|e| *e != BLOCKED) else {
+                        continue;
+                    };
                     push_message(&mut chunk, &msg, epoch);
                 }
                 Some(Err(e)) => {

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{DataType, StructType};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::parquet::basic::{Compression as PqCompression, ZstdLevel};
@@ -168,18 +169,15 @@ pub async fn open_or_create(
                     created = true;
                     t
                 }
-                // Another worker created it between our check and our create.
-                Err(TableError::Delta { source, .. })
-                    if matches!(*source, DeltaTableError::VersionAlreadyExists(_)) =>
-                {
-                    load(uri, storage)
-                        .await?
-                        .ok_or_else(|| TableError::Unsupported {
-                            uri: uri.to_string(),
-                            message: "table creation raced and the table is still missing".into(),
-                        })?
-                }
-                Err(e) => return Err(e),
+                // Another worker created it between our check and our create (delta-rs
+                // reports this as "already exists" or as a lost version-0 race): use theirs.
+                Err(e) => match load(uri, storage).await {
+                    Ok(Some(t)) => {
+                        tracing::info!(table = %uri, "another worker created the table first");
+                        t
+                    }
+                    _ => return Err(e),
+                },
             }
         }
     };
@@ -201,7 +199,11 @@ async fn create(
         .with_location(cfg.uri.as_str())
         .with_storage_options(storage.to_options())
         .with_columns(schema.fields().cloned())
-        .with_partition_columns(cfg.partition_by.clone());
+        .with_partition_columns(cfg.partition_by.clone())
+        // No retries: when two workers create at once, delta-rs would otherwise
+        // "retry" the loser's create as version 1, replacing the winner's metadata.
+        // The loser must fail and load the winner's table instead.
+        .with_commit_properties(CommitProperties::default().with_max_retries(0));
     for (k, v) in &cfg.properties {
         builder = builder.with_configuration_property(
             k.parse().map_err(|_| TableError::Unsupported {

@@ -372,7 +372,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_tributary"))
             .args(["ingest", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,buoyant_kernel=warn,deltalake_core=warn")
+            .env("RUST_LOG", "")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -407,6 +407,18 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!(
+                "---- daemon pid {} log (last {} lines) ----",
+                self.child.id(),
+                tail.len()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();

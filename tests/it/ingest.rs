@@ -172,3 +172,29 @@ async fn bad_records_are_counted_skipped_and_their_offsets_accounted() {
     let summary = run.stop().await;
     assert_eq!((summary.records, summary.rejected, summary.rows), (1, 0, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_create_one_table() {
+    let s = Scenario::new("create-race", 1).await;
+    let cfg = s.config("");
+    let opens = (0..4).map(|_| {
+        let cfg = cfg.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                tributary::table::open_or_create(&cfg.table, &cfg.storage),
+            )
+            .await
+        })
+    });
+    let mut created = 0;
+    for o in futures::future::join_all(opens).await {
+        let opened = o
+            .unwrap()
+            .expect("open_or_create finished")
+            .expect("table open");
+        created += usize::from(opened.created);
+    }
+    assert_eq!(created, 1, "exactly one start created the table");
+    assert_eq!(s.table().await.unwrap().version(), Some(0));
+}
