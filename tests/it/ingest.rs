@@ -198,3 +198,102 @@ async fn concurrent_starts_create_one_table() {
     assert_eq!(created, 1, "exactly one start created the table");
     assert_eq!(s.table().await.unwrap().version(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_commits_what_is_buffered() {
+    let s = Scenario::new("shutdown", 2).await;
+    let producer = producer(&s.servers.brokers);
+    let produced = produce(
+        &producer,
+        &s.topic,
+        (0..50u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    // No limit is reached: the records sit in the open window.
+    let run = start(s.config("[flush]\nmax_rows = 1000000\nmax_age = \"1h\""));
+    let stats = run.stats.clone();
+    eventually(Duration::from_secs(60), "50 records buffered", || {
+        let n = PipelineStats::get(&stats.records_accounted);
+        async move { (n == 50).then_some(()) }
+    })
+    .await;
+    assert_eq!(PipelineStats::get(&run.stats.commits), 0);
+    assert!(
+        s.rows().await.is_empty(),
+        "nothing committed before shutdown"
+    );
+    let summary = run.stop().await;
+    assert_eq!((summary.commits, summary.rows), (1, 50));
+    let rows = s.rows().await;
+    assert_eq!(diff(&rows, &produced), (0, 0));
+    assert_eq!(rows.len(), 50);
+    assert_eq!(s.stored_offsets(2).await, last_offsets(&produced));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_pattern_reads_every_matching_topic_into_one_table() {
+    let s = Scenario::new("pattern", 1).await;
+    // A second topic sharing the scenario's prefix, and one that does not match.
+    let second = format!("{}-second", s.topic);
+    let other = unique("unrelated");
+    create_topic(&s.servers.brokers, &second, 2).await;
+    create_topic(&s.servers.brokers, &other, 1).await;
+    let producer = producer(&s.servers.brokers);
+    let a = produce(&producer, &s.topic, (0..30u64).map(|i| (0, event(i)))).await;
+    let b = produce(
+        &producer,
+        &second,
+        (0..40u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    produce(&producer, &other, (0..5u64).map(|i| (0, event(i)))).await;
+
+    let toml = s.config_toml("[flush]\nmax_age = \"1s\"").replace(
+        &format!("topics = [\"{}\"]", s.topic),
+        &format!("topic_pattern = \"^{}.*\"", s.topic),
+    );
+    let cfg = tributary::config::RawConfig::parse(&toml, None, &|_| None)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let run = start(cfg);
+    let stats = run.stats.clone();
+    eventually(Duration::from_secs(90), "both topics committed", || {
+        let n = stats.committed_offsets().len();
+        let rows = PipelineStats::get(&stats.rows_committed);
+        async move { (n == 3 && rows == 70).then_some(()) }
+    })
+    .await;
+    run.stop().await;
+
+    let t = s.table().await.unwrap();
+    let batches = query(
+        &t,
+        "SELECT _topic, count(*) AS n FROM t GROUP BY _topic ORDER BY _topic",
+    )
+    .await;
+    use deltalake::arrow::array::AsArray;
+    use deltalake::arrow::datatypes::Int64Type;
+    assert_eq!(batches.len(), 1);
+    let b0 = &batches[0];
+    let topics: Vec<String> = (0..b0.num_rows())
+        .map(|i| deltalake::arrow::util::display::array_value_to_string(b0.column(0), i).unwrap())
+        .collect();
+    assert_eq!(topics, vec![s.topic.clone(), second.clone()]);
+    assert_eq!(
+        b0.column(1).as_primitive::<Int64Type>().values().to_vec(),
+        vec![30, 40]
+    );
+    // Offsets are stored per topic: the app id names the topic.
+    for (topic, produced) in [(&s.topic, &a), (&second, &b)] {
+        for (p, last) in last_offsets(produced) {
+            let tp = TopicPartition::new(topic.as_str(), p);
+            assert_eq!(
+                tributary::table::stored_offset(&t, &s.app_id, &tp)
+                    .await
+                    .unwrap(),
+                last
+            );
+        }
+    }
+}
