@@ -217,8 +217,25 @@ async fn attempt(
             .iter()
             .map(|p| Transaction::new(txn_app_id(app_id, &p.tp), p.last))
             .collect();
+        // The offsets also go into commitInfo, so history shows which partitions and
+        // offsets each commit covered (status reads last commit times from it).
+        let offsets: serde_json::Map<String, serde_json::Value> = req
+            .partitions
+            .iter()
+            .map(|p| (p.tp.to_string(), serde_json::Value::from(p.last)))
+            .collect();
         let properties = CommitProperties::default()
             .with_application_transactions(txns)
+            .with_metadata([
+                (
+                    "tributary.appId".to_owned(),
+                    serde_json::Value::from(app_id),
+                ),
+                (
+                    "tributary.offsets".to_owned(),
+                    serde_json::Value::Object(offsets),
+                ),
+            ])
             .with_max_retries(policy.max_conflict_retries);
         let result = CommitBuilder::from(properties)
             .with_actions(req.adds.iter().cloned().map(Action::Add).collect())

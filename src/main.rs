@@ -54,6 +54,83 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Bin-pack small files into larger ones (optionally z-ordered); safe while ingesting.
+    Compact {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Target file size (default: the table's delta.targetFileSize, else 128 MiB).
+        #[arg(long)]
+        target_size: Option<bytesize::ByteSize>,
+        /// Z-order by these columns (comma separated).
+        #[arg(long, value_delimiter = ',')]
+        zorder: Vec<String>,
+        /// Partition filter, e.g. "date = 2025-01-01" or "country in (DE, US)"; repeatable.
+        #[arg(long = "where")]
+        filters: Vec<String>,
+        /// Do nothing unless at least this many small files can be merged.
+        #[arg(long, default_value_t = 2)]
+        min_files: u64,
+        /// Print the plan without writing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete files the table no longer references, older than the retention period.
+    Vacuum {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Retention (default: the table's delta.deletedFileRetentionDuration, 7 days).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<Duration>,
+        /// Allow a retention below the table's.
+        #[arg(long)]
+        force_retention: bool,
+        /// Also delete orphan files never committed (e.g. left by a killed writer).
+        #[arg(long)]
+        full: bool,
+        /// List what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a checkpoint of the current version and clean up expired log files.
+    Checkpoint {
+        #[command(flatten)]
+        table: TableArgs,
+    },
+    /// Per partition: stored offset, high watermark, lag, last commit; table size and files.
+    Status {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the brokers.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Move the offsets stored in the table (replay or skip records).
+    Offsets {
+        #[command(subcommand)]
+        action: OffsetsAction,
+    },
+    /// Compare the table with the topic: report duplicates and gaps per partition.
+    Verify {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for the brokers.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Run the whole pipeline on an in-process Kafka mock and a local table, then check it.
     Demo {
         /// Events to produce.
@@ -74,6 +151,152 @@ enum Command {
 /// Quiet defaults: delta-rs and the Delta kernel log every snapshot load at INFO.
 const DEFAULT_FILTER: &str = "info,buoyant_kernel=warn,deltalake_core=warn,deltalake_aws=warn,\
 deltalake=warn,deltalake_core::writer::stats=error,datafusion=warn,object_store=warn,aws_config=warn,aws_smithy_runtime=warn,hyper=warn";
+
+#[derive(clap::Args, Debug)]
+struct TableArgs {
+    /// Table URI (s3://bucket/path, file:///path or a local path); or use --config.
+    #[arg(required_unless_present = "config")]
+    uri: Option<String>,
+    /// Take the table and storage settings from this config file.
+    #[arg(long, short, conflicts_with = "uri")]
+    config: Option<PathBuf>,
+    /// Object-store option KEY=VALUE, repeatable (e.g. aws_endpoint_url=http://127.0.0.1:9000).
+    #[arg(long = "storage-option")]
+    storage_options: Vec<String>,
+}
+
+impl TableArgs {
+    async fn open(&self) -> anyhow::Result<deltalake::DeltaTable> {
+        let (uri, storage) = match (&self.uri, &self.config) {
+            (_, Some(config)) => {
+                let cfg = load_config(config)?;
+                (cfg.table.uri, cfg.storage)
+            }
+            (Some(uri), None) => {
+                let uri = tributary::config::parse_table_uri(uri)?;
+                let storage =
+                    tributary::maintenance::parse_storage_options(&uri, &self.storage_options)?;
+                (uri, storage)
+            }
+            (None, None) => anyhow::bail!("name a table URI or --config FILE"),
+        };
+        Ok(tributary::maintenance::open(&uri, &storage).await?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum OffsetsAction {
+    /// Set the next offset to ingest for partitions.
+    Set {
+        #[command(flatten)]
+        sel: OffsetsSelection,
+        /// The next offset to ingest.
+        #[arg(long)]
+        offset: i64,
+    },
+    /// Reset partitions to the earliest retained record (replay) or the latest (skip).
+    Reset {
+        #[command(flatten)]
+        sel: OffsetsSelection,
+        /// Replay everything Kafka retains.
+        #[arg(
+            long,
+            conflicts_with = "to_latest",
+            required_unless_present = "to_latest"
+        )]
+        to_earliest: bool,
+        /// Skip to the end.
+        #[arg(long)]
+        to_latest: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct OffsetsSelection {
+    /// The TOML configuration file.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Topic (default: all configured topics).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Partition numbers (comma separated; default: all of the topic's).
+    #[arg(long, value_delimiter = ',')]
+    partition: Vec<i32>,
+    /// Proceed even if the consumer group has active members.
+    #[arg(long)]
+    force: bool,
+    /// Show the change without committing it.
+    #[arg(long)]
+    dry_run: bool,
+    /// How long to wait for the brokers.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// A spinner on stderr when it is a terminal; nothing otherwise (logs still go out).
+fn spinner(msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg.to_owned());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn run_offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
+    use tributary::offsets::Target;
+    let (sel, target) = match action {
+        OffsetsAction::Set { sel, offset } => (sel, Target::Offset(offset)),
+        OffsetsAction::Reset {
+            sel, to_earliest, ..
+        } => (
+            sel,
+            if to_earliest {
+                Target::Earliest
+            } else {
+                Target::Latest
+            },
+        ),
+    };
+    let cfg = load_config(&sel.config)?;
+    let only: Vec<tributary::record::TopicPartition> = match &sel.topic {
+        Some(topic) => {
+            if sel.partition.is_empty() {
+                let kafka = cfg.kafka.clone();
+                let timeout = sel.timeout;
+                tokio::task::spawn_blocking(move || tributary::probe::partitions(&kafka, timeout))
+                    .await??
+                    .into_iter()
+                    .filter(|tp| &*tp.topic == topic)
+                    .collect()
+            } else {
+                sel.partition
+                    .iter()
+                    .map(|p| tributary::record::TopicPartition::new(topic.as_str(), *p))
+                    .collect()
+            }
+        }
+        None if !sel.partition.is_empty() => anyhow::bail!("--partition needs --topic"),
+        None => Vec::new(),
+    };
+    let report =
+        tributary::offsets::set(&cfg, &only, target, sel.force, sel.dry_run, sel.timeout).await?;
+    for c in &report.changes {
+        let before = c.before.map_or("-".to_owned(), |b| b.to_string());
+        println!(
+            "{:<40} stored offset {before:>10} -> {:>10}",
+            c.partition, c.after
+        );
+    }
+    match report.version {
+        Some(v) => println!("committed as table version {v}"),
+        None => println!("dry run: nothing committed"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 fn init_logging(level: &str, format: LogFormat) {
     let filter = match std::env::var("RUST_LOG") {
@@ -156,6 +379,165 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS
+            })
+        }
+        Command::Compact {
+            table,
+            target_size,
+            zorder,
+            filters,
+            min_files,
+            dry_run,
+            json,
+        } => {
+            let t = table.open().await?;
+            let filters = filters
+                .iter()
+                .map(|f| f.parse())
+                .collect::<Result<Vec<tributary::maintenance::PartitionFilter>, _>>()?;
+            let compact = tributary::maintenance::Compact::new(t, target_size.map(|b| b.as_u64()))
+                .with_zorder(zorder)
+                .with_filters(filters)
+                .with_min_files(min_files);
+            let plan = compact.plan().await?;
+            if dry_run {
+                if json {
+                    print_json(&plan)?;
+                } else {
+                    println!(
+                        "plan for {} at version {}: rewrite {} of {} files ({} of {} bytes) into about {} file(s) of up to {} bytes{}",
+                        plan.table,
+                        plan.version,
+                        plan.files_in,
+                        plan.files_before,
+                        plan.bytes_in,
+                        plan.bytes_before,
+                        plan.files_out_estimate,
+                        plan.target_file_size,
+                        plan.skip_reason
+                            .as_ref()
+                            .map(|r| format!("; nothing to do: {r}"))
+                            .unwrap_or_default()
+                    );
+                    println!("dry run: nothing written");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let pb = spinner("compacting");
+            let report = compact.execute(plan).await;
+            pb.finish_and_clear();
+            let report = report?;
+            if json {
+                print_json(&report)?;
+            } else if let Some(reason) = &report.plan.skip_reason {
+                println!("nothing to do: {reason}");
+            } else {
+                println!(
+                    "compacted {}: removed {} files ({} bytes), added {} files ({} bytes), version {}",
+                    report.plan.table,
+                    report.files_removed,
+                    report.bytes_removed,
+                    report.files_added,
+                    report.bytes_added,
+                    report.version.map_or("-".to_owned(), |v| v.to_string())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vacuum {
+            table,
+            retention,
+            force_retention,
+            full,
+            dry_run,
+            json,
+        } => {
+            let t = table.open().await?;
+            let pb = spinner("vacuuming");
+            let report = tributary::maintenance::vacuum(
+                t,
+                tributary::maintenance::VacuumOptions {
+                    retention,
+                    force_retention,
+                    dry_run,
+                    full,
+                    clock: None,
+                },
+            )
+            .await;
+            pb.finish_and_clear();
+            let report = report?;
+            if json {
+                print_json(&report)?;
+            } else {
+                for f in &report.files {
+                    println!(
+                        "{}{f}",
+                        if report.dry_run {
+                            "would delete "
+                        } else {
+                            "deleted "
+                        }
+                    );
+                }
+                println!(
+                    "{} {} file(s) from {} (retention {:.0}h, {} mode)",
+                    if report.dry_run {
+                        "would delete"
+                    } else {
+                        "deleted"
+                    },
+                    report.files.len(),
+                    report.table,
+                    report.retention_hours,
+                    if report.full { "full" } else { "lite" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkpoint { table } => {
+            let t = table.open().await?;
+            let r = tributary::maintenance::checkpoint(&t).await?;
+            println!(
+                "checkpoint of {} at version {}; {} expired log file(s) removed",
+                r.table, r.version, r.log_files_removed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            config,
+            json,
+            timeout,
+        } => {
+            let cfg = load_config(&config)?;
+            let report = tributary::status::status(&cfg, timeout).await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", tributary::status::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Offsets { action } => run_offsets(action).await,
+        Command::Verify {
+            config,
+            json,
+            timeout,
+        } => {
+            let cfg = load_config(&config)?;
+            let pb = spinner("reading the table and the topic");
+            let report = tributary::verify::verify(&cfg, timeout).await;
+            pb.finish_and_clear();
+            let report = report?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", tributary::verify::render(&report));
+            }
+            Ok(if report.clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             })
         }
         Command::Demo {

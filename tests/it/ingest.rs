@@ -14,13 +14,13 @@ use tributary::stats::PipelineStats;
 
 use crate::harness::*;
 
-struct Running {
-    stats: Arc<PipelineStats>,
+pub struct Running {
+    pub stats: Arc<PipelineStats>,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<RunSummary, PipelineError>>,
 }
 
-fn start(cfg: Config) -> Running {
+pub fn start(cfg: Config) -> Running {
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(pipeline::run(
@@ -39,12 +39,12 @@ fn start(cfg: Config) -> Running {
 }
 
 impl Running {
-    async fn stop(mut self) -> RunSummary {
+    pub async fn stop(mut self) -> RunSummary {
         let _ = self.stop.take().unwrap().send(());
         self.handle.await.unwrap().expect("pipeline ends cleanly")
     }
 
-    async fn committed(
+    pub async fn committed(
         &self,
         topic: &str,
         expected: &std::collections::BTreeMap<i32, Option<i64>>,

@@ -5,5 +5,6 @@
 mod commit;
 mod harness;
 mod ingest;
+mod maintenance;
 mod process;
 mod validate;

@@ -1,0 +1,232 @@
+//! `tributary offsets set|reset`: move the offsets stored in the table, to replay
+//! or skip records.
+//!
+//! The change is an explicit Delta commit holding only `txn` actions (and a
+//! `commitInfo` naming the operation), so it is atomic, visible in the table
+//! history, and ordered with the daemon's commits. A running daemon of the same app
+//! id would race it, so the command refuses while the consumer group has members,
+//! unless forced; a daemon that does race it loses its next commit (the offsets it
+//! expected have moved), rewinds, and continues from the new offsets.
+//!
+//! Offsets are given as the *next* record to ingest: `--offset 100` stores 99.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+
+use crate::config::Config;
+use crate::maintenance::{self, MaintenanceError};
+use crate::probe::{self, ProbeError};
+use crate::record::TopicPartition;
+use crate::table;
+
+/// Where to move the partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The next record to ingest has this offset.
+    Offset(i64),
+    /// Replay everything Kafka retains.
+    Earliest,
+    /// Skip to the end: ingest only records produced from now on.
+    Latest,
+}
+
+/// Errors from `offsets`.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetsError {
+    /// The table.
+    #[error(transparent)]
+    Table(#[from] MaintenanceError),
+    /// Kafka.
+    #[error(transparent)]
+    Kafka(#[from] ProbeError),
+    /// A daemon may be running.
+    #[error(
+        "consumer group {group} has {members} active member(s): a running daemon of this app would race \
+         the change. Stop it first, or pass --force"
+    )]
+    Active {
+        /// Group id.
+        group: String,
+        /// Members.
+        members: usize,
+    },
+    /// The group could not be inspected.
+    #[error(
+        "cannot tell whether a daemon of group {group} is running ({message}); pass --force to proceed anyway"
+    )]
+    Unknown {
+        /// Group id.
+        group: String,
+        /// Why.
+        message: String,
+    },
+    /// A named partition does not exist.
+    #[error("partition {0} is not a partition of the configured topics")]
+    NoSuchPartition(String),
+}
+
+/// One partition's move.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OffsetChange {
+    /// Partition as `topic/partition`.
+    pub partition: String,
+    /// Stored offset before.
+    pub before: Option<i64>,
+    /// Stored offset after (next record to ingest minus one).
+    pub after: i64,
+}
+
+/// The result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OffsetsReport {
+    /// Per partition.
+    pub changes: Vec<OffsetChange>,
+    /// The commit, unless a dry run.
+    pub version: Option<i64>,
+}
+
+/// Move the stored offsets of `only` (all partitions of the configured topics when
+/// empty) to `target`.
+pub async fn set(
+    cfg: &Config,
+    only: &[TopicPartition],
+    target: Target,
+    force: bool,
+    dry_run: bool,
+    timeout: Duration,
+) -> Result<OffsetsReport, OffsetsError> {
+    let kafka = cfg.kafka.clone();
+    let all = tokio::task::spawn_blocking(move || probe::partitions(&kafka, timeout))
+        .await
+        .map_err(|e| ProbeError::Kafka {
+            brokers: cfg.kafka.brokers.clone(),
+            message: e.to_string(),
+        })??;
+    let parts: Vec<TopicPartition> = if only.is_empty() {
+        all
+    } else {
+        for tp in only {
+            if !all.contains(tp) {
+                return Err(OffsetsError::NoSuchPartition(tp.to_string()));
+            }
+        }
+        only.to_vec()
+    };
+    if !force && !dry_run {
+        let kafka = cfg.kafka.clone();
+        let members = tokio::task::spawn_blocking(move || probe::group_members(&kafka, timeout))
+            .await
+            .map_err(|e| ProbeError::Kafka {
+                brokers: cfg.kafka.brokers.clone(),
+                message: e.to_string(),
+            })?;
+        match members {
+            Ok(0) => {}
+            Ok(n) => {
+                return Err(OffsetsError::Active {
+                    group: cfg.kafka.group_id.clone(),
+                    members: n,
+                });
+            }
+            Err(e) => {
+                return Err(OffsetsError::Unknown {
+                    group: cfg.kafka.group_id.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    let mut t = maintenance::open(&cfg.table.uri, &cfg.storage).await?;
+    let uri = cfg.table.uri.to_string();
+    let delta_err = |e| MaintenanceError::Delta {
+        uri: uri.clone(),
+        source: Box::new(e),
+    };
+    let before = table::stored_offsets(&t, &cfg.app_id, &parts)
+        .await
+        .map_err(delta_err)?;
+    let next: BTreeMap<TopicPartition, i64> = match target {
+        Target::Offset(o) => parts.iter().map(|tp| (tp.clone(), o)).collect(),
+        Target::Earliest | Target::Latest => {
+            let starts: Vec<(TopicPartition, Option<i64>)> =
+                parts.iter().map(|tp| (tp.clone(), None)).collect();
+            let kafka = cfg.kafka.clone();
+            let marks =
+                tokio::task::spawn_blocking(move || probe::watermarks(&kafka, &starts, timeout))
+                    .await
+                    .map_err(|e| ProbeError::Kafka {
+                        brokers: cfg.kafka.brokers.clone(),
+                        message: e.to_string(),
+                    })??;
+            marks
+                .into_iter()
+                .map(|(tp, w)| {
+                    (
+                        tp,
+                        if target == Target::Earliest {
+                            w.low
+                        } else {
+                            w.high
+                        },
+                    )
+                })
+                .collect()
+        }
+    };
+    let changes: Vec<OffsetChange> = next
+        .iter()
+        .map(|(tp, n)| OffsetChange {
+            partition: tp.to_string(),
+            before: before.get(tp).copied().flatten(),
+            after: n - 1,
+        })
+        .collect();
+    if dry_run {
+        return Ok(OffsetsReport {
+            changes,
+            version: None,
+        });
+    }
+    let txns = next
+        .iter()
+        .map(|(tp, n)| Transaction::new(table::txn_app_id(&cfg.app_id, tp), n - 1))
+        .collect();
+    let offsets: serde_json::Map<String, serde_json::Value> = next
+        .iter()
+        .map(|(tp, n)| (tp.to_string(), serde_json::Value::from(n - 1)))
+        .collect();
+    let props = CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata([
+            ("tributary.operation".to_owned(), "offsets-set".into()),
+            ("tributary.appId".to_owned(), cfg.app_id.clone().into()),
+            (
+                "tributary.offsets".to_owned(),
+                serde_json::Value::Object(offsets),
+            ),
+        ])
+        .with_max_retries(100);
+    t.update_state().await.map_err(delta_err)?;
+    let snapshot = t.snapshot().map_err(delta_err)?;
+    let finalized = CommitBuilder::from(props)
+        .with_actions(vec![])
+        .build(
+            Some(snapshot),
+            t.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(delta_err)?;
+    Ok(OffsetsReport {
+        changes,
+        version: Some(finalized.version() as i64),
+    })
+}

@@ -1,0 +1,257 @@
+//! Read-only Kafka probes for operator commands: topic partitions, watermarks,
+//! consumer-group membership, and reading a partition's records.
+//!
+//! Watermarks come from *fetch responses* (librdkafka's statistics `lo_offset` /
+//! `hi_offset`), not from ListOffsets: some Kafka-compatible brokers answer
+//! ListOffsets "latest" wrongly, while every fetch response carries the high
+//! watermark. The probe assigns the partitions (it never joins the group or commits)
+//! and polls until each has answered a fetch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::config::{KafkaConfig, Subscription};
+use crate::record::TopicPartition;
+use crate::source::client_config;
+
+/// Errors from probes.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Kafka failed.
+    #[error("kafka ({brokers}): {message}")]
+    Kafka {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// What failed.
+        message: String,
+    },
+    /// The brokers did not answer for some partitions in time.
+    #[error("no fetch response within {0:?} for: {1}")]
+    Timeout(Duration, String),
+}
+
+#[derive(Default)]
+struct StatsContext {
+    latest: Mutex<Option<Statistics>>,
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        *self.latest.lock().expect("stats lock") = Some(statistics);
+    }
+}
+
+impl ConsumerContext for StatsContext {}
+
+fn probe_consumer(cfg: &KafkaConfig) -> Result<BaseConsumer<StatsContext>, ProbeError> {
+    let mut c = client_config(cfg);
+    c.set("statistics.interval.ms", "100")
+        .set("enable.partition.eof", "true");
+    c.create_with_context(StatsContext::default())
+        .map_err(|e| kafka_err(cfg, e))
+}
+
+fn kafka_err(cfg: &KafkaConfig, e: impl std::fmt::Display) -> ProbeError {
+    ProbeError::Kafka {
+        brokers: cfg.brokers.clone(),
+        message: e.to_string(),
+    }
+}
+
+/// All partitions of the subscribed topics.
+pub fn partitions(cfg: &KafkaConfig, timeout: Duration) -> Result<Vec<TopicPartition>, ProbeError> {
+    let consumer = probe_consumer(cfg)?;
+    let md = consumer
+        .fetch_metadata(None, timeout)
+        .map_err(|e| kafka_err(cfg, e))?;
+    let matches: Box<dyn Fn(&str) -> bool> = match &cfg.subscription {
+        Subscription::Topics(t) => {
+            let t = t.clone();
+            Box::new(move |name| t.iter().any(|x| x == name))
+        }
+        Subscription::Pattern(p) => {
+            let re = regex::Regex::new(p).map_err(|e| kafka_err(cfg, e))?;
+            Box::new(move |name| re.is_match(name))
+        }
+    };
+    let mut out = Vec::new();
+    for t in md.topics().iter().filter(|t| matches(t.name())) {
+        for p in t.partitions() {
+            out.push(TopicPartition::new(t.name(), p.id()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Low and high watermark of a partition, from a fetch response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Watermarks {
+    /// Oldest retained offset.
+    pub low: i64,
+    /// Offset the next produced record will get.
+    pub high: i64,
+}
+
+/// Watermarks of `parts`, fetching from `start` (where known) so brokers answer fast.
+pub fn watermarks(
+    cfg: &KafkaConfig,
+    parts: &[(TopicPartition, Option<i64>)],
+    timeout: Duration,
+) -> Result<BTreeMap<TopicPartition, Watermarks>, ProbeError> {
+    let consumer = probe_consumer(cfg)?;
+    let mut tpl = TopicPartitionList::new();
+    for (tp, start) in parts {
+        let offset = start.map_or(Offset::Beginning, Offset::Offset);
+        tpl.add_partition_offset(&tp.topic, tp.partition, offset)
+            .map_err(|e| kafka_err(cfg, e))?;
+    }
+    consumer.assign(&tpl).map_err(|e| kafka_err(cfg, e))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let _ = consumer.poll(Duration::from_millis(50));
+        let found = read_stats(&consumer, parts);
+        if found.len() == parts.len() {
+            return Ok(found);
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<String> = parts
+                .iter()
+                .filter(|(tp, _)| !found.contains_key(tp))
+                .map(|(tp, _)| tp.to_string())
+                .collect();
+            return Err(ProbeError::Timeout(timeout, missing.join(", ")));
+        }
+    }
+}
+
+fn read_stats(
+    consumer: &BaseConsumer<StatsContext>,
+    parts: &[(TopicPartition, Option<i64>)],
+) -> BTreeMap<TopicPartition, Watermarks> {
+    let guard = consumer.context().latest.lock().expect("stats lock");
+    let mut out = BTreeMap::new();
+    let Some(stats) = guard.as_ref() else {
+        return out;
+    };
+    for (tp, _) in parts {
+        let p = stats
+            .topics
+            .get(tp.topic.as_ref())
+            .and_then(|t| t.partitions.get(&tp.partition));
+        if let Some(p) = p {
+            if p.hi_offset >= 0 {
+                out.insert(
+                    tp.clone(),
+                    Watermarks {
+                        low: p.lo_offset.max(0),
+                        high: p.hi_offset,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Members of the consumer group, or an error when the broker cannot tell.
+pub fn group_members(cfg: &KafkaConfig, timeout: Duration) -> Result<usize, ProbeError> {
+    let consumer = probe_consumer(cfg)?;
+    let groups = consumer
+        .fetch_group_list(Some(&cfg.group_id), timeout)
+        .map_err(|e| kafka_err(cfg, e))?;
+    Ok(groups
+        .groups()
+        .iter()
+        .filter(|g| g.name() == cfg.group_id)
+        .map(|g| g.members().len())
+        .sum())
+}
+
+/// One record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Offset.
+    pub offset: i64,
+    /// Value bytes.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Read every record of each partition from its low watermark up to and including
+/// `until`, calling `f` per record.
+pub fn read_partitions(
+    cfg: &KafkaConfig,
+    until: &HashMap<TopicPartition, i64>,
+    timeout: Duration,
+    mut f: impl FnMut(&TopicPartition, RawRecord),
+) -> Result<(), ProbeError> {
+    if until.is_empty() {
+        return Ok(());
+    }
+    let consumer = probe_consumer(cfg)?;
+    let mut tpl = TopicPartitionList::new();
+    for tp in until.keys() {
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Beginning)
+            .map_err(|e| kafka_err(cfg, e))?;
+    }
+    consumer.assign(&tpl).map_err(|e| kafka_err(cfg, e))?;
+    let mut open: HashMap<TopicPartition, i64> = until.clone();
+    let mut last_progress = Instant::now();
+    while !open.is_empty() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                let tp = TopicPartition::new(m.topic(), m.partition());
+                let Some(&end) = open.get(&tp) else { continue };
+                if m.offset() <= end {
+                    f(
+                        &tp,
+                        RawRecord {
+                            offset: m.offset(),
+                            value: m.payload().map(<[u8]>::to_vec),
+                        },
+                    );
+                }
+                if m.offset() >= end {
+                    open.remove(&tp);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                // The EOF names the partition number only: with one open partition of
+                // that number it is that one; otherwise ask for positions.
+                let same: Vec<TopicPartition> = open
+                    .keys()
+                    .filter(|tp| tp.partition == p)
+                    .cloned()
+                    .collect();
+                if same.len() == 1 {
+                    open.remove(&same[0]);
+                } else if let Ok(pos) = consumer.position() {
+                    for e in pos.elements() {
+                        let tp = TopicPartition::new(e.topic(), e.partition());
+                        if let (Some(end), Offset::Offset(next)) = (open.get(&tp), e.offset()) {
+                            if next > *end {
+                                open.remove(&tp);
+                            }
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(kafka_err(cfg, e)),
+            None => {
+                if last_progress.elapsed() > timeout {
+                    let left: Vec<String> = open.keys().map(ToString::to_string).collect();
+                    return Err(ProbeError::Timeout(timeout, left.join(", ")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
