@@ -146,16 +146,16 @@ fn read_stats(
             .topics
             .get(tp.topic.as_ref())
             .and_then(|t| t.partitions.get(&tp.partition));
-        if let Some(p) = p {
-            if p.hi_offset >= 0 {
-                out.insert(
-                    tp.clone(),
-                    Watermarks {
-                        low: p.lo_offset.max(0),
-                        high: p.hi_offset,
-                    },
-                );
-            }
+        if let Some(p) = p
+            && p.hi_offset >= 0
+        {
+            out.insert(
+                tp.clone(),
+                Watermarks {
+                    low: p.lo_offset.max(0),
+                    high: p.hi_offset,
+                },
+            );
         }
     }
     out
@@ -236,10 +236,10 @@ pub fn read_partitions(
                 } else if let Ok(pos) = consumer.position() {
                     for e in pos.elements() {
                         let tp = TopicPartition::new(e.topic(), e.partition());
-                        if let (Some(end), Offset::Offset(next)) = (open.get(&tp), e.offset()) {
-                            if next > *end {
-                                open.remove(&tp);
-                            }
+                        if let (Some(end), Offset::Offset(next)) = (open.get(&tp), e.offset())
+                            && next > *end
+                        {
+                            open.remove(&tp);
                         }
                     }
                 }
