@@ -52,6 +52,16 @@ pub enum MaintenanceError {
         /// The location.
         uri: String,
     },
+    /// The table's storage could not be read.
+    #[error("cannot read table {uri}: {message}{hint}")]
+    Storage {
+        /// The table.
+        uri: String,
+        /// The underlying error.
+        message: String,
+        /// What to check, when the error says enough to tell.
+        hint: String,
+    },
     /// delta-rs failed.
     #[error("table {uri}: {source}")]
     Delta {
@@ -101,9 +111,20 @@ pub async fn open(uri: &Url, storage: &StorageConfig) -> Result<DeltaTable, Main
         Ok(None) => Err(MaintenanceError::NoTable {
             uri: uri.to_string(),
         }),
-        Err(e) => Err(MaintenanceError::Delta {
+        Err(crate::table::TableError::Delta { source, .. }) => {
+            let message = source.to_string();
+            Err(MaintenanceError::Storage {
+                uri: uri.to_string(),
+                hint: crate::table::storage_hint(&message)
+                    .map(|h| format!(". {h}"))
+                    .unwrap_or_default(),
+                message,
+            })
+        }
+        Err(e) => Err(MaintenanceError::Storage {
             uri: uri.to_string(),
-            source: Box::new(DeltaTableError::Generic(e.to_string())),
+            message: e.to_string(),
+            hint: String::new(),
         }),
     }
 }

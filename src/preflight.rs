@@ -143,8 +143,11 @@ async fn check_table(cfg: &Config) -> Result<String, String> {
 }
 
 fn storage_hint(uri: &url::Url, err: &str) -> String {
-    format!(
-        "cannot read {uri}: {err}. Check table.uri, [storage] endpoint/region, and that \
-         credentials (storage.access_key_id or the AWS credential chain) can list the location"
-    )
+    match table::storage_hint(err) {
+        Some(hint) => format!("cannot read {uri}: {err}. {hint}"),
+        None => format!(
+            "cannot read {uri}: {err}. Check table.uri, [storage] endpoint/region, and that \
+             credentials (storage.access_key_id or the AWS credential chain) can list the location"
+        ),
+    }
 }

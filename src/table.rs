@@ -102,6 +102,36 @@ pub fn is_retryable(e: &DeltaTableError) -> bool {
     }
 }
 
+/// A hint for storage errors that mean missing credentials or permissions.
+pub fn storage_hint(message: &str) -> Option<&'static str> {
+    let m = message.to_ascii_lowercase();
+    if m.contains("169.254.169.254")
+        || m.contains("credential")
+        || m.contains("unauthenticated")
+        || m.contains("invalidaccesskeyid")
+        || m.contains("signaturedoesnotmatch")
+    {
+        Some(
+            "No usable AWS credentials: set storage.access_key_id/secret_access_key (or \
+             --storage-option aws_access_key_id=..), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
+             a profile, or an instance/pod role",
+        )
+    } else if m.contains("403") || m.contains("accessdenied") || m.contains("permission") {
+        Some(
+            "Access denied: the credentials need s3:ListBucket, s3:GetObject and s3:PutObject on the table's bucket and prefix",
+        )
+    } else if m.contains("nosuchbucket") {
+        Some("The bucket does not exist")
+    } else if m.contains("connection refused")
+        || m.contains("dns error")
+        || m.contains("error sending request")
+    {
+        Some("The storage endpoint is unreachable: check storage.endpoint / aws_endpoint_url")
+    } else {
+        None
+    }
+}
+
 /// The txn app id under which a partition's offset is stored.
 pub fn txn_app_id(app_id: &str, tp: &TopicPartition) -> String {
     format!("{app_id}-{}-{}", tp.topic, tp.partition)

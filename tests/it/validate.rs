@@ -1,5 +1,5 @@
-//! `tributary validate`: clear messages and non-zero exits for what an operator
-//! gets wrong.
+//! The command line: `validate` and the operator commands give clear messages and
+//! non-zero exits for what an operator gets wrong.
 
 use std::process::Command;
 
@@ -68,4 +68,89 @@ async fn validate_reports_malformed_config() {
     let (code, out) = validate(&dir.path().join("missing.toml"));
     assert_eq!(code, 2);
     assert!(out.contains("cannot read config file"), "{out}");
+}
+
+fn tributary(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn operator_commands_fail_clearly() {
+    let s = servers();
+    let bucket = unique("b").to_lowercase();
+    create_bucket(&s.s3, &bucket);
+    let missing = format!("s3://{bucket}/missing");
+    let endpoint = format!("aws_endpoint_url={}", s.s3);
+    let common = [
+        "--storage-option",
+        &endpoint,
+        "--storage-option",
+        "aws_allow_http=true",
+        "--storage-option",
+        "aws_region=us-east-1",
+    ];
+    let creds = [
+        "--storage-option",
+        "aws_access_key_id=test",
+        "--storage-option",
+        "aws_secret_access_key=test",
+    ];
+    for cmd in ["compact", "vacuum", "checkpoint"] {
+        let mut args = vec![cmd, missing.as_str()];
+        args.extend(common);
+        args.extend(creds);
+        let (code, out) = tributary(&args);
+        assert_eq!(code, 1, "{cmd}: {out}");
+        assert!(
+            out.contains(&format!("no Delta table at {missing}")),
+            "{cmd}: {out}"
+        );
+
+        let (code, out) = tributary(&[cmd, "ftp://host/table"]);
+        assert_eq!(code, 1, "{cmd}: {out}");
+        assert!(out.contains("unsupported scheme `ftp`"), "{cmd}: {out}");
+
+        let mut args = vec![cmd, missing.as_str()];
+        args.extend(common);
+        let (code, out) = tributary(&args);
+        assert_eq!(code, 1, "{cmd}: {out}");
+        assert!(out.contains("No usable AWS credentials"), "{cmd}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn vacuum_below_table_retention_exits_non_zero() {
+    let s = Scenario::new("vacuum-cli", 1).await;
+    let cfg = s.config("");
+    tributary::table::open_or_create(&cfg.table, &cfg.storage)
+        .await
+        .unwrap();
+    let path = s.write_config("");
+    let (code, out) = tributary(&[
+        "vacuum",
+        "--config",
+        path.to_str().unwrap(),
+        "--retention",
+        "1h",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("refusing to vacuum") && out.contains("--force-retention"),
+        "{out}"
+    );
+    let (code, out) = tributary(&["vacuum", "--config", path.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("would delete 0 file(s)"), "{out}");
 }
