@@ -421,6 +421,10 @@ impl Compact {
             OptimizeType::ZOrder(self.zorder.clone())
         };
         let target = NonZeroU64::new(self.target).unwrap_or(NonZeroU64::MIN);
+        tracing::info!(
+            table = %uri, files = plan.files_in, bytes = plan.bytes_in,
+            target = self.target, zorder = ?self.zorder, "compaction started"
+        );
         let (table, metrics) = self
             .table
             .clone()
@@ -513,7 +517,12 @@ pub async fn vacuum(
     if let Some(clock) = opts.clock {
         builder = builder.with_clock(clock);
     }
+    tracing::info!(
+        table = %uri, retention_hours = retention.as_secs() / 3600, full = opts.full,
+        dry_run = opts.dry_run, "vacuum started"
+    );
     let (_, metrics) = builder.await.map_err(MaintenanceError::delta(&uri))?;
+    tracing::info!(table = %uri, files = metrics.files_deleted.len(), dry_run = opts.dry_run, "vacuum finished");
     let mut files = metrics.files_deleted;
     files.sort();
     Ok(VacuumReport {

@@ -326,3 +326,37 @@ async fn offsets_reset_replays_exactly_the_range_and_verify_sees_it() {
     assert_eq!((p.rows, p.duplicates, p.gaps), (139, 40, 0));
     assert_eq!(p.duplicate_sample.first(), Some(&60));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_checkpoints_on_the_table_interval() {
+    let s = Scenario::new("checkpoint", 1).await;
+    let producer = producer(&s.servers.brokers);
+    let produced = produce(&producer, &s.topic, (0..500u64).map(|i| (0, event(i)))).await;
+    let cfg = s.config(
+        "[table.properties]\n\"delta.checkpointInterval\" = \"3\"\n[flush]\nmax_rows = 100\nmax_age = \"1s\"",
+    );
+    let run = start(cfg);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await;
+    let t = s.table().await.unwrap();
+    assert!(t.version().unwrap() >= 5);
+    let store = t.object_store();
+    let last: serde_json::Value = serde_json::from_slice(
+        &store
+            .get(&deltalake::Path::from("_delta_log/_last_checkpoint"))
+            .await
+            .expect("_last_checkpoint written by the daemon")
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    // With the default interval (100) there would be no checkpoint at all yet.
+    let version = last["version"].as_i64().unwrap();
+    assert!(
+        version >= 3 && version <= t.version().unwrap() as i64,
+        "checkpoint at {version}"
+    );
+    // A fresh reader starts from the checkpoint and still sees every row.
+    assert_eq!(diff(&s.rows().await, &produced), (0, 0));
+}
