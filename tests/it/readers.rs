@@ -1,0 +1,146 @@
+//! Tables written by tributary, read back by engines we did not write (DuckDB's
+//! delta extension, and Sail through PySpark over Spark Connect) and compared row
+//! for row with what was produced: partitions, UTC timestamps, dates, decimals,
+//! nested struct/array/map, after checkpoints, compaction and vacuum.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use rdkafka::producer::FutureRecord;
+use serde_json::json;
+use tributary::maintenance::{self, Compact, VacuumOptions};
+
+use crate::harness::*;
+use crate::ingest::start;
+
+fn record(i: u64) -> serde_json::Value {
+    let countries = ["DE", "US", "BR"];
+    json!({
+        "id": i,
+        "country": countries[(i % 3) as usize],
+        "amount": if i % 7 == 0 { serde_json::Value::Null } else { json!(format!("{}.{:02}", i * 13 % 10_000, i % 100)) },
+        "ts": format!("2025-03-{:02}T{:02}:{:02}:{:02}.{:06}Z", 1 + i % 28, i % 24, i % 60, (i * 7) % 60, i * 31 % 1_000_000),
+        "day": format!("2025-02-{:02}", 1 + i % 28),
+        "score": if i % 5 == 0 { serde_json::Value::Null } else { json!(i as f64 / 8.0) },
+        "flag": i % 2 == 0,
+        "tags": if i % 4 == 0 { json!([]) } else { json!([format!("t{}", i % 3), null]) },
+        "attrs": if i % 6 == 0 { serde_json::Value::Null } else { json!({"a": i, "b": null}) },
+        "device": if i % 9 == 0 { serde_json::Value::Null } else { json!({"os": "linux", "version": i % 5}) },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_read_back_identically_by_duckdb_and_spark() {
+    let python = std::env::var("TRIBUTARY_TEST_PYTHON")
+        .expect("TRIBUTARY_TEST_PYTHON is set by tests/run.sh (the readers' interpreter)");
+    let s = Scenario::new("readers", 2).await;
+    // Records with explicit Kafka timestamps, so every column has a known value.
+    let producer = producer(&s.servers.brokers);
+    let mut expected = Vec::new();
+    for i in 0..240u64 {
+        let value = record(i).to_string();
+        let key = format!("k{i}");
+        let ts_ms = 1_740_000_000_000 + i as i64 * 1000 + 123;
+        let (p, o) = producer
+            .send(
+                FutureRecord::to(&s.topic)
+                    .partition((i % 2) as i32)
+                    .key(&key)
+                    .payload(&value)
+                    .timestamp(ts_ms),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|d| (d.partition, d.offset))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let mut row = record(i);
+        row["_partition"] = json!(p);
+        row["_offset"] = json!(o);
+        row["_timestamp"] = json!(
+            chrono::DateTime::from_timestamp_millis(ts_ms)
+                .unwrap()
+                .to_rfc3339()
+        );
+        expected.push(row);
+    }
+    let produced: std::collections::BTreeMap<i32, Vec<i64>> =
+        expected.iter().fold(Default::default(), |mut m, r| {
+            m.entry(r["_partition"].as_i64().unwrap() as i32)
+                .or_insert_with(Vec::new)
+                .push(r["_offset"].as_i64().unwrap());
+            m
+        });
+
+    let schema =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/readers_compat.json");
+    let toml = s
+        .config_toml("[flush]\nmax_rows = 40\nmax_age = \"1s\"")
+        .replace(&demo_schema_path().display().to_string(), &schema.display().to_string())
+        .replace(
+            "compression = \"zstd(1)\"",
+            "compression = \"zstd(1)\"\npartition_by = [\"country\"]\n[table.properties]\n\"delta.checkpointInterval\" = \"3\"",
+        );
+    let cfg = tributary::config::RawConfig::parse(&toml, None, &|_| None)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let run = start(cfg);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await;
+
+    // Compact, then vacuum the replaced files away.
+    let t = s.table().await.unwrap();
+    let compact = Compact::new(t, None);
+    let plan = compact.plan().await.unwrap();
+    let report = compact.execute(plan).await.unwrap();
+    assert!(report.files_removed > 0, "{report:?}");
+    let t = s.table().await.unwrap();
+    maintenance::checkpoint(&t).await.unwrap();
+    let vac = maintenance::vacuum(
+        t,
+        VacuumOptions {
+            retention: Some(Duration::ZERO),
+            force_retention: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(vac.files.len() as u64, report.files_removed);
+    let t = s.table().await.unwrap();
+    let snapshot = t.snapshot().unwrap();
+    assert_eq!(
+        (
+            snapshot.protocol().min_reader_version(),
+            snapshot.protocol().min_writer_version()
+        ),
+        (1, 2)
+    );
+
+    let expected_path = s.dir.path().join("expected.jsonl");
+    let mut f = std::fs::File::create(&expected_path).unwrap();
+    for r in &expected {
+        writeln!(f, "{r}").unwrap();
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/compare.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(s.table_uri())
+        .arg(&expected_path)
+        .env("TRIBUTARY_TEST_S3_ENDPOINT", &s.servers.s3)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "readers disagree with what was produced:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for reader in ["duckdb", "spark_sail"] {
+        assert_eq!(summary[reader]["rows"], 240, "{summary}");
+        assert_eq!(summary[reader]["mismatches"], 0, "{summary}");
+    }
+}

@@ -1,0 +1,166 @@
+"""Read a Delta table written by tributary with two engines we did not write, and
+compare every row with the records that were produced.
+
+  python compare.py TABLE_URI EXPECTED_JSONL
+
+Readers: DuckDB with its delta extension (pinned wheels, loaded from the wheel's
+extension directory, no downloads) and Sail (pysail) through real PySpark code over
+Spark Connect (`spark.read.format("delta").load(uri)`). For s3:// URIs the
+TRIBUTARY_TEST_S3_ENDPOINT server is used with path-style requests and test
+credentials. Prints one JSON summary line; exits 1 on any difference.
+"""
+
+import datetime as dt
+import decimal
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+SCALE = decimal.Decimal("0.01")
+
+
+def canon_ts(v):
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+    if v.tzinfo is None:  # Spark returns session-time-zone naive values; the session is UTC
+        v = v.replace(tzinfo=dt.timezone.utc)
+    return v.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def canon_date(v):
+    if v is None:
+        return None
+    return v if isinstance(v, str) else v.isoformat()
+
+
+def canon_dec(v):
+    return None if v is None else str(decimal.Decimal(str(v)).quantize(SCALE))
+
+
+def canon_map(v):
+    if v is None:
+        return None
+    if isinstance(v, list):  # some readers give [(k, v)] or [{"key":..,"value":..}]
+        v = dict((e["key"], e["value"]) if isinstance(e, dict) else e for e in v)
+    return sorted(v.items())
+
+
+def canon_struct(v):
+    if v is None:
+        return None
+    if hasattr(v, "asDict"):
+        v = v.asDict(recursive=True)
+    return {"os": v.get("os"), "version": v.get("version")}
+
+
+def canon(r):
+    return (
+        r["_partition"], r["_offset"], r["id"], r.get("country"), canon_dec(r.get("amount")),
+        canon_ts(r.get("ts")), canon_date(r.get("day")),
+        None if r.get("score") is None else float(r["score"]),
+        r.get("flag"), None if r.get("tags") is None else list(r["tags"]),
+        canon_map(r.get("attrs")), canon_struct(r.get("device")), canon_ts(r.get("_timestamp")) is not None,
+    )
+
+
+def expected_rows(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            rows.append(canon(json.loads(line)))
+    return sorted(rows, key=lambda r: (r[0], r[1]))
+
+
+COLUMNS = ["_partition", "_offset", "id", "country", "amount", "ts", "day", "score", "flag",
+           "tags", "attrs", "device", "_timestamp"]
+
+
+def s3_endpoint():
+    return os.environ["TRIBUTARY_TEST_S3_ENDPOINT"]
+
+
+def read_duckdb(uri):
+    import duckdb
+    import duckdb_ext
+    ext = os.path.join(list(duckdb_ext.__path__)[0], "extensions")
+    con = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False,
+                                 "extension_directory": ext})
+    for e in ("httpfs", "aws", "delta"):
+        con.execute(f"LOAD {e}")
+    con.execute("SET TimeZone = 'UTC'")
+    if uri.startswith("s3://"):
+        ep = s3_endpoint().removeprefix("http://")
+        con.execute(f"CREATE SECRET s3 (TYPE s3, KEY_ID 'test', SECRET 'test', REGION 'us-east-1', "
+                    f"ENDPOINT '{ep}', URL_STYLE 'path', USE_SSL false)")
+    cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM delta_scan('{uri}')")
+    names = [d[0] for d in cur.description]
+    return [canon(dict(zip(names, row))) for row in cur.fetchall()]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def read_spark(uri):
+    port = free_port()
+    env = dict(os.environ)
+    if uri.startswith("s3://"):
+        env.update(AWS_ENDPOINT_URL=s3_endpoint(), AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                   AWS_REGION="us-east-1", AWS_ALLOW_HTTP="true", AWS_VIRTUAL_HOSTED_STYLE_REQUEST="false")
+    sail = os.path.join(os.path.dirname(sys.executable), "sail")
+    server = subprocess.Popen([sail, "spark", "server", "--ip", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("the Sail Spark Connect server did not start")
+                time.sleep(0.1)
+        import warnings
+        warnings.simplefilter("ignore")
+        from pyspark.sql import SparkSession
+        spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
+        df = spark.read.format("delta").load(uri).select(*COLUMNS)
+        rows = [canon(r.asDict(recursive=False)) for r in df.collect()]
+        spark.stop()
+        return rows
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def compare(name, got, want):
+    got = sorted(got, key=lambda r: (r[0], r[1]))
+    mismatches = [(g, w) for g, w in zip(got, want) if g != w]
+    out = {"rows": len(got), "expected": len(want), "mismatches": len(mismatches) + abs(len(got) - len(want))}
+    if mismatches:
+        out["first"] = {"got": repr(mismatches[0][0]), "want": repr(mismatches[0][1])}
+    return out
+
+
+def main():
+    uri, expected_path = sys.argv[1], sys.argv[2]
+    want = expected_rows(expected_path)
+    result = {"duckdb": compare("duckdb", read_duckdb(uri), want),
+              "spark_sail": compare("spark", read_spark(uri), want)}
+    print(json.dumps(result))
+    sys.exit(0 if all(r["mismatches"] == 0 for r in result.values()) else 1)
+
+
+if __name__ == "__main__":
+    main()
