@@ -19,14 +19,14 @@ fn record(i: u64) -> serde_json::Value {
     json!({
         "id": i,
         "country": countries[(i % 3) as usize],
-        "amount": if i % 7 == 0 { serde_json::Value::Null } else { json!(format!("{}.{:02}", i * 13 % 10_000, i % 100)) },
+        "amount": if i.is_multiple_of(7) { serde_json::Value::Null } else { json!(format!("{}.{:02}", i * 13 % 10_000, i % 100)) },
         "ts": format!("2025-03-{:02}T{:02}:{:02}:{:02}.{:06}Z", 1 + i % 28, i % 24, i % 60, (i * 7) % 60, i * 31 % 1_000_000),
         "day": format!("2025-02-{:02}", 1 + i % 28),
-        "score": if i % 5 == 0 { serde_json::Value::Null } else { json!(i as f64 / 8.0) },
-        "flag": i % 2 == 0,
-        "tags": if i % 4 == 0 { json!([]) } else { json!([format!("t{}", i % 3), null]) },
-        "attrs": if i % 6 == 0 { serde_json::Value::Null } else { json!({"a": i, "b": null}) },
-        "device": if i % 9 == 0 { serde_json::Value::Null } else { json!({"os": "linux", "version": i % 5}) },
+        "score": if i.is_multiple_of(5) { serde_json::Value::Null } else { json!(i as f64 / 8.0) },
+        "flag": i.is_multiple_of(2),
+        "tags": if i.is_multiple_of(4) { json!([]) } else { json!([format!("t{}", i % 3), null]) },
+        "attrs": if i.is_multiple_of(6) { serde_json::Value::Null } else { json!({"a": i, "b": null}) },
+        "device": if i.is_multiple_of(9) { serde_json::Value::Null } else { json!({"os": "linux", "version": i % 5}) },
     })
 }
 
