@@ -105,6 +105,31 @@ pub struct RawConfig {
     /// Record decoding.
     #[serde(default)]
     pub decode: RawDecode,
+    /// Metrics and health endpoint.
+    #[serde(default)]
+    pub observability: RawObservability,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[observability]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObservability {
+    /// Address for `/metrics`, `/healthz` and `/readyz` (e.g. `"0.0.0.0:9898"` in a
+    /// pod, `"127.0.0.1:9898"` on a shared host). Off when absent.
+    pub listen: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// Level or filter, e.g. `info` or `tributary=debug,librdkafka=warn`.
+    pub level: Option<String>,
+    /// `text` or `json`.
+    pub format: Option<String>,
 }
 
 /// `[kafka]`
@@ -282,6 +307,12 @@ pub struct Config {
     pub commit: CommitConfig,
     /// Decoding.
     pub decode: DecodeConfig,
+    /// Where to serve metrics and health probes.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Log filter, when the file sets one.
+    pub log_level: Option<String>,
+    /// Log as JSON.
+    pub log_json: bool,
 }
 
 /// Validated `[kafka]`.
@@ -578,6 +609,28 @@ impl RawConfig {
                 ));
             }
         }
+        let metrics_listen = self
+            .observability
+            .listen
+            .map(|a| {
+                a.parse::<std::net::SocketAddr>().map_err(|e| {
+                    ConfigError::invalid(
+                        "observability.listen",
+                        format!("`{a}` is not IP:PORT: {e}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let log_json = match self.log.format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(ConfigError::invalid(
+                    "log.format",
+                    format!("`{other}`: use `text` or `json`"),
+                ));
+            }
+        };
         Ok(Config {
             app_id,
             kafka,
@@ -588,6 +641,9 @@ impl RawConfig {
             decode: DecodeConfig {
                 on_error: self.decode.on_error,
             },
+            metrics_listen,
+            log_level: self.log.level,
+            log_json,
         })
     }
 }

@@ -175,6 +175,9 @@ fn demo_config(
         decode: DecodeConfig {
             on_error: OnError::Skip,
         },
+        metrics_listen: None,
+        log_level: None,
+        log_json: false,
     })
 }
 

@@ -38,6 +38,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod maintenance;
+pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod preflight;

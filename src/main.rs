@@ -24,9 +24,9 @@ struct Cli {
     /// libraries below (`warn` for everything in `demo`).
     #[arg(long, global = true)]
     log_level: Option<String>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// Log format (default: the config's log.format, else text).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +53,11 @@ enum Command {
         /// How long to wait for the brokers.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Bin-pack small files into larger ones (optionally z-ordered); safe while ingesting.
     Compact {
@@ -151,6 +156,12 @@ enum Command {
 /// Quiet defaults: delta-rs and the Delta kernel log every snapshot load at INFO.
 const DEFAULT_FILTER: &str = "info,buoyant_kernel=warn,deltalake_core=warn,deltalake_aws=warn,\
 deltalake=warn,deltalake_core::writer::stats=error,datafusion=warn,object_store=warn,aws_config=warn,aws_smithy_runtime=warn,hyper=warn";
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Print a complete, commented configuration to start from.
+    Example,
+}
 
 #[derive(clap::Args, Debug)]
 struct TableArgs {
@@ -380,6 +391,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Config {
+            action: ConfigAction::Example,
+        } => {
+            print!("{}", include_str!("../examples/config/events.toml"));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Compact {
             table,
@@ -623,7 +640,21 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "warn",
         _ => DEFAULT_FILTER,
     };
-    init_logging(cli.log_level.as_deref().unwrap_or(default), cli.log_format);
+    // The daemon's config may set the log level and format; flags win. A config that
+    // does not load is reported by the command itself.
+    let (file_level, file_json) = match &cli.command {
+        Command::Ingest { config } => load_config(config)
+            .map(|c| (c.log_level, c.log_json))
+            .unwrap_or_default(),
+        _ => (None, false),
+    };
+    let level = cli.log_level.clone().or(file_level);
+    let format = cli.log_format.unwrap_or(if file_json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    init_logging(level.as_deref().unwrap_or(default), format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -90,6 +90,9 @@ pub enum PipelineError {
     /// A commit failed in a way retrying will not fix.
     #[error(transparent)]
     Commit(#[from] Box<CommitError>),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The poll thread stopped unexpectedly.
     #[error("the kafka poll thread stopped: {0}")]
     SourceStopped(String),
@@ -149,7 +152,15 @@ pub async fn run(
         "table open"
     );
     let decoder = JsonDecoder::new(opened.schema.clone(), cfg.kafka.max_chunk_records)?;
-    let (source, channels) = Source::start(&cfg.kafka)?;
+    let endpoint = match cfg.metrics_listen {
+        Some(addr) => {
+            let e = crate::metrics::serve(addr, stats.clone()).await?;
+            let _ = stats.metrics_addr.set(e.addr);
+            Some(e)
+        }
+        None => None,
+    };
+    let (source, channels) = Source::start(&cfg.kafka, stats.clone())?;
     let props = table::writer_properties(cfg.table.compression, cfg.table.row_group_rows);
     let mut pipeline = Pipeline {
         policy: RetryPolicy {
@@ -173,7 +184,9 @@ pub async fn run(
         resume_at: None,
         abandon: Arc::new(AtomicBool::new(false)),
     };
-    pipeline.run(channels, shutdown).await
+    let result = pipeline.run(channels, shutdown).await;
+    drop(endpoint);
+    result
 }
 
 #[derive(Debug)]
@@ -299,6 +312,13 @@ impl Pipeline {
                 !self.parts.is_empty() && !self.needs_rewind,
                 Ordering::Relaxed,
             );
+            let s = &self.stats;
+            s.window_records
+                .store(self.window.records, Ordering::Relaxed);
+            s.window_bytes
+                .store(self.window.encoded_bytes(), Ordering::Relaxed);
+            s.assigned_partitions
+                .store(self.parts.len() as u64, Ordering::Relaxed);
         }
         self.drain(channels).await
     }
@@ -435,6 +455,7 @@ impl Pipeline {
         for tp in partitions {
             self.parts.remove(tp);
         }
+        self.stats.forget(partitions);
         Ok(())
     }
 
@@ -652,6 +673,13 @@ impl Pipeline {
                     }
                     offsets.push((tp.clone(), *last));
                 }
+                self.stats
+                    .commit_seconds
+                    .observe(cstats.duration.as_secs_f64());
+                PipelineStats::add(
+                    &self.stats.commit_retries,
+                    u64::from(cstats.attempts.saturating_sub(1)),
+                );
                 if let CommitOutcome::Committed { version } = outcome {
                     self.stats
                         .table_version

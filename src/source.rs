@@ -151,6 +151,7 @@ pub enum SourceCommand {
 type EpochMap = HashMap<Arc<str>, HashMap<i32, u64>>;
 
 struct IngestContext {
+    stats: Arc<crate::stats::PipelineStats>,
     events: mpsc::UnboundedSender<SourceEvent>,
     epochs: Mutex<EpochMap>,
     closing: AtomicBool,
@@ -175,6 +176,21 @@ impl ClientContext for IngestContext {
                 tracing::debug!(target: "librdkafka", facility = fac, "{log_message}")
             }
         }
+    }
+
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        // High watermarks from fetch responses, for the lag metric.
+        let marks: Vec<(TopicPartition, i64)> = statistics
+            .topics
+            .iter()
+            .flat_map(|(topic, t)| {
+                t.partitions
+                    .iter()
+                    .filter(|(p, s)| **p >= 0 && s.hi_offset >= 0)
+                    .map(move |(p, s)| (TopicPartition::new(topic.as_str(), *p), s.hi_offset))
+            })
+            .collect();
+        self.stats.set_high_watermarks(marks);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -329,7 +345,9 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
             },
         )
         // Bound what librdkafka prefetches per partition; the pipeline holds the rest.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // Statistics carry the high watermarks of fetch responses (lag metric).
+        .set("statistics.interval.ms", "5000");
     for (k, v) in &cfg.properties {
         c.set(k, v.expose());
     }
@@ -338,11 +356,15 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 
 impl Source {
     /// Create the consumer, subscribe, and start the poll thread.
-    pub fn start(cfg: &KafkaConfig) -> Result<(Self, SourceChannels), SourceError> {
+    pub fn start(
+        cfg: &KafkaConfig,
+        stats: Arc<crate::stats::PipelineStats>,
+    ) -> Result<(Self, SourceChannels), SourceError> {
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(cfg.channel_capacity);
         let (cmd_tx, cmd_rx) = std_mpsc::channel();
         let context = IngestContext {
+            stats,
             events: event_tx.clone(),
             epochs: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::record::TopicPartition;
 
 /// Pipeline counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PipelineStats {
     /// Records taken from Kafka and accounted for (rows + rejected).
     pub records_accounted: AtomicU64,
@@ -35,7 +35,48 @@ pub struct PipelineStats {
     pub ready: AtomicBool,
     /// Last table version committed by this process.
     pub table_version: AtomicU64,
+    /// Commit attempts beyond the first (transient storage errors).
+    pub commit_retries: AtomicU64,
+    /// Records accounted for in the open window.
+    pub window_records: AtomicU64,
+    /// Parquet bytes written to the open window so far.
+    pub window_bytes: AtomicU64,
+    /// Partitions currently assigned.
+    pub assigned_partitions: AtomicU64,
+    /// Commit wall time, seconds.
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Where `/metrics` is served, once it is.
+    pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     committed_offsets: Mutex<BTreeMap<TopicPartition, i64>>,
+    high_watermarks: Mutex<BTreeMap<TopicPartition, i64>>,
+}
+
+impl Default for PipelineStats {
+    fn default() -> Self {
+        Self {
+            records_accounted: AtomicU64::default(),
+            rows_committed: AtomicU64::default(),
+            records_rejected: AtomicU64::default(),
+            commits: AtomicU64::default(),
+            stale_commits: AtomicU64::default(),
+            rewinds: AtomicU64::default(),
+            bytes_committed: AtomicU64::default(),
+            files_committed: AtomicU64::default(),
+            rebalances: AtomicU64::default(),
+            ready: AtomicBool::default(),
+            table_version: AtomicU64::default(),
+            commit_retries: AtomicU64::default(),
+            window_records: AtomicU64::default(),
+            window_bytes: AtomicU64::default(),
+            assigned_partitions: AtomicU64::default(),
+            commit_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14),
+            ),
+            metrics_addr: std::sync::OnceLock::new(),
+            committed_offsets: Mutex::default(),
+            high_watermarks: Mutex::default(),
+        }
+    }
 }
 
 impl PipelineStats {
@@ -54,6 +95,35 @@ impl PipelineStats {
         let mut m = self.committed_offsets.lock().expect("stats lock");
         for (tp, o) in offsets {
             m.insert(tp, o);
+        }
+    }
+
+    /// Record high watermarks seen in fetch responses (librdkafka statistics).
+    pub fn set_high_watermarks(&self, marks: impl IntoIterator<Item = (TopicPartition, i64)>) {
+        let mut m = self.high_watermarks.lock().expect("stats lock");
+        for (tp, o) in marks {
+            m.insert(tp, o);
+        }
+    }
+
+    /// Lag in records per partition with a known high watermark and stored offset:
+    /// `high watermark - (stored offset + 1)`.
+    pub fn lag(&self) -> BTreeMap<TopicPartition, i64> {
+        let committed = self.committed_offsets.lock().expect("stats lock");
+        let marks = self.high_watermarks.lock().expect("stats lock");
+        marks
+            .iter()
+            .filter_map(|(tp, hw)| committed.get(tp).map(|c| (tp.clone(), (hw - c - 1).max(0))))
+            .collect()
+    }
+
+    /// Forget partitions no longer assigned.
+    pub fn forget(&self, tps: &[TopicPartition]) {
+        let mut c = self.committed_offsets.lock().expect("stats lock");
+        let mut m = self.high_watermarks.lock().expect("stats lock");
+        for tp in tps {
+            c.remove(tp);
+            m.remove(tp);
         }
     }
 

@@ -6,6 +6,7 @@ mod commit;
 mod harness;
 mod ingest;
 mod maintenance;
+mod observability;
 mod process;
 mod readers;
 mod validate;
