@@ -63,7 +63,80 @@ pub async fn run(cfg: &Config, timeout: Duration) -> Vec<Check> {
         name: "delta table",
         outcome: check_table(cfg).await,
     });
+    if matches!(cfg.table.uri.scheme(), "s3" | "s3a") {
+        checks.push(Check {
+            name: "s3 write permission",
+            outcome: s3_write_probe(cfg).await,
+        });
+    }
     checks
+}
+
+/// Put and delete a small object under the table's prefix with the AWS SDK, using the
+/// same endpoint, region and credentials delta-rs will use.
+async fn s3_write_probe(cfg: &Config) -> Result<String, String> {
+    let uri = &cfg.table.uri;
+    let opts = cfg.storage.to_options();
+    let bucket = uri.host_str().unwrap_or_default().to_owned();
+    let prefix = uri.path().trim_matches('/');
+    let key = format!(
+        "{}{}_tributary_probe/{}",
+        prefix,
+        if prefix.is_empty() { "" } else { "/" },
+        uuid::Uuid::new_v4()
+    );
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = opts.get("aws_region") {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = opts.get("aws_endpoint_url") {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let (Some(id), Some(secret)) = (
+        opts.get("aws_access_key_id"),
+        opts.get("aws_secret_access_key"),
+    ) {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            id,
+            secret,
+            opts.get("aws_session_token").cloned(),
+            None,
+            "tributary-config",
+        ));
+    }
+    let sdk = loader.load().await;
+    let path_style = opts
+        .get("aws_virtual_hosted_style_request")
+        .is_some_and(|v| v == "false");
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(path_style)
+            .build(),
+    );
+    let describe = |e: &dyn std::fmt::Display, what: &str| {
+        let msg = format!("{e}");
+        let hint = table::storage_hint(&msg)
+            .unwrap_or("the credentials need s3:PutObject and s3:DeleteObject on the table prefix");
+        format!("cannot {what} s3://{bucket}/{key}: {msg}. {hint}")
+    };
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"tributary write probe",
+        ))
+        .send()
+        .await
+        .map_err(|e| describe(&aws_sdk_s3::error::DisplayErrorContext(&e), "write"))?;
+    client
+        .delete_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .map_err(|e| describe(&aws_sdk_s3::error::DisplayErrorContext(&e), "delete"))?;
+    Ok(format!("wrote and deleted s3://{bucket}/{key}"))
 }
 
 async fn fetch_metadata(cfg: &Config, timeout: Duration) -> Result<Metadata, String> {

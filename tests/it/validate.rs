@@ -25,6 +25,24 @@ async fn validate_passes_on_a_working_config() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok    kafka topics"), "{out}");
     assert!(out.contains("will be created"), "{out}");
+    assert!(
+        out.contains("ok    s3 write permission: wrote and deleted s3://"),
+        "{out}"
+    );
+
+    // A bucket that does not exist fails the table and the write probe.
+    let text = s
+        .config_toml("")
+        .replace(&s.bucket, "no-such-bucket-tributary");
+    let path = s.dir.path().join("no-bucket.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, out) = validate(&path);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("FAIL  s3 write permission: cannot write"),
+        "{out}"
+    );
+    assert!(out.contains("NoSuchBucket"), "{out}");
 }
 
 #[tokio::test]
