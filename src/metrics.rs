@@ -322,6 +322,38 @@ mod tests {
     use super::*;
     use crate::record::TopicPartition;
 
+    /// The shipped Grafana dashboard only queries series tributary exports.
+    #[test]
+    fn dashboard_queries_only_declared_metrics() {
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../deploy/grafana/tributary.json")).unwrap();
+        let re = regex::Regex::new(r"tributary_[a-z_]+").unwrap();
+        let exported: Vec<String> = METRICS
+            .iter()
+            .flat_map(|m| {
+                let base = match m.unit {
+                    Some(u) => format!("tributary_{}_{u}", m.name),
+                    None => format!("tributary_{}", m.name),
+                };
+                ["", "_total", "_bucket", "_count", "_sum"].map(|s| format!("{base}{s}"))
+            })
+            .collect();
+        let mut seen = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().unwrap() {
+                for m in re.find_iter(t["expr"].as_str().unwrap()) {
+                    seen += 1;
+                    assert!(
+                        exported.iter().any(|e| e == m.as_str()),
+                        "dashboard queries unknown {}",
+                        m.as_str()
+                    );
+                }
+            }
+        }
+        assert!(seen >= 15, "dashboard references {seen} series");
+    }
+
     #[test]
     fn every_declared_metric_is_exported_with_help() {
         let stats = Arc::new(PipelineStats::default());
