@@ -1141,6 +1141,37 @@ schema_file = "SCHEMA"
     }
 
     #[test]
+    fn kubernetes_configmap_config_is_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let yaml = std::fs::read_to_string(root.join("deploy/k8s/tributary.yaml")).unwrap();
+        let block = yaml
+            .split("tributary.toml: |\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n---").next())
+            .unwrap();
+        let toml: String = block
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace(
+                "/etc/tributary/schemas/",
+                &format!("{}/schemas/", root.display()),
+            );
+        let env = |k: &str| Some(format!("value-of-{k}:9093"));
+        let c = RawConfig::parse(&toml, None, &env)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(c.metrics_listen.unwrap().port(), 9898);
+        assert!(c.log_json);
+        assert_eq!(
+            c.kafka.properties["sasl.password"].expose(),
+            "value-of-KAFKA_PASSWORD:9093"
+        );
+    }
+
+    #[test]
     fn local_paths_become_file_urls() {
         let u = parse_table_uri("/tmp/some/table").unwrap();
         assert_eq!(u.as_str(), "file:///tmp/some/table/");

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/servers.sh
 servers_install
+# The Kubernetes manifest must at least be valid YAML (PyYAML comes with moto).
+"$SERVERS_VENV/bin/python" -c 'import sys, yaml; list(yaml.safe_load_all(open(sys.argv[1])))' deploy/k8s/tributary.yaml
 servers_start
 trap servers_stop EXIT
 cargo test --all-targets -- "$@"
