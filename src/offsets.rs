@@ -32,6 +32,9 @@ pub enum Target {
     Earliest,
     /// Skip to the end: ingest only records produced from now on.
     Latest,
+    /// Replay from the first record with a timestamp at or after this one (ms since
+    /// the epoch); partitions with no such record skip to their end.
+    Timestamp(i64),
 }
 
 /// Errors from `offsets`.
@@ -151,6 +154,47 @@ pub async fn set(
         .map_err(delta_err)?;
     let next: BTreeMap<TopicPartition, i64> = match target {
         Target::Offset(o) => parts.iter().map(|tp| (tp.clone(), o)).collect(),
+        Target::Timestamp(ts) => {
+            let kafka = cfg.kafka.clone();
+            let (p2, p3) = (parts.clone(), parts.clone());
+            let found = tokio::task::spawn_blocking(move || {
+                probe::offsets_for_timestamp(&kafka, &p2, ts, timeout)
+            })
+            .await
+            .map_err(|e| ProbeError::Kafka {
+                brokers: cfg.kafka.brokers.clone(),
+                message: e.to_string(),
+            })??;
+            // No record at or after the time yet: continue from the end.
+            let ends: Vec<(TopicPartition, Option<i64>)> = p3
+                .iter()
+                .filter(|tp| found.get(*tp).copied().flatten().is_none())
+                .map(|tp| (tp.clone(), None))
+                .collect();
+            let kafka = cfg.kafka.clone();
+            let marks = if ends.is_empty() {
+                BTreeMap::new()
+            } else {
+                tokio::task::spawn_blocking(move || probe::watermarks(&kafka, &ends, timeout))
+                    .await
+                    .map_err(|e| ProbeError::Kafka {
+                        brokers: cfg.kafka.brokers.clone(),
+                        message: e.to_string(),
+                    })??
+            };
+            parts
+                .iter()
+                .map(|tp| {
+                    let next = found
+                        .get(tp)
+                        .copied()
+                        .flatten()
+                        .or_else(|| marks.get(tp).map(|w| w.high))
+                        .unwrap_or(0);
+                    (tp.clone(), next)
+                })
+                .collect()
+        }
         Target::Earliest | Target::Latest => {
             let starts: Vec<(TopicPartition, Option<i64>)> =
                 parts.iter().map(|tp| (tp.clone(), None)).collect();

@@ -161,6 +161,124 @@ fn read_stats(
     out
 }
 
+/// Per partition, the offset of the first record with a timestamp at or after
+/// `ts_ms`; `None` when no such record exists yet.
+///
+/// The broker's ListOffsets-by-time answer is a candidate only: it is checked by
+/// reading the records just before and at it (some Kafka-compatible brokers answer
+/// wrongly), and when the check fails the partition is scanned from its start.
+pub fn offsets_for_timestamp(
+    cfg: &KafkaConfig,
+    parts: &[TopicPartition],
+    ts_ms: i64,
+    timeout: Duration,
+) -> Result<BTreeMap<TopicPartition, Option<i64>>, ProbeError> {
+    let consumer = probe_consumer(cfg)?;
+    let mut tpl = TopicPartitionList::new();
+    for tp in parts {
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(ts_ms))
+            .map_err(|e| kafka_err(cfg, e))?;
+    }
+    let candidates = consumer.offsets_for_times(tpl, timeout).ok();
+    drop(consumer);
+    let mut out = BTreeMap::new();
+    for tp in parts {
+        let candidate = candidates.as_ref().and_then(|c| {
+            c.find_partition(&tp.topic, tp.partition)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) if e.error().is_ok() => Some(o),
+                    _ => None,
+                })
+        });
+        let verified = match candidate {
+            Some(o) => check_candidate(cfg, tp, o, ts_ms, timeout)?,
+            None => false,
+        };
+        let found = if verified {
+            candidate
+        } else {
+            scan_for_timestamp(cfg, tp, ts_ms, timeout)?
+        };
+        out.insert(tp.clone(), found);
+    }
+    Ok(out)
+}
+
+/// Timestamps of the records from `start` on, read until `f` returns false.
+fn read_timestamps(
+    cfg: &KafkaConfig,
+    tp: &TopicPartition,
+    start: Offset,
+    timeout: Duration,
+    mut f: impl FnMut(i64, i64) -> bool,
+) -> Result<(), ProbeError> {
+    let consumer = probe_consumer(cfg)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&tp.topic, tp.partition, start)
+        .map_err(|e| kafka_err(cfg, e))?;
+    consumer.assign(&tpl).map_err(|e| kafka_err(cfg, e))?;
+    let mut last_progress = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                let ts = m.timestamp().to_millis().unwrap_or(i64::MIN);
+                if !f(m.offset(), ts) {
+                    return Ok(());
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return Ok(()),
+            Some(Err(e)) => return Err(kafka_err(cfg, e)),
+            None if last_progress.elapsed() > timeout => {
+                return Err(ProbeError::Timeout(timeout, tp.to_string()));
+            }
+            None => {}
+        }
+    }
+}
+
+/// Whether `candidate` is the first offset with a timestamp >= `ts_ms`.
+fn check_candidate(
+    cfg: &KafkaConfig,
+    tp: &TopicPartition,
+    candidate: i64,
+    ts_ms: i64,
+    timeout: Duration,
+) -> Result<bool, ProbeError> {
+    let start = if candidate > 0 {
+        Offset::Offset(candidate - 1)
+    } else {
+        Offset::Beginning
+    };
+    let mut seen = Vec::new();
+    read_timestamps(cfg, tp, start, timeout, |o, ts| {
+        seen.push((o, ts));
+        o < candidate
+    })?;
+    let at = seen.iter().find(|(o, _)| *o == candidate);
+    let before = seen.iter().rev().find(|(o, _)| *o < candidate);
+    Ok(at.is_some_and(|(_, ts)| *ts >= ts_ms) && before.is_none_or(|(_, ts)| *ts < ts_ms))
+}
+
+/// The first offset with a timestamp >= `ts_ms`, reading from the start.
+fn scan_for_timestamp(
+    cfg: &KafkaConfig,
+    tp: &TopicPartition,
+    ts_ms: i64,
+    timeout: Duration,
+) -> Result<Option<i64>, ProbeError> {
+    let mut found = None;
+    read_timestamps(cfg, tp, Offset::Beginning, timeout, |o, ts| {
+        if ts >= ts_ms {
+            found = Some(o);
+            false
+        } else {
+            true
+        }
+    })?;
+    Ok(found)
+}
+
 /// Members of the consumer group, or an error when the broker cannot tell.
 pub fn group_members(cfg: &KafkaConfig, timeout: Duration) -> Result<usize, ProbeError> {
     let consumer = probe_consumer(cfg)?;

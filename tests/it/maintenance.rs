@@ -360,3 +360,48 @@ async fn daemon_checkpoints_on_the_table_interval() {
     // A fresh reader starts from the checkpoint and still sees every row.
     assert_eq!(diff(&s.rows().await, &produced), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_reset_to_timestamp_replays_from_that_time() {
+    let s = Scenario::new("offsets-ts", 1).await;
+    let producer = producer(&s.servers.brokers);
+    let base = 1_750_000_000_000i64;
+    let mut last = -1;
+    for i in 0..100u64 {
+        let value = event(i);
+        let d = producer
+            .send(
+                rdkafka::producer::FutureRecord::<str, str>::to(&s.topic)
+                    .partition(0)
+                    .payload(&value)
+                    .timestamp(base + i as i64 * 1000),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        last = d.offset;
+    }
+    let cfg = s.config("[flush]\nmax_age = \"1s\"");
+    let run = start(cfg.clone());
+    let done: std::collections::BTreeMap<i32, Option<i64>> = [(0, Some(last))].into();
+    run.committed(&s.topic, &done).await;
+    run.stop().await;
+
+    // Records 70..99 have timestamps at or after base + 70 s.
+    let moved = offsets::set(
+        &cfg,
+        &[],
+        Target::Timestamp(base + 70_000),
+        false,
+        false,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.changes[0].after, last - 30, "{moved:?}");
+    let run = start(cfg.clone());
+    run.committed(&s.topic, &done).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.records, 30);
+}
