@@ -190,27 +190,9 @@ pub struct RawTable {
     pub properties: BTreeMap<String, String>,
     /// Kafka metadata columns added to every row.
     #[serde(default)]
-    pub metadata_columns: RawMetadataColumns,
+    pub metadata_columns: MetadataColumns,
     /// Maximum rows per Parquet row group.
     pub row_group_rows: Option<usize>,
-}
-
-/// `[table.metadata_columns]`: the column name for each Kafka attribute to store.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMetadataColumns {
-    /// Topic name (string).
-    pub topic: Option<String>,
-    /// Partition number (int).
-    pub partition: Option<String>,
-    /// Offset (long).
-    pub offset: Option<String>,
-    /// Record timestamp (timestamp, UTC, microseconds).
-    pub timestamp: Option<String>,
-    /// Record key (binary).
-    pub key: Option<String>,
-    /// Record headers (array of struct<key: string, value: binary>).
-    pub headers: Option<String>,
 }
 
 /// `[storage]`
@@ -418,20 +400,22 @@ impl std::str::FromStr for Compression {
     }
 }
 
-/// Names of the Kafka metadata columns to add; `None` leaves a column out.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `[table.metadata_columns]`: the column name for each Kafka attribute to store;
+/// `None` leaves a column out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetadataColumns {
-    /// Topic column.
+    /// Topic name (string).
     pub topic: Option<String>,
-    /// Partition column.
+    /// Partition number (int).
     pub partition: Option<String>,
-    /// Offset column.
+    /// Offset (long).
     pub offset: Option<String>,
-    /// Timestamp column.
+    /// Record timestamp (timestamp, UTC, microseconds).
     pub timestamp: Option<String>,
-    /// Key column.
+    /// Record key (binary).
     pub key: Option<String>,
-    /// Headers column.
+    /// Record headers (array of struct<key: string, value: binary>).
     pub headers: Option<String>,
 }
 
@@ -779,15 +763,7 @@ fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
         .unwrap_or("snappy")
         .parse::<Compression>()
         .map_err(|m| ConfigError::invalid("table.compression", m))?;
-    let m = raw.metadata_columns;
-    let metadata_columns = MetadataColumns {
-        topic: m.topic,
-        partition: m.partition,
-        offset: m.offset,
-        timestamp: m.timestamp,
-        key: m.key,
-        headers: m.headers,
-    };
+    let metadata_columns = raw.metadata_columns;
     let mut seen = std::collections::HashSet::new();
     for name in metadata_columns.names() {
         if name.trim().is_empty() {

@@ -276,13 +276,14 @@ async fn run_offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
     let only: Vec<tributary::record::TopicPartition> = match &sel.topic {
         Some(topic) => {
             if sel.partition.is_empty() {
-                let kafka = cfg.kafka.clone();
                 let timeout = sel.timeout;
-                tokio::task::spawn_blocking(move || tributary::probe::partitions(&kafka, timeout))
-                    .await??
-                    .into_iter()
-                    .filter(|tp| &*tp.topic == topic)
-                    .collect()
+                tributary::probe::blocking(&cfg.kafka, move |k| {
+                    tributary::probe::partitions(k, timeout)
+                })
+                .await?
+                .into_iter()
+                .filter(|tp| &*tp.topic == topic)
+                .collect()
             } else {
                 sel.partition
                     .iter()

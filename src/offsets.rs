@@ -102,13 +102,7 @@ pub async fn set(
     dry_run: bool,
     timeout: Duration,
 ) -> Result<OffsetsReport, OffsetsError> {
-    let kafka = cfg.kafka.clone();
-    let all = tokio::task::spawn_blocking(move || probe::partitions(&kafka, timeout))
-        .await
-        .map_err(|e| ProbeError::Kafka {
-            brokers: cfg.kafka.brokers.clone(),
-            message: e.to_string(),
-        })??;
+    let all = probe::blocking(&cfg.kafka, move |k| probe::partitions(k, timeout)).await?;
     let parts: Vec<TopicPartition> = if only.is_empty() {
         all
     } else {
@@ -120,13 +114,7 @@ pub async fn set(
         only.to_vec()
     };
     if !force && !dry_run {
-        let kafka = cfg.kafka.clone();
-        let members = tokio::task::spawn_blocking(move || probe::group_members(&kafka, timeout))
-            .await
-            .map_err(|e| ProbeError::Kafka {
-                brokers: cfg.kafka.brokers.clone(),
-                message: e.to_string(),
-            })?;
+        let members = probe::blocking(&cfg.kafka, move |k| probe::group_members(k, timeout)).await;
         match members {
             Ok(0) => {}
             Ok(n) => {
@@ -155,32 +143,21 @@ pub async fn set(
     let next: BTreeMap<TopicPartition, i64> = match target {
         Target::Offset(o) => parts.iter().map(|tp| (tp.clone(), o)).collect(),
         Target::Timestamp(ts) => {
-            let kafka = cfg.kafka.clone();
-            let (p2, p3) = (parts.clone(), parts.clone());
-            let found = tokio::task::spawn_blocking(move || {
-                probe::offsets_for_timestamp(&kafka, &p2, ts, timeout)
+            let all = parts.clone();
+            let found = probe::blocking(&cfg.kafka, move |k| {
+                probe::offsets_for_timestamp(k, &all, ts, timeout)
             })
-            .await
-            .map_err(|e| ProbeError::Kafka {
-                brokers: cfg.kafka.brokers.clone(),
-                message: e.to_string(),
-            })??;
+            .await?;
             // No record at or after the time yet: continue from the end.
-            let ends: Vec<(TopicPartition, Option<i64>)> = p3
+            let ends: Vec<(TopicPartition, Option<i64>)> = parts
                 .iter()
                 .filter(|tp| found.get(*tp).copied().flatten().is_none())
                 .map(|tp| (tp.clone(), None))
                 .collect();
-            let kafka = cfg.kafka.clone();
             let marks = if ends.is_empty() {
                 BTreeMap::new()
             } else {
-                tokio::task::spawn_blocking(move || probe::watermarks(&kafka, &ends, timeout))
-                    .await
-                    .map_err(|e| ProbeError::Kafka {
-                        brokers: cfg.kafka.brokers.clone(),
-                        message: e.to_string(),
-                    })??
+                probe::blocking(&cfg.kafka, move |k| probe::watermarks(k, &ends, timeout)).await?
             };
             parts
                 .iter()
@@ -198,14 +175,9 @@ pub async fn set(
         Target::Earliest | Target::Latest => {
             let starts: Vec<(TopicPartition, Option<i64>)> =
                 parts.iter().map(|tp| (tp.clone(), None)).collect();
-            let kafka = cfg.kafka.clone();
             let marks =
-                tokio::task::spawn_blocking(move || probe::watermarks(&kafka, &starts, timeout))
-                    .await
-                    .map_err(|e| ProbeError::Kafka {
-                        brokers: cfg.kafka.brokers.clone(),
-                        message: e.to_string(),
-                    })??;
+                probe::blocking(&cfg.kafka, move |k| probe::watermarks(k, &starts, timeout))
+                    .await?;
             marks
                 .into_iter()
                 .map(|(tp, w)| {

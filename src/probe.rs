@@ -37,6 +37,17 @@ pub enum ProbeError {
     Timeout(Duration, String),
 }
 
+/// Run a blocking probe on tokio's blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    cfg: &KafkaConfig,
+    f: impl FnOnce(&KafkaConfig) -> Result<T, ProbeError> + Send + 'static,
+) -> Result<T, ProbeError> {
+    let owned = cfg.clone();
+    tokio::task::spawn_blocking(move || f(&owned))
+        .await
+        .map_err(|e| kafka_err(cfg, e))?
+}
+
 #[derive(Default)]
 struct StatsContext {
     latest: Mutex<Option<Statistics>>,

@@ -77,13 +77,7 @@ pub async fn status(cfg: &Config, timeout: Duration) -> Result<StatusReport, Sta
     let target = maintenance::target_file_size(&t, None);
     let files = maintenance::file_summary(&t, target).await?;
 
-    let kafka = cfg.kafka.clone();
-    let parts = tokio::task::spawn_blocking(move || probe::partitions(&kafka, timeout))
-        .await
-        .map_err(|e| ProbeError::Kafka {
-            brokers: cfg.kafka.brokers.clone(),
-            message: e.to_string(),
-        })??;
+    let parts = probe::blocking(&cfg.kafka, move |k| probe::partitions(k, timeout)).await?;
     let stored = table::stored_offsets(&t, &cfg.app_id, &parts)
         .await
         .map_err(|e| MaintenanceError::Delta {
@@ -94,13 +88,8 @@ pub async fn status(cfg: &Config, timeout: Duration) -> Result<StatusReport, Sta
         .iter()
         .map(|tp| (tp.clone(), stored.get(tp).copied().flatten().map(|o| o + 1)))
         .collect();
-    let kafka = cfg.kafka.clone();
-    let marks = tokio::task::spawn_blocking(move || probe::watermarks(&kafka, &starts, timeout))
-        .await
-        .map_err(|e| ProbeError::Kafka {
-            brokers: cfg.kafka.brokers.clone(),
-            message: e.to_string(),
-        })??;
+    let marks =
+        probe::blocking(&cfg.kafka, move |k| probe::watermarks(k, &starts, timeout)).await?;
 
     let (last_commit_ms, per_partition) = commit_times(&t, &cfg.app_id).await;
     let mut partitions = Vec::with_capacity(parts.len());

@@ -133,13 +133,7 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
     }
 
     // Which partitions: the configured topics' and any the table mentions.
-    let kafka = cfg.kafka.clone();
-    let mut parts = tokio::task::spawn_blocking(move || probe::partitions(&kafka, timeout))
-        .await
-        .map_err(|e| ProbeError::Kafka {
-            brokers: cfg.kafka.brokers.clone(),
-            message: e.to_string(),
-        })??;
+    let mut parts = probe::blocking(&cfg.kafka, move |k| probe::partitions(k, timeout)).await?;
     for tp in in_table.keys() {
         if !parts.contains(tp) {
             parts.push(tp.clone());
@@ -162,19 +156,14 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
                 .map(|o| (tp.clone(), o))
         })
         .collect();
-    let kafka = cfg.kafka.clone();
-    let kafka_records = tokio::task::spawn_blocking(move || {
+    let kafka_records = probe::blocking(&cfg.kafka, move |k| {
         let mut out: HashMap<TopicPartition, Vec<probe::RawRecord>> = HashMap::new();
-        probe::read_partitions(&kafka, &until, timeout, |tp, r| {
+        probe::read_partitions(k, &until, timeout, |tp, r| {
             out.entry(tp.clone()).or_default().push(r)
         })
         .map(|()| out)
     })
-    .await
-    .map_err(|e| ProbeError::Kafka {
-        brokers: cfg.kafka.brokers.clone(),
-        message: e.to_string(),
-    })??;
+    .await?;
 
     let schema = crate::schema::TableSchema::from_table(
         t.snapshot().map_err(|e| qerr(&e))?.schema().as_ref(),
