@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `/metrics` | OpenMetrics text |
 //! | `/healthz` | 200 while the process runs (liveness) |
-//! | `/readyz` | 200 when partitions are assigned and the pipeline is not recovering from a failure; 503 otherwise (readiness) |
+//! | `/readyz` | 200 when partitions are assigned, the pipeline is not recovering from a failure, and no commit has been stuck (in flight for more than twice `commit.max_backoff`, at least 30 s); 503 otherwise (readiness) |
 //!
 //! # Log levels
 //!

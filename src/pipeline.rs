@@ -228,6 +228,7 @@ impl Window {
 
 struct Inflight {
     handle: JoinHandle<CommitDone>,
+    started: Instant,
     /// (partition, epoch at flush, last offset)
     parts: Vec<(TopicPartition, u64, i64)>,
     rows: u64,
@@ -308,10 +309,7 @@ impl Pipeline {
                     None => return Err(PipelineError::SourceStopped("record channel closed".into())),
                 },
             }
-            self.stats.ready.store(
-                !self.parts.is_empty() && !self.needs_rewind,
-                Ordering::Relaxed,
-            );
+            self.stats.ready.store(self.is_ready(), Ordering::Relaxed);
             let s = &self.stats;
             s.window_records
                 .store(self.window.records, Ordering::Relaxed);
@@ -321,6 +319,19 @@ impl Pipeline {
                 .store(self.parts.len() as u64, Ordering::Relaxed);
         }
         self.drain(channels).await
+    }
+
+    /// Ready: partitions assigned, not recovering, and commits landing: a commit in
+    /// flight for longer than twice the backoff cap (at least 30 s) means storage is
+    /// failing, and the pod should not count as available.
+    fn is_ready(&self) -> bool {
+        let stuck_after = (self.cfg.commit.max_backoff * 2).max(Duration::from_secs(30));
+        !self.parts.is_empty()
+            && !self.needs_rewind
+            && self
+                .inflight
+                .as_ref()
+                .is_none_or(|i| i.started.elapsed() < stuck_after)
     }
 
     fn accepting_data(&self) -> bool {
