@@ -649,6 +649,7 @@ impl Pipeline {
         });
         self.inflight = Some(Inflight {
             handle,
+            started: Instant::now(),
             parts,
             rows,
         });
