@@ -100,3 +100,44 @@ async fn two_daemons_one_stopped_midway_is_exactly_once() {
         "the remaining daemon took over the stopped one's partitions"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs() {
+    let s = Scenario::new("secrets", 1).await;
+    // moto accepts any credentials; librdkafka ignores sasl.* without SASL enabled,
+    // but the values still travel through the config and the client setup.
+    let text = s
+        .config_toml("[flush]\nmax_age = \"1s\"")
+        .replace(
+            "secret_access_key = \"test\"",
+            "secret_access_key = \"s3-SECRET-4711\"",
+        )
+        .replace(
+            "\"heartbeat.interval.ms\" = \"500\"",
+            "\"heartbeat.interval.ms\" = \"500\"\n\"sasl.password\" = \"kafka-SECRET-0815\"",
+        );
+    let path = s.dir.path().join("secrets.toml");
+    std::fs::write(&path, text).unwrap();
+    let producer = producer(&s.servers.brokers);
+    let produced = produce(&producer, &s.topic, (0..20u64).map(|i| (0, event(i)))).await;
+    // Debug logging everywhere: the most a log can reveal.
+    let log = s.dir.path().join("secrets.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["--log-level", "debug", "ingest", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_caught_up(&s, &produced, 1).await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("committed"), "the run logged its work");
+    for secret in ["s3-SECRET-4711", "kafka-SECRET-0815"] {
+        assert!(!text.contains(secret), "{secret} leaked into the logs");
+    }
+}
