@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{AsArray, RecordBatch};
 use deltalake::arrow::datatypes::Int64Type;
-use deltalake::datafusion::prelude::SessionContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -381,23 +380,14 @@ async fn verify(
         .await
         .map_err(|e| verr(&e))?
         .ok_or_else(|| DemoError::Verify("the table was not created".into()))?;
-    let ctx = SessionContext::new();
-    t.update_datafusion_session(&ctx.state())
-        .map_err(|e| verr(&e))?;
-    let provider = t.table_provider().await.map_err(|e| verr(&e))?;
-    ctx.register_table("events", provider)
-        .map_err(|e| verr(&e))?;
-    let batches: Vec<RecordBatch> = ctx
-        .sql(
-            "SELECT count(*) AS n, \
-                    count(DISTINCT (CAST(_kafka_partition AS BIGINT) * 1000000000 + _kafka_offset)) AS d \
-             FROM events",
-        )
-        .await
-        .map_err(|e| verr(&e))?
-        .collect()
-        .await
-        .map_err(|e| verr(&e))?;
+    let batches: Vec<RecordBatch> = table::query(
+        &t,
+        "SELECT count(*) AS n, \
+                count(DISTINCT (CAST(_kafka_partition AS BIGINT) * 1000000000 + _kafka_offset)) AS d \
+         FROM t",
+    )
+    .await
+    .map_err(|e| verr(&e))?;
     let b = &batches[0];
     let rows = b.column(0).as_primitive::<Int64Type>().value(0) as u64;
     let distinct = b.column(1).as_primitive::<Int64Type>().value(0) as u64;

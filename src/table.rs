@@ -338,6 +338,17 @@ pub async fn stored_offsets(
     Ok(out)
 }
 
+/// Run SQL over the table, registered as `t`, with DataFusion.
+pub async fn query(
+    table: &DeltaTable,
+    sql: &str,
+) -> Result<Vec<deltalake::arrow::array::RecordBatch>, DeltaTableError> {
+    let ctx = deltalake::datafusion::prelude::SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    ctx.register_table("t", table.table_provider().await?)?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
 /// Parquet writer properties for the configured codec and row-group size.
 pub fn writer_properties(compression: Compression, row_group_rows: usize) -> WriterProperties {
     let codec = match compression {

@@ -16,7 +16,6 @@ use std::time::Duration;
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Int32Type, Int64Type};
-use deltalake::datafusion::prelude::SessionContext;
 
 use crate::config::Config;
 use crate::decode::JsonDecoder;
@@ -102,19 +101,8 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
     };
 
     // Table side: every (topic, partition, offset).
-    let ctx = SessionContext::new();
-    t.update_datafusion_session(&ctx.state())
-        .map_err(|e| qerr(&e))?;
-    let provider = t.table_provider().await.map_err(|e| qerr(&e))?;
-    ctx.register_table("t", provider).map_err(|e| qerr(&e))?;
     let sql = format!("SELECT \"{tcol}\", \"{pcol}\", \"{ocol}\" FROM t");
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| qerr(&e))?
-        .collect()
-        .await
-        .map_err(|e| qerr(&e))?;
+    let batches = table::query(&t, &sql).await.map_err(|e| qerr(&e))?;
     let mut in_table: HashMap<TopicPartition, Vec<i64>> = HashMap::new();
     for b in batches {
         let topics = cast(b.column(0), &DataType::Utf8).map_err(|e| qerr(&e))?;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{AsArray, RecordBatch};
 use deltalake::arrow::datatypes::{Int32Type, Int64Type};
-use deltalake::datafusion::prelude::SessionContext;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -323,11 +322,7 @@ secret_access_key = "test"
 }
 
 pub async fn query(t: &DeltaTable, sql: &str) -> Vec<RecordBatch> {
-    let ctx = SessionContext::new();
-    t.update_datafusion_session(&ctx.state()).unwrap();
-    let provider = t.table_provider().await.unwrap();
-    ctx.register_table("t", provider).unwrap();
-    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    tributary::table::query(t, sql).await.unwrap()
 }
 
 pub async fn query_rows(t: &DeltaTable) -> Vec<(i32, i64)> {

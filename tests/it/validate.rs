@@ -6,16 +6,13 @@ use std::process::Command;
 use crate::harness::*;
 
 fn validate(config: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
-        .args(["validate", "--timeout", "3s", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    tributary(&[
+        "validate",
+        "--timeout",
+        "3s",
+        "--config",
+        config.to_str().unwrap(),
+    ])
 }
 
 #[tokio::test]
