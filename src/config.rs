@@ -105,6 +105,8 @@ pub struct RawConfig {
     /// Record decoding.
     #[serde(default)]
     pub decode: RawDecode,
+    /// Confluent-compatible schema registry, for the registry formats.
+    pub schema_registry: Option<RawRegistry>,
     /// Metrics and health endpoint.
     #[serde(default)]
     pub observability: RawObservability,
@@ -177,8 +179,10 @@ pub struct RawTable {
     /// `s3://bucket/prefix`, `file:///abs/path` or a plain local path.
     pub uri: String,
     /// A Delta/Spark schema JSON file (`{"type":"struct","fields":[...]}`, as printed
-    /// by Spark's `df.schema.json()`), relative to the config file.
-    pub schema_file: PathBuf,
+    /// by Spark's `df.schema.json()`), relative to the config file. Required for
+    /// `json`; optional for registry formats, whose tables are created from the
+    /// registry's latest schema of `decode.subject`.
+    pub schema_file: Option<PathBuf>,
     /// Partition columns, used when the table is created.
     #[serde(default)]
     pub partition_by: Vec<String>,
@@ -250,11 +254,38 @@ pub struct RawCommit {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDecode {
-    /// Record value format. Only `json` today.
+    /// Record value format: `json` (default) or `avro` (Confluent wire format).
     pub format: Option<String>,
     /// What to do with a record that cannot be decoded.
     #[serde(default)]
     pub on_error: OnError,
+    /// What to do with records whose producer schema cannot be written to the
+    /// table (a column's type changed): `skip` sends them to dead letters, `fail`
+    /// stops the pipeline.
+    #[serde(default)]
+    pub on_incompatible: OnError,
+    /// Registry subject whose latest schema creates the table; `{topic}` is
+    /// replaced by the (first) topic. Default `{topic}-value`.
+    pub subject: Option<String>,
+}
+
+/// `[schema_registry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    /// Base URL, or several separated by commas (tried in order).
+    pub url: String,
+    /// Basic-auth user (Confluent Cloud: API key).
+    pub username: Option<String>,
+    /// Basic-auth password (Confluent Cloud: API secret).
+    pub password: Option<Secret>,
+    /// Bearer token, instead of basic auth.
+    pub bearer_token: Option<Secret>,
+    /// PEM file with an extra CA for the registry's TLS, relative to the config file.
+    pub ca_file: Option<PathBuf>,
+    /// Per-request timeout (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 /// Policy for records that cannot be decoded or violate the schema.
@@ -340,10 +371,10 @@ impl Subscription {
 pub struct TableConfig {
     /// Normalized table URL.
     pub uri: Url,
-    /// The record schema (without metadata columns).
-    pub schema: deltalake::kernel::StructType,
+    /// The record schema (without metadata columns), when a schema file gives it.
+    pub schema: Option<deltalake::kernel::StructType>,
     /// Where the schema came from, for messages.
-    pub schema_path: PathBuf,
+    pub schema_path: Option<PathBuf>,
     /// Partition columns for table creation.
     pub partition_by: Vec<String>,
     /// Parquet compression.
@@ -489,10 +520,34 @@ pub struct CommitConfig {
 }
 
 /// Validated `[decode]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DecodeConfig {
+    /// Value format.
+    pub format: Format,
     /// Bad-record policy.
     pub on_error: OnError,
+    /// Incompatible-schema policy.
+    pub on_incompatible: OnError,
+    /// Subject template for table creation.
+    pub subject: String,
+    /// The registry, for registry formats.
+    pub registry: Option<crate::registry::RegistryConfig>,
+}
+
+impl DecodeConfig {
+    /// The registry subject for `topic`.
+    pub fn subject_for(&self, topic: &str) -> String {
+        self.subject.replace("{topic}", topic)
+    }
+}
+
+/// Record value format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON objects, one per record, against the table schema.
+    Json,
+    /// Avro in the Confluent wire format.
+    Avro,
 }
 
 impl RawConfig {
@@ -523,10 +578,18 @@ impl RawConfig {
             source,
         })?;
         let mut raw = Self::parse(&text, Some(path), env)?;
-        if raw.table.schema_file.is_relative()
-            && let Some(dir) = path.parent()
-        {
-            raw.table.schema_file = dir.join(&raw.table.schema_file);
+        if let Some(dir) = path.parent() {
+            for file in [
+                raw.table.schema_file.as_mut(),
+                raw.schema_registry.as_mut().and_then(|r| r.ca_file.as_mut()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if file.is_relative() {
+                    *file = dir.join(&*file);
+                }
+            }
         }
         Ok(raw)
     }
@@ -584,15 +647,7 @@ impl RawConfig {
                 "must be at least 10ms",
             ));
         }
-        match self.decode.format.as_deref().unwrap_or("json") {
-            "json" => {}
-            other => {
-                return Err(ConfigError::invalid(
-                    "decode.format",
-                    format!("unsupported format `{other}`: use `json`"),
-                ));
-            }
-        }
+        let decode = validate_decode(self.decode, self.schema_registry, &kafka, &table)?;
         let metrics_listen = self
             .observability
             .listen
@@ -622,9 +677,7 @@ impl RawConfig {
             storage,
             flush,
             commit,
-            decode: DecodeConfig {
-                on_error: self.decode.on_error,
-            },
+            decode,
             metrics_listen,
             log_level: self.log.level,
             log_json,
@@ -747,16 +800,128 @@ fn valid_topic_name(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+fn validate_decode(
+    raw: RawDecode,
+    registry: Option<RawRegistry>,
+    kafka: &KafkaConfig,
+    table: &TableConfig,
+) -> Result<DecodeConfig, ConfigError> {
+    let format = match raw.format.as_deref().unwrap_or("json") {
+        "json" => Format::Json,
+        "avro" => Format::Avro,
+        other => {
+            return Err(ConfigError::invalid(
+                "decode.format",
+                format!("unsupported format `{other}`: use `json` or `avro`"),
+            ));
+        }
+    };
+    let subject = raw.subject.unwrap_or_else(|| "{topic}-value".to_owned());
+    let registry = match registry {
+        None => None,
+        Some(r) => {
+            let urls: Vec<String> = r
+                .url
+                .split(',')
+                .map(|u| u.trim().trim_end_matches('/').to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
+            if urls.is_empty() {
+                return Err(ConfigError::invalid("schema_registry.url", "must not be empty"));
+            }
+            for u in &urls {
+                match Url::parse(u) {
+                    Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "schema_registry.url",
+                            format!("`{u}` is not an http(s) URL"),
+                        ));
+                    }
+                }
+            }
+            if r.password.is_some() && r.username.is_none() {
+                return Err(ConfigError::invalid(
+                    "schema_registry.password",
+                    "is set without schema_registry.username",
+                ));
+            }
+            if r.bearer_token.is_some() && r.username.is_some() {
+                return Err(ConfigError::invalid(
+                    "schema_registry.bearer_token",
+                    "set either bearer_token or username/password, not both",
+                ));
+            }
+            if let Some(ca) = &r.ca_file
+                && !ca.is_file()
+            {
+                return Err(ConfigError::invalid(
+                    "schema_registry.ca_file",
+                    format!("{} does not exist", ca.display()),
+                ));
+            }
+            Some(crate::registry::RegistryConfig {
+                urls,
+                username: r.username,
+                password: r.password,
+                bearer_token: r.bearer_token,
+                ca_file: r.ca_file,
+                timeout: r.timeout.unwrap_or(Duration::from_secs(30)),
+            })
+        }
+    };
+    match format {
+        Format::Json if table.schema.is_none() => {
+            return Err(ConfigError::invalid(
+                "table.schema_file",
+                "is required for decode.format = \"json\"",
+            ));
+        }
+        Format::Avro if registry.is_none() => {
+            return Err(ConfigError::invalid(
+                "schema_registry",
+                "decode.format = \"avro\" needs a [schema_registry] section with its url",
+            ));
+        }
+        _ => {}
+    }
+    if format != Format::Json
+        && table.schema.is_none()
+        && subject.contains("{topic}")
+        && matches!(kafka.subscription, Subscription::Pattern(_))
+    {
+        return Err(ConfigError::invalid(
+            "decode.subject",
+            "`{topic}` cannot be resolved for a topic_pattern subscription: set a fixed \
+             subject or table.schema_file",
+        ));
+    }
+    Ok(DecodeConfig {
+        format,
+        on_error: raw.on_error,
+        on_incompatible: raw.on_incompatible,
+        subject,
+        registry,
+    })
+}
+
 fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
     let uri = parse_table_uri(&raw.uri)?;
-    let text = std::fs::read_to_string(&raw.schema_file).map_err(|e| ConfigError::Schema {
-        path: raw.schema_file.clone(),
-        message: e.to_string(),
-    })?;
-    let schema = crate::schema::parse_schema_json(&text).map_err(|e| ConfigError::Schema {
-        path: raw.schema_file.clone(),
-        message: e.to_string(),
-    })?;
+    let schema = match &raw.schema_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Schema {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            Some(
+                crate::schema::parse_schema_json(&text).map_err(|e| ConfigError::Schema {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?,
+            )
+        }
+    };
     let compression = raw
         .compression
         .as_deref()
@@ -778,7 +943,11 @@ fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
                 format!("column `{name}` is named twice"),
             ));
         }
-        if schema.fields().any(|f| f.name().eq_ignore_ascii_case(name)) {
+        if schema
+            .iter()
+            .flat_map(|s| s.fields())
+            .any(|f| f.name().eq_ignore_ascii_case(name))
+        {
             return Err(ConfigError::invalid(
                 "table.metadata_columns",
                 format!("`{name}` is already a field of the record schema; pick another name"),
@@ -786,7 +955,7 @@ fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
         }
     }
     for col in &raw.partition_by {
-        let in_schema = schema.fields().any(|f| f.name() == col);
+        let in_schema = schema.as_ref().is_none_or(|s| s.fields().any(|f| f.name() == col));
         let in_meta = metadata_columns.names().any(|n| n == col);
         if !in_schema && !in_meta {
             return Err(ConfigError::invalid(

@@ -20,10 +20,17 @@ use deltalake::arrow::array::{
 use deltalake::arrow::compute::concat_batches;
 use deltalake::arrow::datatypes::{DataType, Field, Fields, SchemaRef};
 use deltalake::arrow::error::ArrowError;
-use deltalake::arrow::json::reader::{Decoder, ReaderBuilder};
+use deltalake::arrow::json::reader::{Decoder as TapeDecoder, ReaderBuilder};
 
-use crate::config::MetadataColumns;
+use std::collections::{HashMap, HashSet};
+
+use deltalake::kernel::StructType;
+
+use crate::avro::AvroWriterSchema;
+use crate::config::{MetadataColumns, OnError};
+use crate::evolve::{Fit, align_columns, fit};
 use crate::record::RecordChunk;
+use crate::registry::{Registry, RegistryError, SchemaKind, split_frame};
 use crate::schema::TableSchema;
 
 /// A record that could not become a row.
@@ -55,13 +62,26 @@ pub enum DecodeError {
     /// The decoded columns do not fit the table schema (a bug, not bad input).
     #[error("decoded columns do not match the table schema: {0}")]
     Assemble(#[source] ArrowError),
+    /// The schema registry failed or refused us.
+    #[error(transparent)]
+    Registry(RegistryError),
+    /// A producer schema cannot be written to the table and the config says stop.
+    #[error("{0} (decode.on_incompatible = \"fail\"; set it to \"skip\" to send such records to dead letters instead)")]
+    Incompatible(String),
+}
+
+impl DecodeError {
+    /// Whether trying again later may succeed (the registry is unreachable).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DecodeError::Registry(e) if e.is_retryable())
+    }
 }
 
 /// Decodes JSON record values into batches of the table schema.
 pub struct JsonDecoder {
     schema: TableSchema,
     batch_size: usize,
-    decoder: Decoder,
+    decoder: TapeDecoder,
 }
 
 impl std::fmt::Debug for JsonDecoder {
@@ -72,7 +92,7 @@ impl std::fmt::Debug for JsonDecoder {
     }
 }
 
-fn build_decoder(schema: &SchemaRef, batch_size: usize) -> Result<Decoder, ArrowError> {
+fn build_decoder(schema: &SchemaRef, batch_size: usize) -> Result<TapeDecoder, ArrowError> {
     // Unknown fields are ignored (not an error) so producers can add fields before
     // the table learns them; strict mode would send every such record to dead letters.
     ReaderBuilder::new(schema.clone())
@@ -105,6 +125,7 @@ impl JsonDecoder {
         chunk: &RecordChunk,
         keep: impl Fn(usize) -> bool,
     ) -> Result<Decoded, DecodeError> {
+        let keep = &keep;
         let mut rows = Vec::with_capacity(chunk.len());
         let mut rejected = Vec::new();
         for (i, r) in chunk.records.iter().enumerate() {
@@ -221,7 +242,7 @@ impl JsonDecoder {
 }
 
 /// Feed exactly one record to a decoder, checking it was one complete JSON value.
-fn feed_one(decoder: &mut Decoder, value: &[u8]) -> Result<(), String> {
+fn feed_one(decoder: &mut TapeDecoder, value: &[u8]) -> Result<(), String> {
     let before = decoder.len();
     let consumed = decoder.decode(value).map_err(|e| e.to_string())?;
     if consumed != value.len() {
@@ -237,7 +258,8 @@ fn feed_one(decoder: &mut Decoder, value: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Append the configured Kafka metadata columns for `rows` of `chunk` to `values`.
+/// Append the configured Kafka metadata columns for `rows` of `chunk` to `values`,
+/// in the table's column order.
 fn append_metadata(
     schema: &TableSchema,
     values: RecordBatch,
@@ -245,46 +267,69 @@ fn append_metadata(
     rows: &[usize],
 ) -> Result<RecordBatch, DecodeError> {
     let m: &MetadataColumns = &schema.metadata;
-    let mut columns: Vec<ArrayRef> = values.columns().to_vec();
+    let mut named: Vec<(&str, ArrayRef)> = values
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .zip(values.columns().iter().cloned())
+        .collect();
     let records = || rows.iter().map(|&i| &chunk.records[i]);
-    if m.topic.is_some() {
+    if let Some(name) = &m.topic {
         let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
         for r in records() {
             b.append_value(&chunk.partitions[r.part as usize].tp.topic);
         }
-        columns.push(Arc::new(b.finish()));
+        named.push((name, Arc::new(b.finish())));
     }
-    if m.partition.is_some() {
+    if let Some(name) = &m.partition {
         let mut b = Int32Builder::with_capacity(rows.len());
         for r in records() {
             b.append_value(chunk.partitions[r.part as usize].tp.partition);
         }
-        columns.push(Arc::new(b.finish()));
+        named.push((name, Arc::new(b.finish())));
     }
-    if m.offset.is_some() {
+    if let Some(name) = &m.offset {
         let mut b = Int64Builder::with_capacity(rows.len());
         for r in records() {
             b.append_value(r.offset);
         }
-        columns.push(Arc::new(b.finish()));
+        named.push((name, Arc::new(b.finish())));
     }
-    if m.timestamp.is_some() {
+    if let Some(name) = &m.timestamp {
         let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
         for r in records() {
             b.append_option(r.timestamp_ms.map(|ms| ms.saturating_mul(1000)));
         }
-        columns.push(Arc::new(b.finish()));
+        named.push((name, Arc::new(b.finish())));
     }
-    if m.key.is_some() {
+    if let Some(name) = &m.key {
         let mut b = BinaryBuilder::with_capacity(rows.len(), 0);
         for r in records() {
             b.append_option(chunk.key(r));
         }
-        columns.push(Arc::new(b.finish()));
+        named.push((name, Arc::new(b.finish())));
     }
     if let Some(name) = &m.headers {
-        columns.push(headers_array(schema, name, chunk, rows)?);
+        named.push((name, headers_array(schema, name, chunk, rows)?));
     }
+    let columns = schema
+        .arrow
+        .fields()
+        .iter()
+        .map(|f| {
+            named
+                .iter()
+                .position(|(n, _)| *n == f.name())
+                .map(|i| named.swap_remove(i).1)
+                .ok_or_else(|| {
+                    DecodeError::Assemble(ArrowError::SchemaError(format!(
+                        "no values for table column `{}`",
+                        f.name()
+                    )))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(schema.arrow.clone(), columns).map_err(DecodeError::Assemble)
 }
 
@@ -335,6 +380,346 @@ fn headers_array(
         list.append(true);
     }
     Ok(Arc::new(list.finish()))
+}
+
+// ---------------------------------------------------------------------------
+// Registry formats.
+// ---------------------------------------------------------------------------
+
+/// A table schema change a producer schema needs before its records can be written.
+#[derive(Debug, Clone)]
+pub struct Evolution {
+    /// The registry id of the producer schema.
+    pub schema_id: u32,
+    /// The producer's record fields as a Delta struct.
+    pub producer: StructType,
+    /// What changes, one line each.
+    pub changes: Vec<String>,
+}
+
+enum Writer {
+    Avro(Box<AvroWriterSchema>),
+    /// Records with this id are rejected with the reason.
+    Rejected(String),
+}
+
+impl Writer {
+    fn delta(&self) -> Option<&StructType> {
+        match self {
+            Writer::Avro(a) => Some(&a.delta),
+            Writer::Rejected(_) => None,
+        }
+    }
+}
+
+/// Decodes Confluent-framed records of a registry format, one decoder per schema
+/// id, and reshapes every batch into the table's schema.
+pub struct RegistryDecoder {
+    registry: Registry,
+    kind: SchemaKind,
+    schema: TableSchema,
+    batch_size: usize,
+    on_incompatible: OnError,
+    writers: HashMap<u32, Writer>,
+    /// Ids known to fit the current table schema.
+    fits: HashSet<u32>,
+}
+
+impl std::fmt::Debug for RegistryDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryDecoder")
+            .field("kind", &self.kind)
+            .field("schemas", &self.writers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryDecoder {
+    /// A decoder for `kind` records written to a table of `schema`.
+    pub fn new(
+        registry: Registry,
+        kind: SchemaKind,
+        schema: TableSchema,
+        batch_size: usize,
+        on_incompatible: OnError,
+    ) -> Self {
+        Self {
+            registry,
+            kind,
+            schema,
+            batch_size: batch_size.max(1),
+            on_incompatible,
+            writers: HashMap::new(),
+            fits: HashSet::new(),
+        }
+    }
+
+    /// Fetch the schemas the kept records name and check each against the table.
+    /// Returns the first table change needed, if any; call again after applying it.
+    pub async fn prepare(
+        &mut self,
+        chunk: &RecordChunk,
+        keep: &dyn Fn(usize) -> bool,
+    ) -> Result<Option<Evolution>, DecodeError> {
+        let mut ids = Vec::new();
+        for (i, r) in chunk.records.iter().enumerate() {
+            if !keep(i) {
+                continue;
+            }
+            if let Some((id, _)) = chunk.value(r).and_then(|v| split_frame(v).ok())
+                && !self.fits.contains(&id)
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        for id in ids {
+            if !self.writers.contains_key(&id) {
+                let writer = self.load(id).await?;
+                self.writers.insert(id, writer);
+            }
+            let Some(producer) = self.writers[&id].delta() else {
+                continue;
+            };
+            let meta: Vec<&str> = self.schema.metadata.names().collect();
+            match fit(&self.schema.delta, producer, &meta) {
+                Fit::Fits => {
+                    self.fits.insert(id);
+                }
+                Fit::Evolve { changes, .. } => {
+                    return Ok(Some(Evolution {
+                        schema_id: id,
+                        producer: producer.clone(),
+                        changes,
+                    }));
+                }
+                Fit::Incompatible(reason) => {
+                    let reason = format!("schema id {id} is incompatible with the table: {reason}");
+                    if self.on_incompatible == OnError::Fail {
+                        return Err(DecodeError::Incompatible(reason));
+                    }
+                    tracing::error!(schema_id = id, %reason, "records with this schema go to dead letters");
+                    self.writers.insert(id, Writer::Rejected(reason));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn load(&self, id: u32) -> Result<Writer, DecodeError> {
+        match self.registry.schema(id).await {
+            Ok(s) if s.kind != self.kind => Ok(Writer::Rejected(format!(
+                "schema id {id} is a {} schema but the topic is configured as {}",
+                s.kind, self.kind
+            ))),
+            Ok(s) => Ok(match AvroWriterSchema::new(id, &s.text, self.batch_size) {
+                Ok(w) => Writer::Avro(Box::new(w)),
+                Err(reason) => Writer::Rejected(reason),
+            }),
+            Err(e @ RegistryError::NotFound { .. }) => Ok(Writer::Rejected(e.to_string())),
+            Err(e @ RegistryError::Invalid(_)) => Ok(Writer::Rejected(e.to_string())),
+            Err(e) => Err(DecodeError::Registry(e)),
+        }
+    }
+
+    /// The table schema changed (this worker or another evolved it).
+    pub fn set_schema(&mut self, schema: TableSchema) {
+        self.schema = schema;
+        self.fits.clear();
+    }
+
+    /// Decode the kept records of `chunk`. [`Self::prepare`] must have run for them.
+    pub fn decode(
+        &mut self,
+        chunk: &RecordChunk,
+        keep: &dyn Fn(usize) -> bool,
+    ) -> Result<Decoded, DecodeError> {
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut rejected = Vec::new();
+        let mut batches = Vec::new();
+        // Runs of consecutive records with one schema id.
+        let mut run: Vec<usize> = Vec::new();
+        let mut run_id = None;
+        for (i, r) in chunk.records.iter().enumerate() {
+            if !keep(i) {
+                continue;
+            }
+            let Some(value) = chunk.value(r) else {
+                rejected.push(Rejected {
+                    index: i,
+                    reason: "record has no value (tombstone)".into(),
+                });
+                continue;
+            };
+            let id = match split_frame(value) {
+                Ok((id, _)) => id,
+                Err(reason) => {
+                    rejected.push(Rejected { index: i, reason });
+                    continue;
+                }
+            };
+            if run_id != Some(id) {
+                self.decode_run(chunk, run_id, &run, &mut rows, &mut rejected, &mut batches)?;
+                run.clear();
+                run_id = Some(id);
+            }
+            run.push(i);
+        }
+        self.decode_run(chunk, run_id, &run, &mut rows, &mut rejected, &mut batches)?;
+        rejected.sort_by_key(|r| r.index);
+        if batches.is_empty() {
+            return Ok(Decoded {
+                batch: None,
+                rows,
+                rejected,
+            });
+        }
+        let values =
+            concat_batches(&self.schema.record_arrow, &batches).map_err(DecodeError::Assemble)?;
+        let batch = append_metadata(&self.schema, values, chunk, &rows)?;
+        Ok(Decoded {
+            batch: Some(batch),
+            rows,
+            rejected,
+        })
+    }
+
+    fn decode_run(
+        &mut self,
+        chunk: &RecordChunk,
+        id: Option<u32>,
+        run: &[usize],
+        rows: &mut Vec<usize>,
+        rejected: &mut Vec<Rejected>,
+        batches: &mut Vec<RecordBatch>,
+    ) -> Result<(), DecodeError> {
+        let Some(id) = id else { return Ok(()) };
+        if run.is_empty() {
+            return Ok(());
+        }
+        let reject_all = |rejected: &mut Vec<Rejected>, reason: &str| {
+            rejected.extend(run.iter().map(|&i| Rejected {
+                index: i,
+                reason: reason.to_owned(),
+            }));
+        };
+        let writer = match self.writers.get_mut(&id) {
+            Some(Writer::Avro(w)) if self.fits.contains(&id) => w,
+            Some(Writer::Rejected(reason)) => {
+                reject_all(rejected, reason);
+                return Ok(());
+            }
+            _ => {
+                reject_all(rejected, &format!("schema id {id} was not prepared (a bug)"));
+                return Ok(());
+            }
+        };
+        let values: Vec<&[u8]> = run
+            .iter()
+            .map(|&i| chunk.value(&chunk.records[i]).unwrap_or_default())
+            .collect();
+        let out = match writer.decode_run(&values) {
+            Ok(out) => out,
+            Err(reason) => {
+                reject_all(rejected, &reason);
+                return Ok(());
+            }
+        };
+        rejected.extend(out.bad.into_iter().map(|(k, reason)| Rejected {
+            index: run[k],
+            reason,
+        }));
+        let target = self.schema.record_arrow.clone();
+        let mut good = out.good.into_iter();
+        for b in out.batches {
+            let positions: Vec<usize> = good.by_ref().take(b.num_rows()).collect();
+            let columns: Vec<_> = b
+                .schema_ref()
+                .fields()
+                .iter()
+                .cloned()
+                .zip(b.columns().iter().cloned())
+                .collect();
+            match align_columns(&columns, target.fields(), b.num_rows())
+                .and_then(|cols| RecordBatch::try_new(target.clone(), cols).map_err(|e| e.to_string()))
+            {
+                Ok(aligned) => {
+                    batches.push(aligned);
+                    rows.extend(positions.iter().map(|&k| run[k]));
+                }
+                Err(reason) => rejected.extend(positions.iter().map(|&k| Rejected {
+                    index: run[k],
+                    reason: format!("cannot write to the table: {reason}"),
+                })),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The record fields of a registered schema, as the table would store them.
+pub fn record_schema(schema: &crate::registry::Schema) -> Result<StructType, String> {
+    match schema.kind {
+        SchemaKind::Avro => Ok(AvroWriterSchema::new(schema.id, &schema.text, 1)?.delta),
+        other => Err(format!("schema id {} is {other}, which is not supported yet", schema.id)),
+    }
+}
+
+/// The value decoder a pipeline uses.
+#[derive(Debug)]
+pub enum Decoder {
+    /// Plain JSON against a schema file.
+    Json(JsonDecoder),
+    /// A registry format.
+    Registry(Box<RegistryDecoder>),
+}
+
+impl Decoder {
+    /// The table schema batches come out in.
+    pub fn schema(&self) -> &TableSchema {
+        match self {
+            Decoder::Json(d) => d.schema(),
+            Decoder::Registry(d) => &d.schema,
+        }
+    }
+
+    /// See [`RegistryDecoder::prepare`]; JSON needs no preparation.
+    pub async fn prepare(
+        &mut self,
+        chunk: &RecordChunk,
+        keep: &dyn Fn(usize) -> bool,
+    ) -> Result<Option<Evolution>, DecodeError> {
+        match self {
+            Decoder::Json(_) => Ok(None),
+            Decoder::Registry(d) => d.prepare(chunk, keep).await,
+        }
+    }
+
+    /// The table schema changed.
+    pub fn set_schema(&mut self, schema: TableSchema) -> Result<(), DecodeError> {
+        match self {
+            Decoder::Json(d) => {
+                *d = JsonDecoder::new(schema, d.batch_size)?;
+                Ok(())
+            }
+            Decoder::Registry(d) => {
+                d.set_schema(schema);
+                Ok(())
+            }
+        }
+    }
+
+    /// Decode the kept records of `chunk`.
+    pub fn decode(
+        &mut self,
+        chunk: &RecordChunk,
+        keep: &dyn Fn(usize) -> bool,
+    ) -> Result<Decoded, DecodeError> {
+        match self {
+            Decoder::Json(d) => d.decode(chunk, keep),
+            Decoder::Registry(d) => d.decode(chunk, keep),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::config::{
-    CommitConfig, Compression, Config, DecodeConfig, FlushPolicy, KafkaConfig, MetadataColumns,
+    CommitConfig, Compression, Config, DecodeConfig, FlushPolicy, Format, KafkaConfig,
+    MetadataColumns,
     OffsetReset, OnError, StorageConfig, Subscription, TableConfig,
 };
 use crate::pipeline::{self, PipelineError, RunOptions};
@@ -146,8 +147,8 @@ fn demo_config(
         },
         table: TableConfig {
             uri,
-            schema,
-            schema_path: PathBuf::from("schemas/demo_events.json"),
+            schema: Some(schema),
+            schema_path: Some(PathBuf::from("schemas/demo_events.json")),
             partition_by: vec![],
             compression: Compression::Zstd(1),
             properties: BTreeMap::new(),
@@ -172,7 +173,11 @@ fn demo_config(
             max_backoff: Duration::from_secs(5),
         },
         decode: DecodeConfig {
+            format: Format::Json,
             on_error: OnError::Skip,
+            on_incompatible: OnError::Skip,
+            subject: "{topic}-value".into(),
+            registry: None,
         },
         metrics_listen: None,
         log_level: None,

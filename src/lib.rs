@@ -33,10 +33,12 @@
 //!
 //! ARCHITECTURE.md states the failure and rebalance semantics in full.
 
+pub mod avro;
 pub mod commit;
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod evolve;
 pub mod maintenance;
 pub mod metrics;
 pub mod offsets;
@@ -44,6 +46,7 @@ pub mod pipeline;
 pub mod preflight;
 pub mod probe;
 pub mod record;
+pub mod registry;
 pub mod schema;
 pub mod secret;
 pub mod source;

@@ -45,8 +45,9 @@ use tokio::task::JoinHandle;
 use crate::commit::{
     self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
 };
-use crate::config::{Config, OnError};
-use crate::decode::{DecodeError, JsonDecoder};
+use crate::config::{Config, Format, OnError};
+use crate::decode::{DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder};
+use crate::registry::{Registry, RegistryError, SchemaKind};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::source::{
     AssignReply, Source, SourceChannels, SourceCommand, SourceError, SourceEvent, StartAt,
@@ -96,6 +97,17 @@ pub enum PipelineError {
     /// The poll thread stopped unexpectedly.
     #[error("the kafka poll thread stopped: {0}")]
     SourceStopped(String),
+    /// The schema registry failed at start.
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    /// The registry's schema cannot create the table.
+    #[error("cannot create the table from registry subject `{subject}`: {message}")]
+    RegistrySchema {
+        /// The subject.
+        subject: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Knobs that are not part of the config file.
@@ -142,7 +154,35 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, PipelineError> {
     let cfg = Arc::new(cfg);
-    let opened = table::open_or_create(&cfg.table, &cfg.storage)
+    let registry = match &cfg.decode.registry {
+        Some(r) => Some(Registry::new(r)?),
+        None => None,
+    };
+    // A registry format without a schema file creates the table from the
+    // subject's latest schema.
+    let mut fallback = None;
+    if cfg.table.schema.is_none()
+        && let Some(registry) = &registry
+        && table::load(&cfg.table.uri, &cfg.storage)
+            .await
+            .map_err(Box::new)?
+            .is_none()
+    {
+        let topic = match &cfg.kafka.subscription {
+            crate::config::Subscription::Topics(t) => t.first().cloned().unwrap_or_default(),
+            crate::config::Subscription::Pattern(_) => String::new(),
+        };
+        let subject = cfg.decode.subject_for(&topic);
+        let latest = registry.latest(&subject).await?;
+        let record = crate::decode::record_schema(&latest)
+            .map_err(|message| PipelineError::RegistrySchema {
+                subject: subject.clone(),
+                message,
+            })?;
+        tracing::info!(%subject, schema_id = latest.id, "creating the table from the registry schema");
+        fallback = Some(record);
+    }
+    let opened = table::open_or_create(&cfg.table, &cfg.storage, fallback.as_ref())
         .await
         .map_err(Box::new)?;
     tracing::info!(
@@ -151,7 +191,19 @@ pub async fn run(
         version = opened.table.version().map_or(-1, |v| v as i64),
         "table open"
     );
-    let decoder = JsonDecoder::new(opened.schema.clone(), cfg.kafka.max_chunk_records)?;
+    let decoder = match (cfg.decode.format, registry) {
+        (Format::Avro, Some(registry)) => Decoder::Registry(Box::new(RegistryDecoder::new(
+            registry,
+            SchemaKind::Avro,
+            opened.schema.clone(),
+            cfg.kafka.max_chunk_records,
+            cfg.decode.on_incompatible,
+        ))),
+        _ => Decoder::Json(JsonDecoder::new(
+            opened.schema.clone(),
+            cfg.kafka.max_chunk_records,
+        )?),
+    };
     let endpoint = match cfg.metrics_listen {
         Some(addr) => {
             let e = crate::metrics::serve(addr, stats.clone()).await?;
@@ -250,7 +302,7 @@ struct Pipeline {
     options: RunOptions,
     policy: RetryPolicy,
     table: DeltaTable,
-    decoder: JsonDecoder,
+    decoder: Decoder,
     props: WriterProperties,
     parts: HashMap<TopicPartition, PartState>,
     window: Window,
@@ -550,7 +602,25 @@ impl Pipeline {
         if accounted == 0 {
             return Ok(());
         }
-        let decoded = self.decoder.decode(chunk, in_segment)?;
+        // Registry formats: fetch new schema ids, evolve the table where they need it.
+        loop {
+            match self.decoder.prepare(chunk, &in_segment).await {
+                Ok(None) => break,
+                Ok(Some(evolution)) => {
+                    self.evolve(evolution).await?;
+                    if self.needs_rewind {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "schema registry unavailable; rewinding and retrying");
+                    self.fail_and_rewind();
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let decoded = self.decoder.decode(chunk, &in_segment)?;
         for rej in &decoded.rejected {
             let r = &chunk.records[rej.index];
             let tp = &chunk.partitions[r.part as usize].tp;
@@ -611,6 +681,42 @@ impl Pipeline {
             self.window.rows += rows;
         }
         Ok(())
+    }
+
+    /// Apply a table schema change a producer schema needs. Buffered rows were
+    /// written with the old columns, so they are committed first.
+    async fn evolve(&mut self, evolution: Evolution) -> Result<(), PipelineError> {
+        tracing::info!(
+            schema_id = evolution.schema_id,
+            changes = ?evolution.changes,
+            "producer schema needs a table schema change"
+        );
+        self.await_inflight(Duration::MAX).await?;
+        if !self.window.is_empty() && !self.needs_rewind {
+            self.start_commit();
+            self.await_inflight(Duration::MAX).await?;
+        }
+        if self.needs_rewind {
+            return Ok(());
+        }
+        match table::evolve(
+            &mut self.table,
+            &evolution.producer,
+            &self.cfg.table.metadata_columns,
+        )
+        .await
+        {
+            Ok(schema) => {
+                self.decoder.set_schema(schema)?;
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "schema change failed; rewinding and retrying");
+                self.fail_and_rewind();
+                Ok(())
+            }
+            Err(e) => Err(Box::new(e).into()),
+        }
     }
 
     fn maybe_flush(&mut self) {

@@ -9,7 +9,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::metadata::Metadata;
 
 use crate::config::{Config, Subscription};
-use crate::schema::TableSchema;
 use crate::source::client_config;
 use crate::table;
 
@@ -191,9 +190,7 @@ async fn check_table(cfg: &Config) -> Result<String, String> {
     let uri = &cfg.table.uri;
     match table::load(uri, &cfg.storage).await {
         Ok(Some(t)) => {
-            let wanted = TableSchema::new(&cfg.table.schema, &cfg.table.metadata_columns)
-                .map_err(|e| e.to_string())?;
-            table::check_schema(&t, &cfg.table, &wanted).map_err(|e| e.to_string())?;
+            table::check_schema(&t, &cfg.table).map_err(|e| e.to_string())?;
             Ok(format!(
                 "{uri} at version {}, schema compatible",
                 t.version().map_or(-1, |v| v as i64)

@@ -113,8 +113,9 @@ impl TableSchema {
         })
     }
 
-    /// Build from an existing table's schema: record fields are those that are not
-    /// metadata columns.
+    /// Build from an existing table's schema, keeping its column order (columns added
+    /// by schema evolution come after the metadata columns): record fields are those
+    /// that are not metadata columns.
     pub fn from_table(table: &StructType, metadata: &MetadataColumns) -> Result<Self, SchemaError> {
         let meta: Vec<&str> = metadata.names().collect();
         let record = StructType::try_new(
@@ -124,7 +125,14 @@ impl TableSchema {
                 .cloned(),
         )
         .map_err(|e| SchemaError::Delta(e.to_string()))?;
-        Self::new(&record, metadata)
+        let arrow: ArrowSchema = table.try_into_arrow()?;
+        let record_arrow: ArrowSchema = (&record).try_into_arrow()?;
+        Ok(Self {
+            delta: table.clone(),
+            arrow: Arc::new(arrow),
+            record_arrow: Arc::new(record_arrow),
+            metadata: metadata.clone(),
+        })
     }
 
     /// Whether any column needs `timestamp_ntz` (protocol reader 3 / writer 7).

@@ -179,21 +179,33 @@ pub async fn load(uri: &Url, storage: &StorageConfig) -> Result<Option<DeltaTabl
 /// Open the table, creating it from the configured schema when it does not exist.
 /// Safe when several workers start at once: losing the creation race just loads
 /// the winner's table.
+///
+/// The table is created from the configured schema file, or else from `fallback`
+/// (the registry's latest schema for registry formats).
 pub async fn open_or_create(
     cfg: &TableConfig,
     storage: &StorageConfig,
+    fallback: Option<&StructType>,
 ) -> Result<OpenTable, TableError> {
     let uri = &cfg.uri;
-    let wanted = TableSchema::new(&cfg.schema, &cfg.metadata_columns).map_err(|source| {
-        TableError::Schema {
-            uri: uri.to_string(),
-            source,
-        }
-    })?;
     let mut created = false;
     let table = match load(uri, storage).await? {
         Some(t) => t,
         None => {
+            let Some(record) = cfg.schema.as_ref().or(fallback) else {
+                return Err(TableError::Unsupported {
+                    uri: uri.to_string(),
+                    message: "the table does not exist and there is no schema to create it \
+                              from: set table.schema_file"
+                        .into(),
+                });
+            };
+            let wanted = TableSchema::new(record, &cfg.metadata_columns).map_err(|source| {
+                TableError::Schema {
+                    uri: uri.to_string(),
+                    source,
+                }
+            })?;
             match create(cfg, storage, &wanted.delta).await {
                 Ok(t) => {
                     created = true;
@@ -211,7 +223,7 @@ pub async fn open_or_create(
             }
         }
     };
-    let schema = check_schema(&table, cfg, &wanted)?;
+    let schema = check_schema(&table, cfg)?;
     Ok(OpenTable {
         table,
         schema,
@@ -246,14 +258,21 @@ async fn create(
     builder.await.map_err(delta_err(&cfg.uri))
 }
 
-/// The table's columns must include every configured record field with the same
-/// type, and the metadata columns with theirs.
-pub fn check_schema(
-    table: &DeltaTable,
-    cfg: &TableConfig,
-    wanted: &TableSchema,
-) -> Result<TableSchema, TableError> {
+/// The table's columns must include every record field of the schema file (if one
+/// is configured) with the same type, and the metadata columns with theirs.
+pub fn check_schema(table: &DeltaTable, cfg: &TableConfig) -> Result<TableSchema, TableError> {
     let uri = &cfg.uri;
+    let schema_err = |source| TableError::Schema {
+        uri: uri.to_string(),
+        source,
+    };
+    let no_fields = StructType::try_new(Vec::<deltalake::kernel::StructField>::new())
+        .expect("an empty struct is valid");
+    let wanted = TableSchema::new(
+        cfg.schema.as_ref().unwrap_or(&no_fields),
+        &cfg.metadata_columns,
+    )
+    .map_err(schema_err)?;
     let snapshot = table.snapshot().map_err(delta_err(uri))?;
     let table_schema: StructType = snapshot.schema().as_ref().clone();
     let mut problems = Vec::new();
@@ -280,7 +299,10 @@ pub fn check_schema(
     if !problems.is_empty() {
         return Err(TableError::SchemaMismatch {
             uri: uri.to_string(),
-            schema_file: cfg.schema_path.display().to_string(),
+            schema_file: cfg.schema_path.as_ref().map_or_else(
+                || "(none: metadata columns only)".to_owned(),
+                |p| p.display().to_string(),
+            ),
             message: problems.join("; "),
         });
     }
@@ -311,6 +333,85 @@ fn same_type(a: &DataType, b: &DataType) -> bool {
 
 fn type_name(t: &DataType) -> String {
     serde_json::to_string(t).unwrap_or_else(|_| format!("{t:?}"))
+}
+
+/// Change the table's schema so records of `producer` (record fields) can be
+/// written: new nullable columns, relaxed nullability. Safe with several workers:
+/// each attempt re-reads the table and re-plans against its current schema, so a
+/// worker that finds the change already made by another commits nothing, and a
+/// concurrent metadata change makes the loser re-plan instead of overwriting it.
+/// Returns the table schema afterwards.
+pub async fn evolve(
+    table: &mut DeltaTable,
+    producer: &StructType,
+    metadata_columns: &crate::config::MetadataColumns,
+) -> Result<TableSchema, TableError> {
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::kernel::{Action, MetadataExt};
+    use deltalake::protocol::DeltaOperation;
+
+    use crate::evolve::{Fit, fit};
+
+    let uri = table.table_url().to_string();
+    let err = |source: DeltaTableError| TableError::Delta {
+        uri: uri.clone(),
+        source: Box::new(source),
+    };
+    let meta: Vec<&str> = metadata_columns.names().collect();
+    for attempt in 1.. {
+        table.update_state().await.map_err(err)?;
+        let snapshot = table.snapshot().map_err(err)?;
+        let current: StructType = snapshot.schema().as_ref().clone();
+        let (schema, changes) = match fit(&current, producer, &meta) {
+            Fit::Fits => {
+                return TableSchema::from_table(&current, metadata_columns).map_err(|source| {
+                    TableError::Schema {
+                        uri: uri.clone(),
+                        source,
+                    }
+                });
+            }
+            Fit::Incompatible(message) => return Err(TableError::Unsupported { uri, message }),
+            Fit::Evolve { schema, changes } => (schema, changes),
+        };
+        let added: Vec<deltalake::kernel::StructField> = schema
+            .fields()
+            .filter(|f| current.field(f.name()).is_none())
+            .cloned()
+            .collect();
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .with_schema(&schema)
+            .map_err(|e| TableError::Unsupported {
+                uri: uri.clone(),
+                message: format!("cannot set the evolved schema: {e}"),
+            })?;
+        let properties = CommitProperties::default()
+            .with_max_retries(0)
+            .with_metadata([(
+                "tributary.schemaChanges".to_owned(),
+                serde_json::Value::from(changes.clone()),
+            )]);
+        let result = CommitBuilder::from(properties)
+            .with_actions(vec![Action::Metadata(metadata)])
+            .build(
+                Some(snapshot),
+                table.log_store(),
+                DeltaOperation::AddColumn { fields: added },
+            )
+            .await;
+        match result {
+            Ok(done) => {
+                tracing::info!(table = %uri, version = done.version(), ?changes, "table schema evolved");
+            }
+            Err(DeltaTableError::Transaction { source }) if attempt < 50 => {
+                tracing::info!(table = %uri, error = %source, "schema change raced another commit; re-planning");
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// The offset stored in the table for `tp`, if any.
