@@ -156,6 +156,7 @@ mod tests {
         {"name":"id","type":"long"},
         {"name":"name","type":["null","string"],"default":null}]}"#;
 
+    #[allow(deprecated)] // GenericDatumWriter's builder is the new spelling; same bytes
     fn frame(id: u32, v: Value) -> Vec<u8> {
         let schema = apache_avro::Schema::parse_str(SCHEMA).unwrap();
         let mut out = vec![0];

@@ -256,6 +256,17 @@ async fn attempt(
                 tracing::info!(error = %c, "concurrent commit on one of our partitions; re-checking offsets");
                 continue;
             }
+            // Another worker evolved the schema: our files (written with the columns
+            // they had) are still valid, so re-check and commit again.
+            Err(DeltaTableError::Transaction {
+                source:
+                    TransactionError::CommitConflict(
+                        c @ deltalake::kernel::transaction::CommitConflictError::MetadataChanged,
+                    ),
+            }) => {
+                tracing::info!(error = %c, "table metadata changed concurrently; re-checking and retrying");
+                continue;
+            }
             Err(e) => return Err(e),
         }
     }

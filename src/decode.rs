@@ -459,7 +459,7 @@ impl RegistryDecoder {
     pub async fn prepare(
         &mut self,
         chunk: &RecordChunk,
-        keep: &dyn Fn(usize) -> bool,
+        keep: &(dyn Fn(usize) -> bool + Sync),
     ) -> Result<Option<Evolution>, DecodeError> {
         let mut ids = Vec::new();
         for (i, r) in chunk.records.iter().enumerate() {
@@ -532,7 +532,7 @@ impl RegistryDecoder {
     pub fn decode(
         &mut self,
         chunk: &RecordChunk,
-        keep: &dyn Fn(usize) -> bool,
+        keep: &(dyn Fn(usize) -> bool + Sync),
     ) -> Result<Decoded, DecodeError> {
         let mut rows = Vec::with_capacity(chunk.len());
         let mut rejected = Vec::new();
@@ -687,7 +687,7 @@ impl Decoder {
     pub async fn prepare(
         &mut self,
         chunk: &RecordChunk,
-        keep: &dyn Fn(usize) -> bool,
+        keep: &(dyn Fn(usize) -> bool + Sync),
     ) -> Result<Option<Evolution>, DecodeError> {
         match self {
             Decoder::Json(_) => Ok(None),
@@ -713,7 +713,7 @@ impl Decoder {
     pub fn decode(
         &mut self,
         chunk: &RecordChunk,
-        keep: &dyn Fn(usize) -> bool,
+        keep: &(dyn Fn(usize) -> bool + Sync),
     ) -> Result<Decoded, DecodeError> {
         match self {
             Decoder::Json(d) => d.decode(chunk, keep),

@@ -20,15 +20,15 @@ fn policy() -> RetryPolicy {
 async fn local_table(dir: &std::path::Path) -> deltalake::DeltaTable {
     let cfg = TableConfig {
         uri: url::Url::from_directory_path(dir).unwrap(),
-        schema: parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap(),
-        schema_path: "demo_events.json".into(),
+        schema: Some(parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap()),
+        schema_path: Some("demo_events.json".into()),
         partition_by: vec![],
         compression: Compression::Snappy,
         properties: Default::default(),
         metadata_columns: MetadataColumns::default(),
         row_group_rows: 4096,
     };
-    tributary::table::open_or_create(&cfg, &StorageConfig::default())
+    tributary::table::open_or_create(&cfg, &StorageConfig::default(), None)
         .await
         .unwrap()
         .table

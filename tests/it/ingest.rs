@@ -182,7 +182,7 @@ async fn concurrent_starts_create_one_table() {
         tokio::spawn(async move {
             tokio::time::timeout(
                 Duration::from_secs(60),
-                tributary::table::open_or_create(&cfg.table, &cfg.storage),
+                tributary::table::open_or_create(&cfg.table, &cfg.storage, None),
             )
             .await
         })
