@@ -581,7 +581,9 @@ impl RawConfig {
         if let Some(dir) = path.parent() {
             for file in [
                 raw.table.schema_file.as_mut(),
-                raw.schema_registry.as_mut().and_then(|r| r.ca_file.as_mut()),
+                raw.schema_registry
+                    .as_mut()
+                    .and_then(|r| r.ca_file.as_mut()),
             ]
             .into_iter()
             .flatten()
@@ -827,7 +829,10 @@ fn validate_decode(
                 .filter(|u| !u.is_empty())
                 .collect();
             if urls.is_empty() {
-                return Err(ConfigError::invalid("schema_registry.url", "must not be empty"));
+                return Err(ConfigError::invalid(
+                    "schema_registry.url",
+                    "must not be empty",
+                ));
             }
             for u in &urls {
                 match Url::parse(u) {
@@ -955,7 +960,9 @@ fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
         }
     }
     for col in &raw.partition_by {
-        let in_schema = schema.as_ref().is_none_or(|s| s.fields().any(|f| f.name() == col));
+        let in_schema = schema
+            .as_ref()
+            .is_none_or(|s| s.fields().any(|f| f.name() == col));
         let in_meta = metadata_columns.names().any(|n| n == col);
         if !in_schema && !in_meta {
             return Err(ConfigError::invalid(

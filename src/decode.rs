@@ -66,7 +66,9 @@ pub enum DecodeError {
     #[error(transparent)]
     Registry(RegistryError),
     /// A producer schema cannot be written to the table and the config says stop.
-    #[error("{0} (decode.on_incompatible = \"fail\"; set it to \"skip\" to send such records to dead letters instead)")]
+    #[error(
+        "{0} (decode.on_incompatible = \"fail\"; set it to \"skip\" to send such records to dead letters instead)"
+    )]
     Incompatible(String),
 }
 
@@ -610,7 +612,10 @@ impl RegistryDecoder {
                 return Ok(());
             }
             _ => {
-                reject_all(rejected, &format!("schema id {id} was not prepared (a bug)"));
+                reject_all(
+                    rejected,
+                    &format!("schema id {id} was not prepared (a bug)"),
+                );
                 return Ok(());
             }
         };
@@ -640,9 +645,9 @@ impl RegistryDecoder {
                 .cloned()
                 .zip(b.columns().iter().cloned())
                 .collect();
-            match align_columns(&columns, target.fields(), b.num_rows())
-                .and_then(|cols| RecordBatch::try_new(target.clone(), cols).map_err(|e| e.to_string()))
-            {
+            match align_columns(&columns, target.fields(), b.num_rows()).and_then(|cols| {
+                RecordBatch::try_new(target.clone(), cols).map_err(|e| e.to_string())
+            }) {
                 Ok(aligned) => {
                     batches.push(aligned);
                     rows.extend(positions.iter().map(|&k| run[k]));
@@ -661,7 +666,10 @@ impl RegistryDecoder {
 pub fn record_schema(schema: &crate::registry::Schema) -> Result<StructType, String> {
     match schema.kind {
         SchemaKind::Avro => Ok(AvroWriterSchema::new(schema.id, &schema.text, 1)?.delta),
-        other => Err(format!("schema id {} is {other}, which is not supported yet", schema.id)),
+        other => Err(format!(
+            "schema id {} is {other}, which is not supported yet",
+            schema.id
+        )),
     }
 }
 

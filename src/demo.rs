@@ -20,8 +20,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 
 use crate::config::{
     CommitConfig, Compression, Config, DecodeConfig, FlushPolicy, Format, KafkaConfig,
-    MetadataColumns,
-    OffsetReset, OnError, StorageConfig, Subscription, TableConfig,
+    MetadataColumns, OffsetReset, OnError, StorageConfig, Subscription, TableConfig,
 };
 use crate::pipeline::{self, PipelineError, RunOptions};
 use crate::record::TopicPartition;

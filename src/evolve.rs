@@ -160,12 +160,17 @@ fn merge_struct(
                 if nullable && !t.is_nullable() {
                     changes.push(format!("`{path}` made nullable"));
                 }
-                out.push(StructField::new(t.name(), ty, nullable).with_metadata(t.metadata().clone()));
+                out.push(
+                    StructField::new(t.name(), ty, nullable).with_metadata(t.metadata().clone()),
+                );
             }
             None => {
                 if !t.is_nullable() && !keep.contains(&t.name().as_str()) {
                     changes.push(format!("`{path}` is no longer sent: made nullable"));
-                    out.push(StructField::new(t.name(), t.data_type().clone(), true).with_metadata(t.metadata().clone()));
+                    out.push(
+                        StructField::new(t.name(), t.data_type().clone(), true)
+                            .with_metadata(t.metadata().clone()),
+                    );
                 } else {
                     out.push(t.clone());
                 }
@@ -190,9 +195,16 @@ fn merge_type(
 ) -> Result<DataType, String> {
     use DataType as D;
     match (table, producer) {
-        (D::Struct(t), D::Struct(p)) => Ok(D::Struct(Box::new(merge_struct(t, p, path, changes, &[])?))),
+        (D::Struct(t), D::Struct(p)) => {
+            Ok(D::Struct(Box::new(merge_struct(t, p, path, changes, &[])?)))
+        }
         (D::Array(t), D::Array(p)) => {
-            let element = merge_type(t.element_type(), p.element_type(), &format!("{path}[]"), changes)?;
+            let element = merge_type(
+                t.element_type(),
+                p.element_type(),
+                &format!("{path}[]"),
+                changes,
+            )?;
             let contains_null = t.contains_null() || p.contains_null();
             if contains_null && !t.contains_null() {
                 changes.push(format!("`{path}` elements made nullable"));
@@ -203,12 +215,21 @@ fn merge_type(
             if t.key_type() != p.key_type() {
                 return Err(incompatible(path, table, producer));
             }
-            let value = merge_type(t.value_type(), p.value_type(), &format!("{path}.value"), changes)?;
+            let value = merge_type(
+                t.value_type(),
+                p.value_type(),
+                &format!("{path}.value"),
+                changes,
+            )?;
             let value_null = t.value_contains_null() || p.value_contains_null();
             if value_null && !t.value_contains_null() {
                 changes.push(format!("`{path}` values made nullable"));
             }
-            Ok(D::Map(Box::new(MapType::new(t.key_type().clone(), value, value_null))))
+            Ok(D::Map(Box::new(MapType::new(
+                t.key_type().clone(),
+                value,
+                value_null,
+            ))))
         }
         (D::Primitive(t), D::Primitive(p)) if t == p || widens(p, t) => Ok(table.clone()),
         _ => Err(incompatible(path, table, producer)),
@@ -225,8 +246,7 @@ fn widens(from: &PrimitiveType, to: &PrimitiveType) -> bool {
         | (P::Float, P::Double)
         | (P::Date, P::Timestamp | P::TimestampNtz) => true,
         (P::Decimal(f), P::Decimal(t)) => {
-            t.scale() >= f.scale()
-                && (t.precision() - t.scale()) >= (f.precision() - f.scale())
+            t.scale() >= f.scale() && (t.precision() - t.scale()) >= (f.precision() - f.scale())
         }
         _ => false,
     }
@@ -246,7 +266,11 @@ pub fn type_name(t: &DataType) -> String {
     match t {
         DataType::Primitive(p) => p.to_string(),
         DataType::Array(a) => format!("array<{}>", type_name(a.element_type())),
-        DataType::Map(m) => format!("map<{},{}>", type_name(m.key_type()), type_name(m.value_type())),
+        DataType::Map(m) => format!(
+            "map<{},{}>",
+            type_name(m.key_type()),
+            type_name(m.value_type())
+        ),
         DataType::Struct(_) => "struct".into(),
         other => format!("{other:?}"),
     }
@@ -261,7 +285,8 @@ pub fn align(array: &ArrayRef, target: &Field, path: &str) -> Result<ArrayRef, S
     if from == to {
         return Ok(array.clone());
     }
-    let fail = |e: &dyn std::fmt::Display| format!("field `{path}`: cannot write {from} as {to}: {e}");
+    let fail =
+        |e: &dyn std::fmt::Display| format!("field `{path}`: cannot write {from} as {to}: {e}");
     match (from, to) {
         (A::Struct(_), A::Struct(fields)) => {
             let s = array.as_struct();
@@ -280,8 +305,13 @@ pub fn align(array: &ArrayRef, target: &Field, path: &str) -> Result<ArrayRef, S
         (A::List(_), A::List(element)) => {
             let l = array.as_list::<i32>();
             let values = align(l.values(), element, &format!("{path}[]"))?;
-            let out = ListArray::try_new(element.clone(), l.offsets().clone(), values, l.nulls().cloned())
-                .map_err(|e| fail(&e))?;
+            let out = ListArray::try_new(
+                element.clone(),
+                l.offsets().clone(),
+                values,
+                l.nulls().cloned(),
+            )
+            .map_err(|e| fail(&e))?;
             Ok(Arc::new(out))
         }
         (A::Map(_, _), A::Map(entries, ordered)) => {
@@ -311,7 +341,10 @@ fn uuid_strings(a: &FixedSizeBinaryArray) -> ArrayRef {
     let mut b = StringBuilder::with_capacity(a.len(), a.len() * 36);
     for v in a.iter() {
         match v.and_then(|bytes| uuid::Uuid::from_slice(bytes).ok()) {
-            Some(u) => b.append_value(u.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer())),
+            Some(u) => b.append_value(
+                u.hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            ),
             None => b.append_null(),
         }
     }
@@ -326,10 +359,12 @@ pub fn align_columns(
 ) -> Result<Vec<ArrayRef>, String> {
     target
         .iter()
-        .map(|f| match columns.iter().find(|(src, _)| src.name() == f.name()) {
-            Some((_, a)) => align(a, f, f.name()),
-            None => Ok(new_null_array(f.data_type(), rows)),
-        })
+        .map(
+            |f| match columns.iter().find(|(src, _)| src.name() == f.name()) {
+                Some((_, a)) => align(a, f, f.name()),
+                None => Ok(new_null_array(f.data_type(), rows)),
+            },
+        )
         .collect()
 }
 
@@ -372,7 +407,11 @@ mod tests {
         assert!(schema.field("name").unwrap().is_nullable());
         assert!(!schema.field("id").unwrap().is_nullable());
         assert_eq!(changes.len(), 2, "{changes:?}");
-        assert!(changes.iter().any(|c| c.contains("new column `email` string")));
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.contains("new column `email` string"))
+        );
     }
 
     #[test]
@@ -382,17 +421,28 @@ mod tests {
         let Fit::Incompatible(why) = fit(&st(T), &p, &["_offset"]) else {
             panic!("expected incompatible");
         };
-        assert!(why.contains("field `id`") && why.contains("string") && why.contains("long"), "{why}");
+        assert!(
+            why.contains("field `id`") && why.contains("string") && why.contains("long"),
+            "{why}"
+        );
         let p = st(r#"{"type":"struct","fields":[
             {"name":"_offset","type":"long","nullable":true,"metadata":{}}]}"#);
-        assert!(matches!(fit(&st(T), &p, &["_offset"]), Fit::Incompatible(w) if w.contains("metadata column")));
+        assert!(
+            matches!(fit(&st(T), &p, &["_offset"]), Fit::Incompatible(w) if w.contains("metadata column"))
+        );
     }
 
     #[test]
     fn align_widens_and_fills_missing_columns() {
         let columns: Vec<(FieldRef, ArrayRef)> = vec![
-            (Arc::new(Field::new("id", A::Int32, false)), Arc::new(Int32Array::from(vec![1, 2]))),
-            (Arc::new(Field::new("name", A::Utf8, false)), Arc::new(StringArray::from(vec!["a", "b"]))),
+            (
+                Arc::new(Field::new("id", A::Int32, false)),
+                Arc::new(Int32Array::from(vec![1, 2])),
+            ),
+            (
+                Arc::new(Field::new("name", A::Utf8, false)),
+                Arc::new(StringArray::from(vec!["a", "b"])),
+            ),
         ];
         let target: Fields = vec![
             Field::new("id", A::Int64, false),

@@ -47,8 +47,8 @@ use crate::commit::{
 };
 use crate::config::{Config, Format, OnError};
 use crate::decode::{DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder};
-use crate::registry::{Registry, RegistryError, SchemaKind};
 use crate::record::{RecordChunk, TopicPartition};
+use crate::registry::{Registry, RegistryError, SchemaKind};
 use crate::source::{
     AssignReply, Source, SourceChannels, SourceCommand, SourceError, SourceEvent, StartAt,
 };
@@ -174,11 +174,12 @@ pub async fn run(
         };
         let subject = cfg.decode.subject_for(&topic);
         let latest = registry.latest(&subject).await?;
-        let record = crate::decode::record_schema(&latest)
-            .map_err(|message| PipelineError::RegistrySchema {
+        let record = crate::decode::record_schema(&latest).map_err(|message| {
+            PipelineError::RegistrySchema {
                 subject: subject.clone(),
                 message,
-            })?;
+            }
+        })?;
         tracing::info!(%subject, schema_id = latest.id, "creating the table from the registry schema");
         fallback = Some(record);
     }

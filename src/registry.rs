@@ -288,7 +288,10 @@ mod tests {
 
     #[test]
     fn frames_are_split_and_bad_headers_named() {
-        assert_eq!(split_frame(&[0, 0, 0, 1, 2, 9, 9]).unwrap(), (258, &[9u8, 9][..]));
+        assert_eq!(
+            split_frame(&[0, 0, 0, 1, 2, 9, 9]).unwrap(),
+            (258, &[9u8, 9][..])
+        );
         assert_eq!(split_frame(&[0, 0, 0, 0, 7]).unwrap(), (7, &[][..]));
         assert!(split_frame(b"").unwrap_err().contains("empty"));
         assert!(split_frame(b"{\"a\":1}").unwrap_err().contains("0x7b"));

@@ -288,7 +288,9 @@ pub fn check_schema(table: &DeltaTable, cfg: &TableConfig) -> Result<TableSchema
             Some(_) => {}
         }
     }
-    for f in table_schema.fields() {
+    // Without a schema file the producer's schema is checked record by record
+    // (registry formats), not here.
+    for f in table_schema.fields().filter(|_| cfg.schema.is_some()) {
         if !f.is_nullable() && wanted.delta.field(f.name()).is_none() {
             problems.push(format!(
                 "table column `{}` is required but the schema file does not declare it",

@@ -138,12 +138,12 @@ pub fn producer(brokers: &str) -> FutureProducer {
 }
 
 /// Produce `(partition, payload)` records; returns the offsets per partition in order.
-pub async fn produce(
+pub async fn produce<B: AsRef<[u8]>>(
     producer: &FutureProducer,
     topic: &str,
-    records: impl IntoIterator<Item = (i32, String)>,
+    records: impl IntoIterator<Item = (i32, B)>,
 ) -> BTreeMap<i32, Vec<i64>> {
-    let records: Vec<(i32, String, String)> = records
+    let records: Vec<(i32, String, B)> = records
         .into_iter()
         .enumerate()
         .map(|(i, (p, payload))| (p, format!("k{i}"), payload))
@@ -157,7 +157,7 @@ pub async fn produce(
                     FutureRecord::to(topic)
                         .partition(*p)
                         .key(key)
-                        .payload(payload),
+                        .payload(payload.as_ref()),
                     Duration::from_secs(30),
                 )
             })
@@ -207,8 +207,24 @@ pub struct Scenario {
     pub dir: tempfile::TempDir,
 }
 
+/// Send the library's logs to the test's captured output (shown when it fails).
+pub fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("RUST_LOG")
+            .ok()
+            .filter(|f| !f.is_empty())
+            .unwrap_or_else(|| "warn,tributary=info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 impl Scenario {
     pub async fn new(name: &str, partitions: i32) -> Self {
+        init_logs();
         let servers = servers();
         let topic = unique(name);
         let bucket = unique("b").to_lowercase();
@@ -310,6 +326,18 @@ secret_access_key = "test"
             );
         }
         out
+    }
+
+    /// The operation of every commit, newest first.
+    pub async fn operations(&self) -> Vec<String> {
+        use futures::StreamExt;
+        let t = self.table().await.expect("table exists");
+        let mut h = t.history(None);
+        let mut ops = Vec::new();
+        while let Some(Ok(c)) = h.next().await {
+            ops.push(c.operation.unwrap_or_default());
+        }
+        ops
     }
 
     /// Every (partition, offset) row in the table.

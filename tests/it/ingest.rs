@@ -44,14 +44,17 @@ impl Running {
         self.handle.await.unwrap().expect("pipeline ends cleanly")
     }
 
+    /// Wait until the pipeline has committed `expected` (partition -> last offset);
+    /// fails at once, with the pipeline's error, if it stops first.
     pub async fn committed(
-        &self,
+        &mut self,
         topic: &str,
         expected: &std::collections::BTreeMap<i32, Option<i64>>,
     ) {
         let stats = self.stats.clone();
         let topic = topic.to_owned();
-        eventually(
+        let handle = &self.handle;
+        let stopped = eventually(
             Duration::from_secs(90),
             "pipeline to commit the last offsets",
             || {
@@ -59,10 +62,15 @@ impl Running {
                 let done = expected.iter().all(|(p, last)| {
                     c.get(&TopicPartition::new(topic.as_str(), *p)).copied() == *last
                 });
-                async move { done.then_some(()) }
+                let stopped = handle.is_finished();
+                async move { (done || stopped).then_some(!done) }
             },
         )
         .await;
+        if stopped {
+            let result = (&mut self.handle).await;
+            panic!("the pipeline stopped before committing: {result:?}");
+        }
     }
 }
 
@@ -77,7 +85,7 @@ async fn records_land_exactly_once_with_txn_versions() {
     )
     .await;
     // Small windows force several commits.
-    let run = start(s.config("[flush]\nmax_rows = 300\nmax_age = \"1s\""));
+    let mut run = start(s.config("[flush]\nmax_rows = 300\nmax_age = \"1s\""));
     let last = last_offsets(&produced);
     run.committed(&s.topic, &last).await;
     let summary = run.stop().await;
@@ -156,7 +164,7 @@ async fn bad_records_are_counted_skipped_and_their_offsets_accounted() {
     ];
     let produced = produce(&producer, &s.topic, payloads.into_iter().map(|p| (0, p))).await;
     let last = last_offsets(&produced);
-    let run = start(s.config("[flush]\nmax_age = \"1s\""));
+    let mut run = start(s.config("[flush]\nmax_age = \"1s\""));
     run.committed(&s.topic, &last).await;
     let summary = run.stop().await;
     assert_eq!((summary.records, summary.rejected, summary.rows), (5, 3, 2));
@@ -167,7 +175,7 @@ async fn bad_records_are_counted_skipped_and_their_offsets_accounted() {
     assert_eq!(s.stored_offsets(1).await, last);
 
     let more = produce(&producer, &s.topic, [(0, event(5))]).await;
-    let run = start(s.config("[flush]\nmax_age = \"1s\""));
+    let mut run = start(s.config("[flush]\nmax_age = \"1s\""));
     run.committed(&s.topic, &last_offsets(&more)).await;
     let summary = run.stop().await;
     assert_eq!((summary.records, summary.rejected, summary.rows), (1, 0, 1));

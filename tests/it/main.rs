@@ -3,10 +3,12 @@
 //! run in parallel.
 
 mod commit;
+mod formats;
 mod harness;
 mod ingest;
 mod maintenance;
 mod observability;
 mod process;
 mod readers;
+mod registry;
 mod validate;

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use deltalake::logstore::object_store::ObjectStoreExt as _;
 use deltalake::writer::DeltaWriter;
-use futures::StreamExt;
 use tributary::maintenance::{self, Compact, MaintenanceError, VacuumOptions};
 use tributary::offsets::{self, OffsetsError, Target};
 use tributary::record::TopicPartition;
@@ -32,20 +31,10 @@ async fn file_count(s: &Scenario) -> u64 {
     maintenance::file_summary(&t, 1 << 30).await.unwrap().files
 }
 
-async fn operations(s: &Scenario) -> Vec<String> {
-    let t = s.table().await.unwrap();
-    let mut h = t.history(None);
-    let mut ops = Vec::new();
-    while let Some(Ok(c)) = h.next().await {
-        ops.push(c.operation.unwrap_or_default());
-    }
-    ops
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_while_ingesting_loses_nothing() {
     let s = Scenario::new("compact", 2).await;
-    let run = start(s.config("[flush]\nmax_rows = 100\nmax_age = \"200ms\""));
+    let mut run = start(s.config("[flush]\nmax_rows = 100\nmax_age = \"200ms\""));
     let producer = BackgroundProducer::start(&s.servers.brokers, &s.topic, 2, 3000, 50);
     eventually(
         Duration::from_secs(90),
@@ -65,7 +54,7 @@ async fn compact_while_ingesting_loses_nothing() {
     let t2 = s.table().await.unwrap();
     assert!(t2.version() >= version);
     assert!(
-        !operations(&s).await.iter().any(|o| o == "OPTIMIZE"),
+        !s.operations().await.iter().any(|o| o == "OPTIMIZE"),
         "dry run wrote nothing"
     );
 
@@ -75,7 +64,7 @@ async fn compact_while_ingesting_loses_nothing() {
     let report = compact.execute(plan).await.unwrap();
     assert!(report.files_removed >= 8, "{report:?}");
     assert!(report.files_added < report.files_removed, "{report:?}");
-    assert!(operations(&s).await.iter().any(|o| o == "OPTIMIZE"));
+    assert!(s.operations().await.iter().any(|o| o == "OPTIMIZE"));
 
     let produced = producer.finish().await;
     run.committed(&s.topic, &last_offsets(&produced)).await;
@@ -123,7 +112,7 @@ async fn vacuum_guards_retention_and_removes_only_old_unreferenced_files() {
     let s = Scenario::new("vacuum", 1).await;
     let producer = producer(&s.servers.brokers);
     let produced = produce(&producer, &s.topic, (0..300u64).map(|i| (0, event(i)))).await;
-    let run = start(s.config("[flush]\nmax_rows = 50\nmax_age = \"1s\""));
+    let mut run = start(s.config("[flush]\nmax_rows = 50\nmax_age = \"1s\""));
     run.committed(&s.topic, &last_offsets(&produced)).await;
     run.stop().await;
     let t = s.table().await.unwrap();
@@ -237,7 +226,7 @@ async fn status_lag_is_high_watermark_minus_next_offset() {
     let mut records: Vec<(i32, String)> = (0..100u64).map(|i| (0, event(i))).collect();
     records.extend((0..50u64).map(|i| (1, event(i))));
     let produced = produce(&producer, &s.topic, records).await;
-    let run = start(s.config("[flush]\nmax_age = \"1s\""));
+    let mut run = start(s.config("[flush]\nmax_age = \"1s\""));
     run.committed(&s.topic, &last_offsets(&produced)).await;
     run.stop().await;
     produce(&producer, &s.topic, (0..30u64).map(|i| (0, event(i)))).await;
@@ -266,7 +255,7 @@ async fn offsets_reset_replays_exactly_the_range_and_verify_sees_it() {
     payloads[10].1 = "not json".into(); // a rejected record is not a gap
     let produced = produce(&producer, &s.topic, payloads).await;
     let cfg = s.config("[flush]\nmax_age = \"1s\"");
-    let run = start(cfg.clone());
+    let mut run = start(cfg.clone());
     run.committed(&s.topic, &last_offsets(&produced)).await;
 
     // Refused while the daemon holds the group.
@@ -309,7 +298,7 @@ async fn offsets_reset_replays_exactly_the_range_and_verify_sees_it() {
     );
     assert_eq!(s.stored_offsets(1).await[&0], Some(59));
 
-    let run = start(cfg.clone());
+    let mut run = start(cfg.clone());
     run.committed(&s.topic, &last_offsets(&produced)).await;
     let summary = run.stop().await;
     assert_eq!(
@@ -335,7 +324,7 @@ async fn daemon_checkpoints_on_the_table_interval() {
     let cfg = s.config(
         "[table.properties]\n\"delta.checkpointInterval\" = \"3\"\n[flush]\nmax_rows = 100\nmax_age = \"1s\"",
     );
-    let run = start(cfg);
+    let mut run = start(cfg);
     run.committed(&s.topic, &last_offsets(&produced)).await;
     run.stop().await;
     let t = s.table().await.unwrap();
@@ -383,7 +372,7 @@ async fn offsets_reset_to_timestamp_replays_from_that_time() {
         last = d.offset;
     }
     let cfg = s.config("[flush]\nmax_age = \"1s\"");
-    let run = start(cfg.clone());
+    let mut run = start(cfg.clone());
     let done: std::collections::BTreeMap<i32, Option<i64>> = [(0, Some(last))].into();
     run.committed(&s.topic, &done).await;
     run.stop().await;
@@ -400,7 +389,7 @@ async fn offsets_reset_to_timestamp_replays_from_that_time() {
     .await
     .unwrap();
     assert_eq!(moved.changes[0].after, last - 30, "{moved:?}");
-    let run = start(cfg.clone());
+    let mut run = start(cfg.clone());
     run.committed(&s.topic, &done).await;
     let summary = run.stop().await;
     assert_eq!(summary.records, 30);

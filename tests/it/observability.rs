@@ -15,7 +15,7 @@ async fn metrics_endpoint_serves_every_declared_series() {
         (0..200u64).map(|i| ((i % 2) as i32, event(i))).collect();
     payloads[3].1 = "garbage".into();
     let produced = produce(&producer, &s.topic, payloads).await;
-    let run =
+    let mut run =
         start(s.config("[flush]\nmax_age = \"1s\"\n[observability]\nlisten = \"127.0.0.1:0\"\n"));
     run.committed(&s.topic, &last_offsets(&produced)).await;
     let addr = *run.stats.metrics_addr.get().expect("endpoint bound");

@@ -86,7 +86,7 @@ async fn tables_read_back_identically_by_duckdb_and_spark() {
         .unwrap()
         .validate()
         .unwrap();
-    let run = start(cfg);
+    let mut run = start(cfg);
     run.committed(&s.topic, &last_offsets(&produced)).await;
     run.stop().await;
 

@@ -1,0 +1,543 @@
+//! Registry formats end to end: Confluent-framed Avro through the real broker into
+//! a table on the real S3 server, the table created from the registry, every Avro
+//! type read back equal, schema evolution mid-stream (one worker and two racing),
+//! and bad frames rejected with reasons.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use apache_avro::types::Value as Av;
+use deltalake::arrow::array::{Array, AsArray, RecordBatch};
+use deltalake::arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Float32Type, Float64Type, Int32Type, Int64Type, TimeUnit,
+    TimestampMicrosecondType,
+};
+use tributary::config::OnError;
+use tributary::decode::RegistryDecoder;
+use tributary::record::{RecordChunk, TopicPartition};
+use tributary::registry::{Registry, RegistryConfig, SchemaKind};
+
+use crate::harness::*;
+use crate::ingest::start;
+use crate::registry::TestRegistry;
+
+const ORDERS_V1: &str = include_str!("../../schemas/orders-v1.avsc");
+const ORDERS_V2: &str = include_str!("../../schemas/orders-v2.avsc");
+
+/// Confluent framing: magic 0, big-endian schema id, Avro binary body.
+#[allow(deprecated)] // GenericDatumWriter's builder is the new spelling; same bytes
+pub fn frame(schema: &str, id: u32, value: Av) -> Vec<u8> {
+    let schema = apache_avro::Schema::parse_str(schema).unwrap();
+    let mut out = vec![0];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
+    out
+}
+
+const DAY0: i32 = 19_723; // 2024-01-01
+const MS0: i64 = 1_704_067_200_000;
+
+fn uid(i: i64) -> uuid::Uuid {
+    uuid::Uuid::from_u128(0x1234_5678_9abc_def0_u128 * (i as u128 + 1))
+}
+
+fn unscaled(i: i64) -> i64 {
+    i * 100 + i % 100 - 500
+}
+
+fn opt(v: Option<Av>) -> Av {
+    match v {
+        Some(v) => Av::Union(1, Box::new(v)),
+        None => Av::Union(0, Box::new(Av::Null)),
+    }
+}
+
+/// Order `i` as v1 (or v2, with an email and a sometimes-missing name).
+fn order(i: i64, v2: bool) -> Av {
+    let status = ["ACTIVE", "SUSPENDED", "CLOSED"][(i % 3) as usize];
+    let name = Av::String(format!("customer {i}"));
+    let mut fields = vec![
+        ("id".into(), Av::Long(i)),
+        (
+            "name".into(),
+            match (v2, i % 4) {
+                (false, _) => name,
+                (true, 0) => opt(None),
+                (true, _) => opt(Some(name)),
+            },
+        ),
+        ("qty".into(), Av::Int((i % 7) as i32 - 3)),
+        ("price".into(), Av::Float(i as f32 * 0.5)),
+        ("ratio".into(), Av::Double(i as f64 / 3.0)),
+        ("paid".into(), Av::Boolean(i % 2 == 0)),
+        ("blob".into(), Av::Bytes(vec![i as u8, 0, 255])),
+        (
+            "amount".into(),
+            Av::Decimal(unscaled(i).to_be_bytes().to_vec().into()),
+        ),
+        ("day".into(), Av::Date(DAY0 + i as i32)),
+        ("ts_ms".into(), Av::TimestampMillis(MS0 + i * 1001)),
+        (
+            "ts_us".into(),
+            Av::TimestampMicros(MS0 * 1000 + i * 1_000_001),
+        ),
+        ("uid".into(), Av::Uuid(uid(i))),
+        (
+            "attrs".into(),
+            Av::Map(HashMap::from([
+                ("a".to_owned(), Av::Long(i)),
+                ("b".to_owned(), Av::Long(-i)),
+            ])),
+        ),
+        (
+            "tags".into(),
+            Av::Array((0..i % 3).map(|t| Av::String(format!("t{t}"))).collect()),
+        ),
+        (
+            "address".into(),
+            Av::Record(vec![
+                ("street".into(), Av::String(format!("{i} Main St"))),
+                (
+                    "zip".into(),
+                    opt((i % 2 == 1).then(|| Av::Int(10_000 + i as i32))),
+                ),
+            ]),
+        ),
+        (
+            "note".into(),
+            opt((i % 5 == 0).then(|| Av::String(format!("note {i}")))),
+        ),
+        ("status".into(), Av::Enum((i % 3) as u32, status.into())),
+    ];
+    if v2 {
+        fields.push((
+            "email".into(),
+            opt((i % 2 == 0).then(|| Av::String(format!("c{i}@example.com")))),
+        ));
+    }
+    Av::Record(fields)
+}
+
+fn avro_config(s: &Scenario, registry: &TestRegistry, extra: &str) -> tributary::config::Config {
+    let text = s
+        .config_toml(&format!(
+            "[decode]\nformat = \"avro\"\n\n[schema_registry]\nurl = \"{}\"\nusername = \"sr-user\"\npassword = \"sr-pass\"\n\n{extra}",
+            registry.url()
+        ))
+        .replace(
+            &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
+            "",
+        );
+    tributary::config::RawConfig::parse(&text, None, &|_| None)
+        .expect("config parses")
+        .validate()
+        .expect("config valid")
+}
+
+/// Every row, ordered by id, in the table's own Arrow types (DataFusion reads
+/// strings as views; cast them back).
+async fn all_rows(s: &Scenario) -> RecordBatch {
+    let t = s.table().await.expect("table exists");
+    let batches = query(&t, "SELECT * FROM t ORDER BY id, _offset").await;
+    let b = deltalake::arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let delta = t.snapshot().unwrap().schema().as_ref().clone();
+    let arrow = tributary::schema::TableSchema::from_table(&delta, &Default::default())
+        .unwrap()
+        .arrow;
+    let columns = arrow
+        .fields()
+        .iter()
+        .map(|f| {
+            deltalake::arrow::compute::cast(b.column_by_name(f.name()).unwrap(), f.data_type())
+                .unwrap()
+        })
+        .collect();
+    RecordBatch::try_new(arrow, columns).unwrap()
+}
+
+fn col<'a>(b: &'a RecordBatch, name: &str) -> &'a dyn Array {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("column {name}"))
+        .as_ref()
+}
+
+/// Check row `r` of `b` holds order `i` exactly.
+fn assert_order(b: &RecordBatch, r: usize, i: i64, v2: bool) {
+    assert_eq!(col(b, "id").as_primitive::<Int64Type>().value(r), i);
+    let name = col(b, "name").as_string::<i32>();
+    if v2 && i % 4 == 0 {
+        assert!(name.is_null(r), "row {i}: name should be null");
+    } else {
+        assert_eq!(name.value(r), format!("customer {i}"));
+    }
+    assert_eq!(
+        col(b, "qty").as_primitive::<Int32Type>().value(r),
+        (i % 7) as i32 - 3
+    );
+    assert_eq!(
+        col(b, "price").as_primitive::<Float32Type>().value(r),
+        i as f32 * 0.5
+    );
+    assert_eq!(
+        col(b, "ratio").as_primitive::<Float64Type>().value(r),
+        i as f64 / 3.0
+    );
+    assert_eq!(col(b, "paid").as_boolean().value(r), i % 2 == 0);
+    assert_eq!(
+        col(b, "blob").as_binary::<i32>().value(r),
+        &[i as u8, 0, 255]
+    );
+    assert_eq!(
+        col(b, "amount").as_primitive::<Decimal128Type>().value(r),
+        i128::from(unscaled(i))
+    );
+    assert_eq!(
+        col(b, "day").as_primitive::<Date32Type>().value(r),
+        DAY0 + i as i32
+    );
+    let ts = |c| {
+        col(b, c)
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(r)
+    };
+    assert_eq!(ts("ts_ms"), (MS0 + i * 1001) * 1000);
+    assert_eq!(ts("ts_us"), MS0 * 1000 + i * 1_000_001);
+    assert_eq!(
+        col(b, "uid").as_string::<i32>().value(r),
+        uid(i).hyphenated().to_string()
+    );
+    let attrs = col(b, "attrs").as_map().value(r);
+    let keys = attrs.column(0).as_string::<i32>();
+    let values = attrs.column(1).as_primitive::<Int64Type>();
+    let map: BTreeMap<&str, i64> = (0..attrs.len())
+        .map(|k| (keys.value(k), values.value(k)))
+        .collect();
+    assert_eq!(map, BTreeMap::from([("a", i), ("b", -i)]));
+    let tags = col(b, "tags").as_list::<i32>().value(r);
+    let tags: Vec<&str> = tags.as_string::<i32>().iter().map(Option::unwrap).collect();
+    let expected: Vec<String> = (0..i % 3).map(|t| format!("t{t}")).collect();
+    assert_eq!(tags, expected);
+    let address = col(b, "address").as_struct();
+    assert_eq!(
+        address
+            .column_by_name("street")
+            .unwrap()
+            .as_string::<i32>()
+            .value(r),
+        format!("{i} Main St")
+    );
+    let zip = address
+        .column_by_name("zip")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    if i % 2 == 1 {
+        assert_eq!(zip.value(r), 10_000 + i as i32);
+    } else {
+        assert!(zip.is_null(r));
+    }
+    let note = col(b, "note").as_string::<i32>();
+    if i % 5 == 0 {
+        assert_eq!(note.value(r), format!("note {i}"));
+    } else {
+        assert!(note.is_null(r));
+    }
+    assert_eq!(
+        col(b, "status").as_string::<i32>().value(r),
+        ["ACTIVE", "SUSPENDED", "CLOSED"][(i % 3) as usize]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_every_type_round_trips_into_a_table_created_from_the_registry() {
+    let registry = TestRegistry::start(Some(("sr-user", "sr-pass"))).await;
+    let s = Scenario::new("avro-types", 2).await;
+    let id = registry.register(&format!("{}-value", s.topic), "AVRO", ORDERS_V1);
+    let producer = producer(&s.servers.brokers);
+    let n = 300i64;
+    let produced = produce(
+        &producer,
+        &s.topic,
+        (0..n).map(|i| ((i % 2) as i32, frame(ORDERS_V1, id, order(i, false)))),
+    )
+    .await;
+    let mut run = start(avro_config(
+        &s,
+        &registry,
+        "[flush]\nmax_rows = 100\nmax_age = \"1s\"",
+    ));
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.rejected, 0);
+
+    // The table was created from the registry's schema, with Delta's types.
+    let t = s.table().await.unwrap();
+    let schema = t.snapshot().unwrap().schema();
+    let ty = |c: &str| serde_json::to_value(schema.field(c).unwrap().data_type()).unwrap();
+    assert_eq!(ty("amount"), "decimal(12,2)");
+    assert_eq!(ty("day"), "date");
+    assert_eq!(ty("ts_ms"), "timestamp");
+    assert_eq!(ty("ts_us"), "timestamp");
+    assert_eq!(ty("uid"), "string");
+    assert_eq!(ty("status"), "string");
+    assert_eq!(ty("attrs")["type"], "map");
+    assert_eq!(ty("tags")["type"], "array");
+    assert_eq!(ty("address")["type"], "struct");
+    assert!(!schema.field("id").unwrap().is_nullable());
+    assert!(schema.field("note").unwrap().is_nullable());
+
+    let b = all_rows(&s).await;
+    assert_eq!(b.num_rows(), n as usize);
+    assert_eq!(
+        b.schema().field_with_name("ts_ms").unwrap().data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    for r in 0..b.num_rows() {
+        assert_order(&b, r, r as i64, false);
+    }
+    // One fetch per schema id (plus the subject lookup at creation), not per record.
+    assert!(
+        registry.requests() <= 3,
+        "{} registry requests",
+        registry.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evolved_schema_mid_stream_adds_the_column_and_incompatible_records_are_rejected() {
+    let registry = TestRegistry::start(Some(("sr-user", "sr-pass"))).await;
+    let s = Scenario::new("avro-evolve", 1).await;
+    let subject = format!("{}-value", s.topic);
+    let v1 = registry.register(&subject, "AVRO", ORDERS_V1);
+    let producer = producer(&s.servers.brokers);
+    let mut produced = produce(
+        &producer,
+        &s.topic,
+        (0..100).map(|i| (0, frame(ORDERS_V1, v1, order(i, false)))),
+    )
+    .await;
+    // The table is created from v1, the subject's latest version at start.
+    let mut run = start(avro_config(
+        &s,
+        &registry,
+        "[flush]\nmax_rows = 60\nmax_age = \"1s\"",
+    ));
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+
+    // Then the producer moves to v2, and one producer on another subject sends `id`
+    // as a string, which the table cannot hold.
+    let v2 = registry.register(&subject, "AVRO", ORDERS_V2);
+    let bad_schema = ORDERS_V1.replacen(
+        r#""name": "id", "type": "long""#,
+        r#""name": "id", "type": "string""#,
+        1,
+    );
+    assert_ne!(bad_schema, ORDERS_V1);
+    let v3 = registry.register("elsewhere-value", "AVRO", &bad_schema);
+    let bad_record = Av::Record(match order(0, false) {
+        Av::Record(mut f) => {
+            f[0].1 = Av::String("not-a-number".into());
+            f
+        }
+        _ => unreachable!(),
+    });
+    let mut records: Vec<(i32, Vec<u8>)> = (100..200)
+        .map(|i| (0, frame(ORDERS_V2, v2, order(i, true))))
+        .collect();
+    records.push((0, frame(&bad_schema, v3, bad_record)));
+    records.extend((200..250).map(|i| (0, frame(ORDERS_V2, v2, order(i, true)))));
+    produced = produce(&producer, &s.topic, records).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.rejected, 1, "the id-as-string record is rejected");
+
+    let t = s.table().await.unwrap();
+    let schema = t.snapshot().unwrap().schema();
+    let email = schema.field("email").expect("email column added");
+    assert!(email.is_nullable());
+    assert!(
+        schema.field("name").unwrap().is_nullable(),
+        "name made optional"
+    );
+    assert!(!schema.field("id").unwrap().is_nullable());
+    // The metadata columns stay where they were; the new column comes after them.
+    let names: Vec<&str> = schema.fields().map(|f| f.name().as_str()).collect();
+    assert_eq!(names.last(), Some(&"email"));
+    let add_column = s
+        .operations()
+        .await
+        .iter()
+        .filter(|o| *o == "ADD COLUMN")
+        .count();
+    assert_eq!(add_column, 1, "one schema change commit");
+
+    let b = all_rows(&s).await;
+    assert_eq!(b.num_rows(), 250);
+    let emails = col(&b, "email").as_string::<i32>();
+    for r in 0..b.num_rows() {
+        let i = r as i64;
+        assert_order(&b, r, i, i >= 100);
+        if i < 100 || i % 2 == 1 {
+            assert!(emails.is_null(r), "row {i}: email should be null");
+        } else {
+            assert_eq!(emails.value(r), format!("c{i}@example.com"));
+        }
+    }
+    let stored = s.stored_offsets(1).await;
+    assert_eq!(
+        stored[&0],
+        Some(250),
+        "the rejected record's offset is accounted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_evolving_one_table_at_once_add_the_column_once() {
+    let registry = TestRegistry::start(None).await;
+    let s = Scenario::new("avro-evolve-race", 2).await;
+    let subject = format!("{}-value", s.topic);
+    let v1 = registry.register(&subject, "AVRO", ORDERS_V1);
+    let producer = producer(&s.servers.brokers);
+    let first = produce(
+        &producer,
+        &s.topic,
+        (0..40).map(|i| ((i % 2) as i32, frame(ORDERS_V1, v1, order(i, false)))),
+    )
+    .await;
+    let cfg = || {
+        let text = s
+            .config_toml(&format!(
+                "[decode]\nformat = \"avro\"\n[schema_registry]\nurl = \"{}\"\n[flush]\nmax_rows = 20\nmax_age = \"500ms\"",
+                registry.url()
+            ))
+            .replace(
+                &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
+                "",
+            );
+        tributary::config::RawConfig::parse(&text, None, &|_| None)
+            .unwrap()
+            .validate()
+            .unwrap()
+    };
+    let a = start(cfg());
+    let b = start(cfg());
+    // Both workers must hold a partition before v2 arrives on both.
+    let (sa, sb) = (a.stats.clone(), b.stats.clone());
+    eventually(Duration::from_secs(60), "both workers assigned", || {
+        let ok = sa
+            .assigned_partitions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+            && sb
+                .assigned_partitions
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 1;
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let mut last = last_offsets(&first);
+    let v2 = registry.register(&subject, "AVRO", ORDERS_V2);
+    let second = produce(
+        &producer,
+        &s.topic,
+        (40..200).map(|i| ((i % 2) as i32, frame(ORDERS_V2, v2, order(i, true)))),
+    )
+    .await;
+    for (p, o) in last_offsets(&second) {
+        last.insert(p, o);
+    }
+    let s_ref = &s;
+    eventually(
+        Duration::from_secs(90),
+        "both partitions committed",
+        || async {
+            let stored = s_ref.stored_offsets(2).await;
+            (stored == last).then_some(())
+        },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+
+    let t = s.table().await.unwrap();
+    let schema = t.snapshot().unwrap().schema();
+    assert_eq!(schema.fields().filter(|f| f.name() == "email").count(), 1);
+    let add_column = s
+        .operations()
+        .await
+        .iter()
+        .filter(|o| *o == "ADD COLUMN")
+        .count();
+    assert_eq!(add_column, 1, "the race adds the column once");
+    let rows = all_rows(&s).await;
+    assert_eq!(rows.num_rows(), 200, "every record exactly once");
+    for r in 0..rows.num_rows() {
+        let i = r as i64;
+        assert_order(&rows, r, i, i >= 40);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_schema_ids_and_broken_frames_are_rejected_with_reasons() {
+    let registry = TestRegistry::start(None).await;
+    let id = registry.register("orders-value", "AVRO", ORDERS_V1);
+    let schema = tributary::schema::TableSchema::new(
+        &tributary::decode::record_schema(&tributary::registry::Schema {
+            id,
+            kind: SchemaKind::Avro,
+            text: ORDERS_V1.into(),
+            references: vec![],
+        })
+        .unwrap(),
+        &tributary::config::MetadataColumns::default(),
+    )
+    .unwrap();
+    let client = Registry::new(&RegistryConfig {
+        urls: vec![registry.url()],
+        username: None,
+        password: None,
+        bearer_token: None,
+        ca_file: None,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let mut decoder = RegistryDecoder::new(client, SchemaKind::Avro, schema, 1024, OnError::Skip);
+    let good = frame(ORDERS_V1, id, order(1, false));
+    let mut unknown = good.clone();
+    unknown[1..5].copy_from_slice(&999u32.to_be_bytes());
+    let truncated = good[..good.len() - 3].to_vec();
+    let json = br#"{"id": 1}"#.to_vec();
+    let short = vec![0u8, 0, 0];
+    let values: Vec<&[u8]> = vec![&good, &unknown, &truncated, &json, &short, &good];
+    let chunk = RecordChunk::from_values(&TopicPartition::new("orders", 0), 0, values);
+    let keep = |_: usize| true;
+    assert!(decoder.prepare(&chunk, &keep).await.unwrap().is_none());
+    let out = decoder.decode(&chunk, &keep).unwrap();
+    assert_eq!(out.rows, [0, 5]);
+    let reasons: BTreeMap<usize, &str> = out
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reasons[&1].contains("schema id 999") && reasons[&1].contains("40403"),
+        "{}",
+        reasons[&1]
+    );
+    assert!(reasons[&2].contains("invalid Avro"), "{}", reasons[&2]);
+    assert!(
+        reasons[&3].contains("not Confluent wire format"),
+        "{}",
+        reasons[&3]
+    );
+    assert!(
+        reasons[&4].contains("truncated Confluent header"),
+        "{}",
+        reasons[&4]
+    );
+    // The unknown id was asked for once and the answer cached.
+    let before = registry.requests();
+    decoder.prepare(&chunk, &keep).await.unwrap();
+    decoder.decode(&chunk, &keep).unwrap();
+    assert_eq!(registry.requests(), before);
+}
