@@ -541,3 +541,38 @@ async fn unknown_schema_ids_and_broken_frames_are_rejected_with_reasons() {
     decoder.decode(&chunk, &keep).unwrap();
     assert_eq!(registry.requests(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_schema_changes_land_once_and_every_worker_sees_the_result() {
+    let s = Scenario::new("evolve-cas", 1).await;
+    let cfg = s.config("");
+    let opened = tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
+        .await
+        .unwrap();
+    let record = tributary::schema::parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap();
+    let producer = deltalake::kernel::StructType::try_new(record.fields().cloned().chain([
+        deltalake::kernel::StructField::new("email", deltalake::kernel::DataType::STRING, true),
+    ]))
+    .unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let mut table = opened.table.clone();
+            let producer = producer.clone();
+            let meta = cfg.table.metadata_columns.clone();
+            tokio::spawn(
+                async move { tributary::table::evolve(&mut table, &producer, &meta).await },
+            )
+        })
+        .collect();
+    for t in tasks {
+        let schema = t.await.unwrap().expect("evolve succeeds for every worker");
+        assert!(schema.delta.field("email").is_some());
+        assert_eq!(schema.arrow.fields().len(), schema.delta.fields().count());
+    }
+    let ops = s.operations().await;
+    assert_eq!(
+        ops.iter().filter(|o| *o == "ADD COLUMN").count(),
+        1,
+        "{ops:?}"
+    );
+}
