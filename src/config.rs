@@ -1293,6 +1293,56 @@ schema_file = "SCHEMA"
     }
 
     #[test]
+    fn shipped_avro_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config/orders-avro.toml");
+        let env = |k: &str| match k {
+            "KAFKA_BROKERS" => Some("127.0.0.1:9092".to_owned()),
+            "SCHEMA_REGISTRY_URL" => Some("http://127.0.0.1:8081".to_owned()),
+            _ => None,
+        };
+        let c = RawConfig::load(&path, &env).unwrap().validate().unwrap();
+        assert_eq!(c.decode.format, Format::Avro);
+        assert!(c.table.schema.is_none());
+        assert_eq!(c.decode.subject_for("orders"), "orders-value");
+        let r = c.decode.registry.unwrap();
+        assert_eq!(r.urls, ["http://127.0.0.1:8081"]);
+    }
+
+    #[test]
+    fn registry_formats_say_what_is_missing() {
+        let base = "app_id = \"a\"\n[kafka]\nbrokers = \"h:1\"\ntopics = [\"t\"]\n[table]\nuri = \"s3://b/t\"\n";
+        let err = |text: &str| {
+            RawConfig::parse(text, None, &|_| None)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(base).contains("table.schema_file"), "{}", err(base));
+        let avro = format!("{base}[decode]\nformat = \"avro\"\n");
+        assert!(err(&avro).contains("[schema_registry]"), "{}", err(&avro));
+        let bad_url = format!("{avro}[schema_registry]\nurl = \"ftp://x\"\n");
+        assert!(
+            err(&bad_url).contains("schema_registry.url"),
+            "{}",
+            err(&bad_url)
+        );
+        let pattern = avro.replace("topics = [\"t\"]", "topic_pattern = \"t.*\"")
+            + "[schema_registry]\nurl = \"http://r:8081\"\n";
+        assert!(
+            err(&pattern).contains("decode.subject"),
+            "{}",
+            err(&pattern)
+        );
+        let protobuf = format!("{base}[decode]\nformat = \"xml\"\n");
+        assert!(
+            err(&protobuf).contains("decode.format"),
+            "{}",
+            err(&protobuf)
+        );
+    }
+
+    #[test]
     fn kubernetes_configmap_config_is_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let yaml = std::fs::read_to_string(root.join("deploy/k8s/tributary.yaml")).unwrap();

@@ -677,7 +677,7 @@ pub fn record_schema(schema: &crate::registry::Schema) -> Result<StructType, Str
 #[derive(Debug)]
 pub enum Decoder {
     /// Plain JSON against a schema file.
-    Json(JsonDecoder),
+    Json(Box<JsonDecoder>),
     /// A registry format.
     Registry(Box<RegistryDecoder>),
 }
@@ -707,7 +707,7 @@ impl Decoder {
     pub fn set_schema(&mut self, schema: TableSchema) -> Result<(), DecodeError> {
         match self {
             Decoder::Json(d) => {
-                *d = JsonDecoder::new(schema, d.batch_size)?;
+                **d = JsonDecoder::new(schema, d.batch_size)?;
                 Ok(())
             }
             Decoder::Registry(d) => {

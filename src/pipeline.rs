@@ -200,10 +200,10 @@ pub async fn run(
             cfg.kafka.max_chunk_records,
             cfg.decode.on_incompatible,
         ))),
-        _ => Decoder::Json(JsonDecoder::new(
+        _ => Decoder::Json(Box::new(JsonDecoder::new(
             opened.schema.clone(),
             cfg.kafka.max_chunk_records,
-        )?),
+        )?)),
     };
     let endpoint = match cfg.metrics_listen {
         Some(addr) => {

@@ -165,11 +165,14 @@ impl RegistryError {
     }
 }
 
+/// Registry answers by schema id: the schema, or why there is none.
+type SchemaCache = HashMap<u32, Result<Arc<Schema>, RegistryError>>;
+
 /// A registry client with an id -> schema cache.
 #[derive(Clone)]
 pub struct Registry {
     settings: SrSettings,
-    cache: Arc<Mutex<HashMap<u32, Result<Arc<Schema>, RegistryError>>>>,
+    cache: Arc<Mutex<SchemaCache>>,
 }
 
 impl std::fmt::Debug for Registry {

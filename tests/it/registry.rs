@@ -126,19 +126,18 @@ fn register_in(store: &mut Store, subject: &str, kind: &str, text: &str) -> u32 
     id
 }
 
-fn check_auth(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
+/// The 401 to send, when the credentials are missing or wrong.
+fn check_auth(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
     inner.requests.fetch_add(1, Ordering::Relaxed);
-    let Some((user, pass)) = &inner.auth else {
-        return Ok(());
-    };
+    let (user, pass) = inner.auth.as_ref()?;
     use base64::Engine;
     let expected = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
     );
     match headers.get(header::AUTHORIZATION) {
-        Some(v) if v.as_bytes() == expected.as_bytes() => Ok(()),
-        _ => Err(error(
+        Some(v) if v.as_bytes() == expected.as_bytes() => None,
+        _ => Some(error(
             StatusCode::UNAUTHORIZED,
             401,
             "Unauthorized".to_owned(),
@@ -161,7 +160,7 @@ async fn register(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Err(r) = check_auth(&inner, &headers) {
+    if let Some(r) = check_auth(&inner, &headers) {
         return r;
     }
     let Ok(req) = serde_json::from_str::<Value>(&body) else {
@@ -201,7 +200,7 @@ async fn by_id(
     Path(id): Path<u32>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = check_auth(&inner, &headers) {
+    if let Some(r) = check_auth(&inner, &headers) {
         return r;
     }
     let store = inner.store.lock().unwrap();
@@ -223,7 +222,7 @@ async fn by_version(
     Path((subject, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = check_auth(&inner, &headers) {
+    if let Some(r) = check_auth(&inner, &headers) {
         return r;
     }
     let store = inner.store.lock().unwrap();
