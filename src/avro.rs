@@ -15,6 +15,7 @@ use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::kernel::StructType;
 
+use crate::framed::FramedDecoder;
 use arrow_avro::codec::Tz;
 use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
@@ -30,17 +31,6 @@ pub struct AvroWriterSchema {
     pub arrow: SchemaRef,
     /// The Delta schema of those columns.
     pub delta: StructType,
-}
-
-/// One decoded run of records.
-#[derive(Debug, Default)]
-pub struct RunOutput {
-    /// Batches in the producer's shape, in record order.
-    pub batches: Vec<RecordBatch>,
-    /// Positions (into the run) of the records that became rows, in row order.
-    pub good: Vec<usize>,
-    /// Positions and reasons of those that did not.
-    pub bad: Vec<(usize, String)>,
 }
 
 fn build(id: u32, schema: &AvroSchema, batch_size: usize) -> Result<Decoder, String> {
@@ -75,57 +65,26 @@ impl AvroWriterSchema {
             delta,
         })
     }
+}
 
-    /// Decode a run of Confluent-framed values that all carry this schema's id.
-    pub fn decode_run(&mut self, values: &[&[u8]]) -> Result<RunOutput, String> {
-        let mut out = RunOutput::default();
-        // Positions fed to the current decoder batch and not yet flushed.
-        let mut pending: Vec<usize> = Vec::new();
-        for (k, value) in values.iter().enumerate() {
-            match feed(&mut self.decoder, value) {
-                Ok(()) => pending.push(k),
-                Err(reason) => {
-                    // The decoder may hold part of this record: start over with the
-                    // good ones, which decode again exactly as before.
-                    self.decoder = build(self.id, &self.schema, self.batch_size)?;
-                    let mut refed = Vec::with_capacity(pending.len());
-                    for &g in &pending {
-                        match feed(&mut self.decoder, values[g]) {
-                            Ok(()) => refed.push(g),
-                            Err(r) => out.bad.push((g, format!("invalid Avro: {r}"))),
-                        }
-                    }
-                    self.flush_into(&mut out, &mut refed)?;
-                    pending.clear();
-                    out.bad.push((k, format!("invalid Avro: {reason}")));
-                    continue;
-                }
-            }
-            if self.decoder.batch_is_full() {
-                self.flush_into(&mut out, &mut pending)?;
-            }
-        }
-        self.flush_into(&mut out, &mut pending)?;
-        out.bad.sort_by_key(|(k, _)| *k);
-        Ok(out)
+impl FramedDecoder for AvroWriterSchema {
+    const FORMAT: &'static str = "Avro";
+
+    fn feed(&mut self, value: &[u8]) -> Result<(), String> {
+        feed(&mut self.decoder, value)
     }
 
-    fn flush_into(&mut self, out: &mut RunOutput, pending: &mut Vec<usize>) -> Result<(), String> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        match self.decoder.flush().map_err(|e| e.to_string())? {
-            Some(b) if b.num_rows() == pending.len() => {
-                out.batches.push(b);
-                out.good.append(pending);
-                Ok(())
-            }
-            other => Err(format!(
-                "Avro decoder returned {} rows for {} records",
-                other.map_or(0, |b| b.num_rows()),
-                pending.len()
-            )),
-        }
+    fn is_full(&self) -> bool {
+        self.decoder.batch_is_full()
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>, String> {
+        self.decoder.flush().map_err(|e| e.to_string())
+    }
+
+    fn reset(&mut self) -> Result<(), String> {
+        self.decoder = build(self.id, &self.schema, self.batch_size)?;
+        Ok(())
     }
 }
 
@@ -188,7 +147,7 @@ mod tests {
         trailing.extend_from_slice(&[1, 2, 3]);
         let good3 = frame(7, rec(4, Some("d")));
         let values: Vec<&[u8]> = vec![&good1, &truncated, &good2, &trailing, &good3];
-        let out = w.decode_run(&values).unwrap();
+        let out = crate::framed::decode_run(&mut w, &values).unwrap();
         assert_eq!(out.good, [0, 2, 4]);
         assert_eq!(out.bad.iter().map(|b| b.0).collect::<Vec<_>>(), [1, 3]);
         let rows: usize = out.batches.iter().map(RecordBatch::num_rows).sum();

@@ -254,7 +254,8 @@ pub struct RawCommit {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDecode {
-    /// Record value format: `json` (default) or `avro` (Confluent wire format).
+    /// Record value format: `json` (default), or `avro` / `json_schema` (Confluent
+    /// wire format, schemas from the registry).
     pub format: Option<String>,
     /// What to do with a record that cannot be decoded.
     #[serde(default)]
@@ -548,6 +549,8 @@ pub enum Format {
     Json,
     /// Avro in the Confluent wire format.
     Avro,
+    /// JSON in the Confluent wire format, described by a registered JSON Schema.
+    JsonSchema,
 }
 
 impl RawConfig {
@@ -811,10 +814,11 @@ fn validate_decode(
     let format = match raw.format.as_deref().unwrap_or("json") {
         "json" => Format::Json,
         "avro" => Format::Avro,
+        "json_schema" => Format::JsonSchema,
         other => {
             return Err(ConfigError::invalid(
                 "decode.format",
-                format!("unsupported format `{other}`: use `json` or `avro`"),
+                format!("unsupported format `{other}`: use `json`, `avro` or `json_schema`"),
             ));
         }
     };
@@ -882,10 +886,10 @@ fn validate_decode(
                 "is required for decode.format = \"json\"",
             ));
         }
-        Format::Avro if registry.is_none() => {
+        Format::Avro | Format::JsonSchema if registry.is_none() => {
             return Err(ConfigError::invalid(
                 "schema_registry",
-                "decode.format = \"avro\" needs a [schema_registry] section with its url",
+                "registry formats (avro, json_schema) need a [schema_registry] section with its url",
             ));
         }
         _ => {}

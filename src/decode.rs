@@ -29,6 +29,8 @@ use deltalake::kernel::StructType;
 use crate::avro::AvroWriterSchema;
 use crate::config::{MetadataColumns, OnError};
 use crate::evolve::{Fit, align_columns, fit};
+use crate::framed::decode_run;
+use crate::json_schema::JsonWriterSchema;
 use crate::record::RecordChunk;
 use crate::registry::{Registry, RegistryError, SchemaKind, split_frame};
 use crate::schema::TableSchema;
@@ -244,7 +246,7 @@ impl JsonDecoder {
 }
 
 /// Feed exactly one record to a decoder, checking it was one complete JSON value.
-fn feed_one(decoder: &mut TapeDecoder, value: &[u8]) -> Result<(), String> {
+pub(crate) fn feed_one(decoder: &mut TapeDecoder, value: &[u8]) -> Result<(), String> {
     let before = decoder.len();
     let consumed = decoder.decode(value).map_err(|e| e.to_string())?;
     if consumed != value.len() {
@@ -401,6 +403,7 @@ pub struct Evolution {
 
 enum Writer {
     Avro(Box<AvroWriterSchema>),
+    Json(Box<JsonWriterSchema>),
     /// Records with this id are rejected with the reason.
     Rejected(String),
 }
@@ -409,6 +412,7 @@ impl Writer {
     fn delta(&self) -> Option<&StructType> {
         match self {
             Writer::Avro(a) => Some(&a.delta),
+            Writer::Json(j) => Some(&j.delta),
             Writer::Rejected(_) => None,
         }
     }
@@ -477,7 +481,7 @@ impl RegistryDecoder {
         }
         for id in ids {
             if !self.writers.contains_key(&id) {
-                let writer = self.load(id).await?;
+                let writer = Self::load(&self.registry, self.kind, self.batch_size, id).await?;
                 self.writers.insert(id, writer);
             }
             let Some(producer) = self.writers[&id].delta() else {
@@ -508,14 +512,21 @@ impl RegistryDecoder {
         Ok(None)
     }
 
-    async fn load(&self, id: u32) -> Result<Writer, DecodeError> {
-        match self.registry.schema(id).await {
-            Ok(s) if s.kind != self.kind => Ok(Writer::Rejected(format!(
-                "schema id {id} is a {} schema but the topic is configured as {}",
-                s.kind, self.kind
+    /// Look `id` up (an associated fn: the decoders are not `Sync`, so no `&self`
+    /// may be held across the await).
+    async fn load(
+        registry: &Registry,
+        kind: SchemaKind,
+        batch_size: usize,
+        id: u32,
+    ) -> Result<Writer, DecodeError> {
+        match registry.schema(id).await {
+            Ok(s) if s.kind != kind => Ok(Writer::Rejected(format!(
+                "schema id {id} is a {} schema but the topic is configured as {kind}",
+                s.kind
             ))),
-            Ok(s) => Ok(match AvroWriterSchema::new(id, &s.text, self.batch_size) {
-                Ok(w) => Writer::Avro(Box::new(w)),
+            Ok(s) => Ok(match writer_for(&s, batch_size) {
+                Ok(w) => w,
                 Err(reason) => Writer::Rejected(reason),
             }),
             Err(e @ RegistryError::NotFound { .. }) => Ok(Writer::Rejected(e.to_string())),
@@ -605,25 +616,26 @@ impl RegistryDecoder {
                 reason: reason.to_owned(),
             }));
         };
-        let writer = match self.writers.get_mut(&id) {
-            Some(Writer::Avro(w)) if self.fits.contains(&id) => w,
+        let fits = self.fits.contains(&id);
+        let out = match self.writers.get_mut(&id) {
             Some(Writer::Rejected(reason)) => {
                 reject_all(rejected, reason);
                 return Ok(());
             }
-            _ => {
-                reject_all(
-                    rejected,
-                    &format!("schema id {id} was not prepared (a bug)"),
-                );
-                return Ok(());
+            Some(writer) if fits => {
+                let values: Vec<&[u8]> = run
+                    .iter()
+                    .map(|&i| chunk.value(&chunk.records[i]).unwrap_or_default())
+                    .collect();
+                match writer {
+                    Writer::Avro(w) => decode_run(w.as_mut(), &values),
+                    Writer::Json(w) => decode_run(w.as_mut(), &values),
+                    Writer::Rejected(_) => unreachable!("matched above"),
+                }
             }
+            _ => Err(format!("schema id {id} was not prepared (a bug)")),
         };
-        let values: Vec<&[u8]> = run
-            .iter()
-            .map(|&i| chunk.value(&chunk.records[i]).unwrap_or_default())
-            .collect();
-        let out = match writer.decode_run(&values) {
+        let out = match out {
             Ok(out) => out,
             Err(reason) => {
                 reject_all(rejected, &reason);
@@ -662,15 +674,31 @@ impl RegistryDecoder {
     }
 }
 
-/// The record fields of a registered schema, as the table would store them.
-pub fn record_schema(schema: &crate::registry::Schema) -> Result<StructType, String> {
+fn writer_for(schema: &crate::registry::Schema, batch_size: usize) -> Result<Writer, String> {
     match schema.kind {
-        SchemaKind::Avro => Ok(AvroWriterSchema::new(schema.id, &schema.text, 1)?.delta),
+        SchemaKind::Avro => Ok(Writer::Avro(Box::new(AvroWriterSchema::new(
+            schema.id,
+            &schema.text,
+            batch_size,
+        )?))),
+        SchemaKind::Json => Ok(Writer::Json(Box::new(JsonWriterSchema::new(
+            schema.id,
+            &schema.text,
+            batch_size,
+        )?))),
         other => Err(format!(
-            "schema id {} is {other}, which is not supported yet",
+            "schema id {} is {other}, which tributary cannot decode yet",
             schema.id
         )),
     }
+}
+
+/// The record fields of a registered schema, as the table would store them.
+pub fn record_schema(schema: &crate::registry::Schema) -> Result<StructType, String> {
+    writer_for(schema, 1)?
+        .delta()
+        .cloned()
+        .ok_or_else(|| format!("schema id {} cannot be decoded", schema.id))
 }
 
 /// The value decoder a pipeline uses.

@@ -39,6 +39,8 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod evolve;
+pub mod framed;
+pub mod json_schema;
 pub mod maintenance;
 pub mod metrics;
 pub mod offsets;

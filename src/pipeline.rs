@@ -192,10 +192,15 @@ pub async fn run(
         version = opened.table.version().map_or(-1, |v| v as i64),
         "table open"
     );
-    let decoder = match (cfg.decode.format, registry) {
-        (Format::Avro, Some(registry)) => Decoder::Registry(Box::new(RegistryDecoder::new(
+    let kind = match cfg.decode.format {
+        Format::Avro => Some(SchemaKind::Avro),
+        Format::JsonSchema => Some(SchemaKind::Json),
+        Format::Json => None,
+    };
+    let decoder = match (kind, registry) {
+        (Some(kind), Some(registry)) => Decoder::Registry(Box::new(RegistryDecoder::new(
             registry,
-            SchemaKind::Avro,
+            kind,
             opened.schema.clone(),
             cfg.kafka.max_chunk_records,
             cfg.decode.on_incompatible,

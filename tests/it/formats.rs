@@ -576,3 +576,108 @@ async fn concurrent_schema_changes_land_once_and_every_worker_sees_the_result() 
         "{ops:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_schema_records_round_trip_into_a_table_created_from_the_registry() {
+    let registry = TestRegistry::start(None).await;
+    let s = Scenario::new("json-schema", 1).await;
+    let text = include_str!("../../schemas/orders.schema.json");
+    let id = registry.register(&format!("{}-value", s.topic), "JSON", text);
+    let framed = |json: String| {
+        let mut v = vec![0];
+        v.extend_from_slice(&id.to_be_bytes());
+        v.extend_from_slice(json.as_bytes());
+        v
+    };
+    let mut records: Vec<(i32, Vec<u8>)> = (0..100i64)
+        .map(|i| {
+            let status = ["ACTIVE", "SUSPENDED", "CLOSED"][(i % 3) as usize];
+            let json = serde_json::json!({
+                "id": i,
+                "name": format!("customer {i}"),
+                "price": i as f64 * 0.5,
+                "paid": i % 2 == 0,
+                "day": format!("2024-01-{:02}", 1 + i % 28),
+                "ts": format!("2024-01-01T00:00:{:02}Z", i % 60),
+                "tags": (0..i % 3).map(|t| format!("t{t}")).collect::<Vec<_>>(),
+                "attrs": {"a": i},
+                "address": {"street": format!("{i} Main St"), "zip": if i % 2 == 0 { serde_json::Value::Null } else { serde_json::json!(10_000 + i) }},
+                "status": status,
+                "note": if i % 5 == 0 { serde_json::json!(format!("note {i}")) } else { serde_json::Value::Null },
+            });
+            (0, framed(json.to_string()))
+        })
+        .collect();
+    // A record missing the required `ts`, and one that is not JSON.
+    records.insert(10, (0, framed(r#"{"id": 1000, "name": "x"}"#.into())));
+    records.insert(20, (0, framed("{\"id\": ".into())));
+    let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
+    let cfg = s
+        .config_toml(&format!(
+            "[decode]\nformat = \"json_schema\"\n[schema_registry]\nurl = \"{}\"\n[flush]\nmax_age = \"1s\"",
+            registry.url()
+        ))
+        .replace(
+            &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
+            "",
+        );
+    let cfg = tributary::config::RawConfig::parse(&cfg, None, &|_| None)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let mut run = start(cfg);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    assert_eq!(run.stop().await.rejected, 2);
+
+    let t = s.table().await.unwrap();
+    let schema = t.snapshot().unwrap().schema();
+    let ty = |c: &str| serde_json::to_value(schema.field(c).unwrap().data_type()).unwrap();
+    assert_eq!(ty("id"), "long");
+    assert_eq!(ty("price"), "double");
+    assert_eq!(ty("day"), "date");
+    assert_eq!(ty("ts"), "timestamp");
+    assert_eq!(ty("attrs")["type"], "map");
+    assert_eq!(ty("address")["type"], "struct");
+    assert!(!schema.field("ts").unwrap().is_nullable());
+
+    let b = all_rows(&s).await;
+    assert_eq!(b.num_rows(), 100);
+    for r in 0..100 {
+        let i = r as i64;
+        assert_eq!(col(&b, "id").as_primitive::<Int64Type>().value(r), i);
+        assert_eq!(
+            col(&b, "name").as_string::<i32>().value(r),
+            format!("customer {i}")
+        );
+        assert_eq!(
+            col(&b, "price").as_primitive::<Float64Type>().value(r),
+            i as f64 * 0.5
+        );
+        assert_eq!(col(&b, "paid").as_boolean().value(r), i % 2 == 0);
+        assert_eq!(
+            col(&b, "day").as_primitive::<Date32Type>().value(r),
+            DAY0 + (i % 28) as i32
+        );
+        assert_eq!(
+            col(&b, "ts")
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(r),
+            (MS0 + (i % 60) * 1000) * 1000
+        );
+        let tags = col(&b, "tags").as_list::<i32>().value(r);
+        assert_eq!(tags.len() as i64, i % 3);
+        let attrs = col(&b, "attrs").as_map().value(r);
+        assert_eq!(attrs.column(1).as_primitive::<Int64Type>().value(0), i);
+        let zip = col(&b, "address")
+            .as_struct()
+            .column_by_name("zip")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(zip.is_null(r), i % 2 == 0);
+        assert_eq!(
+            col(&b, "status").as_string::<i32>().value(r),
+            ["ACTIVE", "SUSPENDED", "CLOSED"][(i % 3) as usize]
+        );
+        assert_eq!(col(&b, "note").as_string::<i32>().is_null(r), i % 5 != 0);
+    }
+}
