@@ -254,8 +254,8 @@ pub struct RawCommit {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDecode {
-    /// Record value format: `json` (default), or `avro` / `json_schema` (Confluent
-    /// wire format, schemas from the registry).
+    /// Record value format: `json` (default), or `avro` / `protobuf` / `json_schema`
+    /// (Confluent wire format, schemas from the registry).
     pub format: Option<String>,
     /// What to do with a record that cannot be decoded.
     #[serde(default)]
@@ -551,6 +551,8 @@ pub enum Format {
     Avro,
     /// JSON in the Confluent wire format, described by a registered JSON Schema.
     JsonSchema,
+    /// Protobuf in the Confluent wire format (with the message-index array).
+    Protobuf,
 }
 
 impl RawConfig {
@@ -815,10 +817,13 @@ fn validate_decode(
         "json" => Format::Json,
         "avro" => Format::Avro,
         "json_schema" => Format::JsonSchema,
+        "protobuf" => Format::Protobuf,
         other => {
             return Err(ConfigError::invalid(
                 "decode.format",
-                format!("unsupported format `{other}`: use `json`, `avro` or `json_schema`"),
+                format!(
+                    "unsupported format `{other}`: use `json`, `avro`, `protobuf` or `json_schema`"
+                ),
             ));
         }
     };
@@ -886,10 +891,11 @@ fn validate_decode(
                 "is required for decode.format = \"json\"",
             ));
         }
-        Format::Avro | Format::JsonSchema if registry.is_none() => {
+        Format::Avro | Format::JsonSchema | Format::Protobuf if registry.is_none() => {
             return Err(ConfigError::invalid(
                 "schema_registry",
-                "registry formats (avro, json_schema) need a [schema_registry] section with its url",
+                "registry formats (avro, protobuf, json_schema) need a [schema_registry] section \
+                 with its url",
             ));
         }
         _ => {}

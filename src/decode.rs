@@ -31,6 +31,7 @@ use crate::config::{MetadataColumns, OnError};
 use crate::evolve::{Fit, align_columns, fit};
 use crate::framed::decode_run;
 use crate::json_schema::JsonWriterSchema;
+use crate::protobuf::ProtoWriterSchema;
 use crate::record::RecordChunk;
 use crate::registry::{Registry, RegistryError, SchemaKind, split_frame};
 use crate::schema::TableSchema;
@@ -404,6 +405,7 @@ pub struct Evolution {
 enum Writer {
     Avro(Box<AvroWriterSchema>),
     Json(Box<JsonWriterSchema>),
+    Proto(Box<ProtoWriterSchema>),
     /// Records with this id are rejected with the reason.
     Rejected(String),
 }
@@ -413,6 +415,7 @@ impl Writer {
         match self {
             Writer::Avro(a) => Some(&a.delta),
             Writer::Json(j) => Some(&j.delta),
+            Writer::Proto(p) => Some(&p.delta),
             Writer::Rejected(_) => None,
         }
     }
@@ -525,10 +528,17 @@ impl RegistryDecoder {
                 "schema id {id} is a {} schema but the topic is configured as {kind}",
                 s.kind
             ))),
-            Ok(s) => Ok(match writer_for(&s, batch_size) {
-                Ok(w) => w,
-                Err(reason) => Writer::Rejected(reason),
-            }),
+            Ok(s) => {
+                let imports = match registry.references(&s).await {
+                    Ok(i) => i,
+                    Err(e) if e.is_retryable() => return Err(DecodeError::Registry(e)),
+                    Err(e) => return Ok(Writer::Rejected(e.to_string())),
+                };
+                Ok(match writer_for(&s, &imports, batch_size) {
+                    Ok(w) => w,
+                    Err(reason) => Writer::Rejected(reason),
+                })
+            }
             Err(e @ RegistryError::NotFound { .. }) => Ok(Writer::Rejected(e.to_string())),
             Err(e @ RegistryError::Invalid(_)) => Ok(Writer::Rejected(e.to_string())),
             Err(e) => Err(DecodeError::Registry(e)),
@@ -630,6 +640,7 @@ impl RegistryDecoder {
                 match writer {
                     Writer::Avro(w) => decode_run(w.as_mut(), &values),
                     Writer::Json(w) => decode_run(w.as_mut(), &values),
+                    Writer::Proto(w) => decode_run(w.as_mut(), &values),
                     Writer::Rejected(_) => unreachable!("matched above"),
                 }
             }
@@ -674,7 +685,11 @@ impl RegistryDecoder {
     }
 }
 
-fn writer_for(schema: &crate::registry::Schema, batch_size: usize) -> Result<Writer, String> {
+fn writer_for(
+    schema: &crate::registry::Schema,
+    imports: &[(String, String)],
+    batch_size: usize,
+) -> Result<Writer, String> {
     match schema.kind {
         SchemaKind::Avro => Ok(Writer::Avro(Box::new(AvroWriterSchema::new(
             schema.id,
@@ -686,16 +701,22 @@ fn writer_for(schema: &crate::registry::Schema, batch_size: usize) -> Result<Wri
             &schema.text,
             batch_size,
         )?))),
-        other => Err(format!(
-            "schema id {} is {other}, which tributary cannot decode yet",
-            schema.id
-        )),
+        SchemaKind::Protobuf => Ok(Writer::Proto(Box::new(ProtoWriterSchema::new(
+            schema.id,
+            &schema.text,
+            imports,
+            batch_size,
+        )?))),
     }
 }
 
-/// The record fields of a registered schema, as the table would store them.
-pub fn record_schema(schema: &crate::registry::Schema) -> Result<StructType, String> {
-    writer_for(schema, 1)?
+/// The record fields of a registered schema (with the texts of its references),
+/// as the table would store them.
+pub fn record_schema(
+    schema: &crate::registry::Schema,
+    imports: &[(String, String)],
+) -> Result<StructType, String> {
+    writer_for(schema, imports, 1)?
         .delta()
         .cloned()
         .ok_or_else(|| format!("schema id {} cannot be decoded", schema.id))

@@ -47,6 +47,7 @@ pub mod offsets;
 pub mod pipeline;
 pub mod preflight;
 pub mod probe;
+pub mod protobuf;
 pub mod record;
 pub mod registry;
 pub mod schema;

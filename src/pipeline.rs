@@ -174,7 +174,8 @@ pub async fn run(
         };
         let subject = cfg.decode.subject_for(&topic);
         let latest = registry.latest(&subject).await?;
-        let record = crate::decode::record_schema(&latest).map_err(|message| {
+        let imports = registry.references(&latest).await?;
+        let record = crate::decode::record_schema(&latest, &imports).map_err(|message| {
             PipelineError::RegistrySchema {
                 subject: subject.clone(),
                 message,
@@ -195,6 +196,7 @@ pub async fn run(
     let kind = match cfg.decode.format {
         Format::Avro => Some(SchemaKind::Avro),
         Format::JsonSchema => Some(SchemaKind::Json),
+        Format::Protobuf => Some(SchemaKind::Protobuf),
         Format::Json => None,
     };
     let decoder = match (kind, registry) {

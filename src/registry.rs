@@ -92,8 +92,8 @@ pub struct Schema {
     pub kind: SchemaKind,
     /// The schema text (Avro JSON, `.proto` source, or JSON Schema).
     pub text: String,
-    /// Schemas it references, by import name (Protobuf imports, Avro named types).
-    pub references: Vec<(String, String)>,
+    /// Schemas it references: (import name, subject, version).
+    pub references: Vec<(String, String, u32)>,
 }
 
 /// What went wrong talking to the registry.
@@ -244,6 +244,30 @@ impl Registry {
         result
     }
 
+    /// The texts of every schema `schema` references, directly or through others,
+    /// by import name (Protobuf imports).
+    pub async fn references(
+        &self,
+        schema: &Schema,
+    ) -> Result<Vec<(String, String)>, RegistryError> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut todo = schema.references.clone();
+        while let Some((name, subject, version)) = todo.pop() {
+            if out.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let s = get_schema_by_subject_and_version(&self.settings, &subject, Some(version))
+                .await
+                .map_err(|e| {
+                    RegistryError::from_src(e, format!("reference `{name}` ({subject} v{version})"))
+                })?;
+            let referenced = convert(s.id, s.schema_type, s.schema, &s.references)?;
+            todo.extend(referenced.references.iter().cloned());
+            out.push((name, referenced.text));
+        }
+        Ok(out)
+    }
+
     /// The latest version registered under `subject`.
     pub async fn latest(&self, subject: &str) -> Result<Arc<Schema>, RegistryError> {
         let s = get_schema_by_subject_and_version(&self.settings, subject, None)
@@ -280,7 +304,7 @@ fn convert(
         text,
         references: references
             .iter()
-            .map(|r| (r.name.clone(), format!("{}:{}", r.subject, r.version)))
+            .map(|r| (r.name.clone(), r.subject.clone(), r.version))
             .collect(),
     })
 }

@@ -481,12 +481,15 @@ async fn unknown_schema_ids_and_broken_frames_are_rejected_with_reasons() {
     let registry = TestRegistry::start(None).await;
     let id = registry.register("orders-value", "AVRO", ORDERS_V1);
     let schema = tributary::schema::TableSchema::new(
-        &tributary::decode::record_schema(&tributary::registry::Schema {
-            id,
-            kind: SchemaKind::Avro,
-            text: ORDERS_V1.into(),
-            references: vec![],
-        })
+        &tributary::decode::record_schema(
+            &tributary::registry::Schema {
+                id,
+                kind: SchemaKind::Avro,
+                text: ORDERS_V1.into(),
+                references: vec![],
+            },
+            &[],
+        )
         .unwrap(),
         &tributary::config::MetadataColumns::default(),
     )
@@ -679,5 +682,211 @@ async fn json_schema_records_round_trip_into_a_table_created_from_the_registry()
             ["ACTIVE", "SUSPENDED", "CLOSED"][(i % 3) as usize]
         );
         assert_eq!(col(&b, "note").as_string::<i32>().is_null(r), i % 5 != 0);
+    }
+}
+
+/// Order `i` as a Protobuf message of `schemas/orders.proto`.
+fn proto_order(order: &prost_reflect::MessageDescriptor, i: i64) -> Vec<u8> {
+    use prost_reflect::{DynamicMessage, MapKey, Value as Pv};
+    use protox::prost::Message;
+    let sub = |name: &str| {
+        order
+            .get_field_by_name(name)
+            .unwrap()
+            .kind()
+            .as_message()
+            .unwrap()
+            .clone()
+    };
+    let mut m = DynamicMessage::new(order.clone());
+    m.set_field_by_name("id", Pv::I64(i));
+    m.set_field_by_name("name", Pv::String(format!("customer {i}")));
+    m.set_field_by_name("delta", Pv::I32(-(i as i32)));
+    m.set_field_by_name("big", Pv::U64(u64::MAX / 4 + i as u64));
+    m.set_field_by_name("price", Pv::F32(i as f32 * 0.5));
+    m.set_field_by_name("ratio", Pv::F64(i as f64 / 3.0));
+    m.set_field_by_name("paid", Pv::Bool(i % 2 == 0));
+    m.set_field_by_name("blob", Pv::Bytes(vec![i as u8, 7].into()));
+    m.set_field_by_name("status", Pv::EnumNumber((i % 3) as i32));
+    if i % 4 != 0 {
+        let mut a = DynamicMessage::new(sub("address"));
+        a.set_field_by_name("street", Pv::String(format!("{i} Main St")));
+        if i % 2 == 1 {
+            a.set_field_by_name("zip", Pv::I32(10_000 + i as i32));
+        }
+        m.set_field_by_name("address", Pv::Message(a));
+    }
+    m.set_field_by_name(
+        "tags",
+        Pv::List((0..i % 3).map(|t| Pv::String(format!("t{t}"))).collect()),
+    );
+    let lines = (0..i % 2 + 1)
+        .map(|l| {
+            let mut line = DynamicMessage::new(sub("lines"));
+            line.set_field_by_name("sku", Pv::String(format!("sku-{i}-{l}")));
+            line.set_field_by_name("qty", Pv::U32(l as u32 + 1));
+            Pv::Message(line)
+        })
+        .collect();
+    m.set_field_by_name("lines", Pv::List(lines));
+    m.set_field_by_name(
+        "attrs",
+        Pv::Map(HashMap::from([
+            (MapKey::String("a".into()), Pv::I64(i)),
+            (MapKey::String("b".into()), Pv::I64(-i)),
+        ])),
+    );
+    if i % 2 == 0 {
+        m.set_field_by_name("card", Pv::String(format!("card-{i}")));
+    } else {
+        m.set_field_by_name("voucher", Pv::I64(i * 10));
+    }
+    if i % 5 == 0 {
+        m.set_field_by_name("note", Pv::String(format!("note {i}")));
+    }
+    let mut ts = DynamicMessage::new(sub("ts"));
+    ts.set_field_by_name("seconds", Pv::I64(MS0 / 1000 + i));
+    ts.set_field_by_name("nanos", Pv::I32(123_456_000));
+    m.set_field_by_name("ts", Pv::Message(ts));
+    if i % 3 == 0 {
+        let mut c = DynamicMessage::new(sub("coupon"));
+        c.set_field_by_name("value", Pv::String(format!("SAVE{i}")));
+        m.set_field_by_name("coupon", Pv::Message(c));
+    }
+    m.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_every_type_round_trips_into_a_table_created_from_the_registry() {
+    let registry = TestRegistry::start(None).await;
+    let s = Scenario::new("protobuf", 1).await;
+    let text = include_str!("../../schemas/orders.proto");
+    let id = registry.register(&format!("{}-value", s.topic), "PROTOBUF", text);
+    let order = tributary::protobuf::compile(text, &[]).unwrap().remove(0);
+    let framed = |payload: Vec<u8>| {
+        // magic, id, message indexes [0] (the single byte 0), message
+        let mut v = vec![0];
+        v.extend_from_slice(&id.to_be_bytes());
+        v.push(0);
+        v.extend(payload);
+        v
+    };
+    let mut records: Vec<(i32, Vec<u8>)> = (0..120i64)
+        .map(|i| (0, framed(proto_order(&order, i))))
+        .collect();
+    // Garbage after a valid header, and a frame naming message index 5.
+    records.insert(7, (0, framed(vec![0xff, 0xff, 0xff])));
+    let mut wrong_index = vec![0];
+    wrong_index.extend_from_slice(&id.to_be_bytes());
+    wrong_index.extend([2, 10]);
+    records.insert(8, (0, wrong_index));
+    let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
+    let cfg = s
+        .config_toml(&format!(
+            "[decode]\nformat = \"protobuf\"\n[schema_registry]\nurl = \"{}\"\n[flush]\nmax_rows = 50\nmax_age = \"1s\"",
+            registry.url()
+        ))
+        .replace(
+            &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
+            "",
+        );
+    let cfg = tributary::config::RawConfig::parse(&cfg, None, &|_| None)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let mut run = start(cfg);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    assert_eq!(run.stop().await.rejected, 2);
+
+    let b = all_rows(&s).await;
+    assert_eq!(b.num_rows(), 120);
+    let string = |c: &str, r: usize| col(&b, c).as_string::<i32>().value(r).to_owned();
+    for r in 0..120 {
+        let i = r as i64;
+        assert_eq!(col(&b, "id").as_primitive::<Int64Type>().value(r), i);
+        assert_eq!(string("name", r), format!("customer {i}"));
+        assert_eq!(
+            col(&b, "delta").as_primitive::<Int32Type>().value(r),
+            -(i as i32)
+        );
+        assert_eq!(
+            col(&b, "big").as_primitive::<Int64Type>().value(r),
+            (u64::MAX / 4 + i as u64) as i64
+        );
+        assert_eq!(
+            col(&b, "price").as_primitive::<Float32Type>().value(r),
+            i as f32 * 0.5
+        );
+        assert_eq!(
+            col(&b, "ratio").as_primitive::<Float64Type>().value(r),
+            i as f64 / 3.0
+        );
+        assert_eq!(col(&b, "paid").as_boolean().value(r), i % 2 == 0);
+        assert_eq!(col(&b, "blob").as_binary::<i32>().value(r), &[i as u8, 7]);
+        assert_eq!(
+            string("status", r),
+            ["ACTIVE", "SUSPENDED", "CLOSED"][(i % 3) as usize]
+        );
+        let address = col(&b, "address").as_struct();
+        assert_eq!(address.is_null(r), i % 4 == 0, "row {i} address");
+        if i % 4 != 0 {
+            let street = address.column_by_name("street").unwrap().as_string::<i32>();
+            assert_eq!(street.value(r), format!("{i} Main St"));
+            let zip = address
+                .column_by_name("zip")
+                .unwrap()
+                .as_primitive::<Int32Type>();
+            assert_eq!(zip.is_null(r), i % 2 == 0);
+        }
+        let tags = col(&b, "tags").as_list::<i32>().value(r);
+        assert_eq!(tags.len() as i64, i % 3);
+        let lines = col(&b, "lines").as_list::<i32>().value(r);
+        let lines = lines.as_struct();
+        assert_eq!(lines.len() as i64, i % 2 + 1);
+        assert_eq!(
+            lines
+                .column_by_name("sku")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            format!("sku-{i}-0")
+        );
+        assert_eq!(
+            lines
+                .column_by_name("qty")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0),
+            1
+        );
+        let attrs = col(&b, "attrs").as_map().value(r);
+        let keys = attrs.column(0).as_string::<i32>();
+        let values = attrs.column(1).as_primitive::<Int64Type>();
+        let map: BTreeMap<&str, i64> = (0..attrs.len())
+            .map(|k| (keys.value(k), values.value(k)))
+            .collect();
+        assert_eq!(map, BTreeMap::from([("a", i), ("b", -i)]));
+        let card = col(&b, "card").as_string::<i32>();
+        let voucher = col(&b, "voucher").as_primitive::<Int64Type>();
+        if i % 2 == 0 {
+            assert_eq!(card.value(r), format!("card-{i}"));
+            assert!(voucher.is_null(r), "oneof: one member set");
+        } else {
+            assert!(card.is_null(r));
+            assert_eq!(voucher.value(r), i * 10);
+        }
+        assert_eq!(col(&b, "note").as_string::<i32>().is_null(r), i % 5 != 0);
+        assert_eq!(
+            col(&b, "ts")
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(r),
+            (MS0 / 1000 + i) * 1_000_000 + 123_456
+        );
+        let coupon = col(&b, "coupon").as_string::<i32>();
+        if i % 3 == 0 {
+            assert_eq!(coupon.value(r), format!("SAVE{i}"));
+        } else {
+            assert!(coupon.is_null(r));
+        }
     }
 }
