@@ -197,6 +197,11 @@ pub struct RawTable {
     pub metadata_columns: MetadataColumns,
     /// Maximum rows per Parquet row group.
     pub row_group_rows: Option<usize>,
+    /// Rows to keep: a DataFusion SQL boolean expression over the decoded columns.
+    pub filter: Option<String>,
+    /// Derived columns: name = DataFusion SQL expression over the decoded columns.
+    #[serde(default)]
+    pub derived_columns: BTreeMap<String, String>,
 }
 
 /// `[storage]`
@@ -386,6 +391,8 @@ pub struct TableConfig {
     pub metadata_columns: MetadataColumns,
     /// Rows per row group.
     pub row_group_rows: usize,
+    /// Derived columns and the row filter.
+    pub transform: crate::transform::TransformSpec,
 }
 
 /// Parquet compression codec.
@@ -969,15 +976,39 @@ fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
             ));
         }
     }
+    for (name, sql) in &raw.derived_columns {
+        if name.trim().is_empty() || sql.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "table.derived_columns",
+                "names and expressions must not be empty",
+            ));
+        }
+        let taken = metadata_columns
+            .names()
+            .any(|n| n.eq_ignore_ascii_case(name))
+            || schema
+                .iter()
+                .flat_map(|s| s.fields())
+                .any(|f| f.name().eq_ignore_ascii_case(name));
+        if taken {
+            return Err(ConfigError::invalid(
+                "table.derived_columns",
+                format!("`{name}` is already a record field or metadata column; pick another name"),
+            ));
+        }
+    }
     for col in &raw.partition_by {
         let in_schema = schema
             .as_ref()
             .is_none_or(|s| s.fields().any(|f| f.name() == col));
         let in_meta = metadata_columns.names().any(|n| n == col);
-        if !in_schema && !in_meta {
+        let derived = raw.derived_columns.contains_key(col);
+        if !in_schema && !in_meta && !derived {
             return Err(ConfigError::invalid(
                 "table.partition_by",
-                format!("`{col}` is not a column of the schema or a metadata column"),
+                format!(
+                    "`{col}` is not a column of the schema, a metadata column or a derived column"
+                ),
             ));
         }
     }
@@ -997,6 +1028,10 @@ fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
         properties: raw.properties,
         metadata_columns,
         row_group_rows,
+        transform: crate::transform::TransformSpec {
+            columns: raw.derived_columns.into_iter().collect(),
+            filter: raw.filter.filter(|f| !f.trim().is_empty()),
+        },
     })
 }
 

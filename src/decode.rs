@@ -319,7 +319,7 @@ fn append_metadata(
         named.push((name, headers_array(schema, name, chunk, rows)?));
     }
     let columns = schema
-        .arrow
+        .decoded_arrow
         .fields()
         .iter()
         .map(|f| {
@@ -335,7 +335,7 @@ fn append_metadata(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.arrow.clone(), columns).map_err(DecodeError::Assemble)
+    RecordBatch::try_new(schema.decoded_arrow.clone(), columns).map_err(DecodeError::Assemble)
 }
 
 fn headers_array(
@@ -490,8 +490,7 @@ impl RegistryDecoder {
             let Some(producer) = self.writers[&id].delta() else {
                 continue;
             };
-            let meta: Vec<&str> = self.schema.metadata.names().collect();
-            match fit(&self.schema.delta, producer, &meta) {
+            match fit(&self.schema.delta, producer, &self.schema.reserved()) {
                 Fit::Fits => {
                     self.fits.insert(id);
                 }

@@ -160,6 +160,7 @@ fn demo_config(
                 headers: None,
             },
             row_group_rows: 128 * 1024,
+            transform: Default::default(),
         },
         storage: StorageConfig::default(),
         flush: FlushPolicy {

@@ -56,4 +56,5 @@ pub mod source;
 pub mod stats;
 pub mod status;
 pub mod table;
+pub mod transform;
 pub mod verify;

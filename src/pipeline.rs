@@ -54,6 +54,7 @@ use crate::source::{
 };
 use crate::stats::PipelineStats;
 use crate::table::{self, TableError};
+use crate::transform::Transform;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,9 @@ pub enum PipelineError {
     /// The poll thread stopped unexpectedly.
     #[error("the kafka poll thread stopped: {0}")]
     SourceStopped(String),
+    /// A derived column or filter expression cannot be planned.
+    #[error("table transform: {0}")]
+    Transform(String),
     /// The schema registry failed at start.
     #[error("{0}")]
     Registry(#[from] RegistryError),
@@ -220,6 +224,8 @@ pub async fn run(
         }
         None => None,
     };
+    let transform =
+        Transform::new(&cfg.table.transform, &opened.schema).map_err(PipelineError::Transform)?;
     let (source, channels) = Source::start(&cfg.kafka, stats.clone())?;
     let props = table::writer_properties(cfg.table.compression, cfg.table.row_group_rows);
     let mut pipeline = Pipeline {
@@ -233,6 +239,7 @@ pub async fn run(
         cfg,
         stats,
         table: opened.table,
+        transform,
         decoder,
         props,
         parts: HashMap::new(),
@@ -311,6 +318,7 @@ struct Pipeline {
     policy: RetryPolicy,
     table: DeltaTable,
     decoder: Decoder,
+    transform: Option<Transform>,
     props: WriterProperties,
     parts: HashMap<TopicPartition, PartState>,
     window: Window,
@@ -628,7 +636,10 @@ impl Pipeline {
                 Err(e) => return Err(e.into()),
             }
         }
-        let decoded = self.decoder.decode(chunk, &in_segment)?;
+        let mut decoded = self.decoder.decode(chunk, &in_segment)?;
+        if let Some(t) = &self.transform {
+            decoded = t.apply(decoded);
+        }
         for rej in &decoded.rejected {
             let r = &chunk.records[rej.index];
             let tp = &chunk.partitions[r.part as usize].tp;
@@ -711,10 +722,13 @@ impl Pipeline {
             &mut self.table,
             &evolution.producer,
             &self.cfg.table.metadata_columns,
+            &self.decoder.schema().derived,
         )
         .await
         {
             Ok(schema) => {
+                self.transform = Transform::new(&self.cfg.table.transform, &schema)
+                    .map_err(PipelineError::Transform)?;
                 self.decoder.set_schema(schema)?;
                 Ok(())
             }

@@ -81,17 +81,23 @@ pub fn headers_type() -> DataType {
     )))
 }
 
-/// The record schema and the metadata columns, in both type systems.
+/// The record schema, the metadata columns and the derived columns, in both type
+/// systems.
 #[derive(Debug, Clone)]
 pub struct TableSchema {
-    /// Record fields followed by metadata columns (the table's schema).
+    /// The table's schema: record fields, metadata columns, derived columns.
     pub delta: StructType,
     /// `delta` as Arrow.
     pub arrow: SchemaRef,
     /// The record fields alone as Arrow (what the value decoder produces).
     pub record_arrow: SchemaRef,
+    /// `arrow` without the derived columns: what decoding produces, and what the
+    /// derived columns' expressions see.
+    pub decoded_arrow: SchemaRef,
     /// Metadata column names.
     pub metadata: MetadataColumns,
+    /// Derived column names.
+    pub derived: Vec<String>,
 }
 
 impl TableSchema {
@@ -103,36 +109,55 @@ impl TableSchema {
             .chain(metadata_fields(metadata))
             .collect();
         let delta = StructType::try_new(fields).map_err(|e| SchemaError::Delta(e.to_string()))?;
-        let arrow: ArrowSchema = (&delta).try_into_arrow()?;
-        let record_arrow: ArrowSchema = record.try_into_arrow()?;
-        Ok(Self {
-            delta,
-            arrow: Arc::new(arrow),
-            record_arrow: Arc::new(record_arrow),
-            metadata: metadata.clone(),
-        })
+        Self::from_table(&delta, metadata, &[])
+    }
+
+    /// Append derived columns (at creation).
+    pub fn with_derived(self, derived: Vec<StructField>) -> Result<Self, SchemaError> {
+        let names: Vec<String> = derived.iter().map(|f| f.name().clone()).collect();
+        let delta = StructType::try_new(self.delta.fields().cloned().chain(derived))
+            .map_err(|e| SchemaError::Delta(e.to_string()))?;
+        Self::from_table(&delta, &self.metadata, &names)
     }
 
     /// Build from an existing table's schema, keeping its column order (columns added
     /// by schema evolution come after the metadata columns): record fields are those
-    /// that are not metadata columns.
-    pub fn from_table(table: &StructType, metadata: &MetadataColumns) -> Result<Self, SchemaError> {
+    /// that are neither metadata nor derived columns.
+    pub fn from_table(
+        table: &StructType,
+        metadata: &MetadataColumns,
+        derived: &[String],
+    ) -> Result<Self, SchemaError> {
         let meta: Vec<&str> = metadata.names().collect();
+        let is_derived = |f: &StructField| derived.contains(f.name());
         let record = StructType::try_new(
             table
                 .fields()
-                .filter(|f| !meta.contains(&f.name().as_str()))
+                .filter(|f| !meta.contains(&f.name().as_str()) && !is_derived(f))
                 .cloned(),
         )
         .map_err(|e| SchemaError::Delta(e.to_string()))?;
+        let decoded = StructType::try_new(table.fields().filter(|f| !is_derived(f)).cloned())
+            .map_err(|e| SchemaError::Delta(e.to_string()))?;
         let arrow: ArrowSchema = table.try_into_arrow()?;
         let record_arrow: ArrowSchema = (&record).try_into_arrow()?;
+        let decoded_arrow: ArrowSchema = (&decoded).try_into_arrow()?;
         Ok(Self {
             delta: table.clone(),
             arrow: Arc::new(arrow),
             record_arrow: Arc::new(record_arrow),
+            decoded_arrow: Arc::new(decoded_arrow),
             metadata: metadata.clone(),
+            derived: derived.to_vec(),
         })
+    }
+
+    /// Column names a producer field may not take: metadata and derived columns.
+    pub fn reserved(&self) -> Vec<&str> {
+        self.metadata
+            .names()
+            .chain(self.derived.iter().map(String::as_str))
+            .collect()
     }
 
     /// Whether any column needs `timestamp_ntz` (protocol reader 3 / writer 7).
@@ -194,7 +219,7 @@ mod tests {
     fn from_table_splits_record_and_metadata() {
         let record = parse_schema_json(SCHEMA).unwrap();
         let s = TableSchema::new(&record, &all_metadata()).unwrap();
-        let again = TableSchema::from_table(&s.delta, &all_metadata()).unwrap();
+        let again = TableSchema::from_table(&s.delta, &all_metadata(), &[]).unwrap();
         assert_eq!(again.record_arrow, s.record_arrow);
         assert_eq!(again.arrow, s.arrow);
     }

@@ -200,12 +200,7 @@ pub async fn open_or_create(
                         .into(),
                 });
             };
-            let wanted = TableSchema::new(record, &cfg.metadata_columns).map_err(|source| {
-                TableError::Schema {
-                    uri: uri.to_string(),
-                    source,
-                }
-            })?;
+            let wanted = wanted_schema(cfg, record)?;
             match create(cfg, storage, &wanted.delta).await {
                 Ok(t) => {
                     created = true;
@@ -258,6 +253,32 @@ async fn create(
     builder.await.map_err(delta_err(&cfg.uri))
 }
 
+/// The table schema to create for `record`: record fields, metadata columns, then
+/// the derived columns typed by their expressions.
+fn wanted_schema(cfg: &TableConfig, record: &StructType) -> Result<TableSchema, TableError> {
+    let schema_err = |source| TableError::Schema {
+        uri: cfg.uri.to_string(),
+        source,
+    };
+    let base = TableSchema::new(record, &cfg.metadata_columns).map_err(schema_err)?;
+    let derived = crate::transform::derived_fields(&cfg.transform, &base.decoded_arrow).map_err(
+        |message| TableError::Unsupported {
+            uri: cfg.uri.to_string(),
+            message,
+        },
+    )?;
+    base.with_derived(derived).map_err(schema_err)
+}
+
+fn derived_missing<'a>(cfg: &'a TableConfig, table: &StructType) -> Vec<&'a str> {
+    cfg.transform
+        .columns
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| table.field(n).is_none())
+        .collect()
+}
+
 /// The table's columns must include every record field of the schema file (if one
 /// is configured) with the same type, and the metadata columns with theirs.
 pub fn check_schema(table: &DeltaTable, cfg: &TableConfig) -> Result<TableSchema, TableError> {
@@ -268,14 +289,24 @@ pub fn check_schema(table: &DeltaTable, cfg: &TableConfig) -> Result<TableSchema
     };
     let no_fields = StructType::try_new(Vec::<deltalake::kernel::StructField>::new())
         .expect("an empty struct is valid");
-    let wanted = TableSchema::new(
-        cfg.schema.as_ref().unwrap_or(&no_fields),
-        &cfg.metadata_columns,
-    )
-    .map_err(schema_err)?;
+    let wanted = match &cfg.schema {
+        Some(record) => wanted_schema(cfg, record)?,
+        // Metadata columns only: derived columns need the record fields to be typed,
+        // and are checked by name below.
+        None => TableSchema::new(&no_fields, &cfg.metadata_columns).map_err(schema_err)?,
+    };
+    let derived = cfg
+        .transform
+        .columns
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect::<Vec<_>>();
     let snapshot = table.snapshot().map_err(delta_err(uri))?;
     let table_schema: StructType = snapshot.schema().as_ref().clone();
     let mut problems = Vec::new();
+    for name in derived_missing(cfg, &table_schema) {
+        problems.push(format!("derived column `{name}` is missing from the table"));
+    }
     for f in wanted.delta.fields() {
         match table_schema.field(f.name()) {
             None => problems.push(format!("column `{}` is missing from the table", f.name())),
@@ -310,13 +341,12 @@ pub fn check_schema(table: &DeltaTable, cfg: &TableConfig) -> Result<TableSchema
     }
     // Decode with the table's full column list so extra nullable table columns are
     // filled with nulls rather than rejected.
-    let schema =
-        TableSchema::from_table(&table_schema, &cfg.metadata_columns).map_err(|source| {
-            TableError::Schema {
-                uri: uri.to_string(),
-                source,
-            }
-        })?;
+    let schema = TableSchema::from_table(&table_schema, &cfg.metadata_columns, &derived).map_err(
+        |source| TableError::Schema {
+            uri: uri.to_string(),
+            source,
+        },
+    )?;
     let arrow_kernel: Result<StructType, _> = schema.arrow.as_ref().try_into_kernel();
     if arrow_kernel.is_err() {
         return Err(TableError::Unsupported {
@@ -347,6 +377,7 @@ pub async fn evolve(
     table: &mut DeltaTable,
     producer: &StructType,
     metadata_columns: &crate::config::MetadataColumns,
+    derived: &[String],
 ) -> Result<TableSchema, TableError> {
     use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::kernel::{Action, MetadataExt};
@@ -359,19 +390,22 @@ pub async fn evolve(
         uri: uri.clone(),
         source: Box::new(source),
     };
-    let meta: Vec<&str> = metadata_columns.names().collect();
+    let meta: Vec<&str> = metadata_columns
+        .names()
+        .chain(derived.iter().map(String::as_str))
+        .collect();
     for attempt in 1.. {
         table.update_state().await.map_err(err)?;
         let snapshot = table.snapshot().map_err(err)?;
         let current: StructType = snapshot.schema().as_ref().clone();
         let (schema, changes) = match fit(&current, producer, &meta) {
             Fit::Fits => {
-                return TableSchema::from_table(&current, metadata_columns).map_err(|source| {
-                    TableError::Schema {
+                return TableSchema::from_table(&current, metadata_columns, derived).map_err(
+                    |source| TableError::Schema {
                         uri: uri.clone(),
                         source,
-                    }
-                });
+                    },
+                );
             }
             Fit::Incompatible(message) => return Err(TableError::Unsupported { uri, message }),
             Fit::Evolve { schema, changes } => (schema, changes),

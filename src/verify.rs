@@ -156,6 +156,12 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
     let schema = crate::schema::TableSchema::from_table(
         t.snapshot().map_err(|e| qerr(&e))?.schema().as_ref(),
         &cfg.table.metadata_columns,
+        &cfg.table
+            .transform
+            .columns
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect::<Vec<_>>(),
     )
     .map_err(|e| qerr(&e))?;
     let mut decoder = JsonDecoder::new(schema, 1).map_err(|e| qerr(&e))?;

@@ -27,6 +27,7 @@ async fn local_table(dir: &std::path::Path) -> deltalake::DeltaTable {
         properties: Default::default(),
         metadata_columns: MetadataColumns::default(),
         row_group_rows: 4096,
+        transform: Default::default(),
     };
     tributary::table::open_or_create(&cfg, &StorageConfig::default(), None)
         .await

@@ -141,7 +141,7 @@ async fn all_rows(s: &Scenario) -> RecordBatch {
     let batches = query(&t, "SELECT * FROM t ORDER BY id, _offset").await;
     let b = deltalake::arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
     let delta = t.snapshot().unwrap().schema().as_ref().clone();
-    let arrow = tributary::schema::TableSchema::from_table(&delta, &Default::default())
+    let arrow = tributary::schema::TableSchema::from_table(&delta, &Default::default(), &[])
         .unwrap()
         .arrow;
     let columns = arrow
@@ -562,9 +562,9 @@ async fn concurrent_schema_changes_land_once_and_every_worker_sees_the_result() 
             let mut table = opened.table.clone();
             let producer = producer.clone();
             let meta = cfg.table.metadata_columns.clone();
-            tokio::spawn(
-                async move { tributary::table::evolve(&mut table, &producer, &meta).await },
-            )
+            tokio::spawn(async move {
+                tributary::table::evolve(&mut table, &producer, &meta, &[]).await
+            })
         })
         .collect();
     for t in tasks {

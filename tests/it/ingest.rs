@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use deltalake::arrow::array::AsArray;
 use deltalake::arrow::datatypes::{DataType, TimeUnit};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -304,4 +305,61 @@ async fn topic_pattern_reads_every_matching_topic_into_one_table() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derived_columns_and_filters_are_sql_on_each_batch() {
+    let s = Scenario::new("transform", 1).await;
+    let producer = producer(&s.servers.brokers);
+    let mut events: Vec<(i32, String)> = (0..400u64).map(|i| (0, event(i))).collect();
+    // Event 50 gets a user id the derived `user_no` cannot parse.
+    events[50].1 = events[50].1.replace("\"user-50\"", "\"user-x\"");
+    let produced = produce(&producer, &s.topic, events).await;
+    let text = s
+        .config_toml(
+            "[table.derived_columns]\nday = \"CAST(ts AS DATE)\"\nuser_no = \"CAST(SUBSTR(user_id, 6) AS INT)\"\n[flush]\nmax_age = \"1s\"",
+        )
+        .replace(
+            "compression = \"zstd(1)\"\n",
+            "compression = \"zstd(1)\"\nfilter = \"kind <> 'view'\"\npartition_by = [\"day\"]\n",
+        );
+    let cfg = tributary::config::RawConfig::parse(&text, None, &|_| None)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let mut run = start(cfg);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.rejected, 1, "the unparseable user id");
+
+    let t = s.table().await.unwrap();
+    let snapshot = t.snapshot().unwrap();
+    assert_eq!(snapshot.metadata().partition_columns(), &["day".to_owned()]);
+    let b = query(
+        &t,
+        "SELECT _offset, kind, CAST(day AS VARCHAR) AS day, user_no FROM t ORDER BY _offset",
+    )
+    .await;
+    let b = deltalake::arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
+    let offsets: Vec<i64> = b
+        .column(0)
+        .as_primitive::<deltalake::arrow::datatypes::Int64Type>()
+        .values()
+        .to_vec();
+    // Kept: not a view (i % 4 != 0), and not the bad record.
+    let expected: Vec<i64> = (0..400).filter(|i| i % 4 != 0 && *i != 50).collect();
+    assert_eq!(offsets, expected);
+    let day = deltalake::arrow::compute::cast(b.column(2), &DataType::Utf8).unwrap();
+    assert!(
+        day.as_string::<i32>()
+            .iter()
+            .all(|d| d == Some("2025-01-01"))
+    );
+    let user_no = b
+        .column(3)
+        .as_primitive::<deltalake::arrow::datatypes::Int32Type>();
+    for (r, &o) in offsets.iter().enumerate() {
+        assert_eq!(i64::from(user_no.value(r)), o % 997);
+    }
+    assert_eq!(s.stored_offsets(1).await[&0], Some(399));
 }

@@ -89,6 +89,7 @@ async fn orphan_file(t: &deltalake::DeltaTable) -> String {
                 key: Some("_key".into()),
                 headers: Some("_headers".into()),
             },
+            &[],
         )
         .unwrap(),
         16,
