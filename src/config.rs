@@ -1351,6 +1351,11 @@ schema_file = "SCHEMA"
         assert_eq!(c.decode.subject_for("orders"), "orders-value");
         let r = c.decode.registry.unwrap();
         assert_eq!(r.urls, ["http://127.0.0.1:8081"]);
+        assert_eq!(c.table.partition_by, ["day"]);
+        assert_eq!(
+            c.table.transform.columns,
+            [("day".to_owned(), "CAST(ts_ms AS DATE)".to_owned())]
+        );
     }
 
     #[test]
