@@ -890,3 +890,24 @@ async fn protobuf_every_type_round_trips_into_a_table_created_from_the_registry(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_registry_credentials_stop_the_pipeline_with_a_clear_error() {
+    let registry = TestRegistry::start(Some(("sr-user", "right"))).await;
+    let s = Scenario::new("avro-auth", 1).await;
+    registry.register(&format!("{}-value", s.topic), "AVRO", ORDERS_V1);
+    let mut cfg = avro_config(&s, &registry, "");
+    if let Some(r) = cfg.decode.registry.as_mut() {
+        r.password = Some(tributary::secret::Secret::new("wrong"));
+    }
+    let stats = std::sync::Arc::new(tributary::stats::PipelineStats::default());
+    let err = tributary::pipeline::run(cfg, stats, Default::default(), std::future::pending())
+        .await
+        .expect_err("the pipeline must not start");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("refused the credentials") && msg.contains("schema_registry.username"),
+        "{msg}"
+    );
+    assert!(!msg.contains("wrong"), "the password is not echoed: {msg}");
+}
