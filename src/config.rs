@@ -107,6 +107,10 @@ pub struct RawConfig {
     pub decode: RawDecode,
     /// Confluent-compatible schema registry, for the registry formats.
     pub schema_registry: Option<RawRegistry>,
+    /// Topics routed to tables other than `[table]`, tried in order; topics no route
+    /// matches go to `[table]`.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
     /// Metrics and health endpoint.
     #[serde(default)]
     pub observability: RawObservability,
@@ -202,6 +206,33 @@ pub struct RawTable {
     /// Derived columns: name = DataFusion SQL expression over the decoded columns.
     #[serde(default)]
     pub derived_columns: BTreeMap<String, String>,
+}
+
+/// `[[routes]]`: some topics into a table of their own. Compression, table
+/// properties, metadata columns and row-group size come from `[table]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// The topics this route takes.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Or a regular expression for them.
+    pub topic_pattern: Option<String>,
+    /// The table; `{topic}` in it makes one table per topic.
+    pub uri: String,
+    /// Schema file (required for `json`).
+    pub schema_file: Option<PathBuf>,
+    /// Partition columns, used when the table is created.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Row filter (DataFusion SQL).
+    pub filter: Option<String>,
+    /// Derived columns (DataFusion SQL).
+    #[serde(default)]
+    pub derived_columns: BTreeMap<String, String>,
+    /// Flush policy for this route's tables (unset keys: `[flush]`).
+    #[serde(default)]
+    pub flush: RawFlush,
 }
 
 /// `[storage]`
@@ -316,8 +347,10 @@ pub struct Config {
     pub app_id: String,
     /// Kafka source.
     pub kafka: KafkaConfig,
-    /// Destination table.
+    /// Destination table (the default route: topics no `[[routes]]` entry takes).
     pub table: TableConfig,
+    /// `[[routes]]`, in order; see [`Config::all_routes`].
+    pub routes: Vec<Route>,
     /// Object-store options handed to delta-rs.
     pub storage: StorageConfig,
     /// Flush policy.
@@ -372,11 +405,57 @@ impl Subscription {
     }
 }
 
+/// Which topics a route takes.
+#[derive(Debug, Clone)]
+pub enum TopicMatch {
+    /// These topics.
+    Topics(Vec<String>),
+    /// Topics matching this (anchored) expression.
+    Pattern(regex::Regex),
+    /// Every topic (the `[table]` route).
+    Any,
+}
+
+impl TopicMatch {
+    /// Whether `topic` belongs to the route.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicMatch::Topics(t) => t.iter().any(|x| x == topic),
+            TopicMatch::Pattern(p) => p.is_match(topic),
+            TopicMatch::Any => true,
+        }
+    }
+}
+
+/// Where a set of topics is written.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its topics.
+    pub topics: TopicMatch,
+    /// Its table (with `uri_template` when there is one table per topic).
+    pub table: TableConfig,
+    /// Its flush policy.
+    pub flush: FlushPolicy,
+}
+
+impl Route {
+    /// The table configuration for records of `topic`.
+    pub fn table_for(&self, topic: &str) -> Result<TableConfig, ConfigError> {
+        let mut t = self.table.clone();
+        if let Some(template) = &self.table.uri_template {
+            t.uri = parse_table_uri(&template.replace("{topic}", topic))?;
+        }
+        Ok(t)
+    }
+}
+
 /// Validated `[table]`.
 #[derive(Debug, Clone)]
 pub struct TableConfig {
-    /// Normalized table URL.
+    /// Normalized table URL (for a template: with `{topic}` as `topic`).
     pub uri: Url,
+    /// The URI as written when it contains `{topic}` (one table per topic).
+    pub uri_template: Option<String>,
     /// The record schema (without metadata columns), when a schema file gives it.
     pub schema: Option<deltalake::kernel::StructType>,
     /// Where the schema came from, for messages.
@@ -624,6 +703,7 @@ impl RawConfig {
             ));
         }
         let kafka = validate_kafka(self.kafka, &app_id)?;
+        let base_table = self.table.clone();
         let table = validate_table(self.table)?;
         let storage = validate_storage(self.storage, &table.uri)?;
         let defaults = FlushPolicy::default();
@@ -662,6 +742,11 @@ impl RawConfig {
             ));
         }
         let decode = validate_decode(self.decode, self.schema_registry, &kafka, &table)?;
+        let mut routes = Vec::with_capacity(self.routes.len() + 1);
+        for (i, r) in self.routes.into_iter().enumerate() {
+            routes.push(validate_route(i, r, &base_table, &flush, &kafka, &decode)?);
+        }
+
         let metrics_listen = self
             .observability
             .listen
@@ -692,10 +777,24 @@ impl RawConfig {
             flush,
             commit,
             decode,
+            routes,
             metrics_listen,
             log_level: self.log.level,
             log_json,
         })
+    }
+}
+
+impl Config {
+    /// Every route: `[[routes]]` in order, then `[table]` for the other topics.
+    pub fn all_routes(&self) -> Vec<Route> {
+        let mut all = self.routes.clone();
+        all.push(Route {
+            topics: TopicMatch::Any,
+            table: self.table.clone(),
+            flush: self.flush,
+        });
+        all
     }
 }
 
@@ -927,8 +1026,74 @@ fn validate_decode(
     })
 }
 
+fn validate_route(
+    i: usize,
+    r: RawRoute,
+    base: &RawTable,
+    flush: &FlushPolicy,
+    kafka: &KafkaConfig,
+    decode: &DecodeConfig,
+) -> Result<Route, ConfigError> {
+    let invalid = |m: String| ConfigError::invalid("routes", format!("route {}: {m}", i + 1));
+    let topics = match (r.topics.is_empty(), &r.topic_pattern) {
+        (false, None) => {
+            if let Subscription::Topics(subscribed) = &kafka.subscription
+                && let Some(t) = r.topics.iter().find(|t| !subscribed.contains(t))
+            {
+                return Err(invalid(format!("topic `{t}` is not in kafka.topics")));
+            }
+            TopicMatch::Topics(r.topics.clone())
+        }
+        (true, Some(p)) => {
+            let anchored = if p.starts_with('^') {
+                p.clone()
+            } else {
+                format!("^{p}")
+            };
+            TopicMatch::Pattern(
+                regex::Regex::new(&anchored)
+                    .map_err(|e| invalid(format!("topic_pattern `{p}`: {e}")))?,
+            )
+        }
+        _ => return Err(invalid("set either `topics` or `topic_pattern`".into())),
+    };
+    let table = validate_table(RawTable {
+        uri: r.uri,
+        schema_file: r.schema_file,
+        partition_by: r.partition_by,
+        compression: base.compression.clone(),
+        properties: base.properties.clone(),
+        metadata_columns: base.metadata_columns.clone(),
+        row_group_rows: base.row_group_rows,
+        filter: r.filter,
+        derived_columns: r.derived_columns,
+    })
+    .map_err(|e| invalid(e.to_string()))?;
+    if decode.format == Format::Json && table.schema.is_none() {
+        return Err(invalid(
+            "schema_file is required for decode.format = \"json\"".into(),
+        ));
+    }
+    let flush = FlushPolicy {
+        max_rows: r.flush.max_rows.unwrap_or(flush.max_rows),
+        max_bytes: r.flush.max_bytes.map_or(flush.max_bytes, |b| b.as_u64()),
+        max_age: r.flush.max_age.unwrap_or(flush.max_age),
+    };
+    if flush.max_rows == 0 || flush.max_bytes < 1024 || flush.max_age < Duration::from_millis(100) {
+        return Err(invalid(
+            "flush: max_rows >= 1, max_bytes >= 1 KiB, max_age >= 100ms".into(),
+        ));
+    }
+    Ok(Route {
+        topics,
+        table,
+        flush,
+    })
+}
+
 fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
-    let uri = parse_table_uri(&raw.uri)?;
+    let uri_template = raw.uri.contains("{topic}").then(|| raw.uri.clone());
+    let uri = parse_table_uri(&raw.uri.replace("{topic}", "topic"))?;
     let schema = match &raw.schema_file {
         None => None,
         Some(path) => {
@@ -1021,6 +1186,7 @@ fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
     }
     Ok(TableConfig {
         uri,
+        uri_template,
         schema,
         schema_path: raw.schema_file,
         partition_by: raw.partition_by,

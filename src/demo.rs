@@ -146,6 +146,7 @@ fn demo_config(
         },
         table: TableConfig {
             uri,
+            uri_template: None,
             schema: Some(schema),
             schema_path: Some(PathBuf::from("schemas/demo_events.json")),
             partition_by: vec![],
@@ -179,6 +180,7 @@ fn demo_config(
             subject: "{topic}-value".into(),
             registry: None,
         },
+        routes: vec![],
         metrics_listen: None,
         log_level: None,
         log_json: false,

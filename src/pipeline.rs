@@ -45,7 +45,9 @@ use tokio::task::JoinHandle;
 use crate::commit::{
     self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
 };
-use crate::config::{Config, Format, OnError};
+use crate::config::{
+    Config, FlushPolicy, Format, OnError, Route, Subscription, TableConfig, TopicMatch,
+};
 use crate::decode::{DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::registry::{Registry, RegistryError, SchemaKind};
@@ -98,6 +100,9 @@ pub enum PipelineError {
     /// The poll thread stopped unexpectedly.
     #[error("the kafka poll thread stopped: {0}")]
     SourceStopped(String),
+    /// A topic's table URI cannot be built from the route's template.
+    #[error("routing: {0}")]
+    Route(String),
     /// A derived column or filter expression cannot be planned.
     #[error("table transform: {0}")]
     Transform(String),
@@ -162,72 +167,6 @@ pub async fn run(
         Some(r) => Some(Registry::new(r)?),
         None => None,
     };
-    // A registry format without a schema file creates the table from the
-    // subject's latest schema.
-    let mut fallback = None;
-    if cfg.table.schema.is_none()
-        && let Some(registry) = &registry
-        && table::load(&cfg.table.uri, &cfg.storage)
-            .await
-            .map_err(Box::new)?
-            .is_none()
-    {
-        let topic = match &cfg.kafka.subscription {
-            crate::config::Subscription::Topics(t) => t.first().cloned().unwrap_or_default(),
-            crate::config::Subscription::Pattern(_) => String::new(),
-        };
-        let subject = cfg.decode.subject_for(&topic);
-        let latest = registry.latest(&subject).await?;
-        let imports = registry.references(&latest).await?;
-        let record = crate::decode::record_schema(&latest, &imports).map_err(|message| {
-            PipelineError::RegistrySchema {
-                subject: subject.clone(),
-                message,
-            }
-        })?;
-        tracing::info!(%subject, schema_id = latest.id, "creating the table from the registry schema");
-        fallback = Some(record);
-    }
-    let opened = table::open_or_create(&cfg.table, &cfg.storage, fallback.as_ref())
-        .await
-        .map_err(Box::new)?;
-    tracing::info!(
-        table = %cfg.table.uri,
-        created = opened.created,
-        version = opened.table.version().map_or(-1, |v| v as i64),
-        "table open"
-    );
-    let kind = match cfg.decode.format {
-        Format::Avro => Some(SchemaKind::Avro),
-        Format::JsonSchema => Some(SchemaKind::Json),
-        Format::Protobuf => Some(SchemaKind::Protobuf),
-        Format::Json => None,
-    };
-    let decoder = match (kind, registry) {
-        (Some(kind), Some(registry)) => Decoder::Registry(Box::new(RegistryDecoder::new(
-            registry,
-            kind,
-            opened.schema.clone(),
-            cfg.kafka.max_chunk_records,
-            cfg.decode.on_incompatible,
-        ))),
-        _ => Decoder::Json(Box::new(JsonDecoder::new(
-            opened.schema.clone(),
-            cfg.kafka.max_chunk_records,
-        )?)),
-    };
-    let endpoint = match cfg.metrics_listen {
-        Some(addr) => {
-            let e = crate::metrics::serve(addr, stats.clone()).await?;
-            let _ = stats.metrics_addr.set(e.addr);
-            Some(e)
-        }
-        None => None,
-    };
-    let transform =
-        Transform::new(&cfg.table.transform, &opened.schema).map_err(PipelineError::Transform)?;
-    let (source, channels) = Source::start(&cfg.kafka, stats.clone())?;
-    let props = table::writer_properties(cfg.table.compression, cfg.table.row_group_rows);
     let mut pipeline = Pipeline {
         policy: RetryPolicy {
             max_conflict_retries: cfg.commit.max_conflict_retries,
@@ -236,21 +175,51 @@ pub async fn run(
         },
         backoff: options.initial_backoff,
         options,
+        routes: cfg.all_routes(),
         cfg,
         stats,
-        table: opened.table,
-        transform,
-        decoder,
-        props,
+        registry,
+        sinks: Vec::new(),
+        sink_of_topic: HashMap::new(),
         parts: HashMap::new(),
-        window: Window::default(),
-        inflight: None,
-        source: Some(source),
+        source: None,
         next_epoch: 1,
         needs_rewind: false,
         resume_at: None,
         abandon: Arc::new(AtomicBool::new(false)),
     };
+    // Tables named outright (no `{topic}` in the URI) open now, so a bad schema or
+    // missing credentials fail at start; per-topic tables open on first assignment.
+    for i in 0..pipeline.routes.len() {
+        if pipeline.routes[i].table.uri_template.is_some() {
+            continue;
+        }
+        // The first subscribed topic this route takes (a topic goes to the first
+        // route that matches it); with a pattern subscription, any.
+        let topic = match &pipeline.cfg.kafka.subscription {
+            Subscription::Topics(t) => t
+                .iter()
+                .find(|t| pipeline.routes.iter().position(|r| r.topics.matches(t)) == Some(i))
+                .cloned(),
+            Subscription::Pattern(_) => match &pipeline.routes[i].topics {
+                TopicMatch::Topics(t) => t.first().cloned(),
+                _ => Some(String::new()),
+            },
+        };
+        if let Some(topic) = topic {
+            pipeline.open_sink(i, &topic).await?;
+        }
+    }
+    let endpoint = match pipeline.cfg.metrics_listen {
+        Some(addr) => {
+            let e = crate::metrics::serve(addr, pipeline.stats.clone()).await?;
+            let _ = pipeline.stats.metrics_addr.set(e.addr);
+            Some(e)
+        }
+        None => None,
+    };
+    let (source, channels) = Source::start(&pipeline.cfg.kafka, pipeline.stats.clone())?;
+    pipeline.source = Some(source);
     let result = pipeline.run(channels, shutdown).await;
     drop(endpoint);
     result
@@ -264,6 +233,8 @@ struct PartState {
     committed: Option<i64>,
     /// Last offset accounted for (in the window, in flight or committed).
     seen_last: Option<i64>,
+    /// The sink (table) its records go to.
+    sink: usize,
 }
 
 #[derive(Default)]
@@ -311,18 +282,48 @@ enum TaskError {
     Commit(CommitError),
 }
 
-struct Pipeline {
-    cfg: Arc<Config>,
-    stats: Arc<PipelineStats>,
-    options: RunOptions,
-    policy: RetryPolicy,
+/// One destination table and everything written to it: its decoder, its open
+/// window and its commit in flight. Each table's commits carry the offsets of the
+/// partitions routed to it, so exactly-once holds per table.
+struct Sink {
+    /// The table's configuration (URI resolved).
+    tcfg: TableConfig,
+    flush: FlushPolicy,
     table: DeltaTable,
     decoder: Decoder,
     transform: Option<Transform>,
     props: WriterProperties,
-    parts: HashMap<TopicPartition, PartState>,
     window: Window,
     inflight: Option<Inflight>,
+}
+
+impl Sink {
+    fn uri(&self) -> String {
+        self.tcfg.uri.to_string()
+    }
+
+    fn flush_due(&self) -> bool {
+        let w = &self.window;
+        if w.is_empty() {
+            return false;
+        }
+        let f = &self.flush;
+        w.rows >= f.max_rows
+            || w.encoded_bytes() >= f.max_bytes
+            || w.opened_at.is_some_and(|t| t.elapsed() >= f.max_age)
+    }
+}
+
+struct Pipeline {
+    cfg: Arc<Config>,
+    routes: Vec<Route>,
+    stats: Arc<PipelineStats>,
+    options: RunOptions,
+    policy: RetryPolicy,
+    registry: Option<Registry>,
+    sinks: Vec<Sink>,
+    sink_of_topic: HashMap<Arc<str>, usize>,
+    parts: HashMap<TopicPartition, PartState>,
     source: Option<Source>,
     next_epoch: u64,
     needs_rewind: bool,
@@ -331,13 +332,20 @@ struct Pipeline {
     abandon: Arc<AtomicBool>,
 }
 
-async fn wait_inflight(
-    inflight: &mut Option<Inflight>,
-) -> Result<CommitDone, tokio::task::JoinError> {
-    match inflight {
-        Some(i) => (&mut i.handle).await,
-        None => std::future::pending().await,
-    }
+/// The next commit task of any sink to finish.
+async fn next_commit(sinks: &mut [Sink]) -> (usize, Result<CommitDone, tokio::task::JoinError>) {
+    std::future::poll_fn(|cx| {
+        for (i, s) in sinks.iter_mut().enumerate() {
+            if let Some(inflight) = s.inflight.as_mut()
+                && let std::task::Poll::Ready(done) =
+                    std::pin::Pin::new(&mut inflight.handle).poll(cx)
+            {
+                return std::task::Poll::Ready((i, done));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 impl Pipeline {
@@ -346,8 +354,13 @@ impl Pipeline {
         mut channels: SourceChannels,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunSummary, PipelineError> {
-        let tick_every =
-            (self.cfg.flush.max_age / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let min_age = self
+            .routes
+            .iter()
+            .map(|r| r.flush.max_age)
+            .min()
+            .unwrap_or(self.cfg.flush.max_age);
+        let tick_every = (min_age / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -360,15 +373,16 @@ impl Pipeline {
                     Some(ev) => self.on_event(ev).await?,
                     None => return Err(PipelineError::SourceStopped("event channel closed".into())),
                 },
-                done = wait_inflight(&mut self.inflight) => {
-                    let inflight = self.inflight.take().expect("inflight present");
-                    self.on_commit_done(done, inflight)?;
+                (i, done) = next_commit(&mut self.sinks) => {
+                    let inflight = self.sinks[i].inflight.take().expect("inflight present");
+                    self.on_commit_done(i, done, inflight)?;
                 }
                 _ = tick.tick() => {
-                    if self.needs_rewind && self.inflight.is_none()
+                    if self.needs_rewind
+                        && self.sinks.iter().all(|s| s.inflight.is_none())
                         && self.resume_at.is_none_or(|t| Instant::now() >= t)
                     {
-                        self.rewind().await;
+                        self.rewind().await?;
                     }
                     self.maybe_flush();
                 }
@@ -379,14 +393,110 @@ impl Pipeline {
             }
             self.stats.ready.store(self.is_ready(), Ordering::Relaxed);
             let s = &self.stats;
-            s.window_records
-                .store(self.window.records, Ordering::Relaxed);
-            s.window_bytes
-                .store(self.window.encoded_bytes(), Ordering::Relaxed);
+            s.window_records.store(
+                self.sinks.iter().map(|k| k.window.records).sum(),
+                Ordering::Relaxed,
+            );
+            s.window_bytes.store(
+                self.sinks.iter().map(|k| k.window.encoded_bytes()).sum(),
+                Ordering::Relaxed,
+            );
             s.assigned_partitions
                 .store(self.parts.len() as u64, Ordering::Relaxed);
         }
         self.drain(channels).await
+    }
+
+    /// The sink for `topic`'s records, opening (or creating) its table on first use.
+    async fn sink_for(&mut self, topic: &Arc<str>) -> Result<usize, PipelineError> {
+        if let Some(&i) = self.sink_of_topic.get(topic) {
+            return Ok(i);
+        }
+        let route = self
+            .routes
+            .iter()
+            .position(|r| r.topics.matches(topic))
+            .expect("the [table] route matches every topic");
+        let i = self.open_sink(route, topic).await?;
+        self.sink_of_topic.insert(topic.clone(), i);
+        Ok(i)
+    }
+
+    /// Open the table of route `route` for `topic` (or find it open already).
+    async fn open_sink(&mut self, route: usize, topic: &str) -> Result<usize, PipelineError> {
+        let r = &self.routes[route];
+        let tcfg = r
+            .table_for(topic)
+            .map_err(|e| PipelineError::Route(e.to_string()))?;
+        if let Some(i) = self.sinks.iter().position(|s| s.tcfg.uri == tcfg.uri) {
+            return Ok(i);
+        }
+        let flush = r.flush;
+        let cfg = self.cfg.clone();
+        // A registry format without a schema file creates the table from the
+        // subject's latest schema.
+        let mut fallback = None;
+        if tcfg.schema.is_none()
+            && let Some(registry) = &self.registry
+            && table::load(&tcfg.uri, &cfg.storage)
+                .await
+                .map_err(Box::new)?
+                .is_none()
+        {
+            let subject = cfg.decode.subject_for(topic);
+            let latest = registry.latest(&subject).await?;
+            let imports = registry.references(&latest).await?;
+            let record = crate::decode::record_schema(&latest, &imports).map_err(|message| {
+                PipelineError::RegistrySchema {
+                    subject: subject.clone(),
+                    message,
+                }
+            })?;
+            tracing::info!(%subject, schema_id = latest.id, "creating the table from the registry schema");
+            fallback = Some(record);
+        }
+        let opened = table::open_or_create(&tcfg, &cfg.storage, fallback.as_ref())
+            .await
+            .map_err(Box::new)?;
+        tracing::info!(
+            table = %tcfg.uri,
+            created = opened.created,
+            version = opened.table.version().map_or(-1, |v| v as i64),
+            "table open"
+        );
+        let kind = match cfg.decode.format {
+            Format::Avro => Some(SchemaKind::Avro),
+            Format::JsonSchema => Some(SchemaKind::Json),
+            Format::Protobuf => Some(SchemaKind::Protobuf),
+            Format::Json => None,
+        };
+        let decoder = match (kind, &self.registry) {
+            (Some(kind), Some(registry)) => Decoder::Registry(Box::new(RegistryDecoder::new(
+                registry.clone(),
+                kind,
+                opened.schema.clone(),
+                cfg.kafka.max_chunk_records,
+                cfg.decode.on_incompatible,
+            ))),
+            _ => Decoder::Json(Box::new(JsonDecoder::new(
+                opened.schema.clone(),
+                cfg.kafka.max_chunk_records,
+            )?)),
+        };
+        let transform =
+            Transform::new(&tcfg.transform, &opened.schema).map_err(PipelineError::Transform)?;
+        let props = table::writer_properties(tcfg.compression, tcfg.row_group_rows);
+        self.sinks.push(Sink {
+            tcfg,
+            flush,
+            table: opened.table,
+            decoder,
+            transform,
+            props,
+            window: Window::default(),
+            inflight: None,
+        });
+        Ok(self.sinks.len() - 1)
     }
 
     /// Ready: partitions assigned, not recovering, and commits landing: a commit in
@@ -396,10 +506,11 @@ impl Pipeline {
         let stuck_after = (self.cfg.commit.max_backoff * 2).max(Duration::from_secs(30));
         !self.parts.is_empty()
             && !self.needs_rewind
-            && self
-                .inflight
-                .as_ref()
-                .is_none_or(|i| i.started.elapsed() < stuck_after)
+            && self.sinks.iter().all(|s| {
+                s.inflight
+                    .as_ref()
+                    .is_none_or(|i| i.started.elapsed() < stuck_after)
+            })
     }
 
     fn accepting_data(&self) -> bool {
@@ -409,19 +520,11 @@ impl Pipeline {
         if self.resume_at.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        // Back-pressure: the open window is due but the previous commit still runs.
-        !(self.inflight.is_some() && self.flush_due())
-    }
-
-    fn flush_due(&self) -> bool {
-        let w = &self.window;
-        if w.is_empty() {
-            return false;
-        }
-        let f = &self.cfg.flush;
-        w.rows >= f.max_rows
-            || w.encoded_bytes() >= f.max_bytes
-            || w.opened_at.is_some_and(|t| t.elapsed() >= f.max_age)
+        // Back-pressure: a table's open window is due but its previous commit still runs.
+        !self
+            .sinks
+            .iter()
+            .any(|s| s.inflight.is_some() && s.flush_due())
     }
 
     fn epoch(&mut self) -> u64 {
@@ -437,7 +540,7 @@ impl Pipeline {
         match ev {
             SourceEvent::Assigned { partitions, reply } => {
                 PipelineStats::add(&self.stats.rebalances, 1);
-                let answer = self.on_assign(partitions).await;
+                let answer = self.on_assign(partitions).await?;
                 let _ = reply.send(answer);
             }
             SourceEvent::Revoked {
@@ -454,21 +557,48 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn on_assign(&mut self, partitions: Vec<TopicPartition>) -> AssignReply {
-        let stored = match self.table.update_state().await {
-            Ok(()) => table::stored_offsets(&self.table, &self.cfg.app_id, &partitions)
+    /// The offsets stored for `tps` in their sinks' tables.
+    async fn stored_offsets(
+        &mut self,
+        tps: &[(TopicPartition, usize)],
+    ) -> Result<HashMap<TopicPartition, Option<i64>>, String> {
+        let mut out = HashMap::with_capacity(tps.len());
+        for (i, sink) in self.sinks.iter_mut().enumerate() {
+            let mine: Vec<TopicPartition> = tps
+                .iter()
+                .filter(|(_, s)| *s == i)
+                .map(|(tp, _)| tp.clone())
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            sink.table.update_state().await.map_err(|e| e.to_string())?;
+            let stored = table::stored_offsets(&sink.table, &self.cfg.app_id, &mine)
                 .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        let reset = self.cfg.kafka.auto_offset_reset;
-        let mut reply = Vec::with_capacity(partitions.len());
+                .map_err(|e| e.to_string())?;
+            out.extend(stored);
+        }
+        Ok(out)
+    }
+
+    async fn on_assign(
+        &mut self,
+        partitions: Vec<TopicPartition>,
+    ) -> Result<AssignReply, PipelineError> {
+        let mut routed = Vec::with_capacity(partitions.len());
         for tp in partitions {
+            let sink = self.sink_for(&tp.topic).await?;
+            routed.push((tp, sink));
+        }
+        let stored = self.stored_offsets(&routed).await;
+        let reset = self.cfg.kafka.auto_offset_reset;
+        let mut reply = Vec::with_capacity(routed.len());
+        for (tp, sink) in routed {
             let epoch = self.epoch();
             match &stored {
                 Ok(m) => {
                     let committed = m.get(&tp).copied().flatten();
-                    tracing::info!(partition = %tp, stored_offset = ?committed, "starting partition after its stored offset");
+                    tracing::info!(partition = %tp, stored_offset = ?committed, table = %self.sinks[sink].tcfg.uri, "starting partition after its stored offset");
                     reply.push((tp.clone(), StartAt::after(committed, reset), epoch));
                     self.parts.insert(
                         tp,
@@ -476,6 +606,7 @@ impl Pipeline {
                             epoch,
                             committed,
                             seen_last: committed,
+                            sink,
                         },
                     );
                 }
@@ -491,13 +622,14 @@ impl Pipeline {
                             epoch,
                             committed: None,
                             seen_last: None,
+                            sink,
                         },
                     );
                     self.needs_rewind = true;
                 }
             }
         }
-        reply
+        Ok(reply)
     }
 
     async fn on_revoke(
@@ -505,26 +637,30 @@ impl Pipeline {
         partitions: &[TopicPartition],
         lost: bool,
     ) -> Result<(), PipelineError> {
-        let touches_window = partitions
-            .iter()
-            .any(|tp| self.window.parts.contains_key(tp));
         let deadline = self.options.revoke_commit_timeout;
-        self.await_inflight(deadline).await?;
-        if touches_window {
-            if lost || self.needs_rewind || self.inflight.is_some() {
+        for i in 0..self.sinks.len() {
+            let touches_window = partitions
+                .iter()
+                .any(|tp| self.sinks[i].window.parts.contains_key(tp));
+            self.await_inflight(i, deadline).await?;
+            if !touches_window {
+                continue;
+            }
+            if lost || self.needs_rewind || self.sinks[i].inflight.is_some() {
                 // Another consumer may already own these partitions, or we cannot
                 // commit in time: drop the window, it is re-read by whoever owns them.
                 tracing::info!(
-                    records = self.window.records,
+                    records = self.sinks[i].window.records,
+                    table = %self.sinks[i].tcfg.uri,
                     lost,
                     "dropping buffered records of revoked partitions"
                 );
-                self.window.abort();
+                self.abort_windows();
                 self.needs_rewind = true;
             } else {
-                self.start_commit();
-                self.await_inflight(deadline).await?;
-                if self.inflight.is_some() {
+                self.start_commit(i);
+                self.await_inflight(i, deadline).await?;
+                if self.sinks[i].inflight.is_some() {
                     tracing::warn!(
                         "commit on revoke did not finish in time; its outcome is checked later"
                     );
@@ -538,14 +674,18 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn await_inflight(&mut self, deadline: Duration) -> Result<(), PipelineError> {
-        let Some(mut inflight) = self.inflight.take() else {
+    async fn await_inflight(
+        &mut self,
+        sink: usize,
+        deadline: Duration,
+    ) -> Result<(), PipelineError> {
+        let Some(mut inflight) = self.sinks[sink].inflight.take() else {
             return Ok(());
         };
         match tokio::time::timeout(deadline, &mut inflight.handle).await {
-            Ok(done) => self.on_commit_done(done, inflight),
+            Ok(done) => self.on_commit_done(sink, done, inflight),
             Err(_) => {
-                self.inflight = Some(inflight);
+                self.sinks[sink].inflight = Some(inflight);
                 Ok(())
             }
         }
@@ -563,6 +703,11 @@ impl Pipeline {
                     .map(|p| p.seen_last)
             })
             .collect();
+        let sink_of: Vec<Option<usize>> = chunk
+            .partitions
+            .iter()
+            .map(|cp| self.parts.get(&cp.tp).map(|p| p.sink))
+            .collect();
         let mut keep = vec![false; chunk.len()];
         for (i, r) in chunk.records.iter().enumerate() {
             if let Some(seen) = &mut last[r.part as usize]
@@ -572,25 +717,49 @@ impl Pipeline {
                 *seen = Some(r.offset);
             }
         }
-        // Split the chunk where the window reaches max_rows, so no window (and no
-        // file) holds more rows than the policy allows.
-        let mut start = 0;
-        while start < chunk.len() {
-            if self.flush_due() {
-                if self.inflight.is_some() {
-                    self.await_inflight(Duration::MAX).await?;
-                }
-                self.maybe_flush();
-            }
+        let mut sinks: Vec<usize> = sink_of.iter().flatten().copied().collect();
+        sinks.sort_unstable();
+        sinks.dedup();
+        for sink in sinks {
+            let keep: Vec<bool> = chunk
+                .records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| keep[i] && sink_of[r.part as usize] == Some(sink))
+                .collect();
+            self.on_sink_chunk(sink, &chunk, &keep).await?;
             if self.needs_rewind {
                 return Ok(()); // the rest is re-read after the rewind
             }
-            let budget = self
-                .cfg
-                .flush
-                .max_rows
-                .saturating_sub(self.window.rows)
-                .max(1);
+        }
+        self.maybe_flush();
+        Ok(())
+    }
+
+    /// The kept records of `chunk` that go to `sink`, split where its window
+    /// reaches max_rows, so no window (and no file) holds more rows than the policy
+    /// allows.
+    async fn on_sink_chunk(
+        &mut self,
+        sink: usize,
+        chunk: &RecordChunk,
+        keep: &[bool],
+    ) -> Result<(), PipelineError> {
+        let mut start = 0;
+        while start < chunk.len() {
+            if self.sinks[sink].flush_due() {
+                if self.sinks[sink].inflight.is_some() {
+                    self.await_inflight(sink, Duration::MAX).await?;
+                }
+                if !self.needs_rewind && self.sinks[sink].inflight.is_none() {
+                    self.start_commit(sink);
+                }
+            }
+            if self.needs_rewind {
+                return Ok(());
+            }
+            let s = &self.sinks[sink];
+            let budget = s.flush.max_rows.saturating_sub(s.window.rows).max(1);
             let mut end = start;
             let mut taken = 0u64;
             while end < chunk.len() && taken < budget {
@@ -599,16 +768,16 @@ impl Pipeline {
                 }
                 end += 1;
             }
-            self.on_segment(&chunk, &keep, start..end).await?;
+            self.on_segment(sink, chunk, keep, start..end).await?;
             start = end;
         }
-        self.maybe_flush();
         Ok(())
     }
 
     /// Account for, decode and write the kept records of `chunk[range]`.
     async fn on_segment(
         &mut self,
+        sink: usize,
         chunk: &RecordChunk,
         keep: &[bool],
         range: std::ops::Range<usize>,
@@ -620,10 +789,10 @@ impl Pipeline {
         }
         // Registry formats: fetch new schema ids, evolve the table where they need it.
         loop {
-            match self.decoder.prepare(chunk, &in_segment).await {
+            match self.sinks[sink].decoder.prepare(chunk, &in_segment).await {
                 Ok(None) => break,
                 Ok(Some(evolution)) => {
-                    self.evolve(evolution).await?;
+                    self.evolve(sink, evolution).await?;
                     if self.needs_rewind {
                         return Ok(());
                     }
@@ -636,8 +805,9 @@ impl Pipeline {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut decoded = self.decoder.decode(chunk, &in_segment)?;
-        if let Some(t) = &self.transform {
+        let s = &mut self.sinks[sink];
+        let mut decoded = s.decoder.decode(chunk, &in_segment)?;
+        if let Some(t) = &s.transform {
             decoded = t.apply(decoded);
         }
         for rej in &decoded.rejected {
@@ -657,35 +827,36 @@ impl Pipeline {
         }
         // Account for every kept record, good or rejected: the window's offset for a
         // partition is its last kept record, whatever became of it.
+        let window = &mut self.sinks[sink].window;
         for i in range.clone().filter(|&i| keep[i]) {
             let r = &chunk.records[i];
             let tp = &chunk.partitions[r.part as usize].tp;
             if let Some(p) = self.parts.get_mut(tp) {
                 p.seen_last = Some(r.offset);
-                match self.window.parts.get_mut(tp) {
+                match window.parts.get_mut(tp) {
                     Some(o) => *o = r.offset,
                     None => {
-                        self.window.parts.insert(tp.clone(), r.offset);
+                        window.parts.insert(tp.clone(), r.offset);
                     }
                 }
             }
         }
         PipelineStats::add(&self.stats.records_rejected, decoded.rejected.len() as u64);
         PipelineStats::add(&self.stats.records_accounted, accounted);
-        self.window.records += accounted;
-        self.window.opened_at.get_or_insert_with(Instant::now);
+        window.records += accounted;
+        window.opened_at.get_or_insert_with(Instant::now);
         if let Some(batch) = decoded.batch {
             let rows = batch.num_rows() as u64;
-            if self.window.writer.is_none() {
-                let writer =
-                    table::new_writer(&self.table, self.props.clone(), self.cfg.flush.max_bytes)
-                        .map_err(|source| PipelineError::Write {
-                            uri: self.cfg.table.uri.to_string(),
-                            source: Box::new(source),
-                        })?;
-                self.window.writer = Some(writer);
+            let s = &mut self.sinks[sink];
+            if s.window.writer.is_none() {
+                let writer = table::new_writer(&s.table, s.props.clone(), s.flush.max_bytes)
+                    .map_err(|source| PipelineError::Write {
+                        uri: s.uri(),
+                        source: Box::new(source),
+                    })?;
+                s.window.writer = Some(writer);
             }
-            let writer = self.window.writer.as_mut().expect("writer just set");
+            let writer = s.window.writer.as_mut().expect("writer just set");
             if let Err(e) = writer.write(batch).await {
                 if table::is_retryable(&e) {
                     tracing::warn!(error = %e, "writing Parquet failed; rewinding to the table's offsets");
@@ -693,43 +864,46 @@ impl Pipeline {
                     return Ok(());
                 }
                 return Err(PipelineError::Write {
-                    uri: self.cfg.table.uri.to_string(),
+                    uri: s.uri(),
                     source: Box::new(e),
                 });
             }
-            self.window.rows += rows;
+            s.window.rows += rows;
         }
         Ok(())
     }
 
     /// Apply a table schema change a producer schema needs. Buffered rows were
     /// written with the old columns, so they are committed first.
-    async fn evolve(&mut self, evolution: Evolution) -> Result<(), PipelineError> {
+    async fn evolve(&mut self, sink: usize, evolution: Evolution) -> Result<(), PipelineError> {
         tracing::info!(
             schema_id = evolution.schema_id,
             changes = ?evolution.changes,
+            table = %self.sinks[sink].tcfg.uri,
             "producer schema needs a table schema change"
         );
-        self.await_inflight(Duration::MAX).await?;
-        if !self.window.is_empty() && !self.needs_rewind {
-            self.start_commit();
-            self.await_inflight(Duration::MAX).await?;
+        self.await_inflight(sink, Duration::MAX).await?;
+        if !self.sinks[sink].window.is_empty() && !self.needs_rewind {
+            self.start_commit(sink);
+            self.await_inflight(sink, Duration::MAX).await?;
         }
         if self.needs_rewind {
             return Ok(());
         }
+        let s = &mut self.sinks[sink];
+        let derived = s.decoder.schema().derived.clone();
         match table::evolve(
-            &mut self.table,
+            &mut s.table,
             &evolution.producer,
-            &self.cfg.table.metadata_columns,
-            &self.decoder.schema().derived,
+            &s.tcfg.metadata_columns,
+            &derived,
         )
         .await
         {
             Ok(schema) => {
-                self.transform = Transform::new(&self.cfg.table.transform, &schema)
-                    .map_err(PipelineError::Transform)?;
-                self.decoder.set_schema(schema)?;
+                s.transform =
+                    Transform::new(&s.tcfg.transform, &schema).map_err(PipelineError::Transform)?;
+                s.decoder.set_schema(schema)?;
                 Ok(())
             }
             Err(e) if e.is_retryable() => {
@@ -742,13 +916,18 @@ impl Pipeline {
     }
 
     fn maybe_flush(&mut self) {
-        if self.inflight.is_none() && !self.needs_rewind && self.flush_due() {
-            self.start_commit();
+        if self.needs_rewind {
+            return;
+        }
+        for i in 0..self.sinks.len() {
+            if self.sinks[i].inflight.is_none() && self.sinks[i].flush_due() {
+                self.start_commit(i);
+            }
         }
     }
 
-    fn start_commit(&mut self) {
-        let window = std::mem::take(&mut self.window);
+    fn start_commit(&mut self, sink: usize) {
+        let window = std::mem::take(&mut self.sinks[sink].window);
         if window.is_empty() {
             return;
         }
@@ -767,7 +946,7 @@ impl Pipeline {
         }
         partitions.sort_by(|a, b| a.tp.cmp(&b.tp));
         let rows = window.rows;
-        let table = self.table.clone();
+        let table = self.sinks[sink].table.clone();
         let app_id = self.cfg.app_id.clone();
         let policy = self.policy;
         let abandon = self.abandon.clone();
@@ -775,7 +954,7 @@ impl Pipeline {
         let handle = tokio::spawn(async move {
             flush_and_commit(writer, table, app_id, partitions, policy, abandon).await
         });
-        self.inflight = Some(Inflight {
+        self.sinks[sink].inflight = Some(Inflight {
             handle,
             started: Instant::now(),
             parts,
@@ -785,6 +964,7 @@ impl Pipeline {
 
     fn on_commit_done(
         &mut self,
+        sink: usize,
         done: Result<CommitDone, tokio::task::JoinError>,
         inflight: Inflight,
     ) -> Result<(), PipelineError> {
@@ -796,7 +976,8 @@ impl Pipeline {
                 return Ok(());
             }
         };
-        self.table = done.table;
+        self.sinks[sink].table = done.table;
+        let uri = self.sinks[sink].uri();
         match done.result {
             Ok((
                 outcome @ (CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted),
@@ -829,6 +1010,7 @@ impl Pipeline {
                     PipelineStats::add(&self.stats.files_committed, files as u64);
                     PipelineStats::add(&self.stats.bytes_committed, bytes);
                     tracing::info!(
+                        table = %uri,
                         version,
                         rows = inflight.rows,
                         files,
@@ -840,6 +1022,7 @@ impl Pipeline {
                     );
                 } else {
                     tracing::info!(
+                        table = %uri,
                         rows = inflight.rows,
                         "offsets were already committed; nothing written"
                     );
@@ -859,58 +1042,66 @@ impl Pipeline {
             Ok((CommitOutcome::Stale { partitions }, _, _, _)) => {
                 PipelineStats::add(&self.stats.stale_commits, 1);
                 tracing::warn!(
+                    table = %uri,
                     partitions = ?partitions,
                     "another writer committed these partitions first; dropping this window and rewinding"
                 );
-                self.window.abort();
+                self.abort_windows();
                 self.needs_rewind = true;
                 Ok(())
             }
             Err(TaskError::Write(e)) if table::is_retryable(&e) => {
-                tracing::warn!(error = %e, "uploading Parquet failed; rewinding");
+                tracing::warn!(table = %uri, error = %e, "uploading Parquet failed; rewinding");
                 self.fail_and_rewind();
                 Ok(())
             }
             Err(TaskError::Commit(e)) if e.is_retryable() => {
-                tracing::warn!(error = %e, "commit did not complete; rewinding");
+                tracing::warn!(table = %uri, error = %e, "commit did not complete; rewinding");
                 self.fail_and_rewind();
                 Ok(())
             }
             Err(TaskError::Write(source)) => Err(PipelineError::Write {
-                uri: self.cfg.table.uri.to_string(),
+                uri,
                 source: Box::new(source),
             }),
             Err(TaskError::Commit(e)) => Err(Box::new(e).into()),
         }
     }
 
-    /// Abort the window and rewind after a backoff.
+    /// Drop every table's open window (a rewind re-reads what they held).
+    fn abort_windows(&mut self) {
+        for s in &mut self.sinks {
+            s.window.abort();
+        }
+    }
+
+    /// Abort the windows and rewind after a backoff.
     fn fail_and_rewind(&mut self) {
-        self.window.abort();
+        self.abort_windows();
         self.needs_rewind = true;
         self.resume_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(self.cfg.commit.max_backoff);
     }
 
-    /// Seek every assigned partition back to the offset stored in the table.
-    async fn rewind(&mut self) {
-        self.window.abort();
-        let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
-        let stored = match self.table.update_state().await {
-            Ok(()) => table::stored_offsets(&self.table, &self.cfg.app_id, &tps).await,
-            Err(e) => Err(e),
-        };
-        let stored = match stored {
+    /// Seek every assigned partition back to the offset stored in its table.
+    async fn rewind(&mut self) -> Result<(), PipelineError> {
+        self.abort_windows();
+        let tps: Vec<(TopicPartition, usize)> = self
+            .parts
+            .iter()
+            .map(|(tp, p)| (tp.clone(), p.sink))
+            .collect();
+        let stored = match self.stored_offsets(&tps).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, backoff_ms = self.backoff.as_millis() as u64, "cannot read stored offsets; retrying");
                 self.resume_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(self.cfg.commit.max_backoff);
-                return;
+                return Ok(());
             }
         };
         let reset = self.cfg.kafka.auto_offset_reset;
-        for tp in tps {
+        for (tp, _) in tps {
             let epoch = self.epoch();
             let committed = stored.get(&tp).copied().flatten();
             if let Some(p) = self.parts.get_mut(&tp) {
@@ -928,12 +1119,13 @@ impl Pipeline {
         PipelineStats::add(&self.stats.rewinds, 1);
         self.needs_rewind = false;
         self.resume_at = None;
+        Ok(())
     }
 
     /// Commit what is buffered, leave the group and stop the poll thread.
     async fn drain(&mut self, mut channels: SourceChannels) -> Result<RunSummary, PipelineError> {
         tracing::info!(
-            records = self.window.records,
+            records = self.sinks.iter().map(|s| s.window.records).sum::<u64>(),
             "shutting down: committing buffered records"
         );
         let abandon = self.abandon.clone();
@@ -943,10 +1135,19 @@ impl Pipeline {
             abandon.store(true, Ordering::Release);
         });
         let result = async {
-            self.await_inflight(grace).await?;
-            if !self.needs_rewind && self.inflight.is_none() && !self.window.is_empty() {
-                self.start_commit();
-                self.await_inflight(grace).await?;
+            for i in 0..self.sinks.len() {
+                self.await_inflight(i, grace).await?;
+            }
+            for i in 0..self.sinks.len() {
+                if !self.needs_rewind
+                    && self.sinks[i].inflight.is_none()
+                    && !self.sinks[i].window.is_empty()
+                {
+                    self.start_commit(i);
+                }
+            }
+            for i in 0..self.sinks.len() {
+                self.await_inflight(i, grace).await?;
             }
             Ok::<(), PipelineError>(())
         }

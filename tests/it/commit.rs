@@ -19,6 +19,7 @@ fn policy() -> RetryPolicy {
 
 async fn local_table(dir: &std::path::Path) -> deltalake::DeltaTable {
     let cfg = TableConfig {
+        uri_template: None,
         uri: url::Url::from_directory_path(dir).unwrap(),
         schema: Some(parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap()),
         schema_path: Some("demo_events.json".into()),

@@ -363,3 +363,177 @@ async fn derived_columns_and_filters_are_sql_on_each_batch() {
     }
     assert_eq!(s.stored_offsets(1).await[&0], Some(399));
 }
+
+/// Rows of the table at `uri` as (topic, partition, offset).
+async fn topic_rows(s: &Scenario, uri: &str) -> Vec<(String, i32, i64)> {
+    let cfg = s.config("");
+    let url = tributary::config::parse_table_uri(uri).unwrap();
+    let t = tributary::table::load(&url, &cfg.storage)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no table at {uri}"));
+    let batches = query(
+        &t,
+        "SELECT CAST(_topic AS VARCHAR), _partition, _offset FROM t ORDER BY 1, 2, 3",
+    )
+    .await;
+    let mut out = Vec::new();
+    for b in batches {
+        let topics = deltalake::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+        let topics = topics.as_string::<i32>();
+        let parts = b
+            .column(1)
+            .as_primitive::<deltalake::arrow::datatypes::Int32Type>();
+        let offsets = b
+            .column(2)
+            .as_primitive::<deltalake::arrow::datatypes::Int64Type>();
+        for r in 0..b.num_rows() {
+            out.push((topics.value(r).to_owned(), parts.value(r), offsets.value(r)));
+        }
+    }
+    out
+}
+
+fn expected_rows(
+    topic: &str,
+    produced: &std::collections::BTreeMap<i32, Vec<i64>>,
+    keep: impl Fn(i64) -> bool,
+) -> Vec<(String, i32, i64)> {
+    let mut v: Vec<(String, i32, i64)> = produced
+        .iter()
+        .flat_map(|(p, offs)| offs.iter().map(move |o| (*p, *o)))
+        .filter(|(_, o)| keep(*o))
+        .map(|(p, o)| (topic.to_owned(), p, o))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_send_two_topics_to_two_tables_exactly_once_each() {
+    let s = Scenario::new("route-a", 2).await;
+    let topic_b = unique("route-b");
+    create_topic(&s.servers.brokers, &topic_b, 2).await;
+    let producer = producer(&s.servers.brokers);
+    let a = produce(
+        &producer,
+        &s.topic,
+        (0..300u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    // Topic b: per partition the events i, i+2, ..: offset o holds event 2o + p.
+    let b = produce(
+        &producer,
+        &topic_b,
+        (0..200u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    let uri_b = format!("s3://{}/orders_b", s.bucket);
+    let text = s
+        .config_toml(&format!(
+            "[flush]\nmax_rows = 120\nmax_age = \"1s\"\n\n[[routes]]\ntopics = [\"{topic_b}\"]\nuri = \"{uri_b}\"\nschema_file = \"{schema}\"\nfilter = \"kind <> 'view'\"\n[routes.flush]\nmax_rows = 40\n",
+            schema = demo_schema_path().display()
+        ))
+        .replace(
+            &format!("topics = [\"{}\"]", s.topic),
+            &format!("topics = [\"{}\", \"{topic_b}\"]", s.topic),
+        );
+    let cfg = tributary::config::RawConfig::parse(&text, None, &|_| None)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let mut run = start(cfg);
+    run.committed(&s.topic, &last_offsets(&a)).await;
+    run.committed(&topic_b, &last_offsets(&b)).await;
+    run.stop().await;
+
+    let rows_a = topic_rows(&s, &s.table_uri()).await;
+    assert_eq!(
+        rows_a,
+        expected_rows(&s.topic, &a, |_| true),
+        "table a: topic a exactly once"
+    );
+    let rows_b = topic_rows(&s, &uri_b).await;
+    // Views (event i % 4 == 0) filtered out: event = 2 * offset + partition.
+    let b_kept = |p: i32| move |o: i64| (2 * o + i64::from(p)) % 4 != 0;
+    let mut expected_b: Vec<(String, i32, i64)> = [0, 1]
+        .iter()
+        .flat_map(|&p| {
+            let one: std::collections::BTreeMap<i32, Vec<i64>> =
+                [(p, b[&p].clone())].into_iter().collect();
+            expected_rows(&topic_b, &one, b_kept(p))
+        })
+        .collect();
+    expected_b.sort();
+    assert_eq!(rows_b.len(), 150);
+    assert_eq!(
+        rows_b, expected_b,
+        "table b: topic b minus views, exactly once"
+    );
+
+    // Each table stores the offsets of its own topic only.
+    let cfg = s.config("");
+    let tb = tributary::table::load(
+        &tributary::config::parse_table_uri(&uri_b).unwrap(),
+        &cfg.storage,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let ta = s.table().await.unwrap();
+    for p in 0..2 {
+        let in_b = tributary::table::stored_offset(
+            &tb,
+            &s.app_id,
+            &TopicPartition::new(topic_b.as_str(), p),
+        )
+        .await
+        .unwrap();
+        assert_eq!(in_b, b[&p].last().copied());
+        let a_in_b = tributary::table::stored_offset(
+            &tb,
+            &s.app_id,
+            &TopicPartition::new(s.topic.as_str(), p),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a_in_b, None);
+        let b_in_a = tributary::table::stored_offset(
+            &ta,
+            &s.app_id,
+            &TopicPartition::new(topic_b.as_str(), p),
+        )
+        .await
+        .unwrap();
+        assert_eq!(b_in_a, None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uri_template_makes_one_table_per_topic() {
+    let s = Scenario::new("tmpl-a", 1).await;
+    let topic_b = unique("tmpl-b");
+    create_topic(&s.servers.brokers, &topic_b, 1).await;
+    let producer = producer(&s.servers.brokers);
+    let a = produce(&producer, &s.topic, (0..100u64).map(|i| (0, event(i)))).await;
+    let b = produce(&producer, &topic_b, (0..60u64).map(|i| (0, event(i)))).await;
+    let text = s
+        .config_toml("[flush]\nmax_age = \"1s\"\n")
+        .replace(&s.table_uri(), &format!("s3://{}/t/{{topic}}", s.bucket))
+        .replace(
+            &format!("topics = [\"{}\"]", s.topic),
+            &format!("topics = [\"{}\", \"{topic_b}\"]", s.topic),
+        );
+    let cfg = tributary::config::RawConfig::parse(&text, None, &|_| None)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let mut run = start(cfg);
+    run.committed(&s.topic, &last_offsets(&a)).await;
+    run.committed(&topic_b, &last_offsets(&b)).await;
+    run.stop().await;
+    let rows_a = topic_rows(&s, &format!("s3://{}/t/{}", s.bucket, s.topic)).await;
+    assert_eq!(rows_a, expected_rows(&s.topic, &a, |_| true));
+    let rows_b = topic_rows(&s, &format!("s3://{}/t/{topic_b}", s.bucket)).await;
+    assert_eq!(rows_b, expected_rows(&topic_b, &b, |_| true));
+}
