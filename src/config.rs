@@ -1559,6 +1559,43 @@ schema_file = "SCHEMA"
     }
 
     #[test]
+    fn routes_are_validated_and_templates_resolve_per_topic() {
+        let base = "app_id = \"a\"\n[kafka]\nbrokers = \"h:1\"\ntopics = [\"orders\", \"payments\"]\n[table]\nuri = \"s3://b/t/{topic}\"\nschema_file = \"SCHEMA\"\n";
+        let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/demo_events.json");
+        let base = base.replace("SCHEMA", &schema.display().to_string());
+        let parse = |text: &str| RawConfig::parse(text, None, &|_| None).unwrap().validate();
+        let c = parse(&base).unwrap();
+        let default = &c.all_routes()[0];
+        assert_eq!(
+            default.table_for("orders").unwrap().uri.as_str(),
+            "s3://b/t/orders"
+        );
+        let route = format!(
+            "{base}[[routes]]\ntopics = [\"payments\"]\nuri = \"s3://b/pay\"\nschema_file = \"{}\"\n[routes.flush]\nmax_rows = 10\n",
+            schema.display()
+        );
+        let c = parse(&route).unwrap();
+        let routes = c.all_routes();
+        assert_eq!(routes.len(), 2);
+        assert!(routes[0].topics.matches("payments") && !routes[0].topics.matches("orders"));
+        assert_eq!(routes[0].flush.max_rows, 10);
+        assert_eq!(routes[0].flush.max_age, c.flush.max_age);
+        let unsubscribed =
+            route.replace("topics = [\"payments\"]\nuri", "topics = [\"other\"]\nuri");
+        let err = parse(&unsubscribed).unwrap_err().to_string();
+        assert!(err.contains("route 1") && err.contains("`other`"), "{err}");
+        let no_schema = route.replace(
+            &format!(
+                "uri = \"s3://b/pay\"\nschema_file = \"{}\"",
+                schema.display()
+            ),
+            "uri = \"s3://b/pay\"",
+        );
+        let err = parse(&no_schema).unwrap_err().to_string();
+        assert!(err.contains("schema_file"), "{err}");
+    }
+
+    #[test]
     fn kubernetes_configmap_config_is_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let yaml = std::fs::read_to_string(root.join("deploy/k8s/tributary.yaml")).unwrap();

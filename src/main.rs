@@ -181,6 +181,12 @@ impl TableArgs {
         let (uri, storage) = match (&self.uri, &self.config) {
             (_, Some(config)) => {
                 let cfg = load_config(config)?;
+                if let Some(t) = &cfg.table.uri_template {
+                    anyhow::bail!(
+                        "table.uri `{t}` is a per-topic template; name one table: pass its URI \
+                         (with --storage-option) instead of --config"
+                    );
+                }
                 (cfg.table.uri, cfg.storage)
             }
             (Some(uri), None) => {
@@ -252,6 +258,21 @@ fn spinner(msg: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// A config for commands that read one table and its partitions (status, verify,
+/// offsets): one that routes topics to several tables is refused with what to do.
+fn load_single_table_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let cfg = load_config(path)?;
+    if !cfg.routes.is_empty() || cfg.table.uri_template.is_some() {
+        anyhow::bail!(
+            "{} routes topics to several tables ([[routes]] or {{topic}} in table.uri); this \
+             command reads one table and its topics: run it with a config whose [table] is \
+             that table and whose kafka.topics are its topics",
+            path.display()
+        );
+    }
+    Ok(cfg)
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -272,7 +293,7 @@ async fn run_offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
             },
         ),
     };
-    let cfg = load_config(&sel.config)?;
+    let cfg = load_single_table_config(&sel.config)?;
     let only: Vec<tributary::record::TopicPartition> = match &sel.topic {
         Some(topic) => {
             if sel.partition.is_empty() {
@@ -527,7 +548,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             timeout,
         } => {
-            let cfg = load_config(&config)?;
+            let cfg = load_single_table_config(&config)?;
             let report = tributary::status::status(&cfg, timeout).await?;
             if json {
                 print_json(&report)?;
@@ -542,7 +563,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             timeout,
         } => {
-            let cfg = load_config(&config)?;
+            let cfg = load_single_table_config(&config)?;
             let pb = spinner("reading the table and the topic");
             let report = tributary::verify::verify(&cfg, timeout).await;
             pb.finish_and_clear();
