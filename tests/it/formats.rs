@@ -911,3 +911,53 @@ async fn refused_registry_credentials_stop_the_pipeline_with_a_clear_error() {
     );
     assert!(!msg.contains("wrong"), "the password is not echoed: {msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_incompatible_fail_stops_the_pipeline_naming_the_field() {
+    let registry = TestRegistry::start(Some(("sr-user", "sr-pass"))).await;
+    let s = Scenario::new("avro-strict", 1).await;
+    let v1 = registry.register(&format!("{}-value", s.topic), "AVRO", ORDERS_V1);
+    let bad_schema = ORDERS_V1.replacen(
+        r#""name": "qty", "type": "int""#,
+        r#""name": "qty", "type": "string""#,
+        1,
+    );
+    assert_ne!(bad_schema, ORDERS_V1);
+    let v9 = registry.register("elsewhere-value", "AVRO", &bad_schema);
+    let bad = Av::Record(match order(1, false) {
+        Av::Record(mut f) => {
+            f[2].1 = Av::String("three".into());
+            f
+        }
+        _ => unreachable!(),
+    });
+    let records = vec![
+        (0, frame(ORDERS_V1, v1, order(0, false))),
+        (0, frame(&bad_schema, v9, bad)),
+    ];
+    let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
+    assert_eq!(produced[&0].len(), 2);
+    let cfg = avro_config(&s, &registry, "[flush]\nmax_age = \"1s\"\n");
+    let text_cfg = {
+        let mut c = cfg;
+        c.decode.on_incompatible = OnError::Fail;
+        c
+    };
+    let stats = std::sync::Arc::new(tributary::stats::PipelineStats::default());
+    let result = tokio::time::timeout(
+        Duration::from_secs(90),
+        tributary::pipeline::run(strict, stats, Default::default(), std::future::pending()),
+    )
+    .await
+    .expect("the pipeline stops by itself");
+    let msg = result
+        .expect_err("an incompatible schema stops it")
+        .to_string();
+    assert!(
+        msg.contains("field `qty`") && msg.contains("on_incompatible"),
+        "{msg}"
+    );
+    // Nothing past the good record was committed.
+    let stored = s.stored_offsets(1).await;
+    assert!(stored[&0].is_none_or(|o| o < 1), "{stored:?}");
+}
