@@ -937,12 +937,8 @@ async fn on_incompatible_fail_stops_the_pipeline_naming_the_field() {
     ];
     let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
     assert_eq!(produced[&0].len(), 2);
-    let cfg = avro_config(&s, &registry, "[flush]\nmax_age = \"1s\"\n");
-    let text_cfg = {
-        let mut c = cfg;
-        c.decode.on_incompatible = OnError::Fail;
-        c
-    };
+    let mut strict = avro_config(&s, &registry, "[flush]\nmax_age = \"1s\"\n");
+    strict.decode.on_incompatible = OnError::Fail;
     let stats = std::sync::Arc::new(tributary::stats::PipelineStats::default());
     let result = tokio::time::timeout(
         Duration::from_secs(90),
