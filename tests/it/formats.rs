@@ -118,20 +118,35 @@ fn order(i: i64, v2: bool) -> Av {
     Av::Record(fields)
 }
 
+/// ORDERS_V1 with `field` of type `to` (instead of `from`), and order `i` with
+/// `value` there: what a producer with an incompatible schema sends.
+fn retyped(field: &str, from: &str, to: &str, i: i64, value: Av) -> (String, Av) {
+    let schema = ORDERS_V1.replacen(
+        &format!(r#""name": "{field}", "type": "{from}""#),
+        &format!(r#""name": "{field}", "type": "{to}""#),
+        1,
+    );
+    assert_ne!(
+        schema, ORDERS_V1,
+        "field `{field}` of type {from} is in ORDERS_V1"
+    );
+    let Av::Record(mut fields) = order(i, false) else {
+        unreachable!("orders are records")
+    };
+    fields
+        .iter_mut()
+        .find(|(n, _)| n == field)
+        .expect("the field is in the record")
+        .1 = value;
+    (schema, Av::Record(fields))
+}
+
 fn avro_config(s: &Scenario, registry: &TestRegistry, extra: &str) -> tributary::config::Config {
-    let text = s
-        .config_toml(&format!(
-            "[decode]\nformat = \"avro\"\n\n[schema_registry]\nurl = \"{}\"\nusername = \"sr-user\"\npassword = \"sr-pass\"\n\n{extra}",
-            registry.url()
-        ))
-        .replace(
-            &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
-            "",
-        );
-    tributary::config::RawConfig::parse(&text, None, &|_| None)
-        .expect("config parses")
-        .validate()
-        .expect("config valid")
+    s.registry_config(
+        "avro",
+        &registry.url(),
+        &format!("username = \"sr-user\"\npassword = \"sr-pass\"\n\n{extra}"),
+    )
 }
 
 /// Every row, ordered by id, in the table's own Arrow types (DataFusion reads
@@ -326,20 +341,8 @@ async fn evolved_schema_mid_stream_adds_the_column_and_incompatible_records_are_
     // Then the producer moves to v2, and one producer on another subject sends `id`
     // as a string, which the table cannot hold.
     let v2 = registry.register(&subject, "AVRO", ORDERS_V2);
-    let bad_schema = ORDERS_V1.replacen(
-        r#""name": "id", "type": "long""#,
-        r#""name": "id", "type": "string""#,
-        1,
-    );
-    assert_ne!(bad_schema, ORDERS_V1);
+    let (bad_schema, bad_record) = retyped("id", "long", "string", 0, Av::String("x".into()));
     let v3 = registry.register("elsewhere-value", "AVRO", &bad_schema);
-    let bad_record = Av::Record(match order(0, false) {
-        Av::Record(mut f) => {
-            f[0].1 = Av::String("not-a-number".into());
-            f
-        }
-        _ => unreachable!(),
-    });
     let mut records: Vec<(i32, Vec<u8>)> = (100..200)
         .map(|i| (0, frame(ORDERS_V2, v2, order(i, true))))
         .collect();
@@ -404,19 +407,11 @@ async fn two_workers_evolving_one_table_at_once_add_the_column_once() {
     )
     .await;
     let cfg = || {
-        let text = s
-            .config_toml(&format!(
-                "[decode]\nformat = \"avro\"\n[schema_registry]\nurl = \"{}\"\n[flush]\nmax_rows = 20\nmax_age = \"500ms\"",
-                registry.url()
-            ))
-            .replace(
-                &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
-                "",
-            );
-        tributary::config::RawConfig::parse(&text, None, &|_| None)
-            .unwrap()
-            .validate()
-            .unwrap()
+        s.registry_config(
+            "avro",
+            &registry.url(),
+            "[flush]\nmax_rows = 20\nmax_age = \"500ms\"",
+        )
     };
     let a = start(cfg());
     let b = start(cfg());
@@ -615,19 +610,7 @@ async fn json_schema_records_round_trip_into_a_table_created_from_the_registry()
     records.insert(10, (0, framed(r#"{"id": 1000, "name": "x"}"#.into())));
     records.insert(20, (0, framed("{\"id\": ".into())));
     let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
-    let cfg = s
-        .config_toml(&format!(
-            "[decode]\nformat = \"json_schema\"\n[schema_registry]\nurl = \"{}\"\n[flush]\nmax_age = \"1s\"",
-            registry.url()
-        ))
-        .replace(
-            &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
-            "",
-        );
-    let cfg = tributary::config::RawConfig::parse(&cfg, None, &|_| None)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let cfg = s.registry_config("json_schema", &registry.url(), "[flush]\nmax_age = \"1s\"");
     let mut run = start(cfg);
     run.committed(&s.topic, &last_offsets(&produced)).await;
     assert_eq!(run.stop().await.rejected, 2);
@@ -781,19 +764,11 @@ async fn protobuf_every_type_round_trips_into_a_table_created_from_the_registry(
     wrong_index.extend([2, 10]);
     records.insert(8, (0, wrong_index));
     let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
-    let cfg = s
-        .config_toml(&format!(
-            "[decode]\nformat = \"protobuf\"\n[schema_registry]\nurl = \"{}\"\n[flush]\nmax_rows = 50\nmax_age = \"1s\"",
-            registry.url()
-        ))
-        .replace(
-            &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
-            "",
-        );
-    let cfg = tributary::config::RawConfig::parse(&cfg, None, &|_| None)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let cfg = s.registry_config(
+        "protobuf",
+        &registry.url(),
+        "[flush]\nmax_rows = 50\nmax_age = \"1s\"",
+    );
     let mut run = start(cfg);
     run.committed(&s.topic, &last_offsets(&produced)).await;
     assert_eq!(run.stop().await.rejected, 2);
@@ -917,20 +892,8 @@ async fn on_incompatible_fail_stops_the_pipeline_naming_the_field() {
     let registry = TestRegistry::start(Some(("sr-user", "sr-pass"))).await;
     let s = Scenario::new("avro-strict", 1).await;
     let v1 = registry.register(&format!("{}-value", s.topic), "AVRO", ORDERS_V1);
-    let bad_schema = ORDERS_V1.replacen(
-        r#""name": "qty", "type": "int""#,
-        r#""name": "qty", "type": "string""#,
-        1,
-    );
-    assert_ne!(bad_schema, ORDERS_V1);
+    let (bad_schema, bad) = retyped("qty", "int", "string", 1, Av::String("three".into()));
     let v9 = registry.register("elsewhere-value", "AVRO", &bad_schema);
-    let bad = Av::Record(match order(1, false) {
-        Av::Record(mut f) => {
-            f[2].1 = Av::String("three".into());
-            f
-        }
-        _ => unreachable!(),
-    });
     let records = vec![
         (0, frame(ORDERS_V1, v1, order(0, false))),
         (0, frame(&bad_schema, v9, bad)),

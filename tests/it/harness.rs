@@ -207,6 +207,14 @@ pub struct Scenario {
     pub dir: tempfile::TempDir,
 }
 
+/// Parse and validate a config text (no environment).
+pub fn parse_config(text: &str) -> Config {
+    RawConfig::parse(text, None, &|_| None)
+        .expect("config parses")
+        .validate()
+        .expect("config valid")
+}
+
 /// Send the library's logs to the test's captured output (shown when it fails).
 pub fn init_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -291,10 +299,29 @@ secret_access_key = "test"
     }
 
     pub fn config(&self, extra: &str) -> Config {
-        RawConfig::parse(&self.config_toml(extra), None, &|_| None)
-            .expect("config parses")
-            .validate()
-            .expect("config valid")
+        parse_config(&self.config_toml(extra))
+    }
+
+    /// A config for a registry `format` (no schema file: the table comes from the
+    /// registry at `registry_url`); `extra` as for [`Self::config_toml`].
+    pub fn registry_config(&self, format: &str, registry_url: &str, extra: &str) -> Config {
+        let text = self
+            .config_toml(&format!(
+                "[decode]\nformat = \"{format}\"\n\n[schema_registry]\nurl = \"{registry_url}\"\n\n{extra}"
+            ))
+            .replace(
+                &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
+                "",
+            );
+        parse_config(&text)
+    }
+
+    /// `text` with `other` subscribed besides the scenario's topic.
+    pub fn also_subscribe(&self, text: &str, other: &str) -> String {
+        text.replace(
+            &format!("topics = [\"{}\"]", self.topic),
+            &format!("topics = [\"{}\", \"{other}\"]", self.topic),
+        )
     }
 
     pub fn write_config(&self, extra: &str) -> PathBuf {

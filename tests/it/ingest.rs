@@ -261,10 +261,7 @@ async fn topic_pattern_reads_every_matching_topic_into_one_table() {
         &format!("topics = [\"{}\"]", s.topic),
         &format!("topic_pattern = \"^{}.*\"", s.topic),
     );
-    let cfg = tributary::config::RawConfig::parse(&toml, None, &|_| None)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let cfg = parse_config(&toml);
     let run = start(cfg);
     let stats = run.stats.clone();
     eventually(Duration::from_secs(90), "both topics committed", || {
@@ -323,10 +320,7 @@ async fn derived_columns_and_filters_are_sql_on_each_batch() {
             "compression = \"zstd(1)\"\n",
             "compression = \"zstd(1)\"\nfilter = \"kind <> 'view'\"\npartition_by = [\"day\"]\n",
         );
-    let cfg = tributary::config::RawConfig::parse(&text, None, &|_| None)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let cfg = parse_config(&text);
     let mut run = start(cfg);
     run.committed(&s.topic, &last_offsets(&produced)).await;
     let summary = run.stop().await;
@@ -434,14 +428,8 @@ async fn routes_send_two_topics_to_two_tables_exactly_once_each() {
             "[flush]\nmax_rows = 120\nmax_age = \"1s\"\n\n[[routes]]\ntopics = [\"{topic_b}\"]\nuri = \"{uri_b}\"\nschema_file = \"{schema}\"\nfilter = \"kind <> 'view'\"\n[routes.flush]\nmax_rows = 40\n",
             schema = demo_schema_path().display()
         ))
-        .replace(
-            &format!("topics = [\"{}\"]", s.topic),
-            &format!("topics = [\"{}\", \"{topic_b}\"]", s.topic),
-        );
-    let cfg = tributary::config::RawConfig::parse(&text, None, &|_| None)
-        .unwrap()
-        .validate()
-        .unwrap();
+        ;
+    let cfg = parse_config(&s.also_subscribe(&text, &topic_b));
     let mut run = start(cfg);
     run.committed(&s.topic, &last_offsets(&a)).await;
     run.committed(&topic_b, &last_offsets(&b)).await;
@@ -519,15 +507,8 @@ async fn a_uri_template_makes_one_table_per_topic() {
     let b = produce(&producer, &topic_b, (0..60u64).map(|i| (0, event(i)))).await;
     let text = s
         .config_toml("[flush]\nmax_age = \"1s\"\n")
-        .replace(&s.table_uri(), &format!("s3://{}/t/{{topic}}", s.bucket))
-        .replace(
-            &format!("topics = [\"{}\"]", s.topic),
-            &format!("topics = [\"{}\", \"{topic_b}\"]", s.topic),
-        );
-    let cfg = tributary::config::RawConfig::parse(&text, None, &|_| None)
-        .unwrap()
-        .validate()
-        .unwrap();
+        .replace(&s.table_uri(), &format!("s3://{}/t/{{topic}}", s.bucket));
+    let cfg = parse_config(&s.also_subscribe(&text, &topic_b));
     let mut run = start(cfg);
     run.committed(&s.topic, &last_offsets(&a)).await;
     run.committed(&topic_b, &last_offsets(&b)).await;

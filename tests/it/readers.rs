@@ -82,10 +82,7 @@ async fn tables_read_back_identically_by_duckdb_and_spark() {
             "compression = \"zstd(1)\"",
             "compression = \"zstd(1)\"\npartition_by = [\"country\"]\n[table.properties]\n\"delta.checkpointInterval\" = \"3\"",
         );
-    let cfg = tributary::config::RawConfig::parse(&toml, None, &|_| None)
-        .unwrap()
-        .validate()
-        .unwrap();
+    let cfg = parse_config(&toml);
     let mut run = start(cfg);
     run.committed(&s.topic, &last_offsets(&produced)).await;
     run.stop().await;
