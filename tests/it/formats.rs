@@ -920,3 +920,73 @@ async fn on_incompatible_fail_stops_the_pipeline_naming_the_field() {
     let stored = s.stored_offsets(1).await;
     assert!(stored[&0].is_none_or(|o| o < 1), "{stored:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_imports_resolve_through_registry_references() {
+    use prost_reflect::{DynamicMessage, Value as Pv};
+    use protox::prost::Message;
+    let registry = TestRegistry::start(None).await;
+    let s = Scenario::new("proto-refs", 1).await;
+    let money = "syntax = \"proto3\";\npackage shared;\nmessage Money { int64 units = 1; string currency = 2; }\n";
+    registry.register("shared-money", "PROTOBUF", money);
+    let payment = "syntax = \"proto3\";\nimport \"shared/money.proto\";\nmessage Payment { string id = 1; shared.Money amount = 2; }\n";
+    let import = (
+        "shared/money.proto".to_owned(),
+        "shared-money".to_owned(),
+        1,
+    );
+    let id = registry.register_with_references(
+        &format!("{}-value", s.topic),
+        "PROTOBUF",
+        payment,
+        std::slice::from_ref(&import),
+    );
+    let desc = tributary::protobuf::compile(payment, &[(import.0.clone(), money.to_owned())])
+        .unwrap()
+        .remove(0);
+    let money_desc = desc
+        .get_field_by_name("amount")
+        .unwrap()
+        .kind()
+        .as_message()
+        .unwrap()
+        .clone();
+    let records: Vec<(i32, Vec<u8>)> = (0..40i64)
+        .map(|i| {
+            let mut m = DynamicMessage::new(desc.clone());
+            m.set_field_by_name("id", Pv::String(format!("pay-{i}")));
+            let mut amount = DynamicMessage::new(money_desc.clone());
+            amount.set_field_by_name("units", Pv::I64(i * 100));
+            amount.set_field_by_name("currency", Pv::String("EUR".into()));
+            m.set_field_by_name("amount", Pv::Message(amount));
+            let mut v = vec![0];
+            v.extend_from_slice(&id.to_be_bytes());
+            v.push(0);
+            v.extend(m.encode_to_vec());
+            (0, v)
+        })
+        .collect();
+    let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
+    let mut run =
+        start(s.registry_config("protobuf", &registry.url(), "[flush]\nmax_age = \"1s\""));
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    assert_eq!(run.stop().await.rejected, 0);
+    let t = s.table().await.unwrap();
+    let b = query(
+        &t,
+        "SELECT id, amount.units, amount.currency FROM t ORDER BY _offset",
+    )
+    .await;
+    let b = deltalake::arrow::compute::concat_batches(&b[0].schema(), &b).unwrap();
+    assert_eq!(b.num_rows(), 40);
+    let text = |c: usize| deltalake::arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
+    let (ids, currencies) = (text(0), text(2));
+    for r in 0..40 {
+        assert_eq!(ids.as_string::<i32>().value(r), format!("pay-{r}"));
+        assert_eq!(
+            b.column(1).as_primitive::<Int64Type>().value(r),
+            r as i64 * 100
+        );
+        assert_eq!(currencies.as_string::<i32>().value(r), "EUR");
+    }
+}

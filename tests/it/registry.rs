@@ -11,6 +11,7 @@
 //! - `GET /subjects/{subject}/versions/latest` and `.../versions/{v}` ->
 //!   `{"subject","id","version","schema","schemaType"?}`, or 404 with 40401 (subject)
 //!   or 40402 (version).
+//! - `references` (name, subject, version) kept with a schema and returned with it.
 //! - Basic auth when credentials are set: 401 `{"error_code":401,"message":"Unauthorized"}`.
 //!
 //! Every request is counted, so tests can assert the client's cache works.
@@ -25,10 +26,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+/// A schema reference: (import name, subject, version).
+pub type Reference = (String, String, u32);
+
 #[derive(Default)]
 struct Store {
-    /// Global schemas: (type, text); id = index + 1.
-    schemas: Vec<(String, String)>,
+    /// Global schemas: (type, text, references); id = index + 1.
+    schemas: Vec<(String, String, Vec<Reference>)>,
     /// subject -> schema ids by version (version = index + 1).
     subjects: Vec<(String, Vec<u32>)>,
 }
@@ -99,19 +103,45 @@ impl TestRegistry {
 
     /// Register directly (what a producer's serializer does over HTTP).
     pub fn register(&self, subject: &str, kind: &str, text: &str) -> u32 {
-        register_in(&mut self.inner.store.lock().unwrap(), subject, kind, text)
+        self.register_with_references(subject, kind, text, &[])
+    }
+
+    /// Register a schema that imports others (already registered under the
+    /// referenced subject and version).
+    pub fn register_with_references(
+        &self,
+        subject: &str,
+        kind: &str,
+        text: &str,
+        references: &[Reference],
+    ) -> u32 {
+        register_in(
+            &mut self.inner.store.lock().unwrap(),
+            subject,
+            kind,
+            text,
+            references.to_vec(),
+        )
     }
 }
 
-fn register_in(store: &mut Store, subject: &str, kind: &str, text: &str) -> u32 {
+fn register_in(
+    store: &mut Store,
+    subject: &str,
+    kind: &str,
+    text: &str,
+    references: Vec<Reference>,
+) -> u32 {
     let id = match store
         .schemas
         .iter()
-        .position(|(k, t)| k == kind && t == text)
+        .position(|(k, t, r)| k == kind && t == text && *r == references)
     {
         Some(i) => i as u32 + 1,
         None => {
-            store.schemas.push((kind.to_owned(), text.to_owned()));
+            store
+                .schemas
+                .push((kind.to_owned(), text.to_owned(), references));
             store.schemas.len() as u32
         }
     };
@@ -145,11 +175,22 @@ fn check_auth(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-fn schema_body(kind: &str, text: &str) -> serde_json::Map<String, Value> {
+fn schema_body(kind: &str, text: &str, references: &[Reference]) -> serde_json::Map<String, Value> {
     let mut body = serde_json::Map::new();
     body.insert("schema".into(), Value::from(text));
     if kind != "AVRO" {
         body.insert("schemaType".into(), Value::from(kind));
+    }
+    if !references.is_empty() {
+        body.insert(
+            "references".into(),
+            references
+                .iter()
+                .map(|(name, subject, version)| {
+                    json!({"name": name, "subject": subject, "version": version})
+                })
+                .collect(),
+        );
     }
     body
 }
@@ -191,7 +232,28 @@ async fn register(
             format!("Invalid schema {text}, details: {e}"),
         );
     }
-    let id = register_in(&mut inner.store.lock().unwrap(), &subject, &kind, text);
+    let references: Vec<Reference> = req
+        .get("references")
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| {
+                    Some((
+                        r.get("name")?.as_str()?.to_owned(),
+                        r.get("subject")?.as_str()?.to_owned(),
+                        u32::try_from(r.get("version")?.as_u64()?).ok()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let id = register_in(
+        &mut inner.store.lock().unwrap(),
+        &subject,
+        &kind,
+        text,
+        references,
+    );
     reply(StatusCode::OK, json!({ "id": id }))
 }
 
@@ -208,7 +270,9 @@ async fn by_id(
         .checked_sub(1)
         .and_then(|i| store.schemas.get(i as usize))
     {
-        Some((kind, text)) => reply(StatusCode::OK, Value::Object(schema_body(kind, text))),
+        Some((kind, text, refs)) => {
+            reply(StatusCode::OK, Value::Object(schema_body(kind, text, refs)))
+        }
         None => error(
             StatusCode::NOT_FOUND,
             40403,
@@ -249,8 +313,8 @@ async fn by_version(
         );
     };
     let id = versions[index];
-    let (kind, text) = &store.schemas[id as usize - 1];
-    let mut body = schema_body(kind, text);
+    let (kind, text, refs) = &store.schemas[id as usize - 1];
+    let mut body = schema_body(kind, text, refs);
     body.insert("subject".into(), Value::from(subject.clone()));
     body.insert("id".into(), Value::from(id));
     body.insert("version".into(), Value::from(index as u32 + 1));
