@@ -111,12 +111,22 @@ pub struct RawConfig {
     /// matches go to `[table]`.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Where rejected records go.
+    pub dead_letters: Option<RawDeadLetters>,
     /// Metrics and health endpoint.
     #[serde(default)]
     pub observability: RawObservability,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+}
+
+/// `[dead_letters]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeadLetters {
+    /// The dead-letter Delta table (created when absent).
+    pub uri: String,
 }
 
 /// `[observability]`
@@ -359,6 +369,8 @@ pub struct Config {
     pub commit: CommitConfig,
     /// Decoding.
     pub decode: DecodeConfig,
+    /// The dead-letter table, when rejected records are to be kept.
+    pub dead_letters: Option<Url>,
     /// Where to serve metrics and health probes.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Log filter, when the file sets one.
@@ -778,6 +790,17 @@ impl RawConfig {
             commit,
             decode,
             routes,
+            dead_letters: self
+                .dead_letters
+                .map(|d| {
+                    parse_table_uri(&d.uri).map_err(|e| match e {
+                        ConfigError::Invalid { message, .. } => {
+                            ConfigError::invalid("dead_letters.uri", message)
+                        }
+                        other => other,
+                    })
+                })
+                .transpose()?,
             metrics_listen,
             log_level: self.log.level,
             log_json,

@@ -41,8 +41,38 @@ use crate::schema::TableSchema;
 pub struct Rejected {
     /// Index into [`RecordChunk::records`].
     pub index: usize,
+    /// What kind of failure.
+    pub kind: RejectKind,
     /// Why, in words an operator can act on.
     pub reason: String,
+}
+
+/// The kinds of rejection, as stored in the dead-letter table's `error_kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// No value (a tombstone).
+    Empty,
+    /// Not in the Confluent wire format.
+    Framing,
+    /// The value does not decode with its schema (malformed, truncated, wrong type).
+    Decode,
+    /// The record's schema is unknown, unusable or incompatible with the table.
+    Schema,
+    /// A derived column or the filter failed for it.
+    Transform,
+}
+
+impl RejectKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Empty => "empty",
+            RejectKind::Framing => "framing",
+            RejectKind::Decode => "decode",
+            RejectKind::Schema => "schema",
+            RejectKind::Transform => "transform",
+        }
+    }
 }
 
 /// The outcome of decoding a chunk.
@@ -140,6 +170,7 @@ impl JsonDecoder {
             if r.value.is_none() {
                 rejected.push(Rejected {
                     index: i,
+                    kind: RejectKind::Empty,
                     reason: "record has no value (tombstone)".into(),
                 });
             } else {
@@ -223,6 +254,7 @@ impl JsonDecoder {
                 Err(reason) => {
                     bad.push(Rejected {
                         index: i,
+                        kind: RejectKind::Decode,
                         reason: format!("invalid JSON for the table schema: {reason}"),
                     });
                     single =
@@ -265,7 +297,7 @@ pub(crate) fn feed_one(decoder: &mut TapeDecoder, value: &[u8]) -> Result<(), St
 
 /// Append the configured Kafka metadata columns for `rows` of `chunk` to `values`,
 /// in the table's column order.
-fn append_metadata(
+pub(crate) fn append_metadata(
     schema: &TableSchema,
     values: RecordBatch,
     chunk: &RecordChunk,
@@ -569,6 +601,7 @@ impl RegistryDecoder {
             let Some(value) = chunk.value(r) else {
                 rejected.push(Rejected {
                     index: i,
+                    kind: RejectKind::Empty,
                     reason: "record has no value (tombstone)".into(),
                 });
                 continue;
@@ -576,7 +609,11 @@ impl RegistryDecoder {
             let id = match split_frame(value) {
                 Ok((id, _)) => id,
                 Err(reason) => {
-                    rejected.push(Rejected { index: i, reason });
+                    rejected.push(Rejected {
+                        index: i,
+                        kind: RejectKind::Framing,
+                        reason,
+                    });
                     continue;
                 }
             };
@@ -619,16 +656,17 @@ impl RegistryDecoder {
         if run.is_empty() {
             return Ok(());
         }
-        let reject_all = |rejected: &mut Vec<Rejected>, reason: &str| {
+        let reject_all = |rejected: &mut Vec<Rejected>, kind: RejectKind, reason: &str| {
             rejected.extend(run.iter().map(|&i| Rejected {
                 index: i,
+                kind,
                 reason: reason.to_owned(),
             }));
         };
         let fits = self.fits.contains(&id);
         let out = match self.writers.get_mut(&id) {
             Some(Writer::Rejected(reason)) => {
-                reject_all(rejected, reason);
+                reject_all(rejected, RejectKind::Schema, reason);
                 return Ok(());
             }
             Some(writer) if fits => {
@@ -648,12 +686,13 @@ impl RegistryDecoder {
         let out = match out {
             Ok(out) => out,
             Err(reason) => {
-                reject_all(rejected, &reason);
+                reject_all(rejected, RejectKind::Decode, &reason);
                 return Ok(());
             }
         };
         rejected.extend(out.bad.into_iter().map(|(k, reason)| Rejected {
             index: run[k],
+            kind: RejectKind::Decode,
             reason,
         }));
         let target = self.schema.record_arrow.clone();
@@ -676,6 +715,7 @@ impl RegistryDecoder {
                 }
                 Err(reason) => rejected.extend(positions.iter().map(|&k| Rejected {
                     index: run[k],
+                    kind: RejectKind::Schema,
                     reason: format!("cannot write to the table: {reason}"),
                 })),
             }

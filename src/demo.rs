@@ -181,6 +181,7 @@ fn demo_config(
             registry: None,
         },
         routes: vec![],
+        dead_letters: None,
         metrics_listen: None,
         log_level: None,
         log_json: false,

@@ -36,6 +36,7 @@
 pub mod avro;
 pub mod commit;
 pub mod config;
+pub mod dead_letter;
 pub mod decode;
 pub mod demo;
 pub mod evolve;

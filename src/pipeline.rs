@@ -31,12 +31,13 @@
 //! the last commit is redone. Non-transient errors (a table whose schema no longer
 //! fits, a rejected record in strict mode) stop the daemon with an error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use deltalake::arrow::array::RecordBatch;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -46,11 +47,12 @@ use crate::commit::{
     self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
 };
 use crate::config::{
-    Config, FlushPolicy, Format, OnError, Route, Subscription, TableConfig, TopicMatch,
+    Compression, Config, FlushPolicy, Format, OnError, Route, Subscription, TableConfig, TopicMatch,
 };
-use crate::decode::{DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder};
+use crate::decode::{DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder, Rejected};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::registry::{Registry, RegistryError, SchemaKind};
+use crate::schema::TableSchema;
 use crate::source::{
     AssignReply, Source, SourceChannels, SourceCommand, SourceError, SourceEvent, StartAt,
 };
@@ -179,6 +181,7 @@ pub async fn run(
         cfg,
         stats,
         registry,
+        dead: None,
         sinks: Vec::new(),
         sink_of_topic: HashMap::new(),
         parts: HashMap::new(),
@@ -188,6 +191,22 @@ pub async fn run(
         resume_at: None,
         abandon: Arc::new(AtomicBool::new(false)),
     };
+    if let Some(uri) = &pipeline.cfg.dead_letters {
+        let opened = crate::dead_letter::open(uri, &pipeline.cfg.storage)
+            .await
+            .map_err(Box::new)?;
+        tracing::info!(table = %uri, created = opened.created, "dead-letter table open");
+        let props = table::writer_properties(Compression::Zstd(3), 128 * 1024);
+        pipeline.dead = Some(DeadLetters {
+            table: opened.table,
+            schema: opened.schema,
+            props,
+        });
+    } else {
+        tracing::warn!(
+            "no [dead_letters] table: rejected records are counted and logged, not kept"
+        );
+    }
     // Tables named outright (no `{topic}` in the URI) open now, so a bad schema or
     // missing credentials fail at start; per-topic tables open on first assignment.
     for i in 0..pipeline.routes.len() {
@@ -235,6 +254,9 @@ struct PartState {
     seen_last: Option<i64>,
     /// The sink (table) its records go to.
     sink: usize,
+    /// Offset stored in the dead-letter table: rejected records at or below it
+    /// are already there.
+    dead_committed: Option<i64>,
 }
 
 #[derive(Default)]
@@ -245,6 +267,10 @@ struct Window {
     opened_at: Option<Instant>,
     /// Last offset accounted for per partition.
     parts: HashMap<TopicPartition, i64>,
+    /// Dead letters of this window, for the dead-letter table.
+    dead: Vec<RecordBatch>,
+    /// The partitions they come from.
+    dead_parts: HashSet<TopicPartition>,
 }
 
 impl Window {
@@ -274,6 +300,8 @@ struct Inflight {
 
 struct CommitDone {
     table: DeltaTable,
+    /// Partitions whose dead letters were committed, with the offset stored.
+    dead_committed: Vec<(TopicPartition, i64)>,
     result: Result<(CommitOutcome, CommitStats, usize, u64), TaskError>,
 }
 
@@ -314,8 +342,16 @@ impl Sink {
     }
 }
 
+/// The dead-letter table.
+struct DeadLetters {
+    table: DeltaTable,
+    schema: TableSchema,
+    props: WriterProperties,
+}
+
 struct Pipeline {
     cfg: Arc<Config>,
+    dead: Option<DeadLetters>,
     routes: Vec<Route>,
     stats: Arc<PipelineStats>,
     options: RunOptions,
@@ -557,11 +593,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The offsets stored for `tps` in their sinks' tables.
+    /// The offsets stored for `tps` in their sinks' tables, and in the dead-letter
+    /// table.
     async fn stored_offsets(
         &mut self,
         tps: &[(TopicPartition, usize)],
-    ) -> Result<HashMap<TopicPartition, Option<i64>>, String> {
+    ) -> Result<HashMap<TopicPartition, (Option<i64>, Option<i64>)>, String> {
+        let mut dead = HashMap::new();
+        if let Some(d) = self.dead.as_mut() {
+            d.table.update_state().await.map_err(|e| e.to_string())?;
+            let all: Vec<TopicPartition> = tps.iter().map(|(tp, _)| tp.clone()).collect();
+            dead = table::stored_offsets(&d.table, &self.cfg.app_id, &all)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let mut out = HashMap::with_capacity(tps.len());
         for (i, sink) in self.sinks.iter_mut().enumerate() {
             let mine: Vec<TopicPartition> = tps
@@ -576,7 +621,11 @@ impl Pipeline {
             let stored = table::stored_offsets(&sink.table, &self.cfg.app_id, &mine)
                 .await
                 .map_err(|e| e.to_string())?;
-            out.extend(stored);
+            out.extend(
+                stored
+                    .into_iter()
+                    .map(|(tp, o)| (tp.clone(), (o, dead.get(&tp).copied().flatten()))),
+            );
         }
         Ok(out)
     }
@@ -597,7 +646,7 @@ impl Pipeline {
             let epoch = self.epoch();
             match &stored {
                 Ok(m) => {
-                    let committed = m.get(&tp).copied().flatten();
+                    let (committed, dead_committed) = m.get(&tp).copied().unwrap_or_default();
                     tracing::info!(partition = %tp, stored_offset = ?committed, table = %self.sinks[sink].tcfg.uri, "starting partition after its stored offset");
                     reply.push((tp.clone(), StartAt::after(committed, reset), epoch));
                     self.parts.insert(
@@ -607,6 +656,7 @@ impl Pipeline {
                             committed,
                             seen_last: committed,
                             sink,
+                            dead_committed,
                         },
                     );
                 }
@@ -623,6 +673,7 @@ impl Pipeline {
                             committed: None,
                             seen_last: None,
                             sink,
+                            dead_committed: None,
                         },
                     );
                     self.needs_rewind = true;
@@ -825,6 +876,32 @@ impl Pipeline {
                 reason = %rej.reason, "record rejected; counted and skipped"
             );
         }
+        // Dead letters not already in the dead-letter table (a replay after a crash
+        // between the two commits re-rejects records that are).
+        if let Some(d) = &self.dead {
+            let fresh: Vec<&Rejected> = decoded
+                .rejected
+                .iter()
+                .filter(|rej| {
+                    let r = &chunk.records[rej.index];
+                    let tp = &chunk.partitions[r.part as usize].tp;
+                    self.parts
+                        .get(tp)
+                        .is_some_and(|p| p.dead_committed.is_none_or(|d| r.offset > d))
+                })
+                .collect();
+            if !fresh.is_empty() {
+                let uri = self.sinks[sink].uri();
+                let batch = crate::dead_letter::batch(&d.schema, chunk, &fresh, &uri)?;
+                let w = &mut self.sinks[sink].window;
+                w.dead.push(batch);
+                for rej in fresh {
+                    let r = &chunk.records[rej.index];
+                    w.dead_parts
+                        .insert(chunk.partitions[r.part as usize].tp.clone());
+                }
+            }
+        }
         // Account for every kept record, good or rejected: the window's offset for a
         // partition is its last kept record, whatever became of it.
         let window = &mut self.sinks[sink].window;
@@ -945,6 +1022,23 @@ impl Pipeline {
             parts.push((tp, p.epoch, last));
         }
         partitions.sort_by(|a, b| a.tp.cmp(&b.tp));
+        let dead = match &self.dead {
+            Some(d) if !window.dead.is_empty() => Some(DeadCommit {
+                table: d.table.clone(),
+                batches: window.dead,
+                partitions: partitions
+                    .iter()
+                    .filter(|p| window.dead_parts.contains(&p.tp))
+                    .map(|p| PartitionCommit {
+                        tp: p.tp.clone(),
+                        expected: self.parts.get(&p.tp).and_then(|s| s.dead_committed),
+                        last: p.last,
+                    })
+                    .collect(),
+                props: d.props.clone(),
+            }),
+            _ => None,
+        };
         let rows = window.rows;
         let table = self.sinks[sink].table.clone();
         let app_id = self.cfg.app_id.clone();
@@ -952,7 +1046,7 @@ impl Pipeline {
         let abandon = self.abandon.clone();
         let writer = window.writer;
         let handle = tokio::spawn(async move {
-            flush_and_commit(writer, table, app_id, partitions, policy, abandon).await
+            flush_and_commit(writer, table, app_id, partitions, policy, abandon, dead).await
         });
         self.sinks[sink].inflight = Some(Inflight {
             handle,
@@ -977,6 +1071,15 @@ impl Pipeline {
             }
         };
         self.sinks[sink].table = done.table;
+        let epochs: HashMap<&TopicPartition, u64> =
+            inflight.parts.iter().map(|(tp, e, _)| (tp, *e)).collect();
+        for (tp, last) in &done.dead_committed {
+            if let Some(p) = self.parts.get_mut(tp)
+                && epochs.get(tp) == Some(&p.epoch)
+            {
+                p.dead_committed = Some(*last);
+            }
+        }
         let uri = self.sinks[sink].uri();
         match done.result {
             Ok((
@@ -1103,11 +1206,12 @@ impl Pipeline {
         let reset = self.cfg.kafka.auto_offset_reset;
         for (tp, _) in tps {
             let epoch = self.epoch();
-            let committed = stored.get(&tp).copied().flatten();
+            let (committed, dead_committed) = stored.get(&tp).copied().unwrap_or_default();
             if let Some(p) = self.parts.get_mut(&tp) {
                 p.epoch = epoch;
                 p.committed = committed;
                 p.seen_last = committed;
+                p.dead_committed = dead_committed;
             }
             tracing::info!(partition = %tp, stored_offset = ?committed, "rewinding partition to its stored offset");
             self.source().send(SourceCommand::Seek {
@@ -1185,6 +1289,14 @@ impl Pipeline {
     }
 }
 
+/// A window's dead letters, committed to the dead-letter table before its rows.
+struct DeadCommit {
+    table: DeltaTable,
+    batches: Vec<RecordBatch>,
+    partitions: Vec<PartitionCommit>,
+    props: WriterProperties,
+}
+
 async fn flush_and_commit(
     writer: Option<RecordBatchWriter>,
     mut table: DeltaTable,
@@ -1192,13 +1304,43 @@ async fn flush_and_commit(
     partitions: Vec<PartitionCommit>,
     policy: RetryPolicy,
     abandon: Arc<AtomicBool>,
+    dead: Option<DeadCommit>,
 ) -> CommitDone {
+    let cancelled = move || abandon.load(Ordering::Acquire);
+    // Dead letters first: if we die before the rows land, the replay finds them
+    // already stored and does not write them again.
+    let mut dead_committed = Vec::new();
+    if let Some(d) = dead {
+        let committed: Vec<(TopicPartition, i64)> = d
+            .partitions
+            .iter()
+            .map(|p| (p.tp.clone(), p.last))
+            .collect();
+        match commit_dead_letters(d, &app_id, policy, &cancelled).await {
+            Ok((CommitOutcome::Stale { partitions }, s)) => {
+                return CommitDone {
+                    table,
+                    dead_committed,
+                    result: Ok((CommitOutcome::Stale { partitions }, s, 0, 0)),
+                };
+            }
+            Ok(_) => dead_committed = committed,
+            Err(e) => {
+                return CommitDone {
+                    table,
+                    dead_committed,
+                    result: Err(e),
+                };
+            }
+        }
+    }
     let adds = match writer {
         Some(mut w) => match w.flush().await {
             Ok(adds) => adds,
             Err(e) => {
                 return CommitDone {
                     table,
+                    dead_committed,
                     result: Err(TaskError::Write(e)),
                 };
             }
@@ -1208,10 +1350,34 @@ async fn flush_and_commit(
     let files = adds.len();
     let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
     let req = CommitRequest { adds, partitions };
-    let cancelled = move || abandon.load(Ordering::Acquire);
     let result = commit::commit(&mut table, &app_id, &req, policy, &cancelled)
         .await
         .map(|(o, s)| (o, s, files, bytes))
         .map_err(TaskError::Commit);
-    CommitDone { table, result }
+    CommitDone {
+        table,
+        dead_committed,
+        result,
+    }
+}
+
+async fn commit_dead_letters(
+    d: DeadCommit,
+    app_id: &str,
+    policy: RetryPolicy,
+    cancelled: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<(CommitOutcome, CommitStats), TaskError> {
+    let mut table = d.table;
+    let mut w = table::new_writer(&table, d.props, 128 * 1024 * 1024).map_err(TaskError::Write)?;
+    for b in d.batches {
+        w.write(b).await.map_err(TaskError::Write)?;
+    }
+    let adds = w.flush().await.map_err(TaskError::Write)?;
+    let req = CommitRequest {
+        adds,
+        partitions: d.partitions,
+    };
+    commit::commit(&mut table, app_id, &req, policy, cancelled)
+        .await
+        .map_err(TaskError::Commit)
 }

@@ -27,7 +27,7 @@ use deltalake::datafusion::physical_expr::PhysicalExpr;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::StructField;
 
-use crate::decode::{Decoded, Rejected};
+use crate::decode::{Decoded, RejectKind, Rejected};
 use crate::schema::TableSchema;
 
 /// What the config asks for.
@@ -138,7 +138,11 @@ impl Transform {
                                 batches.push(out);
                             }
                         }
-                        Err(reason) => d.rejected.push(Rejected { index: r, reason }),
+                        Err(reason) => d.rejected.push(Rejected {
+                            index: r,
+                            kind: RejectKind::Transform,
+                            reason,
+                        }),
                     }
                 }
                 d.rejected.sort_by_key(|r| r.index);

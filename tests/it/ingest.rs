@@ -518,3 +518,105 @@ async fn a_uri_template_makes_one_table_per_topic() {
     let rows_b = topic_rows(&s, &format!("s3://{}/t/{topic_b}", s.bucket)).await;
     assert_eq!(rows_b, expected_rows(&topic_b, &b, |_| true));
 }
+
+/// (partition, offset, value, error_kind, error) of every dead letter at `uri`.
+async fn dead_letters(s: &Scenario, uri: &str) -> Vec<(i32, i64, Vec<u8>, String, String)> {
+    let cfg = s.config("");
+    let url = tributary::config::parse_table_uri(uri).unwrap();
+    let Some(t) = tributary::table::load(&url, &cfg.storage).await.unwrap() else {
+        return Vec::new();
+    };
+    let batches = query(
+        &t,
+        "SELECT partition, \"offset\", value, error_kind, error FROM t ORDER BY 1, 2",
+    )
+    .await;
+    let mut out = Vec::new();
+    for b in batches {
+        let text =
+            |c: usize| deltalake::arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
+        let values = deltalake::arrow::compute::cast(b.column(2), &DataType::Binary).unwrap();
+        let (kinds, errors) = (text(3), text(4));
+        for r in 0..b.num_rows() {
+            out.push((
+                b.column(0)
+                    .as_primitive::<deltalake::arrow::datatypes::Int32Type>()
+                    .value(r),
+                b.column(1)
+                    .as_primitive::<deltalake::arrow::datatypes::Int64Type>()
+                    .value(r),
+                values.as_binary::<i32>().value(r).to_vec(),
+                kinds.as_string::<i32>().value(r).to_owned(),
+                errors.as_string::<i32>().value(r).to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_records_land_in_the_dead_letter_table_once_even_after_a_replay() {
+    let s = Scenario::new("dlq", 2).await;
+    let payload = |i: u64| match i % 10 {
+        3 => format!("garbage {i}"),
+        7 => event(i)[..20].to_owned(),
+        _ => event(i),
+    };
+    let produced = produce(
+        &producer(&s.servers.brokers),
+        &s.topic,
+        (0..200u64).map(|i| ((i % 2) as i32, payload(i))),
+    )
+    .await;
+    let dead_uri = format!("s3://{}/dead_letters", s.bucket);
+    let extra =
+        format!("[dead_letters]\nuri = \"{dead_uri}\"\n[flush]\nmax_rows = 50\nmax_age = \"1s\"");
+    let mut run = start(s.config(&extra));
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    assert_eq!(run.stop().await.rejected, 40);
+    // Event i went to partition i % 2 at offset i / 2.
+    let expected: Vec<(i32, i64, Vec<u8>)> = {
+        let mut v: Vec<(i32, i64, Vec<u8>)> = (0..200u64)
+            .filter(|i| matches!(i % 10, 3 | 7))
+            .map(|i| ((i % 2) as i32, (i / 2) as i64, payload(i).into_bytes()))
+            .collect();
+        v.sort();
+        v
+    };
+    let dead = dead_letters(&s, &dead_uri).await;
+    let got: Vec<(i32, i64, Vec<u8>)> = dead.iter().map(|d| (d.0, d.1, d.2.clone())).collect();
+    assert_eq!(
+        got, expected,
+        "every rejected record once, with its raw bytes"
+    );
+    assert!(
+        dead.iter()
+            .all(|d| d.3 == "decode" && d.4.contains("invalid JSON")),
+        "{:?}",
+        dead[0]
+    );
+    assert_eq!(s.rows().await.len(), 160);
+
+    // Replay everything into the table: the rows come again (that is what a reset
+    // asks for), the dead letters do not.
+    let cfg = s.config(&extra);
+    tributary::offsets::set(
+        &cfg,
+        &[],
+        tributary::offsets::Target::Offset(0),
+        false,
+        false,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut run = start(s.config(&extra));
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    assert_eq!(run.stop().await.rejected, 40, "re-rejected on replay");
+    assert_eq!(s.rows().await.len(), 320);
+    assert_eq!(
+        dead_letters(&s, &dead_uri).await.len(),
+        40,
+        "dead letters stay exactly once"
+    );
+}
