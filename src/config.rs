@@ -1524,6 +1524,10 @@ schema_file = "SCHEMA"
         assert_eq!(c.table.compression, Compression::Zstd(1));
         assert_eq!(c.flush.max_bytes, 128 * 1024 * 1024);
         assert_eq!(c.table.metadata_columns.names().count(), 6);
+        assert_eq!(
+            c.dead_letters.unwrap().as_str(),
+            "s3://my-bucket/tables/_dead_letters"
+        );
     }
 
     #[test]
