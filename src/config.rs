@@ -314,6 +314,9 @@ pub struct RawDecode {
     /// Registry subject whose latest schema creates the table; `{topic}` is
     /// replaced by the (first) topic. Default `{topic}-value`.
     pub subject: Option<String>,
+    /// Records with a larger value are rejected (to dead letters) instead of
+    /// decoded, so one oversized record cannot blow the memory budget (default 16 MiB).
+    pub max_record_bytes: Option<ByteSize>,
 }
 
 /// `[schema_registry]`
@@ -631,6 +634,8 @@ pub struct DecodeConfig {
     pub subject: String,
     /// The registry, for registry formats.
     pub registry: Option<crate::registry::RegistryConfig>,
+    /// Larger record values are rejected.
+    pub max_record_bytes: u64,
 }
 
 impl DecodeConfig {
@@ -1040,12 +1045,22 @@ fn validate_decode(
              subject or table.schema_file",
         ));
     }
+    let max_record_bytes = raw
+        .max_record_bytes
+        .map_or(16 * 1024 * 1024, |b| b.as_u64());
+    if max_record_bytes < 1024 {
+        return Err(ConfigError::invalid(
+            "decode.max_record_bytes",
+            "must be at least 1 KiB",
+        ));
+    }
     Ok(DecodeConfig {
         format,
         on_error: raw.on_error,
         on_incompatible: raw.on_incompatible,
         subject,
         registry,
+        max_record_bytes,
     })
 }
 

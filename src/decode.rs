@@ -60,6 +60,8 @@ pub enum RejectKind {
     Schema,
     /// A derived column or the filter failed for it.
     Transform,
+    /// The value is larger than `decode.max_record_bytes`.
+    TooLarge,
 }
 
 impl RejectKind {
@@ -71,6 +73,7 @@ impl RejectKind {
             RejectKind::Decode => "decode",
             RejectKind::Schema => "schema",
             RejectKind::Transform => "transform",
+            RejectKind::TooLarge => "too_large",
         }
     }
 }

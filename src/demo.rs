@@ -179,6 +179,7 @@ fn demo_config(
             on_incompatible: OnError::Skip,
             subject: "{topic}-value".into(),
             registry: None,
+            max_record_bytes: 16 * 1024 * 1024,
         },
         routes: vec![],
         dead_letters: None,

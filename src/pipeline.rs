@@ -49,7 +49,9 @@ use crate::commit::{
 use crate::config::{
     Compression, Config, FlushPolicy, Format, OnError, Route, Subscription, TableConfig, TopicMatch,
 };
-use crate::decode::{DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder, Rejected};
+use crate::decode::{
+    DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder, RejectKind, Rejected,
+};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::registry::{Registry, RegistryError, SchemaKind};
 use crate::schema::TableSchema;
@@ -833,11 +835,26 @@ impl Pipeline {
         keep: &[bool],
         range: std::ops::Range<usize>,
     ) -> Result<(), PipelineError> {
-        let in_segment = |i: usize| range.contains(&i) && keep[i];
         let accounted = range.clone().filter(|&i| keep[i]).count() as u64;
         if accounted == 0 {
             return Ok(());
         }
+        // Oversized values are rejected before any decoder sees them.
+        let limit = self.cfg.decode.max_record_bytes;
+        let too_large: Vec<Rejected> = range
+            .clone()
+            .filter(|&i| keep[i])
+            .filter_map(|i| {
+                let len = chunk.value(&chunk.records[i]).map_or(0, <[u8]>::len) as u64;
+                (len > limit).then(|| Rejected {
+                    index: i,
+                    kind: RejectKind::TooLarge,
+                    reason: format!("value is {len} bytes, over decode.max_record_bytes ({limit})"),
+                })
+            })
+            .collect();
+        let in_segment =
+            |i: usize| range.contains(&i) && keep[i] && !too_large.iter().any(|r| r.index == i);
         // Registry formats: fetch new schema ids, evolve the table where they need it.
         loop {
             match self.sinks[sink].decoder.prepare(chunk, &in_segment).await {
@@ -860,6 +877,10 @@ impl Pipeline {
         let mut decoded = s.decoder.decode(chunk, &in_segment)?;
         if let Some(t) = &s.transform {
             decoded = t.apply(decoded);
+        }
+        if !too_large.is_empty() {
+            decoded.rejected.extend(too_large);
+            decoded.rejected.sort_by_key(|r| r.index);
         }
         for rej in &decoded.rejected {
             let r = &chunk.records[rej.index];

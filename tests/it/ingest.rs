@@ -520,7 +520,7 @@ async fn a_uri_template_makes_one_table_per_topic() {
 }
 
 /// (partition, offset, value, error_kind, error) of every dead letter at `uri`.
-async fn dead_letters(s: &Scenario, uri: &str) -> Vec<(i32, i64, Vec<u8>, String, String)> {
+pub async fn dead_letters(s: &Scenario, uri: &str) -> Vec<(i32, i64, Vec<u8>, String, String)> {
     let cfg = s.config("");
     let url = tributary::config::parse_table_uri(uri).unwrap();
     let Some(t) = tributary::table::load(&url, &cfg.storage).await.unwrap() else {

@@ -3,6 +3,7 @@
 //! run in parallel.
 
 mod commit;
+mod faults;
 mod formats;
 mod harness;
 mod ingest;

@@ -1,0 +1,129 @@
+//! Fault suite: bad input, crashes, outages and races, each reporting what it did
+//! (records, lost, duplicated, dead-lettered) on stderr.
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng};
+
+use crate::harness::*;
+use crate::ingest::{dead_letters, start};
+
+/// What a poison record is, and the `error_kind` it must be dead-lettered with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Poison {
+    Good,
+    Garbage,
+    Truncated,
+    WrongType,
+    Huge,
+    Empty,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_input_goes_to_dead_letters_and_the_rest_is_exact() {
+    let s = Scenario::new("poison", 4).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let n = 2000u64;
+    let mut kinds = Vec::with_capacity(n as usize);
+    let payloads: Vec<(i32, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let roll: u32 = rng.random_range(0..100);
+            let (kind, bytes) = match roll {
+                0..10 => {
+                    let len = rng.random_range(1..200);
+                    let mut b: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                    b[0] = b'#'; // never accidentally a JSON value
+                    (Poison::Garbage, b)
+                }
+                10..13 => {
+                    let e = event(i);
+                    let cut = rng.random_range(1..e.len() - 1);
+                    (Poison::Truncated, e.as_bytes()[..cut].to_vec())
+                }
+                13..16 => (
+                    Poison::WrongType,
+                    event(i)
+                        .replacen(&format!("\"event_id\":{i}"), "\"event_id\":\"x\"", 1)
+                        .into_bytes(),
+                ),
+                16..17 => (
+                    Poison::Huge,
+                    event(i)
+                        .replacen("\"demo\"", &format!("\"{}\"", "z".repeat(300 * 1024)), 1)
+                        .into_bytes(),
+                ),
+                17..18 => (Poison::Empty, Vec::new()),
+                _ => (Poison::Good, event(i).into_bytes()),
+            };
+            kinds.push(kind);
+            ((i % 4) as i32, bytes)
+        })
+        .collect();
+    let produced = produce(&producer(&s.servers.brokers), &s.topic, payloads).await;
+    // Which (partition, offset) each record got.
+    let mut next: BTreeMap<i32, usize> = BTreeMap::new();
+    let placed: Vec<(i32, i64, Poison)> = (0..n as usize)
+        .map(|i| {
+            let p = (i % 4) as i32;
+            let k = next.entry(p).or_default();
+            let o = produced[&p][*k];
+            *k += 1;
+            (p, o, kinds[i])
+        })
+        .collect();
+
+    let dead_uri = format!("s3://{}/dead", s.bucket);
+    let mut run = start(s.config(&format!(
+        "[decode]\nmax_record_bytes = \"128 KiB\"\n[dead_letters]\nuri = \"{dead_uri}\"\n[flush]\nmax_rows = 400\nmax_age = \"1s\""
+    )));
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+
+    let bad: Vec<&(i32, i64, Poison)> = placed.iter().filter(|p| p.2 != Poison::Good).collect();
+    let mut good: Vec<(i32, i64)> = placed
+        .iter()
+        .filter(|p| p.2 == Poison::Good)
+        .map(|p| (p.0, p.1))
+        .collect();
+    good.sort();
+    let mut rows = s.rows().await;
+    rows.sort();
+    let distinct: std::collections::BTreeSet<_> = rows.iter().collect();
+    assert_eq!(rows.len(), distinct.len(), "no duplicated rows");
+    assert_eq!(rows, good, "exactly the good records, once");
+
+    let dead = dead_letters(&s, &dead_uri).await;
+    let mut expected_dead: Vec<(i32, i64, &str)> = bad
+        .iter()
+        .map(|(p, o, k)| {
+            let kind = match k {
+                Poison::Huge => "too_large",
+                _ => "decode",
+            };
+            (*p, *o, kind)
+        })
+        .collect();
+    expected_dead.sort();
+    let got: Vec<(i32, i64, &str)> = dead.iter().map(|d| (d.0, d.1, d.3.as_str())).collect();
+    assert_eq!(
+        got, expected_dead,
+        "every bad record dead-lettered once, with its kind"
+    );
+    assert!(
+        dead.iter().all(|d| !d.4.is_empty()),
+        "every dead letter has a reason"
+    );
+    assert_eq!(summary.rejected as usize, bad.len());
+    let count = |k: Poison| placed.iter().filter(|p| p.2 == k).count();
+    eprintln!(
+        "poison: {n} records: {} good rows (0 lost, 0 duplicated), {} dead letters: \
+         garbage {}, truncated {}, wrong type {}, huge {}, empty {}",
+        rows.len(),
+        dead.len(),
+        count(Poison::Garbage),
+        count(Poison::Truncated),
+        count(Poison::WrongType),
+        count(Poison::Huge),
+        count(Poison::Empty),
+    );
+}
