@@ -127,3 +127,69 @@ async fn poison_input_goes_to_dead_letters_and_the_rest_is_exact() {
         count(Poison::Empty),
     );
 }
+
+/// kill -9 loop: three daemons share the group and the table; at random moments
+/// one of them is killed with SIGKILL and started again, `iterations` times, while a
+/// producer writes `total` records. Then every (partition, offset) is read back.
+async fn kill_loop(name: &str, iterations: usize, total: u64) {
+    let started = std::time::Instant::now();
+    let s = Scenario::new(name, 6).await;
+    let cfg = s.write_config("[flush]\nmax_rows = 300\nmax_age = \"500ms\"");
+    let producer = BackgroundProducer::start(&s.servers.brokers, &s.topic, 6, total, 40);
+    let mut daemons: Vec<Daemon> = (0..3).map(|_| Daemon::start(&cfg, s.dir.path())).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(iterations as u64);
+    let mut rows_at_kills = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        // Long enough for the group to settle and commit between some kills (a
+        // rebalance takes a few seconds), short enough to hit commits in flight.
+        let wait = rng.random_range(1500..5000);
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        let victim = rng.random_range(0..daemons.len());
+        daemons[victim].kill9();
+        rows_at_kills.push(s.rows().await.len());
+        daemons[victim] = Daemon::start(&cfg, s.dir.path());
+    }
+    let produced = producer.finish().await;
+    let produced_total: usize = produced.values().map(Vec::len).sum();
+    let last = last_offsets(&produced);
+    eventually(
+        std::time::Duration::from_secs(180),
+        "table offsets to reach the produced ends",
+        || async { (s.stored_offsets(6).await == last).then_some(()) },
+    )
+    .await;
+    for d in &mut daemons {
+        let status = d.terminate(std::time::Duration::from_secs(60)).await;
+        assert!(status.success(), "exit {status:?}; log:\n{}", d.log_text());
+    }
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    eprintln!(
+        "kill -9 loop: {iterations} kills over 3 daemons, {produced_total} records produced, \
+         {} rows, lost {lost}, duplicated {duplicated}, rows at each kill {rows_at_kills:?}, \
+         wall {:.0}s",
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let mid_stream = rows_at_kills
+        .windows(2)
+        .filter(|w| w[1] > w[0] && w[1] < produced_total)
+        .count();
+    assert!(
+        mid_stream >= 3,
+        "the table must move between kills, which land mid-stream: {rows_at_kills:?}"
+    );
+    assert_eq!((rows.len(), lost, duplicated), (produced_total, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loop_with_three_daemons_is_exactly_once() {
+    kill_loop("kill-loop", 20, 12_000).await;
+}
+
+/// The long version: `tests/run.sh faults::kill_9_loop_long -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: 100 kills"]
+async fn kill_9_loop_long() {
+    kill_loop("kill-loop-long", 100, 60_000).await;
+}
