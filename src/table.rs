@@ -79,8 +79,9 @@ impl TableError {
 /// a problem with the table or the data.
 pub fn is_retryable(e: &DeltaTableError) -> bool {
     use deltalake::kernel::transaction::TransactionError;
-    match e {
-        DeltaTableError::ObjectStore { source } => !matches!(
+    use deltalake::parquet::errors::ParquetError;
+    fn store_retryable(source: &deltalake::ObjectStoreError) -> bool {
+        !matches!(
             source,
             deltalake::ObjectStoreError::NotFound { .. }
                 | deltalake::ObjectStoreError::InvalidPath { .. }
@@ -89,7 +90,25 @@ pub fn is_retryable(e: &DeltaTableError) -> bool {
                 | deltalake::ObjectStoreError::UnknownConfigurationKey { .. }
                 | deltalake::ObjectStoreError::PermissionDenied { .. }
                 | deltalake::ObjectStoreError::Unauthenticated { .. }
-        ),
+        )
+    }
+    match e {
+        DeltaTableError::ObjectStore { source } => store_retryable(source),
+        // The Parquet writer streams to the object store: an upload failing under it
+        // surfaces as a Parquet error wrapping the object-store (or I/O) error.
+        DeltaTableError::Parquet {
+            source: ParquetError::External(inner),
+        } => {
+            let store = inner
+                .downcast_ref::<deltalake::ObjectStoreError>()
+                .or_else(|| {
+                    inner
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(|io| io.get_ref())
+                        .and_then(|e| e.downcast_ref::<deltalake::ObjectStoreError>())
+                });
+            store.is_none_or(store_retryable)
+        }
         DeltaTableError::Io { .. } => true,
         DeltaTableError::Transaction { source } => matches!(
             source,
