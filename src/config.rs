@@ -266,6 +266,11 @@ pub struct RawStorage {
     pub secret_access_key: Option<Secret>,
     /// Session token for temporary credentials.
     pub session_token: Option<Secret>,
+    /// Server-side encryption of every object written: `sse-s3` (AES256) or
+    /// `sse-kms`. Bucket policies that require encryption headers need this.
+    pub encryption: Option<String>,
+    /// The KMS key (id or ARN) for `sse-kms`; the bucket's default key when absent.
+    pub kms_key_id: Option<String>,
     /// Further object-store options passed through to delta-rs verbatim.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -1322,6 +1327,28 @@ fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigE
     if let Some(token) = raw.session_token {
         set("aws_session_token", token.expose().to_owned());
     }
+    match (raw.encryption.as_deref(), raw.kms_key_id) {
+        (None, None) => {}
+        (Some("sse-s3"), None) => set("aws_server_side_encryption", "AES256".into()),
+        (Some("sse-kms"), key) => {
+            set("aws_server_side_encryption", "aws:kms".into());
+            if let Some(key) = key {
+                set("aws_sse_kms_key_id", key);
+            }
+        }
+        (Some("sse-s3") | None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "storage.kms_key_id",
+                "needs encryption = \"sse-kms\"",
+            ));
+        }
+        (Some(other), _) => {
+            return Err(ConfigError::invalid(
+                "storage.encryption",
+                format!("`{other}`: use `sse-s3` or `sse-kms`"),
+            ));
+        }
+    }
     if is_s3 {
         // Conditional put (If-None-Match) is what makes concurrent writers safe
         // without a lock service; refuse configs that would switch it off.
@@ -1635,6 +1662,34 @@ schema_file = "SCHEMA"
         );
         let err = parse(&no_schema).unwrap_err().to_string();
         assert!(err.contains("schema_file"), "{err}");
+    }
+
+    #[test]
+    fn storage_encryption_maps_to_object_store_options() {
+        let base = "app_id = \"a\"\n[kafka]\nbrokers = \"h:1\"\ntopics = [\"t\"]\n[table]\nuri = \"s3://b/t\"\nschema_file = \"SCHEMA\"\n[storage]\n";
+        let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/demo_events.json");
+        let base = base.replace("SCHEMA", &schema.display().to_string());
+        let parse = |extra: &str| {
+            RawConfig::parse(&format!("{base}{extra}"), None, &|_| None)
+                .unwrap()
+                .validate()
+        };
+        let opt = |c: &Config, k: &str| c.storage.options.get(k).map(|v| v.expose().to_owned());
+        let c = parse("encryption = \"sse-s3\"\n").unwrap();
+        assert_eq!(
+            opt(&c, "aws_server_side_encryption").as_deref(),
+            Some("AES256")
+        );
+        let c = parse("encryption = \"sse-kms\"\nkms_key_id = \"k1\"\n").unwrap();
+        assert_eq!(
+            opt(&c, "aws_server_side_encryption").as_deref(),
+            Some("aws:kms")
+        );
+        assert_eq!(opt(&c, "aws_sse_kms_key_id").as_deref(), Some("k1"));
+        let err = parse("kms_key_id = \"k1\"\n").unwrap_err().to_string();
+        assert!(err.contains("storage.kms_key_id"), "{err}");
+        let err = parse("encryption = \"rot13\"\n").unwrap_err().to_string();
+        assert!(err.contains("storage.encryption"), "{err}");
     }
 
     #[test]

@@ -118,14 +118,19 @@ async fn s3_write_probe(cfg: &Config) -> Result<String, String> {
             .unwrap_or("the credentials need s3:PutObject and s3:DeleteObject on the table prefix");
         format!("cannot {what} s3://{bucket}/{key}: {msg}. {hint}")
     };
-    client
-        .put_object()
-        .bucket(&bucket)
-        .key(&key)
-        .body(aws_sdk_s3::primitives::ByteStream::from_static(
-            b"tributary write probe",
-        ))
-        .send()
+    let mut put = client.put_object().bucket(&bucket).key(&key).body(
+        aws_sdk_s3::primitives::ByteStream::from_static(b"tributary write probe"),
+    );
+    // Probe with the encryption the table writes use: a bucket policy requiring it
+    // refuses unencrypted puts.
+    if let Some(sse) = opts.get("aws_server_side_encryption") {
+        put =
+            put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::from(sse.as_str()));
+    }
+    if let Some(kms) = opts.get("aws_sse_kms_key_id") {
+        put = put.ssekms_key_id(kms);
+    }
+    put.send()
         .await
         .map_err(|e| describe(&aws_sdk_s3::error::DisplayErrorContext(&e), "write"))?;
     client

@@ -12,4 +12,5 @@ mod observability;
 mod process;
 mod readers;
 mod registry;
+mod security;
 mod validate;
