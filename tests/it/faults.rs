@@ -274,3 +274,167 @@ async fn s3_outage_of_30s_mid_stream_loses_nothing_and_the_daemon_stays_up() {
         "the daemon retried"
     );
 }
+
+/// A Tansu broker of the test's own, storing its log in a bucket of the S3 server so
+/// that it survives a restart (the shared broker keeps it in memory).
+struct OwnBroker {
+    bin: String,
+    port: u16,
+    bucket: String,
+    s3: String,
+    log: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl OwnBroker {
+    fn spawn(
+        bin: &str,
+        port: u16,
+        bucket: &str,
+        s3: &str,
+        log: &std::path::Path,
+    ) -> std::process::Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        std::process::Command::new(bin)
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .arg("--storage-engine")
+            .arg(format!("s3://{bucket}/"))
+            .env("AWS_ENDPOINT", s3)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_REGION", "us-east-1")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start tansu")
+    }
+
+    async fn start(s3: &str, dir: &std::path::Path) -> Self {
+        let bin = std::env::var("TRIBUTARY_TEST_TANSU_BIN")
+            .expect("TRIBUTARY_TEST_TANSU_BIN is set by tests/servers.sh; run tests/run.sh");
+        let bucket = unique("tansu").to_lowercase();
+        create_bucket(s3, &bucket);
+        let port = free_port();
+        let log = dir.join("tansu.log");
+        let child = Self::spawn(&bin, port, &bucket, s3, &log);
+        let b = Self {
+            bin,
+            port,
+            bucket,
+            s3: s3.to_owned(),
+            log,
+            child,
+        };
+        b.wait_listening().await;
+        b
+    }
+
+    async fn wait_listening(&self) {
+        let port = self.port;
+        eventually(
+            std::time::Duration::from_secs(30),
+            "broker listening",
+            || async move {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    async fn restart(&mut self) {
+        self.child = Self::spawn(&self.bin, self.port, &self.bucket, &self.s3, &self.log);
+        self.wait_listening().await;
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker is killed mid-stream and comes back 10 s later: the daemon and the
+/// producer reconnect, and the table ends with every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    init_logs();
+    let started = std::time::Instant::now();
+    let shared = servers();
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = OwnBroker::start(&shared.s3, dir.path()).await;
+    let s = Scenario {
+        servers: Servers {
+            brokers: broker.brokers(),
+            s3: shared.s3.clone(),
+        },
+        topic: unique("broker-restart"),
+        bucket: unique("b").to_lowercase(),
+        app_id: unique("app"),
+        dir,
+    };
+    create_topic(&s.servers.brokers, &s.topic, 4).await;
+    create_bucket(&s.servers.s3, &s.bucket);
+    let cfg = s.write_config("[flush]\nmax_rows = 300\nmax_age = \"500ms\"");
+    let producer = BackgroundProducer::start(&s.servers.brokers, &s.topic, 4, 4000, 20);
+    let mut daemon = Daemon::start(&cfg, s.dir.path());
+    eventually(
+        std::time::Duration::from_secs(90),
+        "first commits",
+        || async { (s.table().await.and_then(|t| t.version()) >= Some(2)).then_some(()) },
+    )
+    .await;
+    let rows_before = s.rows().await.len();
+    broker.kill9();
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon exited while the broker was down; log:\n{}",
+        daemon.log_text()
+    );
+    broker.restart().await;
+    let produced = producer.finish().await;
+    let last = last_offsets(&produced);
+    eventually(
+        std::time::Duration::from_secs(180),
+        "caught up after the broker restart",
+        || async { (s.stored_offsets(4).await == last).then_some(()) },
+    )
+    .await;
+    let status = daemon.terminate(std::time::Duration::from_secs(60)).await;
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        daemon.log_text()
+    );
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    let total: usize = produced.values().map(Vec::len).sum();
+    eprintln!(
+        "broker restart: killed with {rows_before} rows committed, down 10 s; {total} records \
+         produced, {} rows, lost {lost}, duplicated {duplicated}; wall {:.0}s",
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!((rows.len(), lost, duplicated), (total, 0, 0));
+}
