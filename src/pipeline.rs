@@ -473,13 +473,13 @@ impl Pipeline {
         let cfg = self.cfg.clone();
         // A registry format without a schema file creates the table from the
         // subject's latest schema.
+        let existing = table::load(&tcfg.uri, &cfg.storage)
+            .await
+            .map_err(Box::new)?;
         let mut fallback = None;
         if tcfg.schema.is_none()
+            && existing.is_none()
             && let Some(registry) = &self.registry
-            && table::load(&tcfg.uri, &cfg.storage)
-                .await
-                .map_err(Box::new)?
-                .is_none()
         {
             let subject = cfg.decode.subject_for(topic);
             let latest = registry.latest(&subject).await?;
@@ -493,7 +493,7 @@ impl Pipeline {
             tracing::info!(%subject, schema_id = latest.id, "creating the table from the registry schema");
             fallback = Some(record);
         }
-        let opened = table::open_or_create(&tcfg, &cfg.storage, fallback.as_ref())
+        let opened = table::open_or_create_loaded(&tcfg, &cfg.storage, existing, fallback.as_ref())
             .await
             .map_err(Box::new)?;
         tracing::info!(

@@ -206,9 +206,21 @@ pub async fn open_or_create(
     storage: &StorageConfig,
     fallback: Option<&StructType>,
 ) -> Result<OpenTable, TableError> {
+    let existing = load(&cfg.uri, storage).await?;
+    open_or_create_loaded(cfg, storage, existing, fallback).await
+}
+
+/// [`open_or_create`] for a caller that has already run [`load`] (to decide what
+/// the fallback schema is) and passes its result in `existing`.
+pub async fn open_or_create_loaded(
+    cfg: &TableConfig,
+    storage: &StorageConfig,
+    existing: Option<DeltaTable>,
+    fallback: Option<&StructType>,
+) -> Result<OpenTable, TableError> {
     let uri = &cfg.uri;
     let mut created = false;
-    let table = match load(uri, storage).await? {
+    let table = match existing {
         Some(t) => t,
         None => {
             let Some(record) = cfg.schema.as_ref().or(fallback) else {
