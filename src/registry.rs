@@ -136,6 +136,7 @@ impl RegistryError {
 
     fn from_src(e: SRCError, what: impl Into<String>) -> Self {
         let raw = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<RawError>());
+        let refused = e.error.contains("status 401") || e.error.contains("status 403");
         match raw {
             Some(r) if (40400..40500).contains(&r.error_code) || r.error_code == 404 => {
                 RegistryError::NotFound {
@@ -144,22 +145,16 @@ impl RegistryError {
                     message: r.message.clone(),
                 }
             }
-            Some(r)
-                if matches!(r.error_code, 401 | 403 | 40101 | 40301)
-                    || e.error.contains("status 401")
-                    || e.error.contains("status 403") =>
-            {
+            Some(r) if refused || matches!(r.error_code, 401 | 403 | 40101 | 40301) => {
                 RegistryError::Unauthorized {
                     code: r.error_code,
                     message: r.message.clone(),
                 }
             }
-            _ if e.error.contains("status 401") || e.error.contains("status 403") => {
-                RegistryError::Unauthorized {
-                    code: 401,
-                    message: e.error.clone(),
-                }
-            }
+            _ if refused => RegistryError::Unauthorized {
+                code: 401,
+                message: e.error.clone(),
+            },
             _ => RegistryError::Unavailable(e.to_string()),
         }
     }
