@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use rand::{Rng, SeedableRng};
 
 use crate::harness::*;
+
+/// How long a run may take to catch up after its fault.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(180);
 use crate::ingest::{dead_letters, start};
 
 /// What a poison record is, and the `error_kind` it must be dead-lettered with.
@@ -151,16 +154,9 @@ async fn kill_loop(name: &str, iterations: usize, total: u64) {
     }
     let produced = producer.finish().await;
     let produced_total: usize = produced.values().map(Vec::len).sum();
-    let last = last_offsets(&produced);
-    eventually(
-        std::time::Duration::from_secs(180),
-        "table offsets to reach the produced ends",
-        || async { (s.stored_offsets(6).await == last).then_some(()) },
-    )
-    .await;
+    s.wait_caught_up(&produced, 6, CATCH_UP).await;
     for d in &mut daemons {
-        let status = d.terminate(std::time::Duration::from_secs(60)).await;
-        assert!(status.success(), "exit {status:?}; log:\n{}", d.log_text());
+        d.stop_cleanly().await;
     }
     let rows = s.rows().await;
     let (lost, duplicated) = diff(&rows, &produced);
@@ -216,7 +212,7 @@ async fn s3_outage_of_30s_mid_stream_loses_nothing_and_the_daemon_stays_up() {
     eventually(
         std::time::Duration::from_secs(90),
         "first commits",
-        || async { (s.table().await.and_then(|t| t.version()) >= Some(2)).then_some(()) },
+        || async { (s.version().await >= Some(2)).then_some(()) },
     )
     .await;
     let rows_before = s.rows().await.len();
@@ -237,19 +233,8 @@ async fn s3_outage_of_30s_mid_stream_loses_nothing_and_the_daemon_stays_up() {
     }
     s3.bring_up();
     let produced = producer.finish().await;
-    let last = last_offsets(&produced);
-    eventually(
-        std::time::Duration::from_secs(180),
-        "caught up after the outage",
-        || async { (s.stored_offsets(4).await == last).then_some(()) },
-    )
-    .await;
-    let status = daemon.terminate(std::time::Duration::from_secs(60)).await;
-    assert!(
-        status.success(),
-        "exit {status:?}; log:\n{}",
-        daemon.log_text()
-    );
+    s.wait_caught_up(&produced, 4, CATCH_UP).await;
+    daemon.stop_cleanly().await;
     let rows = s.rows().await;
     let (lost, duplicated) = diff(&rows, &produced);
     let total: usize = produced.values().map(Vec::len).sum();
@@ -401,7 +386,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     eventually(
         std::time::Duration::from_secs(90),
         "first commits",
-        || async { (s.table().await.and_then(|t| t.version()) >= Some(2)).then_some(()) },
+        || async { (s.version().await >= Some(2)).then_some(()) },
     )
     .await;
     let rows_before = s.rows().await.len();
@@ -414,19 +399,8 @@ async fn broker_restart_mid_stream_loses_nothing() {
     );
     broker.restart().await;
     let produced = producer.finish().await;
-    let last = last_offsets(&produced);
-    eventually(
-        std::time::Duration::from_secs(180),
-        "caught up after the broker restart",
-        || async { (s.stored_offsets(4).await == last).then_some(()) },
-    )
-    .await;
-    let status = daemon.terminate(std::time::Duration::from_secs(60)).await;
-    assert!(
-        status.success(),
-        "exit {status:?}; log:\n{}",
-        daemon.log_text()
-    );
+    s.wait_caught_up(&produced, 4, CATCH_UP).await;
+    daemon.stop_cleanly().await;
     let rows = s.rows().await;
     let (lost, duplicated) = diff(&rows, &produced);
     let total: usize = produced.values().map(Vec::len).sum();

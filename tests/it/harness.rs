@@ -367,6 +367,28 @@ secret_access_key = "test"
         ops
     }
 
+    /// The table's version, once it exists.
+    pub async fn version(&self) -> Option<u64> {
+        self.table().await.and_then(|t| t.version())
+    }
+
+    /// Wait up to `deadline` until the offsets stored for partitions `0..partitions`
+    /// reach the ends of what was `produced`.
+    pub async fn wait_caught_up(
+        &self,
+        produced: &BTreeMap<i32, Vec<i64>>,
+        partitions: i32,
+        deadline: Duration,
+    ) {
+        let last = last_offsets(produced);
+        eventually(
+            deadline,
+            "table offsets to reach the produced ends",
+            || async { (self.stored_offsets(partitions).await == last).then_some(()) },
+        )
+        .await;
+    }
+
     /// Every (partition, offset) row in the table.
     pub async fn rows(&self) -> Vec<(i32, i64)> {
         let Some(t) = self.table().await else {
@@ -433,6 +455,16 @@ impl Daemon {
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and assert a clean exit within 60 s (showing the log otherwise).
+    pub async fn stop_cleanly(&mut self) {
+        let status = self.terminate(Duration::from_secs(60)).await;
+        assert!(
+            status.success(),
+            "daemon exit {status:?}; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// SIGTERM, then wait for the exit status.

@@ -7,23 +7,7 @@ use crate::harness::*;
 
 const FLUSH: &str = "[flush]\nmax_rows = 400\nmax_age = \"1s\"";
 
-async fn table_version(s: &Scenario) -> Option<u64> {
-    s.table().await.and_then(|t| t.version())
-}
-
-async fn wait_caught_up(
-    s: &Scenario,
-    produced: &std::collections::BTreeMap<i32, Vec<i64>>,
-    partitions: i32,
-) {
-    let last = last_offsets(produced);
-    eventually(
-        Duration::from_secs(120),
-        "table offsets to reach the produced ends",
-        || async { (s.stored_offsets(partitions).await == last).then_some(()) },
-    )
-    .await;
-}
+const CATCH_UP: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_is_exactly_once() {
@@ -33,21 +17,15 @@ async fn kill_9_mid_stream_then_restart_is_exactly_once() {
     let mut first = Daemon::start(&cfg, s.dir.path());
     // Kill it once it has committed something and is in the middle of more.
     eventually(Duration::from_secs(90), "first commits", || async {
-        (table_version(&s).await >= Some(2)).then_some(())
+        (s.version().await >= Some(2)).then_some(())
     })
     .await;
     first.kill9();
     let at_kill = s.rows().await.len();
-    let second = Daemon::start(&cfg, s.dir.path());
+    let mut second = Daemon::start(&cfg, s.dir.path());
     let produced = producer.finish().await;
-    wait_caught_up(&s, &produced, 4).await;
-    let mut second = second;
-    let status = second.terminate(Duration::from_secs(60)).await;
-    assert!(
-        status.success(),
-        "daemon exit status {status:?}; log:\n{}",
-        second.log_text()
-    );
+    s.wait_caught_up(&produced, 4, CATCH_UP).await;
+    second.stop_cleanly().await;
 
     let rows = s.rows().await;
     let (lost, duplicated) = diff(&rows, &produced);
@@ -73,18 +51,13 @@ async fn two_daemons_one_stopped_midway_is_exactly_once() {
             let both = a.log_text().contains("partitions assigned")
                 && b.log_text().contains("partitions assigned");
             let s = &s;
-            async move { (both && table_version(s).await >= Some(3)).then_some(()) }
+            async move { (both && s.version().await >= Some(3)).then_some(()) }
         },
     )
     .await;
-    let status = a.terminate(Duration::from_secs(60)).await;
-    assert!(
-        status.success(),
-        "stopped daemon exit {status:?}; log:\n{}",
-        a.log_text()
-    );
+    a.stop_cleanly().await;
     let produced = producer.finish().await;
-    wait_caught_up(&s, &produced, 4).await;
+    s.wait_caught_up(&produced, 4, CATCH_UP).await;
     // The remaining daemon takes over the stopped one's partitions (a rebalance
     // takes a few seconds; `a` may have committed everything it read first).
     eventually(
@@ -96,12 +69,7 @@ async fn two_daemons_one_stopped_midway_is_exactly_once() {
         },
     )
     .await;
-    let status = b.terminate(Duration::from_secs(60)).await;
-    assert!(
-        status.success(),
-        "daemon exit {status:?}; log:\n{}",
-        b.log_text()
-    );
+    b.stop_cleanly().await;
 
     let rows = s.rows().await;
     let (lost, duplicated) = diff(&rows, &produced);
@@ -136,7 +104,7 @@ async fn secrets_never_reach_the_logs() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    wait_caught_up(&s, &produced, 1).await;
+    s.wait_caught_up(&produced, 1, CATCH_UP).await;
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
