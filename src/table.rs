@@ -80,18 +80,6 @@ impl TableError {
 pub fn is_retryable(e: &DeltaTableError) -> bool {
     use deltalake::kernel::transaction::TransactionError;
     use deltalake::parquet::errors::ParquetError;
-    fn store_retryable(source: &deltalake::ObjectStoreError) -> bool {
-        !matches!(
-            source,
-            deltalake::ObjectStoreError::NotFound { .. }
-                | deltalake::ObjectStoreError::InvalidPath { .. }
-                | deltalake::ObjectStoreError::NotSupported { .. }
-                | deltalake::ObjectStoreError::NotImplemented { .. }
-                | deltalake::ObjectStoreError::UnknownConfigurationKey { .. }
-                | deltalake::ObjectStoreError::PermissionDenied { .. }
-                | deltalake::ObjectStoreError::Unauthenticated { .. }
-        )
-    }
     match e {
         DeltaTableError::ObjectStore { source } => store_retryable(source),
         // The Parquet writer streams to the object store: an upload failing under it
@@ -109,6 +97,8 @@ pub fn is_retryable(e: &DeltaTableError) -> bool {
                 });
             store.is_none_or(store_retryable)
         }
+        // The kernel reads the log: an object store failing under it arrives wrapped.
+        DeltaTableError::KernelError(k) => kernel_retryable(k),
         DeltaTableError::Io { .. } => true,
         DeltaTableError::Transaction { source } => matches!(
             source,
@@ -117,6 +107,31 @@ pub fn is_retryable(e: &DeltaTableError) -> bool {
                 | TransactionError::LogStoreError { .. }
         ),
         DeltaTableError::GenericError { .. } => true,
+        _ => false,
+    }
+}
+
+/// Whether an object-store error is transient (not a missing object, a bad path
+/// or refused credentials).
+fn store_retryable(source: &deltalake::ObjectStoreError) -> bool {
+    !matches!(
+        source,
+        deltalake::ObjectStoreError::NotFound { .. }
+            | deltalake::ObjectStoreError::InvalidPath { .. }
+            | deltalake::ObjectStoreError::NotSupported { .. }
+            | deltalake::ObjectStoreError::NotImplemented { .. }
+            | deltalake::ObjectStoreError::UnknownConfigurationKey { .. }
+            | deltalake::ObjectStoreError::PermissionDenied { .. }
+            | deltalake::ObjectStoreError::Unauthenticated { .. }
+    )
+}
+
+fn kernel_retryable(e: &buoyant_kernel::Error) -> bool {
+    use buoyant_kernel::Error as K;
+    match e {
+        K::ObjectStore(o) => store_retryable(o),
+        K::IOError(_) => true,
+        K::Backtraced { source, .. } => kernel_retryable(source),
         _ => false,
     }
 }
