@@ -1,6 +1,7 @@
 # Multi-stage build: a full Rust toolchain builds a release binary (librdkafka is
-# built from the bundled sources: gcc, g++, make, zlib come with the builder image),
-# and a small Debian runtime runs it as a non-root user.
+# built from the bundled sources against OpenSSL for TLS and SASL/SCRAM: gcc, g++,
+# make, zlib and libssl-dev come with the builder image), and a small Debian
+# runtime (with libssl3) runs it as a non-root user.
 #
 #   docker build -t tributary .
 #   docker run --rm -v $PWD/tributary.toml:/etc/tributary/tributary.toml tributary
@@ -16,7 +17,7 @@ RUN cargo build --release --locked --bin tributary \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tributary
 COPY --from=build /src/target/release/tributary /usr/local/bin/tributary

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | `/metrics` | OpenMetrics text |
 //! | `/healthz` | 200 while the process runs (liveness) |
-//! | `/readyz` | 200 when partitions are assigned, the pipeline is not recovering from a failure, and no commit has been stuck (in flight for more than twice `commit.max_backoff`, at least 30 s); 503 otherwise (readiness) |
+//! | `/readyz` | 200 when partitions are assigned, the pipeline is not recovering from a failure, no Parquet upload or commit has been outstanding for more than 10 s (storage failing or unreachable), and no commit has been stuck (in flight for more than twice `commit.max_backoff`, at least 30 s); 503 otherwise (readiness) |
 //!
 //! # Log levels
 //!
@@ -22,7 +22,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -142,9 +142,9 @@ pub static METRICS: &[MetricDef] = &[
     },
     MetricDef {
         name: "ready",
-        help: "1 when partitions are assigned and the pipeline is not recovering",
+        help: "1 when partitions are assigned, the pipeline is not recovering, and storage calls return",
         unit: None,
-        source: Source::Gauge(|s| i64::from(s.ready.load(Ordering::Relaxed))),
+        source: Source::Gauge(|s| i64::from(s.is_ready())),
     },
     MetricDef {
         name: "table_version",
@@ -298,7 +298,7 @@ pub async fn serve(addr: SocketAddr, stats: Arc<PipelineStats>) -> Result<Endpoi
         .route(
             "/readyz",
             get(move || {
-                let ready = stats.ready.load(Ordering::Relaxed);
+                let ready = stats.is_ready();
                 async move {
                     if ready {
                         (StatusCode::OK, "ready\n")

@@ -955,7 +955,10 @@ impl Pipeline {
                 s.window.writer = Some(writer);
             }
             let writer = s.window.writer.as_mut().expect("writer just set");
-            if let Err(e) = writer.write(batch).await {
+            let upload = crate::stats::StorageCall::begin(&self.stats.upload_since_ms);
+            let written = writer.write(batch).await;
+            drop(upload);
+            if let Err(e) = written {
                 if table::is_retryable(&e) {
                     tracing::warn!(error = %e, "writing Parquet failed; rewinding to the table's offsets");
                     self.fail_and_rewind();
@@ -1066,7 +1069,11 @@ impl Pipeline {
         let policy = self.policy;
         let abandon = self.abandon.clone();
         let writer = window.writer;
+        let stats = self.stats.clone();
         let handle = tokio::spawn(async move {
+            // With several tables, overlapping commits share the slot; the
+            // stuck-commit rule in `is_ready` still covers the one left running.
+            let _call = crate::stats::StorageCall::begin(&stats.commit_since_ms);
             flush_and_commit(writer, table, app_id, partitions, policy, abandon, dead).await
         });
         self.sinks[sink].inflight = Some(Inflight {

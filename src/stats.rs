@@ -31,8 +31,13 @@ pub struct PipelineStats {
     pub files_committed: AtomicU64,
     /// Rebalance events seen.
     pub rebalances: AtomicU64,
-    /// Whether the pipeline holds partitions and is not recovering.
+    /// Whether the pipeline holds partitions and is not recovering (see
+    /// [`PipelineStats::is_ready`] for the full readiness rule).
     pub ready: AtomicBool,
+    /// Start (ms since the Unix epoch) of the Parquet upload outstanding now; 0: none.
+    pub upload_since_ms: AtomicU64,
+    /// Start (ms since the Unix epoch) of the commit outstanding now; 0: none.
+    pub commit_since_ms: AtomicU64,
     /// Last table version committed by this process.
     pub table_version: AtomicU64,
     /// Commit attempts beyond the first (transient storage errors).
@@ -64,6 +69,8 @@ impl Default for PipelineStats {
             files_committed: AtomicU64::default(),
             rebalances: AtomicU64::default(),
             ready: AtomicBool::default(),
+            upload_since_ms: AtomicU64::default(),
+            commit_since_ms: AtomicU64::default(),
             table_version: AtomicU64::default(),
             commit_retries: AtomicU64::default(),
             window_records: AtomicU64::default(),
@@ -79,7 +86,52 @@ impl Default for PipelineStats {
     }
 }
 
+/// A storage call outstanding for longer than this means the object store is
+/// failing or unreachable: the replica stops counting as ready until it returns.
+/// A healthy upload of one Parquet part or one Delta commit takes well under it.
+pub const STORAGE_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Marks a storage call as outstanding in one of the `*_since_ms` slots until
+/// dropped.
+#[derive(Debug)]
+pub struct StorageCall<'a>(&'a AtomicU64);
+
+impl<'a> StorageCall<'a> {
+    /// Mark the call started now.
+    pub fn begin(slot: &'a AtomicU64) -> Self {
+        slot.store(now_ms(), Ordering::Relaxed);
+        Self(slot)
+    }
+}
+
+impl Drop for StorageCall<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
 impl PipelineStats {
+    /// Readiness: the pipeline says it is ready (partitions assigned, not
+    /// recovering, no commit stuck), and no upload or commit has been outstanding
+    /// for longer than [`STORAGE_STALL`]. Evaluated when asked, so a pipeline task
+    /// blocked inside a storage call still turns not-ready.
+    pub fn is_ready(&self) -> bool {
+        let now = now_ms();
+        let stalled = |slot: &AtomicU64| {
+            let since = slot.load(Ordering::Relaxed);
+            since != 0 && now.saturating_sub(since) > STORAGE_STALL.as_millis() as u64
+        };
+        self.ready.load(Ordering::Relaxed)
+            && !stalled(&self.upload_since_ms)
+            && !stalled(&self.commit_since_ms)
+    }
+
     /// Add to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -130,5 +182,31 @@ impl PipelineStats {
     /// Offsets this process last stored, per partition.
     pub fn committed_offsets(&self) -> BTreeMap<TopicPartition, i64> {
         self.committed_offsets.lock().expect("stats lock").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_call_outstanding_too_long_makes_the_replica_unready() {
+        let s = PipelineStats::default();
+        assert!(!s.is_ready(), "not ready before the pipeline says so");
+        s.ready.store(true, Ordering::Relaxed);
+        assert!(s.is_ready());
+        {
+            let _call = StorageCall::begin(&s.upload_since_ms);
+            assert!(s.is_ready(), "a call just started is not a stall");
+            let long_ago = now_ms() - STORAGE_STALL.as_millis() as u64 - 1000;
+            s.upload_since_ms.store(long_ago, Ordering::Relaxed);
+            assert!(!s.is_ready(), "an upload outstanding past the limit");
+        }
+        assert!(s.is_ready(), "ready again once the call returns");
+        s.commit_since_ms.store(
+            now_ms() - 2 * STORAGE_STALL.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        assert!(!s.is_ready(), "a commit outstanding past the limit");
     }
 }

@@ -76,11 +76,24 @@ where
     }
 }
 
+/// A Kafka client config for `brokers`; with `tls_ca`, over TLS trusting that CA.
+pub fn kafka_client(brokers: &str, tls_ca: Option<&Path>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    if let Some(ca) = tls_ca {
+        c.set("security.protocol", "SSL")
+            .set("ssl.ca.location", ca.display().to_string());
+    }
+    c
+}
+
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
+    create_topic_via(&kafka_client(brokers, None), topic, partitions).await
+}
+
+/// Create a topic through the client config `client`, and wait for its metadata.
+pub async fn create_topic_via(client: &ClientConfig, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client.create().expect("admin client");
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -91,10 +104,7 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     for r in results {
         r.expect("topic created");
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = client.create().unwrap();
     let topic_owned = topic.to_owned();
     eventually(Duration::from_secs(20), "topic metadata", || {
         let ok = consumer
@@ -129,8 +139,12 @@ pub fn create_bucket(endpoint: &str, bucket: &str) {
 }
 
 pub fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    producer_via(kafka_client(brokers, None))
+}
+
+/// A producer from the client config `client`.
+pub fn producer_via(mut client: ClientConfig) -> FutureProducer {
+    client
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000")
         .create()
@@ -657,4 +671,167 @@ pub fn rss_bytes(pid: u32) -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Every offset the topic holds in each partition, up to the last offset the
+/// producer had acknowledged there. Without idempotence a producer retry across a
+/// broker restart can store a batch twice, so the log, not the acknowledgements, is
+/// what the table must match.
+pub async fn topic_offsets(
+    brokers: &str,
+    topic: &str,
+    last: &BTreeMap<i32, Option<i64>>,
+) -> BTreeMap<i32, Vec<i64>> {
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in last.keys() {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let last = last.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut seen: BTreeMap<i32, Vec<i64>> = last.keys().map(|p| (*p, Vec::new())).collect();
+        let done = |seen: &BTreeMap<i32, Vec<i64>>| {
+            last.iter().all(|(p, l)| match l {
+                None => true,
+                Some(l) => seen[p].last().is_some_and(|o| o >= l),
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(&seen) {
+            assert!(
+                Instant::now() < deadline,
+                "reading the topic back timed out"
+            );
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m.expect("read the topic");
+                if last[&m.partition()].is_some_and(|l| m.offset() <= l) {
+                    seen.get_mut(&m.partition()).unwrap().push(m.offset());
+                }
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap()
+}
+
+/// A Tansu broker of the test's own, storing its log in a bucket of the S3 server so
+/// that it survives a restart (the shared broker keeps it in memory).
+pub struct OwnBroker {
+    bin: String,
+    port: u16,
+    advertised: u16,
+    bucket: String,
+    s3: String,
+    log: PathBuf,
+    child: std::process::Child,
+}
+
+impl OwnBroker {
+    fn spawn(
+        bin: &str,
+        port: u16,
+        advertised: u16,
+        bucket: &str,
+        s3: &str,
+        log: &Path,
+    ) -> std::process::Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        std::process::Command::new(bin)
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{advertised}"))
+            .arg("--storage-engine")
+            .arg(format!("s3://{bucket}/"))
+            .env("AWS_ENDPOINT", s3)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_REGION", "us-east-1")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start tansu")
+    }
+
+    /// Start on a free port; clients are told to connect to `advertised` (a proxy
+    /// in front of it) when given, else to the broker itself.
+    pub async fn start(s3: &str, dir: &Path, advertised: Option<u16>) -> Self {
+        let bin = std::env::var("TRIBUTARY_TEST_TANSU_BIN")
+            .expect("TRIBUTARY_TEST_TANSU_BIN is set by tests/servers.sh; run tests/run.sh");
+        let bucket = unique("tansu").to_lowercase();
+        create_bucket(s3, &bucket);
+        let port = free_port();
+        let advertised = advertised.unwrap_or(port);
+        let log = dir.join("tansu.log");
+        let child = Self::spawn(&bin, port, advertised, &bucket, s3, &log);
+        let b = Self {
+            bin,
+            port,
+            advertised,
+            bucket,
+            s3: s3.to_owned(),
+            log,
+            child,
+        };
+        b.wait_listening().await;
+        b
+    }
+
+    async fn wait_listening(&self) {
+        let port = self.port;
+        eventually(
+            std::time::Duration::from_secs(30),
+            "broker listening",
+            || async move {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub async fn restart(&mut self) {
+        self.child = Self::spawn(
+            &self.bin,
+            self.port,
+            self.advertised,
+            &self.bucket,
+            &self.s3,
+            &self.log,
+        );
+        self.wait_listening().await;
+    }
+
+    /// The broker's own address.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

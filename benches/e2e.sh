@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: starts the test servers (Tansu broker, moto S3) on
+# 127.0.0.1, builds the daemon and the bench driver in release mode, pre-fills a
+# topic and runs the daemon from an empty table until it has caught up.
+# Arguments go to the driver (examples/bench.rs), e.g.
+#   benches/e2e.sh --records 1000000 --partitions 64
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tests/servers.sh
+servers_install
+servers_start
+trap servers_stop EXIT
+cargo build --release --bin tributary --example bench
+target_dir="${CARGO_TARGET_DIR:-target}"
+"$target_dir/release/examples/bench" \
+    --brokers "$TRIBUTARY_TEST_BROKERS" --s3 "$TRIBUTARY_TEST_S3_ENDPOINT" \
+    --moto-log "$SERVERS_DIR/logs/moto.log" \
+    --broker-pid "$TRIBUTARY_TEST_TANSU_PID" --s3-pid "$TRIBUTARY_TEST_MOTO_PID" "$@"
