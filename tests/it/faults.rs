@@ -183,7 +183,7 @@ async fn kill_9_loop_with_three_daemons_is_exactly_once() {
     kill_loop("kill-loop", 20, 12_000).await;
 }
 
-/// The long version: `tests/run.sh faults::kill_9_loop_long -- --ignored`.
+/// The long version: `tests/run.sh faults::kill_9_loop_long --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: 100 kills"]
 async fn kill_9_loop_long() {
