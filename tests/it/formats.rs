@@ -990,3 +990,38 @@ async fn protobuf_imports_resolve_through_registry_references() {
         assert_eq!(currencies.as_string::<i32>().value(r), "EUR");
     }
 }
+
+/// The registry is reachable only over HTTPS with a certificate from a private CA:
+/// `schema_registry.ca_file` makes the client trust it, and records decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_through_a_registry_behind_tls_with_a_private_ca() {
+    let registry = TestRegistry::start(Some(("sr-user", "sr-pass"))).await;
+    let s = Scenario::new("avro-tls", 1).await;
+    let (ca, server_pem) = private_ca(s.dir.path());
+    let tls_port = free_port();
+    let _tls = TlsTerminator::start(tls_port, &server_pem, &registry.addr.to_string()).await;
+    let id = registry.register(&format!("{}-value", s.topic), "AVRO", ORDERS_V1);
+    let produced = produce(
+        &producer(&s.servers.brokers),
+        &s.topic,
+        (0..50i64).map(|i| (0, frame(ORDERS_V1, id, order(i, false)))),
+    )
+    .await;
+    let cfg = s.registry_config(
+        "avro",
+        &format!("https://127.0.0.1:{tls_port}"),
+        &format!(
+            "username = \"sr-user\"\npassword = \"sr-pass\"\nca_file = \"{}\"\n\n[flush]\nmax_age = \"1s\"",
+            ca.display()
+        ),
+    );
+    let mut run = start(cfg);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.rejected, 0);
+    let b = all_rows(&s).await;
+    assert_eq!(b.num_rows(), 50);
+    for r in 0..b.num_rows() {
+        assert_order(&b, r, r as i64, false);
+    }
+}

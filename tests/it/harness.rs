@@ -835,3 +835,108 @@ impl Drop for OwnBroker {
         let _ = self.child.wait();
     }
 }
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, made with the
+/// openssl CLI: returns the CA certificate (what clients trust) and the server's
+/// certificate plus key. (A self-signed certificate marked as a CA would not do:
+/// rustls refuses a CA certificate as a server's own.)
+pub fn private_ca(dir: &Path) -> (PathBuf, PathBuf) {
+    let f = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (installed by .ci/run)");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    std::fs::write(
+        f("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tributary test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    let pem = std::fs::read_to_string(f("server.crt")).unwrap()
+        + &std::fs::read_to_string(f("server.key")).unwrap();
+    std::fs::write(f("server.pem"), pem).unwrap();
+    (f("ca.pem"), f("server.pem"))
+}
+
+/// socat terminating TLS on `port` in front of a plaintext listener.
+pub struct TlsTerminator(std::process::Child);
+
+impl TlsTerminator {
+    pub async fn start(port: u16, server_pem: &std::path::Path, upstream: &str) -> Self {
+        let child = std::process::Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0",
+                server_pem.display()
+            ))
+            .arg(format!("TCP:{upstream}"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat (installed by .ci/run)");
+        eventually(
+            std::time::Duration::from_secs(10),
+            "TLS listener",
+            || async move {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        Self(child)
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

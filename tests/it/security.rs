@@ -80,72 +80,6 @@ async fn every_object_is_written_with_the_configured_server_side_encryption() {
     );
 }
 
-/// A self-signed certificate for 127.0.0.1, made with the openssl CLI: returns the
-/// certificate (the CA clients trust) and the certificate plus key (the server's).
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key, both) = (
-        dir.join("ca.pem"),
-        dir.join("key.pem"),
-        dir.join("server.pem"),
-    );
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl (installed by .ci/run)");
-    assert!(status.success(), "openssl req failed");
-    let pem = std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap();
-    std::fs::write(&both, pem).unwrap();
-    (cert, both)
-}
-
-/// socat terminating TLS on `port` in front of a plaintext listener.
-struct TlsTerminator(std::process::Child);
-
-impl TlsTerminator {
-    async fn start(port: u16, server_pem: &std::path::Path, upstream: &str) -> Self {
-        let child = std::process::Command::new("socat")
-            .arg(format!(
-                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0",
-                server_pem.display()
-            ))
-            .arg(format!("TCP:{upstream}"))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("socat (installed by .ci/run)");
-        eventually(
-            std::time::Duration::from_secs(10),
-            "TLS listener",
-            || async move {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
-        Self(child)
-    }
-}
-
-impl Drop for TlsTerminator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The broker is reachable only over TLS, with a certificate from a private CA:
 /// `security.protocol = "SSL"` and `ssl.ca.location` in `[kafka.properties]` carry
 /// the pipeline through, and the same config without the CA is refused by
@@ -155,7 +89,7 @@ async fn kafka_over_tls_with_a_private_ca() {
     init_logs();
     let shared = servers();
     let dir = tempfile::tempdir().unwrap();
-    let (ca, server_pem) = self_signed(dir.path());
+    let (ca, server_pem) = private_ca(dir.path());
     let tls_port = free_port();
     // The broker advertises the TLS port, so every connection goes through TLS.
     let broker = OwnBroker::start(&shared.s3, dir.path(), Some(tls_port)).await;
