@@ -18,7 +18,7 @@ use tributary::record::{RecordChunk, TopicPartition};
 use tributary::registry::{Registry, RegistryConfig, SchemaKind};
 
 use crate::harness::*;
-use crate::ingest::start;
+use crate::ingest::{dead_letters, start};
 use crate::registry::TestRegistry;
 
 const ORDERS_V1: &str = include_str!("../../schemas/orders-v1.avsc");
@@ -1023,5 +1023,67 @@ async fn avro_through_a_registry_behind_tls_with_a_private_ca() {
     assert_eq!(b.num_rows(), 50);
     for r in 0..b.num_rows() {
         assert_order(&b, r, r as i64, false);
+    }
+}
+
+/// Against the real broker and S3: Avro records naming a schema id the registry does
+/// not have, cut short, not framed at all, or garbage after a valid header go to the
+/// dead-letter table with their reasons; the good ones land exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_avro_frames_go_to_the_dead_letter_table_with_reasons() {
+    let registry = TestRegistry::start(Some(("sr-user", "sr-pass"))).await;
+    let s = Scenario::new("avro-dead", 1).await;
+    let id = registry.register(&format!("{}-value", s.topic), "AVRO", ORDERS_V1);
+    let good = |i: i64| frame(ORDERS_V1, id, order(i, false));
+    let mut unknown = good(1);
+    unknown[1..5].copy_from_slice(&999u32.to_be_bytes());
+    let truncated = good(2)[..12].to_vec();
+    let unframed = b"{\"id\": 3}".to_vec();
+    let mut garbage = good(4)[..5].to_vec();
+    garbage.extend_from_slice(&[0xff; 7]);
+    // Offsets 0..=5: good, unknown id, truncated, unframed, garbage, good.
+    let values = vec![good(0), unknown, truncated, unframed, garbage, good(5)];
+    let produced = produce(
+        &producer(&s.servers.brokers),
+        &s.topic,
+        values.iter().map(|v| (0, v.clone())),
+    )
+    .await;
+    let dead_uri = format!("s3://{}/dead", s.bucket);
+    let mut run = start(avro_config(
+        &s,
+        &registry,
+        &format!("[dead_letters]\nuri = \"{dead_uri}\"\n[flush]\nmax_age = \"1s\""),
+    ));
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    assert_eq!(run.stop().await.rejected, 4);
+    assert_eq!(s.rows().await, vec![(0, 0), (0, 5)]);
+    let dead = dead_letters(&s, &dead_uri).await;
+    let got: Vec<(i64, Vec<u8>, &str)> = dead
+        .iter()
+        .map(|d| (d.1, d.2.clone(), d.3.as_str()))
+        .collect();
+    assert_eq!(
+        got.iter().map(|g| (g.0, g.1.clone())).collect::<Vec<_>>(),
+        (1..=4)
+            .map(|o| (o, values[o as usize].clone()))
+            .collect::<Vec<_>>(),
+        "each bad record once, with its raw bytes"
+    );
+    let reason = |o: i64| dead.iter().find(|d| d.1 == o).unwrap().4.as_str();
+    assert!(
+        reason(1).contains("schema id 999") && reason(1).contains("40403"),
+        "{}",
+        reason(1)
+    );
+    assert!(reason(2).contains("invalid Avro"), "{}", reason(2));
+    assert!(
+        reason(3).contains("not Confluent wire format"),
+        "{}",
+        reason(3)
+    );
+    assert!(reason(4).contains("invalid Avro"), "{}", reason(4));
+    for d in &dead {
+        eprintln!("avro dead letter: offset {} {}: {}", d.1, d.3, d.4);
     }
 }
