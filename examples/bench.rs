@@ -103,7 +103,7 @@ fn event(i: u64, out: &mut String) {
         i % 100,
         (i % 1000) as f64 / 1000.0,
         i % 20,
-        i % 3 == 0,
+        i.is_multiple_of(3),
         (i / 60) % 60,
         i % 60,
         i % 1_000_000,

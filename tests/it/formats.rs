@@ -1042,7 +1042,7 @@ async fn bad_avro_frames_go_to_the_dead_letter_table_with_reasons() {
     let mut garbage = good(4)[..5].to_vec();
     garbage.extend_from_slice(&[0xff; 7]);
     // Offsets 0..=5: good, unknown id, truncated, unframed, garbage, good.
-    let values = vec![good(0), unknown, truncated, unframed, garbage, good(5)];
+    let values = [good(0), unknown, truncated, unframed, garbage, good(5)];
     let produced = produce(
         &producer(&s.servers.brokers),
         &s.topic,
