@@ -5,8 +5,13 @@
 //!
 //! ```sh
 //! benches/e2e.sh                                  # 5 M JSON records, 8 partitions
+//! benches/e2e.sh --format avro                    # the same events, Confluent Avro
 //! benches/e2e.sh --records 1000000 --partitions 64
 //! ```
+//!
+//! The Avro variant registers `schemas/bench_events.avsc` in the in-process
+//! Confluent-compatible registry the tests use (`tests/it/registry.rs`), and the
+//! table is created from it.
 //!
 //! Reported: records/s and MB/s (from the daemon's start to the last commit, and in
 //! steady state from the first commit), CPU seconds of the daemon per million
@@ -26,6 +31,18 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
+#[allow(dead_code)] // the bench uses a part of the tests' registry
+#[path = "../tests/it/registry.rs"]
+mod registry;
+
+const BENCH_AVRO: &str = include_str!("../schemas/bench_events.avsc");
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    Json,
+    Avro,
+}
+
 #[derive(Debug)]
 struct Args {
     brokers: String,
@@ -33,6 +50,7 @@ struct Args {
     moto_log: Option<PathBuf>,
     records: u64,
     partitions: i32,
+    format: Format,
     compression: String,
     extra_config: String,
     broker_pid: Option<u32>,
@@ -46,6 +64,7 @@ fn parse_args() -> anyhow::Result<Args> {
         moto_log: None,
         records: 5_000_000,
         partitions: 8,
+        format: Format::Json,
         compression: "zstd(1)".into(),
         extra_config: String::new(),
         broker_pid: None,
@@ -61,12 +80,19 @@ fn parse_args() -> anyhow::Result<Args> {
             "--records" => a.records = value()?.parse().context("--records")?,
             "--partitions" => a.partitions = value()?.parse().context("--partitions")?,
             "--compression" => a.compression = value()?,
+            "--format" => {
+                a.format = match value()?.as_str() {
+                    "json" => Format::Json,
+                    "avro" => Format::Avro,
+                    other => bail!("--format {other}: expected json or avro"),
+                }
+            }
             "--config" => a.extra_config = std::fs::read_to_string(value()?)?,
             "--broker-pid" => a.broker_pid = Some(value()?.parse()?),
             "--s3-pid" => a.s3_pid = Some(value()?.parse()?),
             other => bail!(
                 "unknown argument {other}; usage: bench --brokers HOST:PORT --s3 URL \
-                 [--moto-log FILE] [--records N] [--partitions P] [--compression C] \
+                 [--moto-log FILE] [--records N] [--partitions P] [--format json|avro] [--compression C] \
                  [--config EXTRA.toml] [--broker-pid PID] [--s3-pid PID]"
             ),
         }
@@ -110,6 +136,48 @@ fn event(i: u64, out: &mut String) {
     );
 }
 
+/// The same event as Confluent-framed Avro (schema id `id`).
+#[allow(deprecated)] // GenericDatumWriter's builder is the new spelling; same bytes
+fn avro_event(schema: &apache_avro::Schema, id: u32, i: u64, out: &mut Vec<u8>) {
+    use apache_avro::types::Value as Av;
+    const KINDS: [&str; 4] = ["view", "click", "purchase", "signup"];
+    const COUNTRIES: [&str; 6] = ["DE", "US", "FR", "JP", "BR", "IN"];
+    const DEVICES: [&str; 3] = ["android", "ios", "web"];
+    let some = |v: Av| Av::Union(1, Box::new(v));
+    let s = |v: String| some(Av::String(v));
+    let cents = ((i % 1000) * 100 + i % 100) as i64;
+    let ts = 1_795_953_600_000_000i64
+        + ((i / 60) % 60 * 60 + i % 60) as i64 * 1_000_000
+        + (i % 1_000_000) as i64;
+    let record = Av::Record(vec![
+        ("event_id".into(), Av::Long(i as i64)),
+        ("user_id".into(), s(format!("user-{:06}", i % 100_000))),
+        (
+            "session_id".into(),
+            s(format!("{:016x}", i.wrapping_mul(2_654_435_761))),
+        ),
+        ("kind".into(), s(KINDS[(i % 4) as usize].into())),
+        ("country".into(), s(COUNTRIES[(i % 6) as usize].into())),
+        ("device".into(), s(DEVICES[(i % 3) as usize].into())),
+        (
+            "page".into(),
+            s(format!("/products/category-{}/item-{}", i % 50, i % 10_000)),
+        ),
+        (
+            "amount".into(),
+            some(Av::Decimal(cents.to_be_bytes().to_vec().into())),
+        ),
+        ("score".into(), some(Av::Double((i % 1000) as f64 / 1000.0))),
+        ("quantity".into(), some(Av::Int((i % 20) as i32))),
+        ("is_mobile".into(), some(Av::Boolean(i.is_multiple_of(3)))),
+        ("ts".into(), some(Av::TimestampMicros(ts))),
+    ]);
+    out.clear();
+    out.push(0);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend(apache_avro::to_avro_datum(schema, record).expect("event matches its schema"));
+}
+
 async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -144,8 +212,16 @@ async fn create_bucket(endpoint: &str, bucket: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Produce `n` events round-robin over the partitions; returns the payload bytes.
-fn prefill(brokers: &str, topic: &str, n: u64, partitions: i32) -> anyhow::Result<u64> {
+/// Produce `n` events round-robin over the partitions, as JSON or as Avro with
+/// schema id `avro_id`; returns the payload bytes.
+fn prefill(
+    brokers: &str,
+    topic: &str,
+    n: u64,
+    partitions: i32,
+    avro_id: Option<u32>,
+) -> anyhow::Result<u64> {
+    let avro = apache_avro::Schema::parse_str(BENCH_AVRO)?;
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -153,15 +229,25 @@ fn prefill(brokers: &str, topic: &str, n: u64, partitions: i32) -> anyhow::Resul
         .set("queue.buffering.max.kbytes", "262144")
         .set("compression.type", "lz4")
         .create()?;
-    let mut payload = String::with_capacity(320);
+    let mut json = String::with_capacity(320);
+    let mut framed = Vec::with_capacity(320);
     let mut bytes = 0u64;
     for i in 0..n {
-        event(i, &mut payload);
+        let payload: &[u8] = match avro_id {
+            None => {
+                event(i, &mut json);
+                json.as_bytes()
+            }
+            Some(id) => {
+                avro_event(&avro, id, i, &mut framed);
+                &framed
+            }
+        };
         bytes += payload.len() as u64;
         let partition = (i % partitions as u64) as i32;
-        let mut record = BaseRecord::<(), str>::to(topic)
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
             .partition(partition)
-            .payload(payload.as_str());
+            .payload(payload);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -326,6 +412,15 @@ async fn main() -> anyhow::Result<()> {
         args.records, args.partitions
     );
     let t = Instant::now();
+    // Avro: the schema is registered as a producer's serializer would; the registry
+    // lives as long as the bench.
+    let registry = match args.format {
+        Format::Json => None,
+        Format::Avro => Some(registry::TestRegistry::start(None).await),
+    };
+    let avro_id = registry
+        .as_ref()
+        .map(|r| r.register(&format!("{topic}-value"), "AVRO", BENCH_AVRO));
     let (brokers, topic2, n, parts) = (
         args.brokers.clone(),
         topic.clone(),
@@ -333,7 +428,8 @@ async fn main() -> anyhow::Result<()> {
         args.partitions,
     );
     let payload_bytes =
-        tokio::task::spawn_blocking(move || prefill(&brokers, &topic2, n, parts)).await??;
+        tokio::task::spawn_blocking(move || prefill(&brokers, &topic2, n, parts, avro_id))
+            .await??;
     eprintln!(
         "bench: produced {:.1} MB in {:.1}s",
         payload_bytes as f64 / 1e6,
@@ -342,6 +438,19 @@ async fn main() -> anyhow::Result<()> {
 
     let port = free_port()?;
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/bench_events.json");
+    let (schema_line, decode) = match &registry {
+        None => (
+            format!("schema_file = \"{}\"", schema.display()),
+            String::new(),
+        ),
+        Some(r) => (
+            String::new(),
+            format!(
+                "[decode]\nformat = \"avro\"\n\n[schema_registry]\nurl = \"{}\"\n",
+                r.url()
+            ),
+        ),
+    };
     let config = format!(
         r#"app_id = "bench-{run_id}"
 
@@ -352,9 +461,10 @@ auto_offset_reset = "earliest"
 
 [table]
 uri = "s3://{bucket}/events"
-schema_file = "{schema}"
+{schema_line}
 compression = "{compression}"
 
+{decode}
 [storage]
 endpoint = "{s3}"
 region = "us-east-1"
@@ -372,7 +482,6 @@ format = "json"
 {extra}
 "#,
         brokers = args.brokers,
-        schema = schema.display(),
         compression = args.compression,
         s3 = args.s3,
         extra = args.extra_config,
@@ -486,7 +595,7 @@ format = "json"
     if let Some((rate, secs)) = steady {
         println!("steady        {rate:.0} records/s over {secs:.1} s (first commit to caught up)");
     }
-    println!("MB/s          {:.1} of JSON payload", mb / wall);
+    println!("MB/s          {:.1} of record payload", mb / wall);
     println!(
         "CPU           {:.2} s per million records ({cpu:.1} s in all; broker {:.1} s, S3 server {:.1} s)",
         cpu / (n / 1e6),
@@ -520,7 +629,7 @@ format = "json"
             .map(|(k, v)| format!("{k} {:.0}", *v as f64 / gb))
             .collect();
         println!(
-            "S3 per GB     {} (of JSON ingested; counted in the S3 server log)",
+            "S3 per GB     {} (of payload ingested; counted in the S3 server log)",
             per_gb.join(", ")
         );
     }
