@@ -370,6 +370,26 @@ fn commits_from_log(log: &Path) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
+/// Seconds from the first partition assignment to the last commit, from the
+/// daemon's log timestamps: the ingest time without the consumer-group join.
+fn assigned_to_last_commit(log: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let at = |line: &str| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        chrono::DateTime::parse_from_rfc3339(v["timestamp"].as_str()?).ok()
+    };
+    let assigned = text
+        .lines()
+        .find(|l| l.contains("\"partitions assigned\""))
+        .and_then(at)?;
+    let last = text
+        .lines()
+        .filter(|l| l.contains("\"message\":\"committed\""))
+        .last()
+        .and_then(at)?;
+    Some((last - assigned).num_milliseconds() as f64 / 1000.0)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -592,6 +612,14 @@ format = "json"
         "records/s     {:.0} (start to caught up, {wall:.1} s, group join included)",
         n / wall
     );
+    if let Some(secs) = assigned_to_last_commit(&log_path) {
+        println!(
+            "from assign   {:.0} records/s, {:.1} MB/s ({secs:.1} s from the partition assignment to the last commit; the group join took {:.1} s)",
+            n / secs,
+            mb / secs,
+            wall - secs
+        );
+    }
     if let Some((rate, secs)) = steady {
         println!("steady        {rate:.0} records/s over {secs:.1} s (first commit to caught up)");
     }
