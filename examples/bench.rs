@@ -597,9 +597,13 @@ format = "json"
     let gb = payload_bytes as f64 / 1e9;
 
     println!(
-        "settings      {} records of {:.0} B JSON (12 fields), {} partitions, lz4 on the wire, table compression {}, daemon defaults otherwise{}",
+        "settings      {} records of {:.0} B {} (12 fields), {} partitions, lz4 on the wire, table compression {}, daemon defaults otherwise{}",
         args.records,
         payload_bytes as f64 / n,
+        match args.format {
+            Format::Json => "JSON",
+            Format::Avro => "Confluent Avro",
+        },
         args.partitions,
         args.compression,
         if args.extra_config.is_empty() {
