@@ -384,8 +384,8 @@ fn assigned_to_last_commit(log: &Path) -> Option<f64> {
         .and_then(at)?;
     let last = text
         .lines()
-        .filter(|l| l.contains("\"message\":\"committed\""))
-        .last()
+        .rev()
+        .find(|l| l.contains("\"message\":\"committed\""))
         .and_then(at)?;
     Some((last - assigned).num_milliseconds() as f64 / 1000.0)
 }
