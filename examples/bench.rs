@@ -53,6 +53,7 @@ struct Args {
     format: Format,
     compression: String,
     extra_config: String,
+    kafka_keys: String,
     broker_pid: Option<u32>,
     s3_pid: Option<u32>,
 }
@@ -67,6 +68,7 @@ fn parse_args() -> anyhow::Result<Args> {
         format: Format::Json,
         compression: "zstd(1)".into(),
         extra_config: String::new(),
+        kafka_keys: String::new(),
         broker_pid: None,
         s3_pid: None,
     };
@@ -88,12 +90,17 @@ fn parse_args() -> anyhow::Result<Args> {
                 }
             }
             "--config" => a.extra_config = std::fs::read_to_string(value()?)?,
+            // A `[kafka]` key (e.g. max_chunk_records = 16384); repeatable.
+            "--kafka" => {
+                a.kafka_keys.push_str(&value()?);
+                a.kafka_keys.push('\n');
+            }
             "--broker-pid" => a.broker_pid = Some(value()?.parse()?),
             "--s3-pid" => a.s3_pid = Some(value()?.parse()?),
             other => bail!(
                 "unknown argument {other}; usage: bench --brokers HOST:PORT --s3 URL \
                  [--moto-log FILE] [--records N] [--partitions P] [--format json|avro] [--compression C] \
-                 [--config EXTRA.toml] [--broker-pid PID] [--s3-pid PID]"
+                 [--config EXTRA.toml] [--kafka 'KEY = VALUE'] [--broker-pid PID] [--s3-pid PID]"
             ),
         }
     }
@@ -478,7 +485,7 @@ async fn main() -> anyhow::Result<()> {
 brokers = "{brokers}"
 topics = ["{topic}"]
 auto_offset_reset = "earliest"
-
+{kafka_keys}
 [table]
 uri = "s3://{bucket}/events"
 {schema_line}
@@ -503,6 +510,7 @@ format = "json"
 "#,
         brokers = args.brokers,
         compression = args.compression,
+        kafka_keys = args.kafka_keys,
         s3 = args.s3,
         extra = args.extra_config,
     );
@@ -606,10 +614,15 @@ format = "json"
         },
         args.partitions,
         args.compression,
-        if args.extra_config.is_empty() {
+        if args.extra_config.is_empty() && args.kafka_keys.is_empty() {
             String::new()
         } else {
-            format!(" + {}", args.extra_config.trim().replace('\n', "; "))
+            format!(
+                " + {}",
+                (args.kafka_keys.clone() + &args.extra_config)
+                    .trim()
+                    .replace('\n', "; ")
+            )
         }
     );
     println!(
