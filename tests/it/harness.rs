@@ -660,6 +660,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Wait up to `deadline` until something accepts connections on 127.0.0.1:`port`.
+pub async fn wait_listening(port: u16, deadline: Duration, what: &str) {
+    eventually(deadline, what, || async move {
+        TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    })
+    .await;
+}
+
 /// Resident set size of a process, in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -793,17 +801,7 @@ impl OwnBroker {
     }
 
     async fn wait_listening(&self) {
-        let port = self.port;
-        eventually(
-            std::time::Duration::from_secs(30),
-            "broker listening",
-            || async move {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
+        wait_listening(self.port, Duration::from_secs(30), "broker listening").await;
     }
 
     pub fn kill9(&mut self) {
@@ -920,16 +918,7 @@ impl TlsTerminator {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("socat (installed by .ci/run)");
-        eventually(
-            std::time::Duration::from_secs(10),
-            "TLS listener",
-            || async move {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
+        wait_listening(port, Duration::from_secs(10), "TLS listener").await;
         Self(child)
     }
 }
