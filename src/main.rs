@@ -690,8 +690,48 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes joined with ": ", leaving out a cause whose text the
+/// message before it already includes (many of our errors and delta-rs' print their
+/// source in their own message, and would otherwise print it twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut shown = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        shown = text;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("commit to table t failed: {source}")]
+        struct Outer {
+            #[source]
+            source: std::io::Error,
+        }
+        let io = std::io::Error::other("error sending request");
+        let e = anyhow::Error::new(Outer { source: io }).context("ingest stopped");
+        assert_eq!(
+            error_chain(&e),
+            "ingest stopped: commit to table t failed: error sending request"
+        );
+        let plain = anyhow::anyhow!("bare").context("outer");
+        assert_eq!(error_chain(&plain), "outer: bare");
     }
 }

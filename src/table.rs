@@ -107,8 +107,33 @@ pub fn is_retryable(e: &DeltaTableError) -> bool {
                 | TransactionError::LogStoreError { .. }
         ),
         DeltaTableError::GenericError { .. } => true,
+        DeltaTableError::Generic(message) => flattened_store_error_retryable(message),
         _ => false,
     }
+}
+
+/// Whether a kernel object-store error that delta-rs flattened into
+/// `DeltaTableError::Generic(String)` is transient.
+///
+/// delta-rs turns the kernel's error into a string when it lists the log for the
+/// latest version (the first step of every commit), so an S3 outage arrives here as
+/// text, e.g. "Error interacting with object store: Generic S3 error: Error
+/// performing list request: ... error sending request". The prefixes come from the
+/// kernel's and object_store's `Display` impls; the non-transient ones mirror
+/// [`store_retryable`].
+fn flattened_store_error_retryable(message: &str) -> bool {
+    const KERNEL_STORE: &str = "Error interacting with object store: ";
+    const PERMANENT: [&str; 6] = [
+        "Object at location ",
+        "Encountered object with invalid path",
+        "Operation not supported",
+        "The operation lacked",
+        "Configuration key: ",
+        "Operation ",
+    ];
+    message
+        .strip_prefix(KERNEL_STORE)
+        .is_some_and(|store| !PERMANENT.iter().any(|p| store.starts_with(p)))
 }
 
 /// Whether an object-store error is transient (not a missing object, a bad path
@@ -557,4 +582,39 @@ pub fn new_writer(
     Ok(RecordBatchWriter::for_table(table)?
         .with_writer_properties(props)
         .with_target_file_size(target_file_size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_s3_outage_flattened_to_text_by_delta_rs_is_retried() {
+        // The error a commit returned when the S3 server was cut mid-stream (CI,
+        // faults::s3_outage...): delta-rs lists the log for the latest version and
+        // hands back the kernel's object-store error as a string.
+        let outage = DeltaTableError::Generic(
+            "Error interacting with object store: Generic S3 error: Error performing list \
+             request: Error performing GET http://127.0.0.1:45765/b/events?list-type=2 in \
+             2.56s, after 10 retries, max_retries: 10, retry_timeout: 180s  - HTTP error: \
+             error sending request"
+                .into(),
+        );
+        assert!(is_retryable(&outage));
+
+        let missing = DeltaTableError::Generic(
+            "Error interacting with object store: Object at location events/_delta_log/x \
+             not found: No data in memory found"
+                .into(),
+        );
+        let denied = DeltaTableError::Generic(
+            "Error interacting with object store: The operation lacked the necessary \
+             privileges to complete for path events/_delta_log: 403"
+                .into(),
+        );
+        let other = DeltaTableError::Generic("Partition column day not found in schema".into());
+        for permanent in [missing, denied, other] {
+            assert!(!is_retryable(&permanent), "{permanent}");
+        }
+    }
 }
