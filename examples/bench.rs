@@ -56,6 +56,9 @@ struct Args {
     kafka_keys: String,
     broker_pid: Option<u32>,
     s3_pid: Option<u32>,
+    /// The daemon to run (default: the `tributary` built beside this example), for
+    /// comparing two builds on the same servers.
+    daemon: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -71,6 +74,7 @@ fn parse_args() -> anyhow::Result<Args> {
         kafka_keys: String::new(),
         broker_pid: None,
         s3_pid: None,
+        daemon: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -97,10 +101,11 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--broker-pid" => a.broker_pid = Some(value()?.parse()?),
             "--s3-pid" => a.s3_pid = Some(value()?.parse()?),
+            "--daemon" => a.daemon = Some(value()?.into()),
             other => bail!(
                 "unknown argument {other}; usage: bench --brokers HOST:PORT --s3 URL \
                  [--moto-log FILE] [--records N] [--partitions P] [--format json|avro] [--compression C] \
-                 [--config EXTRA.toml] [--kafka 'KEY = VALUE'] [--broker-pid PID] [--s3-pid PID]"
+                 [--config EXTRA.toml] [--kafka 'KEY = VALUE'] [--broker-pid PID] [--s3-pid PID] [--daemon PATH]"
             ),
         }
     }
@@ -420,11 +425,14 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tributary-bench-{run_id}"));
     std::fs::create_dir_all(&dir)?;
     let exe = std::env::current_exe()?;
-    let daemon_bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("tributary"))
-        .context("locating the tributary binary next to the example")?;
+    let daemon_bin = match &args.daemon {
+        Some(path) => path.clone(),
+        None => exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("tributary"))
+            .context("locating the tributary binary next to the example")?,
+    };
     if !daemon_bin.exists() {
         bail!(
             "{} is missing: build it with `cargo build --release --bin tributary` (benches/e2e.sh does)",

@@ -39,6 +39,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod demo;
+pub mod encoder;
 pub mod evolve;
 pub mod framed;
 pub mod json_schema;

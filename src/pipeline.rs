@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::RecordBatch;
 use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::DeltaWriter;
 use deltalake::{DeltaTable, DeltaTableError};
 use tokio::task::JoinHandle;
 
@@ -52,6 +52,7 @@ use crate::config::{
 use crate::decode::{
     DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder, RejectKind, Rejected,
 };
+use crate::encoder::WindowWriter;
 use crate::record::{RecordChunk, TopicPartition};
 use crate::registry::{Registry, RegistryError, SchemaKind};
 use crate::schema::TableSchema;
@@ -263,7 +264,7 @@ struct PartState {
 
 #[derive(Default)]
 struct Window {
-    writer: Option<RecordBatchWriter>,
+    writer: Option<WindowWriter>,
     rows: u64,
     records: u64,
     opened_at: Option<Instant>,
@@ -281,12 +282,12 @@ impl Window {
     }
 
     fn encoded_bytes(&self) -> u64 {
-        self.writer.as_ref().map_or(0, |w| w.buffer_len() as u64)
+        self.writer.as_ref().map_or(0, WindowWriter::encoded_bytes)
     }
 
     fn abort(&mut self) {
-        if let Some(w) = self.writer.as_mut() {
-            w.reset();
+        if let Some(w) = self.writer.take() {
+            w.abort();
         }
         *self = Window::default();
     }
@@ -952,13 +953,10 @@ impl Pipeline {
                         uri: s.uri(),
                         source: Box::new(source),
                     })?;
-                s.window.writer = Some(writer);
+                s.window.writer = Some(WindowWriter::start(writer, self.stats.clone()));
             }
             let writer = s.window.writer.as_mut().expect("writer just set");
-            let upload = crate::stats::StorageCall::begin(&self.stats.upload_since_ms);
-            let written = writer.write(batch).await;
-            drop(upload);
-            if let Err(e) = written {
+            if let Err(e) = writer.write(batch).await {
                 if table::is_retryable(&e) {
                     tracing::warn!(error = %e, "writing Parquet failed; rewinding to the table's offsets");
                     self.fail_and_rewind();
@@ -1326,7 +1324,7 @@ struct DeadCommit {
 }
 
 async fn flush_and_commit(
-    writer: Option<RecordBatchWriter>,
+    writer: Option<WindowWriter>,
     mut table: DeltaTable,
     app_id: String,
     partitions: Vec<PartitionCommit>,
@@ -1363,7 +1361,7 @@ async fn flush_and_commit(
         }
     }
     let adds = match writer {
-        Some(mut w) => match w.flush().await {
+        Some(w) => match w.finish().await {
             Ok(adds) => adds,
             Err(e) => {
                 return CommitDone {

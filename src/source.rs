@@ -28,7 +28,7 @@
 //! offset) it ignores records of older epochs still in the channel.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -150,10 +150,72 @@ pub enum SourceCommand {
 
 type EpochMap = HashMap<Arc<str>, HashMap<i32, u64>>;
 
+/// Each assigned partition's epoch, with a generation bumped on every change so
+/// the poll loop can keep the last lookup instead of locking per message.
+#[derive(Default)]
+struct Epochs {
+    map: Mutex<EpochMap>,
+    generation: AtomicU64,
+}
+
+impl Epochs {
+    /// Change the map; the generation moves on, so cached lookups are redone.
+    fn update<R>(&self, change: impl FnOnce(&mut EpochMap) -> R) -> R {
+        let mut map = self.map.lock().expect("epoch map poisoned");
+        let result = change(&mut map);
+        self.generation.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    fn get(&self, topic: &str, partition: i32) -> Option<u64> {
+        let map = self.map.lock().expect("epoch map poisoned");
+        map.get(topic).and_then(|m| m.get(&partition)).copied()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// The poll loop's last epoch lookup. librdkafka hands out a partition's messages
+/// in runs, so this answers almost every message without the lock.
+struct EpochCache {
+    generation: u64,
+    topic: Arc<str>,
+    partition: i32,
+    epoch: Option<u64>,
+}
+
+impl EpochCache {
+    fn epoch(
+        cache: &mut Option<Self>,
+        epochs: &Epochs,
+        topic: &str,
+        partition: i32,
+    ) -> Option<u64> {
+        let generation = epochs.generation();
+        if let Some(c) = cache.as_ref()
+            && c.generation == generation
+            && c.partition == partition
+            && *c.topic == *topic
+        {
+            return c.epoch;
+        }
+        let epoch = epochs.get(topic, partition);
+        *cache = Some(EpochCache {
+            generation,
+            topic: topic.into(),
+            partition,
+            epoch,
+        });
+        epoch
+    }
+}
+
 struct IngestContext {
     stats: Arc<crate::stats::PipelineStats>,
     events: mpsc::UnboundedSender<SourceEvent>,
-    epochs: Mutex<EpochMap>,
+    epochs: Epochs,
     closing: AtomicBool,
 }
 
@@ -247,8 +309,7 @@ impl ConsumerContext for IngestContext {
                     };
                     return;
                 };
-                {
-                    let mut epochs = self.epochs.lock().expect("epoch map poisoned");
+                self.epochs.update(|epochs| {
                     for (tp, start, epoch) in &starts {
                         if let Err(e) =
                             tpl.set_partition_offset(&tp.topic, tp.partition, start.offset())
@@ -260,7 +321,7 @@ impl ConsumerContext for IngestContext {
                             .or_default()
                             .insert(tp.partition, *epoch);
                     }
-                }
+                });
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -288,14 +349,13 @@ impl ConsumerContext for IngestContext {
                         let _ = answer.blocking_recv();
                     }
                 }
-                {
-                    let mut epochs = self.epochs.lock().expect("epoch map poisoned");
+                self.epochs.update(|epochs| {
                     for tp in &partitions {
                         if let Some(m) = epochs.get_mut(&tp.topic) {
                             m.remove(&tp.partition);
                         }
                     }
-                }
+                });
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -371,7 +431,7 @@ impl Source {
         let context = IngestContext {
             stats,
             events: event_tx.clone(),
-            epochs: Mutex::new(HashMap::new()),
+            epochs: Epochs::default(),
             closing: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<IngestContext> = client_config(cfg)
@@ -430,24 +490,26 @@ const BLOCKED: u64 = 0;
 
 /// Set a partition's epoch; false if it is not assigned.
 fn set_epoch(consumer: &BaseConsumer<IngestContext>, tp: &TopicPartition, epoch: u64) -> bool {
-    let mut epochs = consumer.context().epochs.lock().expect("epoch map");
-    match epochs
-        .get_mut(&tp.topic)
-        .and_then(|m| m.get_mut(&tp.partition))
-    {
-        Some(e) => {
-            *e = epoch;
-            true
+    consumer.context().epochs.update(|epochs| {
+        match epochs
+            .get_mut(&tp.topic)
+            .and_then(|m| m.get_mut(&tp.partition))
+        {
+            Some(e) => {
+                *e = epoch;
+                true
+            }
+            None => false,
         }
-        None => false,
-    }
+    })
 }
 
 fn is_assigned(consumer: &BaseConsumer<IngestContext>, tp: &TopicPartition) -> bool {
-    let epochs = consumer.context().epochs.lock().expect("epoch map");
-    epochs
-        .get(&tp.topic)
-        .is_some_and(|m| m.contains_key(&tp.partition))
+    consumer
+        .context()
+        .epochs
+        .get(&tp.topic, tp.partition)
+        .is_some()
 }
 
 fn poll_loop(
@@ -463,6 +525,7 @@ fn poll_loop(
     // records are dropped here (epoch 0): a failed seek must never let records from
     // the old position through under the new epoch, which would skip offsets.
     let mut seeks: Vec<(TopicPartition, StartAt, u64)> = Vec::new();
+    let mut epoch_cache: Option<EpochCache> = None;
     'outer: loop {
         loop {
             match commands.try_recv() {
@@ -547,18 +610,18 @@ fn poll_loop(
             match polled {
                 None => break,
                 Some(Ok(msg)) => {
-                    let epoch = {
-                        let epochs = consumer.context().epochs.lock().expect("epoch map");
-                        epochs
-                            .get(msg.topic())
-                            .and_then(|m| m.get(&msg.partition()))
-                            .copied()
-                    };
+                    let (topic, partition) = (msg.topic(), msg.partition());
+                    let epoch = EpochCache::epoch(
+                        &mut epoch_cache,
+                        &consumer.context().epochs,
+                        topic,
+                        partition,
+                    );
                     // Not (or no longer) assigned, or waiting for a seek.
                     let Some(epoch) = epoch.filter(|e| *e != BLOCKED) else {
                         continue;
                     };
-                    push_message(&mut chunk, &msg, epoch);
+                    push_message(&mut chunk, &msg, topic, partition, epoch);
                 }
                 Some(Err(e)) => {
                     if let KafkaError::MessageConsumption(code) = &e
@@ -582,19 +645,23 @@ fn poll_loop(
     drop(consumer);
 }
 
-fn push_message(chunk: &mut RecordChunk, msg: &rdkafka::message::BorrowedMessage<'_>, epoch: u64) {
-    let tp = TopicPartition::new(msg.topic(), msg.partition());
-    let part = if let Some(last) = chunk.partitions.last() {
-        if last.epoch == epoch
-            && *last.tp.topic == *msg.topic()
-            && last.tp.partition == msg.partition()
+fn push_message(
+    chunk: &mut RecordChunk,
+    msg: &rdkafka::message::BorrowedMessage<'_>,
+    topic: &str,
+    partition: i32,
+    epoch: u64,
+) {
+    // Most messages continue the run of the one before: no lookup, no allocation.
+    let part = match chunk.partitions.last() {
+        Some(last)
+            if last.epoch == epoch
+                && last.tp.partition == partition
+                && *last.tp.topic == *topic =>
         {
             (chunk.partitions.len() - 1) as u32
-        } else {
-            chunk.partition_index(&tp, epoch)
         }
-    } else {
-        chunk.partition_index(&tp, epoch)
+        _ => chunk.partition_index(&TopicPartition::new(topic, partition), epoch),
     };
     let key = msg.key().map(|k| chunk.push_bytes(k));
     let value = msg.payload().map(|v| chunk.push_bytes(v));
@@ -638,6 +705,29 @@ mod tests {
     use super::*;
     use crate::config::{KafkaConfig, OffsetReset, Subscription};
     use crate::secret::Secret;
+
+    #[test]
+    fn a_cached_epoch_is_never_used_after_the_map_changes() {
+        let epochs = Epochs::default();
+        let mut cache = None;
+        epochs.update(|m| m.entry("t".into()).or_default().insert(0, 7));
+        assert_eq!(EpochCache::epoch(&mut cache, &epochs, "t", 0), Some(7));
+        assert_eq!(EpochCache::epoch(&mut cache, &epochs, "t", 0), Some(7));
+        // A seek blocks the partition, then a new epoch: each is seen at once.
+        epochs.update(|m| m.get_mut("t").unwrap().insert(0, BLOCKED));
+        assert_eq!(
+            EpochCache::epoch(&mut cache, &epochs, "t", 0),
+            Some(BLOCKED)
+        );
+        epochs.update(|m| m.get_mut("t").unwrap().insert(0, 8));
+        assert_eq!(EpochCache::epoch(&mut cache, &epochs, "t", 0), Some(8));
+        // Another partition or topic is looked up, not taken from the cache.
+        assert_eq!(EpochCache::epoch(&mut cache, &epochs, "t", 1), None);
+        assert_eq!(EpochCache::epoch(&mut cache, &epochs, "u", 0), None);
+        // Revoked: gone.
+        epochs.update(|m| m.get_mut("t").unwrap().remove(&0));
+        assert_eq!(EpochCache::epoch(&mut cache, &epochs, "t", 0), None);
+    }
 
     fn kafka(properties: &[(&str, &str)]) -> KafkaConfig {
         KafkaConfig {
