@@ -5,6 +5,7 @@
 //!  kafka-poll thread          pipeline task                         commit task
 //!  ─────────────────          ─────────────                         ───────────
 //!  poll ─▶ RecordChunk ─▶ epoch/dup filter ─▶ decode ─▶ window ─▶ flush files
+//!                                                         │ (encoder task: Parquet)
 //!  rebalance ─▶ event  ─▶ read table offsets / commit on revoke       │
 //!  seek ◀── rewind ◀────────────────────────── stale / failed ◀── txn commit (CAS)
 //!  commit group offsets ◀───────────────────── committed ◀────────────┘
@@ -926,18 +927,20 @@ impl Pipeline {
         }
         // Account for every kept record, good or rejected: the window's offset for a
         // partition is its last kept record, whatever became of it.
-        let window = &mut self.sinks[sink].window;
+        // Kept offsets only grow within a partition, so one pass finds each chunk
+        // partition's last, and the maps are touched once per partition, not per record.
+        let mut last_kept: Vec<Option<i64>> = vec![None; chunk.partitions.len()];
         for i in range.clone().filter(|&i| keep[i]) {
             let r = &chunk.records[i];
-            let tp = &chunk.partitions[r.part as usize].tp;
-            if let Some(p) = self.parts.get_mut(tp) {
-                p.seen_last = Some(r.offset);
-                match window.parts.get_mut(tp) {
-                    Some(o) => *o = r.offset,
-                    None => {
-                        window.parts.insert(tp.clone(), r.offset);
-                    }
-                }
+            last_kept[r.part as usize] = Some(r.offset);
+        }
+        let window = &mut self.sinks[sink].window;
+        for (cp, last) in chunk.partitions.iter().zip(last_kept) {
+            if let Some(offset) = last
+                && let Some(p) = self.parts.get_mut(&cp.tp)
+            {
+                p.seen_last = Some(offset);
+                window.parts.insert(cp.tp.clone(), offset);
             }
         }
         PipelineStats::add(&self.stats.records_rejected, decoded.rejected.len() as u64);

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use deltalake::ObjectStore;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::metadata::Metadata;
 
 use crate::config::{Config, Subscription};
@@ -143,13 +145,57 @@ async fn s3_write_probe(cfg: &Config) -> Result<String, String> {
     Ok(format!("wrote and deleted s3://{bucket}/{key}"))
 }
 
+/// Keeps librdkafka's first error-level log line (a refused certificate, failed SASL
+/// authentication, a refused connection), so a failed check says why rather than
+/// only that the brokers did not answer in time.
+#[derive(Default)]
+struct FirstError(std::sync::Mutex<Option<String>>);
+
+impl FirstError {
+    fn record(&self, message: &str) {
+        self.0
+            .lock()
+            .expect("first error")
+            .get_or_insert_with(|| message.to_string());
+    }
+}
+
+impl ClientContext for FirstError {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use RDKafkaLogLevel::{Alert, Critical, Emerg, Error};
+        if matches!(level, Emerg | Alert | Critical | Error) {
+            self.record(log_message);
+            tracing::error!(target: "librdkafka", facility = fac, "{log_message}");
+        } else {
+            tracing::debug!(target: "librdkafka", facility = fac, "{log_message}");
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.record(&format!("{error}: {reason}"));
+        tracing::error!(target: "librdkafka", "{error}: {reason}");
+    }
+}
+
+impl ConsumerContext for FirstError {}
+
 async fn fetch_metadata(cfg: &Config, timeout: Duration) -> Result<Metadata, String> {
     let client_cfg = client_config(&cfg.kafka);
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_cfg.create().map_err(|e| e.to_string())?;
-        consumer
-            .fetch_metadata(None, timeout)
-            .map_err(|e| e.to_string())
+        let consumer: BaseConsumer<FirstError> = client_cfg
+            .create_with_context(FirstError::default())
+            .map_err(|e| e.to_string())?;
+        consumer.fetch_metadata(None, timeout).map_err(|e| {
+            // librdkafka queues its log lines and errors for the polling thread:
+            // serve them now to learn the cause.
+            for _ in 0..5 {
+                let _ = consumer.poll(Duration::from_millis(20));
+            }
+            match consumer.context().0.lock().expect("first error").take() {
+                Some(cause) => format!("{e}; librdkafka: {cause}"),
+                None => e.to_string(),
+            }
+        })
     })
     .await
     .map_err(|e| e.to_string())?
