@@ -141,15 +141,22 @@ mod tests {
     use deltalake::arrow::datatypes::{DataType, Field, Schema};
     use deltalake::kernel::{DataType as DeltaType, PrimitiveType, StructField};
 
-    async fn table(dir: &std::path::Path) -> deltalake::DeltaTable {
-        deltalake::operations::create::CreateBuilder::new()
+    /// A writer for a new two-column table in `dir`.
+    async fn writer(dir: &std::path::Path) -> RecordBatchWriter {
+        let table = deltalake::operations::create::CreateBuilder::new()
             .with_location(dir.to_str().unwrap())
             .with_columns([
                 StructField::new("id", DeltaType::Primitive(PrimitiveType::Long), false),
                 StructField::new("name", DeltaType::Primitive(PrimitiveType::String), true),
             ])
             .await
-            .unwrap()
+            .unwrap();
+        crate::table::new_writer(
+            &table,
+            crate::table::writer_properties(crate::config::Compression::Snappy, 1024),
+            u64::MAX,
+        )
+        .unwrap()
     }
 
     fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
@@ -171,13 +178,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_queued_batch_is_in_the_files_at_finish() {
         let dir = tempfile::tempdir().unwrap();
-        let table = table(dir.path()).await;
-        let writer = crate::table::new_writer(
-            &table,
-            crate::table::writer_properties(crate::config::Compression::Snappy, 1024),
-            u64::MAX,
-        )
-        .unwrap();
+        let writer = writer(dir.path()).await;
         let stats = Arc::new(PipelineStats::default());
         let mut w = WindowWriter::start(writer, stats.clone());
         for i in 0..20 {
@@ -199,13 +200,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_batch_fails_the_window_with_the_writers_error() {
         let dir = tempfile::tempdir().unwrap();
-        let table = table(dir.path()).await;
-        let writer = crate::table::new_writer(
-            &table,
-            crate::table::writer_properties(crate::config::Compression::Snappy, 1024),
-            u64::MAX,
-        )
-        .unwrap();
+        let writer = writer(dir.path()).await;
         let mut w = WindowWriter::start(writer, Arc::new(PipelineStats::default()));
         w.write(batch(0..10)).await.unwrap();
         // A batch the table's schema does not take: `id` is not nullable.
