@@ -34,6 +34,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 #[allow(dead_code)] // the bench uses a part of the tests' registry
 #[path = "../tests/it/registry.rs"]
 mod registry;
+#[path = "common/send.rs"]
+mod send;
 
 const BENCH_AVRO: &str = include_str!("../schemas/bench_events.avsc");
 
@@ -257,22 +259,10 @@ fn prefill(
         };
         bytes += payload.len() as u64;
         let partition = (i % partitions as u64) as i32;
-        let mut record = BaseRecord::<(), [u8]>::to(topic)
+        let record = BaseRecord::<(), [u8]>::to(topic)
             .partition(partition)
             .payload(payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, r))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(5));
-                    record = r;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        send::send_waiting(&producer, record)?;
     }
     producer.flush(Duration::from_secs(300))?;
     Ok(bytes)

@@ -11,6 +11,9 @@ use anyhow::{Context, bail};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
+#[path = "common/send.rs"]
+mod send;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [brokers, topic, count] = args.as_slice() else {
@@ -26,20 +29,8 @@ fn main() -> anyhow::Result<()> {
     for i in 0..count {
         let payload = tributary::demo::sample_event(i);
         let key = format!("user-{}", i % 997);
-        let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, r))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        let record = BaseRecord::to(topic).key(&key).payload(&payload);
+        send::send_waiting(&producer, record)?;
     }
     producer.flush(Duration::from_secs(60))?;
     let secs = start.elapsed().as_secs_f64();

@@ -211,13 +211,7 @@ async fn s3_outage_of_30s_mid_stream_loses_nothing_and_the_daemon_stays_up() {
     let producer = BackgroundProducer::start(&s.servers.brokers, &s.topic, 4, 8000, 20);
     let mut daemon = Daemon::start(&cfg, s.dir.path());
     let metrics: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    eventually(
-        std::time::Duration::from_secs(90),
-        "first commits",
-        || async { (s.version().await >= Some(2)).then_some(()) },
-    )
-    .await;
-    let rows_before = s.rows().await.len();
+    let rows_before = s.rows_after_first_commits().await;
     s3.take_down();
     let (mut healthy, mut not_ready, mut samples, mut max_rss) = (0, 0, 0, 0u64);
     let outage = std::time::Instant::now();
@@ -286,13 +280,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let cfg = s.write_config("[flush]\nmax_rows = 300\nmax_age = \"500ms\"");
     let producer = BackgroundProducer::start(&s.servers.brokers, &s.topic, 4, 4000, 20);
     let mut daemon = Daemon::start(&cfg, s.dir.path());
-    eventually(
-        std::time::Duration::from_secs(90),
-        "first commits",
-        || async { (s.version().await >= Some(2)).then_some(()) },
-    )
-    .await;
-    let rows_before = s.rows().await.len();
+    let rows_before = s.rows_after_first_commits().await;
     broker.kill9();
     tokio::time::sleep(std::time::Duration::from_secs(10)).await;
     assert!(

@@ -386,6 +386,16 @@ secret_access_key = "test"
         self.table().await.and_then(|t| t.version())
     }
 
+    /// Wait until the table reaches version 2 (created, then two commits), so a
+    /// fault injected next lands mid-stream; returns the rows committed by then.
+    pub async fn rows_after_first_commits(&self) -> usize {
+        eventually(Duration::from_secs(90), "first commits", || async {
+            (self.version().await >= Some(2)).then_some(())
+        })
+        .await;
+        self.rows().await.len()
+    }
+
     /// Wait up to `deadline` until the offsets stored for partitions `0..partitions`
     /// reach the ends of what was `produced`.
     pub async fn wait_caught_up(

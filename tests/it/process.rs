@@ -16,10 +16,7 @@ async fn kill_9_mid_stream_then_restart_is_exactly_once() {
     let producer = BackgroundProducer::start(&s.servers.brokers, &s.topic, 4, 6000, 100);
     let mut first = Daemon::start(&cfg, s.dir.path());
     // Kill it once it has committed something and is in the middle of more.
-    eventually(Duration::from_secs(90), "first commits", || async {
-        (s.version().await >= Some(2)).then_some(())
-    })
-    .await;
+    s.rows_after_first_commits().await;
     first.kill9();
     let at_kill = s.rows().await.len();
     let mut second = Daemon::start(&cfg, s.dir.path());
