@@ -8,7 +8,7 @@
 //! stays bounded by configuration, as before.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use deltalake::DeltaTableError;
 use deltalake::arrow::array::RecordBatch;
@@ -28,6 +28,8 @@ pub struct WindowWriter {
     batches: Option<mpsc::Sender<RecordBatch>>,
     task: Option<JoinHandle<Result<RecordBatchWriter, DeltaTableError>>>,
     encoded: Arc<AtomicU64>,
+    /// Set when the window is discarded: the encoder skips what is still queued.
+    aborted: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for WindowWriter {
@@ -46,8 +48,13 @@ impl WindowWriter {
         let (tx, mut rx) = mpsc::channel::<RecordBatch>(QUEUE_DEPTH);
         let encoded = Arc::new(AtomicU64::new(0));
         let bytes = encoded.clone();
+        let aborted = Arc::new(AtomicBool::new(false));
+        let skip = aborted.clone();
         let task = tokio::spawn(async move {
             while let Some(batch) = rx.recv().await {
+                if skip.load(Ordering::Acquire) {
+                    break;
+                }
                 let call = StorageCall::begin(&stats.upload_since_ms);
                 let written = writer.write(batch).await;
                 drop(call);
@@ -58,12 +65,18 @@ impl WindowWriter {
                 }
                 bytes.store(writer.buffer_len() as u64, Ordering::Relaxed);
             }
+            if skip.load(Ordering::Acquire) {
+                // Abort the multipart uploads of the discarded window.
+                writer.reset();
+                return Err(DeltaTableError::Generic("the window was discarded".into()));
+            }
             Ok(writer)
         });
         Self {
             batches: Some(tx),
             task: Some(task),
             encoded,
+            aborted,
         }
     }
 
@@ -108,16 +121,13 @@ impl WindowWriter {
         }
     }
 
-    /// Discard the window: the encoder stops and aborts its uploads in the background.
+    /// Discard the window: the encoder skips the batches still queued, aborts its
+    /// uploads and ends, in the background.
     pub fn abort(mut self) {
+        self.aborted.store(true, Ordering::Release);
         self.batches = None;
-        if let Some(task) = self.task.take() {
-            tokio::spawn(async move {
-                if let Ok(Ok(mut writer)) = task.await {
-                    writer.reset();
-                }
-            });
-        }
+        // Detached: the task resets the writer itself when it sees the flag.
+        drop(self.task.take());
     }
 
     /// Wait for the encoder to end: its writer, or `None` if it was joined before.
