@@ -90,16 +90,14 @@ impl WindowWriter {
         }
         // The encoder hung up: it failed. Its error says why.
         self.batches = None;
-        match self.join().await? {
-            Some(mut writer) => {
+        match self.join().await {
+            Ok(mut writer) => {
                 writer.reset();
                 Err(DeltaTableError::Generic(
                     "the Parquet encoder task stopped early".into(),
                 ))
             }
-            None => Err(DeltaTableError::Generic(
-                "the Parquet encoder already failed for this window".into(),
-            )),
+            Err(e) => Err(e),
         }
     }
 
@@ -113,12 +111,7 @@ impl WindowWriter {
     /// their `Add` actions.
     pub async fn finish(mut self) -> Result<Vec<Add>, DeltaTableError> {
         self.batches = None;
-        match self.join().await? {
-            Some(mut writer) => writer.flush().await,
-            None => Err(DeltaTableError::Generic(
-                "the Parquet encoder already failed for this window".into(),
-            )),
-        }
+        self.join().await?.flush().await
     }
 
     /// Discard the window: the encoder skips the batches still queued, aborts its
@@ -130,13 +123,16 @@ impl WindowWriter {
         drop(self.task.take());
     }
 
-    /// Wait for the encoder to end: its writer, or `None` if it was joined before.
-    async fn join(&mut self) -> Result<Option<RecordBatchWriter>, DeltaTableError> {
+    /// Wait for the encoder to end and take its writer; an error if it failed, now
+    /// or at an earlier join.
+    async fn join(&mut self) -> Result<RecordBatchWriter, DeltaTableError> {
         let Some(task) = self.task.take() else {
-            return Ok(None);
+            return Err(DeltaTableError::Generic(
+                "the Parquet encoder already failed for this window".into(),
+            ));
         };
         match task.await {
-            Ok(result) => result.map(Some),
+            Ok(result) => result,
             Err(e) => Err(DeltaTableError::Generic(format!(
                 "the Parquet encoder task failed: {e}"
             ))),

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::metadata::Metadata;
 
 use crate::config::{Config, Subscription};
-use crate::source::client_config;
+use crate::source::{client_config, log_to_tracing};
 use crate::table;
 
 /// One check and its result.
@@ -162,12 +162,8 @@ impl FirstError {
 
 impl ClientContext for FirstError {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use RDKafkaLogLevel::{Alert, Critical, Emerg, Error};
-        if matches!(level, Emerg | Alert | Critical | Error) {
+        if log_to_tracing(level, fac, log_message) {
             self.record(log_message);
-            tracing::error!(target: "librdkafka", facility = fac, "{log_message}");
-        } else {
-            tracing::debug!(target: "librdkafka", facility = fac, "{log_message}");
         }
     }
 

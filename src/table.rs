@@ -123,13 +123,14 @@ pub fn is_retryable(e: &DeltaTableError) -> bool {
 /// [`store_retryable`].
 fn flattened_store_error_retryable(message: &str) -> bool {
     const KERNEL_STORE: &str = "Error interacting with object store: ";
-    const PERMANENT: [&str; 6] = [
+    // "Operation " covers both "Operation not supported" and "Operation .. not yet
+    // implemented"; "The operation lacked" both permission and authentication.
+    const PERMANENT: [&str; 5] = [
         "Object at location ",
         "Encountered object with invalid path",
-        "Operation not supported",
+        "Operation ",
         "The operation lacked",
         "Configuration key: ",
-        "Operation ",
     ];
     message
         .strip_prefix(KERNEL_STORE)
