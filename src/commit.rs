@@ -31,8 +31,9 @@ use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
 
+use crate::offset_store::OffsetStore;
 use crate::record::TopicPartition;
-use crate::table::{is_retryable, stored_offsets, txn_app_id};
+use crate::table::{is_retryable, txn_app_id};
 
 /// One partition's part of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +131,7 @@ pub struct CommitStats {
 /// until it lands, turns out stale, or `cancelled()` returns true.
 pub async fn commit(
     table: &mut DeltaTable,
+    offsets: &OffsetStore,
     app_id: &str,
     req: &CommitRequest,
     policy: RetryPolicy,
@@ -141,7 +143,7 @@ pub async fn commit(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match attempt(table, app_id, req, policy).await {
+        match attempt(table, offsets, app_id, req, policy).await {
             Ok(outcome) => {
                 return Ok((
                     outcome,
@@ -178,6 +180,7 @@ pub async fn commit(
 
 async fn attempt(
     table: &mut DeltaTable,
+    offsets: &OffsetStore,
     app_id: &str,
     req: &CommitRequest,
     policy: RetryPolicy,
@@ -185,7 +188,7 @@ async fn attempt(
     loop {
         table.update_state().await?;
         let tps: Vec<TopicPartition> = req.partitions.iter().map(|p| p.tp.clone()).collect();
-        let stored = stored_offsets(table, app_id, &tps).await?;
+        let stored = offsets.offsets(table, app_id, &tps).await?;
         if req
             .partitions
             .iter()
@@ -212,14 +215,18 @@ async fn attempt(
             partition_by: (!partition_cols.is_empty()).then_some(partition_cols),
             predicate: None,
         };
-        let txns = req
+        let written: Vec<(String, i64)> = req
             .partitions
             .iter()
-            .map(|p| Transaction::new(txn_app_id(app_id, &p.tp), p.last))
+            .map(|p| (txn_app_id(app_id, &p.tp), p.last))
+            .collect();
+        let txns = written
+            .iter()
+            .map(|(app, last)| Transaction::new(app, *last))
             .collect();
         // The offsets also go into commitInfo, so history shows which partitions and
         // offsets each commit covered (status reads last commit times from it).
-        let offsets: serde_json::Map<String, serde_json::Value> = req
+        let by_partition: serde_json::Map<String, serde_json::Value> = req
             .partitions
             .iter()
             .map(|p| (p.tp.to_string(), serde_json::Value::from(p.last)))
@@ -233,7 +240,7 @@ async fn attempt(
                 ),
                 (
                     "tributary.offsets".to_owned(),
-                    serde_json::Value::Object(offsets),
+                    serde_json::Value::Object(by_partition),
                 ),
             ])
             .with_max_retries(policy.max_conflict_retries);
@@ -242,9 +249,13 @@ async fn attempt(
             .build(Some(snapshot), table.log_store(), operation)
             .await;
         match result {
-            Ok(finalized) => return Ok(CommitOutcome::Committed {
-                version: finalized.version() as i64,
-            }),
+            Ok(finalized) => {
+                let version = finalized.version();
+                offsets.record_commit(version, written).await;
+                return Ok(CommitOutcome::Committed {
+                    version: version as i64,
+                });
+            }
             // A concurrent commit touched one of our app ids: loop to re-read the
             // offsets, which will report the partitions as stale.
             Err(DeltaTableError::Transaction {

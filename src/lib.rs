@@ -45,6 +45,7 @@ pub mod framed;
 pub mod json_schema;
 pub mod maintenance;
 pub mod metrics;
+pub mod offset_store;
 pub mod offsets;
 pub mod pipeline;
 pub mod preflight;

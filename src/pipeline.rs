@@ -54,6 +54,7 @@ use crate::decode::{
     DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder, RejectKind, Rejected,
 };
 use crate::encoder::WindowWriter;
+use crate::offset_store::OffsetStore;
 use crate::record::{RecordChunk, TopicPartition};
 use crate::registry::{Registry, RegistryError, SchemaKind};
 use crate::schema::TableSchema;
@@ -203,6 +204,7 @@ pub async fn run(
         let props = table::writer_properties(Compression::Zstd(3), 128 * 1024);
         pipeline.dead = Some(DeadLetters {
             table: opened.table,
+            offsets: OffsetStore::new(),
             schema: opened.schema,
             props,
         });
@@ -322,6 +324,8 @@ struct Sink {
     tcfg: TableConfig,
     flush: FlushPolicy,
     table: DeltaTable,
+    /// The offsets stored in `table`, shared with its commit task.
+    offsets: OffsetStore,
     decoder: Decoder,
     transform: Option<Transform>,
     props: WriterProperties,
@@ -349,6 +353,7 @@ impl Sink {
 /// The dead-letter table.
 struct DeadLetters {
     table: DeltaTable,
+    offsets: OffsetStore,
     schema: TableSchema,
     props: WriterProperties,
 }
@@ -530,6 +535,7 @@ impl Pipeline {
             tcfg,
             flush,
             table: opened.table,
+            offsets: OffsetStore::new(),
             decoder,
             transform,
             props,
@@ -607,7 +613,9 @@ impl Pipeline {
         if let Some(d) = self.dead.as_mut() {
             d.table.update_state().await.map_err(|e| e.to_string())?;
             let all: Vec<TopicPartition> = tps.iter().map(|(tp, _)| tp.clone()).collect();
-            dead = table::stored_offsets(&d.table, &self.cfg.app_id, &all)
+            dead = d
+                .offsets
+                .offsets(&d.table, &self.cfg.app_id, &all)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -622,7 +630,9 @@ impl Pipeline {
                 continue;
             }
             sink.table.update_state().await.map_err(|e| e.to_string())?;
-            let stored = table::stored_offsets(&sink.table, &self.cfg.app_id, &mine)
+            let stored = sink
+                .offsets
+                .offsets(&sink.table, &self.cfg.app_id, &mine)
                 .await
                 .map_err(|e| e.to_string())?;
             out.extend(
@@ -1050,6 +1060,7 @@ impl Pipeline {
         let dead = match &self.dead {
             Some(d) if !window.dead.is_empty() => Some(DeadCommit {
                 table: d.table.clone(),
+                offsets: d.offsets.clone(),
                 batches: window.dead,
                 partitions: partitions
                     .iter()
@@ -1066,6 +1077,7 @@ impl Pipeline {
         };
         let rows = window.rows;
         let table = self.sinks[sink].table.clone();
+        let offsets = self.sinks[sink].offsets.clone();
         let app_id = self.cfg.app_id.clone();
         let policy = self.policy;
         let abandon = self.abandon.clone();
@@ -1075,7 +1087,16 @@ impl Pipeline {
             // With several tables, overlapping commits share the slot; the
             // stuck-commit rule in `is_ready` still covers the one left running.
             let _call = crate::stats::StorageCall::begin(&stats.commit_since_ms);
-            flush_and_commit(writer, table, app_id, partitions, policy, abandon, dead).await
+            flush_and_commit(
+                writer,
+                (table, offsets),
+                app_id,
+                partitions,
+                policy,
+                abandon,
+                dead,
+            )
+            .await
         });
         self.sinks[sink].inflight = Some(Inflight {
             handle,
@@ -1321,6 +1342,7 @@ impl Pipeline {
 /// A window's dead letters, committed to the dead-letter table before its rows.
 struct DeadCommit {
     table: DeltaTable,
+    offsets: OffsetStore,
     batches: Vec<RecordBatch>,
     partitions: Vec<PartitionCommit>,
     props: WriterProperties,
@@ -1328,7 +1350,7 @@ struct DeadCommit {
 
 async fn flush_and_commit(
     writer: Option<WindowWriter>,
-    mut table: DeltaTable,
+    (mut table, offsets): (DeltaTable, OffsetStore),
     app_id: String,
     partitions: Vec<PartitionCommit>,
     policy: RetryPolicy,
@@ -1379,7 +1401,7 @@ async fn flush_and_commit(
     let files = adds.len();
     let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
     let req = CommitRequest { adds, partitions };
-    let result = commit::commit(&mut table, &app_id, &req, policy, &cancelled)
+    let result = commit::commit(&mut table, &offsets, &app_id, &req, policy, &cancelled)
         .await
         .map(|(o, s)| (o, s, files, bytes))
         .map_err(TaskError::Commit);
@@ -1406,7 +1428,7 @@ async fn commit_dead_letters(
         adds,
         partitions: d.partitions,
     };
-    commit::commit(&mut table, app_id, &req, policy, cancelled)
+    commit::commit(&mut table, &d.offsets, app_id, &req, policy, cancelled)
         .await
         .map_err(TaskError::Commit)
 }

@@ -217,6 +217,9 @@ struct IngestContext {
     events: mpsc::UnboundedSender<SourceEvent>,
     epochs: Epochs,
     closing: AtomicBool,
+    /// A fatal error librdkafka reported through the error callback; the poll
+    /// loop stops on it.
+    fatal: Mutex<Option<String>>,
 }
 
 /// Write a librdkafka log line to tracing at the matching level; true for the
@@ -266,6 +269,12 @@ impl ClientContext for IngestContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
+            if let Ok(mut fatal) = self.fatal.lock() {
+                fatal.get_or_insert_with(|| reason.to_owned());
+            }
+            return;
+        }
         // Transport errors are retried by librdkafka; they are worth a warning, not
         // an error (no data is at risk while the broker is away).
         tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
@@ -443,6 +452,7 @@ impl Source {
             events: event_tx.clone(),
             epochs: Epochs::default(),
             closing: AtomicBool::new(false),
+            fatal: Mutex::new(None),
         };
         let consumer: BaseConsumer<IngestContext> = client_config(cfg)
             .create_with_context(context)
@@ -522,6 +532,73 @@ fn is_assigned(consumer: &BaseConsumer<IngestContext>, tp: &TopicPartition) -> b
         .is_some()
 }
 
+/// How long `poll` waits while the consumer is paused on back-pressure: the thread
+/// sleeps in librdkafka (serving heartbeats and rebalances) instead of spinning, and
+/// notices within this time that the pipeline took a chunk. The channel still holds
+/// its full capacity of chunks then, so the pipeline never waits on this.
+const PAUSED_POLL: Duration = Duration::from_millis(50);
+
+/// Chunks polled but not yet taken by the pipeline, with the pause they cause.
+///
+/// A full channel pauses every assigned partition; polling goes on (callbacks,
+/// heartbeats, `max.poll.interval.ms`), and records librdkafka had already fetched
+/// are held here, never dropped. They are sent in order once the channel has room,
+/// and the partitions resume when nothing is held.
+#[derive(Default)]
+struct Held {
+    chunks: std::collections::VecDeque<RecordChunk>,
+    paused: Option<TopicPartitionList>,
+}
+
+impl Held {
+    /// Send what the channel takes; pause on the first refusal, resume once empty.
+    /// `false` when the pipeline is gone.
+    fn flush(
+        &mut self,
+        consumer: &BaseConsumer<IngestContext>,
+        chunks: &mpsc::Sender<RecordChunk>,
+    ) -> bool {
+        while let Some(chunk) = self.chunks.pop_front() {
+            match chunks.try_send(chunk) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(chunk)) => {
+                    self.chunks.push_front(chunk);
+                    if self.paused.is_none()
+                        && let Ok(assignment) = consumer.assignment()
+                    {
+                        let _ = consumer.pause(&assignment);
+                        self.paused = Some(assignment);
+                    }
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        if let Some(tpl) = self.paused.take() {
+            let _ = consumer.resume(&tpl);
+        }
+        true
+    }
+
+    fn is_paused(&self) -> bool {
+        !self.chunks.is_empty()
+    }
+
+    fn drop_partition(&mut self, tp: &TopicPartition) {
+        for chunk in &mut self.chunks {
+            drop_partition(chunk, tp);
+        }
+    }
+}
+
+/// What one poll burst ended with.
+enum Burst {
+    /// Keep going.
+    More,
+    /// librdkafka reported a fatal error: the consumer cannot go on.
+    Fatal(String),
+}
+
 fn poll_loop(
     consumer: BaseConsumer<IngestContext>,
     chunks: mpsc::Sender<RecordChunk>,
@@ -529,8 +606,7 @@ fn poll_loop(
     events: mpsc::UnboundedSender<SourceEvent>,
     max_records: usize,
 ) {
-    let mut pending: Option<RecordChunk> = None;
-    let mut paused: Option<TopicPartitionList> = None;
+    let mut held = Held::default();
     // Seeks not yet confirmed by librdkafka. Until one succeeds, its partition's
     // records are dropped here (epoch 0): a failed seek must never let records from
     // the old position through under the new epoch, which would skip offsets.
@@ -541,25 +617,13 @@ fn poll_loop(
             match commands.try_recv() {
                 Ok(SourceCommand::Seek { tp, to, epoch }) => {
                     if set_epoch(&consumer, &tp, BLOCKED) {
-                        if let Some(chunk) = pending.as_mut() {
-                            drop_partition(chunk, &tp);
-                        }
+                        held.drop_partition(&tp);
                         seeks.retain(|(t, _, _)| t != &tp);
                         seeks.push((tp, to, epoch));
                     }
                 }
                 Ok(SourceCommand::CommitOffsets(offsets)) => {
-                    let mut tpl = TopicPartitionList::new();
-                    for (tp, next) in &offsets {
-                        let _ = tpl.add_partition_offset(
-                            &tp.topic,
-                            tp.partition,
-                            Offset::Offset(*next),
-                        );
-                    }
-                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                        tracing::debug!(error = %e, "consumer-group offset commit failed (monitoring only)");
-                    }
+                    commit_group_offsets(&consumer, &offsets)
                 }
                 Ok(SourceCommand::Shutdown) | Err(std_mpsc::TryRecvError::Disconnected) => {
                     break 'outer;
@@ -584,75 +648,101 @@ fn poll_loop(
                 }
             }
         });
-
-        if let Some(chunk) = pending.take() {
-            match chunks.try_send(chunk) {
-                Ok(()) => {
-                    if let Some(tpl) = paused.take() {
-                        let _ = consumer.resume(&tpl);
-                    }
-                }
-                Err(mpsc::error::TrySendError::Full(chunk)) => {
-                    pending = Some(chunk);
-                    if paused.is_none()
-                        && let Ok(assignment) = consumer.assignment()
-                    {
-                        let _ = consumer.pause(&assignment);
-                        paused = Some(assignment);
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => break 'outer,
-            }
+        if !held.flush(&consumer, &chunks) {
+            break;
         }
-
-        // While paused, poll only to serve callbacks and heartbeats; any record that
-        // was already queued is added to the held chunk.
-        let timeout = if pending.is_some() {
-            Duration::from_millis(20)
+        // While paused, poll waits longer (there is nothing to fetch) and only
+        // serves callbacks; records that were already queued are held.
+        let timeout = if held.is_paused() {
+            PAUSED_POLL
         } else {
             Duration::from_millis(100)
         };
-        let mut chunk = pending.take().unwrap_or_default();
-        let mut first = true;
-        while chunk.len() < max_records && chunk.data_bytes() < MAX_CHUNK_BYTES {
-            let polled = consumer.poll(if first { timeout } else { Duration::ZERO });
-            first = false;
-            match polled {
-                None => break,
-                Some(Ok(msg)) => {
-                    let (topic, partition) = (msg.topic(), msg.partition());
-                    let epoch = EpochCache::epoch(
-                        &mut epoch_cache,
-                        &consumer.context().epochs,
-                        topic,
-                        partition,
-                    );
-                    // Not (or no longer) assigned, or waiting for a seek.
-                    let Some(epoch) = epoch.filter(|e| *e != BLOCKED) else {
-                        continue;
-                    };
-                    push_message(&mut chunk, &msg, topic, partition, epoch);
-                }
-                Some(Err(e)) => {
-                    if let KafkaError::MessageConsumption(code) = &e
-                        && *code == rdkafka::types::RDKafkaErrorCode::Fatal
-                    {
-                        let _ = events.send(SourceEvent::Fatal(e.to_string()));
-                        break 'outer;
-                    }
-                    tracing::warn!(error = %e, "kafka poll error");
-                    break;
-                }
-            }
-        }
+        let mut chunk = RecordChunk::default();
+        let burst = poll_burst(
+            &consumer,
+            &mut chunk,
+            &mut epoch_cache,
+            timeout,
+            max_records,
+        );
         if !chunk.is_empty() {
-            pending = Some(chunk);
+            held.chunks.push_back(chunk);
+        }
+        if let Burst::Fatal(message) = burst {
+            tracing::error!(error = %message, "fatal kafka error; stopping");
+            let _ = events.send(SourceEvent::Fatal(message));
+            break;
         }
     }
     consumer.context().closing.store(true, Ordering::Release);
     consumer.unsubscribe();
     // Dropping the consumer closes it (leaving the group); callbacks no longer wait.
     drop(consumer);
+}
+
+/// Poll until `chunk` is full or nothing more is queued (waiting up to `timeout`
+/// for the first event).
+fn poll_burst(
+    consumer: &BaseConsumer<IngestContext>,
+    chunk: &mut RecordChunk,
+    epoch_cache: &mut Option<EpochCache>,
+    timeout: Duration,
+    max_records: usize,
+) -> Burst {
+    let mut wait = timeout;
+    while chunk.len() < max_records && chunk.data_bytes() < MAX_CHUNK_BYTES {
+        let polled = consumer.poll(wait);
+        wait = Duration::ZERO;
+        if let Some(message) = consumer.context().fatal.lock().ok().and_then(|f| f.clone()) {
+            return Burst::Fatal(message);
+        }
+        match polled {
+            None => break,
+            Some(Ok(msg)) => {
+                let (topic, partition) = (msg.topic(), msg.partition());
+                let epoch =
+                    EpochCache::epoch(epoch_cache, &consumer.context().epochs, topic, partition);
+                // Not (or no longer) assigned, or waiting for a seek.
+                let Some(epoch) = epoch.filter(|e| *e != BLOCKED) else {
+                    continue;
+                };
+                push_message(chunk, &msg, topic, partition, epoch);
+            }
+            Some(Err(e)) => {
+                if let Some(message) = fatal_message(consumer, &e) {
+                    return Burst::Fatal(message);
+                }
+                tracing::warn!(error = %e, "kafka poll error");
+                break;
+            }
+        }
+    }
+    Burst::More
+}
+
+/// The fatal error behind `e`, if it is one: the consumer can no longer make
+/// progress (a fenced static member, a fatal idempotence or authorization state).
+fn fatal_message(consumer: &BaseConsumer<IngestContext>, e: &KafkaError) -> Option<String> {
+    let fatal = match e {
+        KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::MessageConsumption(code) => *code == rdkafka::types::RDKafkaErrorCode::Fatal,
+        _ => false,
+    };
+    fatal.then(|| match consumer.client().fatal_error() {
+        Some((code, reason)) => format!("{reason} ({code:?})"),
+        None => e.to_string(),
+    })
+}
+
+fn commit_group_offsets(consumer: &BaseConsumer<IngestContext>, offsets: &[(TopicPartition, i64)]) {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, next) in offsets {
+        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!(error = %e, "consumer-group offset commit failed (monitoring only)");
+    }
 }
 
 fn push_message(

@@ -5,7 +5,7 @@
 //! Offsets live in the table itself: for every Kafka partition the pipeline has
 //! written, a `txn` action with app id `<app_id>-<topic>-<partition>` holds the last
 //! offset whose record is accounted for in the table (written as a row, or rejected
-//! and counted). Those app ids are what [`stored_offset`] reads and what
+//! and counted). Those app ids are what [`crate::offset_store`] reads and what
 //! [`crate::commit`] writes.
 
 use std::collections::HashMap;
@@ -21,6 +21,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
 use crate::config::{Compression, StorageConfig, TableConfig};
+use crate::offset_store::OffsetStore;
 use crate::record::TopicPartition;
 use crate::schema::{SchemaError, TableSchema};
 
@@ -522,29 +523,25 @@ pub async fn evolve(
     unreachable!("the loop returns")
 }
 
+/// Stored offsets for several partitions, in one pass over the log. A caller that
+/// reads them more than once (the pipeline) keeps an [`OffsetStore`] instead, which
+/// afterwards reads only the commits that landed since.
+pub async fn stored_offsets(
+    table: &DeltaTable,
+    app_id: &str,
+    tps: &[TopicPartition],
+) -> Result<HashMap<TopicPartition, Option<i64>>, DeltaTableError> {
+    OffsetStore::new().offsets(table, app_id, tps).await
+}
+
 /// The offset stored in the table for `tp`, if any.
 pub async fn stored_offset(
     table: &DeltaTable,
     app_id: &str,
     tp: &TopicPartition,
 ) -> Result<Option<i64>, DeltaTableError> {
-    let snapshot = table.snapshot()?;
-    snapshot
-        .transaction_version(table.log_store().as_ref(), txn_app_id(app_id, tp))
-        .await
-}
-
-/// Stored offsets for several partitions.
-pub async fn stored_offsets(
-    table: &DeltaTable,
-    app_id: &str,
-    tps: &[TopicPartition],
-) -> Result<HashMap<TopicPartition, Option<i64>>, DeltaTableError> {
-    let mut out = HashMap::with_capacity(tps.len());
-    for tp in tps {
-        out.insert(tp.clone(), stored_offset(table, app_id, tp).await?);
-    }
-    Ok(out)
+    let mut one = stored_offsets(table, app_id, std::slice::from_ref(tp)).await?;
+    Ok(one.remove(tp).flatten())
 }
 
 /// Run SQL over the table, registered as `t`, with DataFusion.

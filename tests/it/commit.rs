@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tributary::commit::{self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy};
 use tributary::config::{Compression, MetadataColumns, StorageConfig, TableConfig};
+use tributary::offset_store::OffsetStore;
 use tributary::record::TopicPartition;
 use tributary::schema::parse_schema_json;
 
@@ -51,18 +52,19 @@ fn req(expected: Option<i64>, last: i64) -> CommitRequest {
 async fn stale_expected_offsets_never_commit() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = local_table(dir.path()).await;
+    let store = OffsetStore::new();
     let never = || false;
-    let (o, _) = commit::commit(&mut t, "app", &req(None, 9), policy(), &never)
+    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { version: 1 }));
     // Same request again (a retry after a lost response): recognised, not re-written.
-    let (o, _) = commit::commit(&mut t, "app", &req(None, 9), policy(), &never)
+    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
         .await
         .unwrap();
     assert_eq!(o, CommitOutcome::AlreadyCommitted);
     // A worker that still believes the partition is empty is stale.
-    let (o, _) = commit::commit(&mut t, "app", &req(None, 20), policy(), &never)
+    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 20), policy(), &never)
         .await
         .unwrap();
     assert_eq!(
@@ -72,7 +74,7 @@ async fn stale_expected_offsets_never_commit() {
         }
     );
     // Another app id is independent.
-    let (o, _) = commit::commit(&mut t, "other", &req(None, 3), policy(), &never)
+    let (o, _) = commit::commit(&mut t, &store, "other", &req(None, 3), policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { version: 2 }));
@@ -90,10 +92,17 @@ async fn concurrent_commits_for_one_partition_land_once() {
         let mut t = t.clone();
         tasks.push(tokio::spawn(async move {
             let never = || false;
-            commit::commit(&mut t, "app", &req(None, 99 + w), policy(), &never)
-                .await
-                .unwrap()
-                .0
+            commit::commit(
+                &mut t,
+                &OffsetStore::new(),
+                "app",
+                &req(None, 99 + w),
+                policy(),
+                &never,
+            )
+            .await
+            .unwrap()
+            .0
         }));
     }
     let mut committed = 0;
@@ -107,4 +116,65 @@ async fn concurrent_commits_for_one_partition_land_once() {
         }
     }
     assert_eq!(committed, 1, "exactly one writer lands the range");
+}
+
+#[tokio::test]
+async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = local_table(dir.path()).await;
+    let mut b = a.clone();
+    let (mine, theirs) = (OffsetStore::new(), OffsetStore::new());
+    let never = || false;
+    let tp = |p| TopicPartition::new("t", p);
+    let one = |p, expected, last| CommitRequest {
+        adds: vec![],
+        partitions: vec![PartitionCommit {
+            tp: tp(p),
+            expected,
+            last,
+        }],
+    };
+    commit::commit(&mut a, &mine, "app", &one(0, None, 5), policy(), &never)
+        .await
+        .unwrap();
+    // Another replica commits partitions 1 and 2, twice each.
+    for last in [3, 8] {
+        for p in [1, 2] {
+            let expected = (last == 8).then_some(3);
+            let (o, _) = commit::commit(
+                &mut b,
+                &theirs,
+                "app",
+                &one(p, expected, last),
+                policy(),
+                &never,
+            )
+            .await
+            .unwrap();
+            assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
+        }
+    }
+    a.update_state().await.unwrap();
+    let seen = mine
+        .offsets(&a, "app", &[tp(0), tp(1), tp(2), tp(3)])
+        .await
+        .unwrap();
+    assert_eq!(seen[&tp(0)], Some(5));
+    assert_eq!(seen[&tp(1)], Some(8));
+    assert_eq!(seen[&tp(2)], Some(8));
+    assert_eq!(seen[&tp(3)], None);
+    // The four foreign commits were read one file each; the log was replayed once.
+    let (replays, commits_read) = mine.reads();
+    assert_eq!((replays, commits_read), (1, 4));
+    // delta-rs' own per-id lookup agrees.
+    for p in 0..4 {
+        let app = tributary::table::txn_app_id("app", &tp(p));
+        let theirs = a
+            .snapshot()
+            .unwrap()
+            .transaction_version(a.log_store().as_ref(), app)
+            .await
+            .unwrap();
+        assert_eq!(theirs, seen[&tp(p)]);
+    }
 }

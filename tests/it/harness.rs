@@ -356,17 +356,13 @@ secret_access_key = "test"
         let Some(t) = self.table().await else {
             return (0..n).map(|p| (p, None)).collect();
         };
-        let mut out = BTreeMap::new();
-        for p in 0..n {
-            let tp = TopicPartition::new(self.topic.as_str(), p);
-            out.insert(
-                p,
-                tributary::table::stored_offset(&t, &self.app_id, &tp)
-                    .await
-                    .unwrap(),
-            );
-        }
-        out
+        let tps: Vec<TopicPartition> = (0..n)
+            .map(|p| TopicPartition::new(self.topic.as_str(), p))
+            .collect();
+        let stored = tributary::table::stored_offsets(&t, &self.app_id, &tps)
+            .await
+            .unwrap();
+        (0..n).map(|p| (p, stored[&tps[p as usize]])).collect()
     }
 
     /// The operation of every commit, newest first.
@@ -601,6 +597,8 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 /// as clients can tell) and bring back.
 pub struct Outage {
     pub addr: std::net::SocketAddr,
+    /// Object GETs of `_delta_log/` files that went through the proxy.
+    pub log_reads: std::sync::Arc<AtomicU64>,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     task: tokio::task::JoinHandle<()>,
@@ -616,6 +614,8 @@ impl Outage {
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let upstream = upstream.to_owned();
         let (d, c) = (down.clone(), conns.clone());
+        let log_reads = std::sync::Arc::new(AtomicU64::new(0));
+        let reads = log_reads.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -625,9 +625,14 @@ impl Outage {
                     continue; // dropped: the client sees the connection cut
                 }
                 let upstream = upstream.clone();
+                let reads = reads.clone();
                 let h = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let (mut from_server, mut to_server) = server.into_split();
+                        let (mut from_client, mut to_client) = client.split();
+                        let up = count_log_reads(&mut from_client, &mut to_server, &reads);
+                        let down = tokio::io::copy(&mut from_server, &mut to_client);
+                        let _ = tokio::join!(up, down);
                     }
                 });
                 c.lock().unwrap().push(h);
@@ -635,10 +640,16 @@ impl Outage {
         });
         Self {
             addr,
+            log_reads,
             down,
             conns,
             task,
         }
+    }
+
+    /// The number of `_delta_log/` object reads so far.
+    pub fn log_reads(&self) -> u64 {
+        self.log_reads.load(Ordering::SeqCst)
     }
 
     /// The server goes away.
@@ -652,6 +663,47 @@ impl Outage {
     /// The server is back.
     pub fn bring_up(&self) {
         self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copy an HTTP/1.1 client's bytes to the server, counting the requests that GET
+/// an object under `_delta_log/` (a LIST has the prefix URL-encoded and is not
+/// counted). Request lines are found at the start of the stream or after CRLF; a
+/// line split across reads is caught by keeping the last bytes of each read.
+async fn count_log_reads(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    reads: &AtomicU64,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut carry: Vec<u8> = b"\r\n".to_vec();
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        let mut scan = std::mem::take(&mut carry);
+        scan.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&scan);
+        let mut rest = text.as_ref();
+        while let Some(i) = rest.find("\r\nGET ") {
+            let line = &rest[i + 2..];
+            let Some(end) = line
+                .find(' ')
+                .and_then(|s| line[s + 1..].find(' ').map(|e| s + 1 + e))
+            else {
+                break; // the path is cut off: the carry below holds it
+            };
+            if line[..end].contains("/_delta_log/") {
+                reads.fetch_add(1, Ordering::SeqCst);
+            }
+            rest = &line[end..];
+        }
+        // Keep enough to see a request line that straddles this read and the next.
+        let keep = rest.len().min(4096);
+        carry = rest.as_bytes()[rest.len() - keep..].to_vec();
     }
 }
 

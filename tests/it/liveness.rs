@@ -1,0 +1,95 @@
+//! Liveness under pressure: the daemon keeps serving the consumer group while it
+//! cannot make progress, and exits in time.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const CATCH_UP: Duration = Duration::from_secs(180);
+
+/// CPU seconds (user + system) of the daemon's thread named `name`.
+fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // Fields after the command (which ends with ')'): utime and stime are the
+        // 12th and 13th, in clock ticks of 1/100 s.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = rest
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        return (f[0] + f[1]) as f64 / 100.0;
+    }
+    panic!("no thread named {name} in process {pid}");
+}
+
+/// Back-pressure held longer than `max.poll.interval.ms`: S3 is cut while the
+/// pipeline holds a full channel of full chunks. The poll thread must keep
+/// polling (the member stays in the group, no "maximum poll interval exceeded")
+/// at near-zero CPU, and the table ends exactly once after S3 is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_keeps_polling_at_near_zero_cpu_and_stays_in_the_group() {
+    let s = Scenario::new("back-pressure", 4).await;
+    let s3 = Outage::start(s.servers.s3.trim_start_matches("http://")).await;
+    let records = (0..3000u64).map(|i| ((i % 4) as i32, event(i)));
+    let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
+    let text = s
+        .config_toml(
+            "[flush]\nmax_rows = 500\nmax_age = \"300ms\"\n[commit]\nmax_backoff = \"2s\"\n",
+        )
+        .replace(
+            "[kafka.properties]\n",
+            "max_chunk_records = 20\nchannel_capacity = 1\n\n[kafka.properties]\n\"max.poll.interval.ms\" = \"7000\"\n",
+        )
+        .replace(&s.servers.s3, &format!("http://{}", s3.addr));
+    let cfg = s.dir.path().join("back-pressure.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut daemon = Daemon::start(&cfg, s.dir.path());
+    s.rows_after_first_commits().await;
+    s3.take_down();
+    // Let the channel fill and the consumer pause, then measure the poll thread
+    // over a hold longer than max.poll.interval.ms.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = daemon.child.id();
+    let (cpu0, t0) = (thread_cpu_seconds(pid, "kafka-poll"), Instant::now());
+    while t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "daemon exited:\n{}",
+            daemon.log_text()
+        );
+    }
+    let busy = (thread_cpu_seconds(pid, "kafka-poll") - cpu0) / t0.elapsed().as_secs_f64();
+    s3.bring_up();
+    s.wait_caught_up(&produced, 4, CATCH_UP).await;
+    daemon.stop_cleanly().await;
+    let log = daemon.log_text();
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    let assigns = log.matches("partitions assigned").count();
+    eprintln!(
+        "back-pressure: kafka-poll thread busy {:.1}% of a core over a 10 s hold; \
+         {} rows, lost {lost}, duplicated {duplicated}; assignments {assigns}",
+        busy * 100.0,
+        rows.len()
+    );
+    assert!(
+        busy < 0.10,
+        "the poll thread spun at {:.0}% of a core",
+        busy * 100.0
+    );
+    assert!(
+        !log.contains("maximum poll interval"),
+        "the member left the group during back-pressure:\n{log}"
+    );
+    assert_eq!(assigns, 1, "one assignment, no rejoin:\n{log}");
+    assert_eq!((lost, duplicated), (0, 0));
+}
