@@ -1352,21 +1352,8 @@ fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigE
     if is_s3 {
         // Conditional put (If-None-Match) is what makes concurrent writers safe
         // without a lock service; refuse configs that would switch it off.
-        if let Some(v) = raw.options.get("aws_conditional_put")
-            && v != "etag"
-        {
-            return Err(ConfigError::invalid(
-                "storage.options",
-                "aws_conditional_put must stay `etag`: concurrent writers rely on it",
-            ));
-        }
-        if raw.options.contains_key("AWS_S3_LOCKING_PROVIDER")
-            || raw.options.contains_key("aws_s3_locking_provider")
-        {
-            return Err(ConfigError::invalid(
-                "storage.options",
-                "a locking provider is not needed: S3 conditional put orders commits",
-            ));
+        for (k, v) in &raw.options {
+            check_commit_safety("storage.options", k, v)?;
         }
         set("aws_conditional_put", "etag".into());
     }
@@ -1374,6 +1361,30 @@ fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigE
         options.insert(k, Secret::new(v));
     }
     Ok(StorageConfig { options })
+}
+
+/// Refuse an S3 option that would switch off what makes concurrent commits safe:
+/// conditional put (`If-None-Match`) must stay on and no lock service is used. The
+/// config file's `[storage.options]` and `--storage-option` both go through here.
+pub fn check_commit_safety(
+    source: &'static str,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let k = key.trim().to_ascii_lowercase();
+    if matches!(k.as_str(), "aws_conditional_put" | "conditional_put") && value.trim() != "etag" {
+        return Err(ConfigError::invalid(
+            source,
+            format!("{key} must stay `etag`: concurrent writers rely on S3 conditional put"),
+        ));
+    }
+    if k == "aws_s3_locking_provider" {
+        return Err(ConfigError::invalid(
+            source,
+            "a locking provider is not needed: S3 conditional put orders commits",
+        ));
+    }
+    Ok(())
 }
 
 fn expand_value(

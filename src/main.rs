@@ -21,7 +21,7 @@ use tributary::stats::PipelineStats;
 struct Cli {
     /// Log level or filter (e.g. `debug`, `tributary=debug,librdkafka=warn`); RUST_LOG
     /// overrides it. Default: `info` for tributary and librdkafka, `warn` for the
-    /// libraries below (`warn` for everything in `demo`).
+    /// libraries below (`error` in `demo`, whose report counts what was rejected).
     #[arg(long, global = true)]
     log_level: Option<String>,
     /// Log format (default: the config's log.format, else text).
@@ -211,20 +211,22 @@ enum OffsetsAction {
         #[arg(long)]
         offset: i64,
     },
-    /// Reset partitions to the earliest retained record (replay) or the latest (skip).
+    /// Reset partitions to the earliest retained record (replay), the latest (skip)
+    /// or the first record at or after a time.
+    #[command(group(clap::ArgGroup::new("reset_to").required(true)))]
     Reset {
         #[command(flatten)]
         sel: OffsetsSelection,
         /// Replay everything Kafka retains.
-        #[arg(
-            long,
-            conflicts_with = "to_latest",
-            required_unless_present = "to_latest"
-        )]
+        #[arg(long, group = "reset_to")]
         to_earliest: bool,
         /// Skip to the end.
-        #[arg(long)]
+        #[arg(long, group = "reset_to")]
         to_latest: bool,
+        /// Replay from the first record at or after this time (RFC 3339, e.g.
+        /// 2025-03-01T00:00:00Z); partitions with none yet continue from their end.
+        #[arg(long, group = "reset_to", value_parser = parse_rfc3339_ms)]
+        to_timestamp: Option<i64>,
     },
 }
 
@@ -283,13 +285,16 @@ async fn run_offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
     let (sel, target) = match action {
         OffsetsAction::Set { sel, offset } => (sel, Target::Offset(offset)),
         OffsetsAction::Reset {
-            sel, to_earliest, ..
+            sel,
+            to_earliest,
+            to_latest: _,
+            to_timestamp,
         } => (
             sel,
-            if to_earliest {
-                Target::Earliest
-            } else {
-                Target::Latest
+            match (to_timestamp, to_earliest) {
+                (Some(ms), _) => Target::Timestamp(ms),
+                (None, true) => Target::Earliest,
+                (None, false) => Target::Latest,
             },
         ),
     };
@@ -331,6 +336,35 @@ async fn run_offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// object_store panics ("Already shut down") when a multipart upload whose
+/// completion already failed is then aborted; delta-rs does that when it discards a
+/// window during a storage outage, in a task of its own that tokio catches. The
+/// daemon is unharmed, so the operator gets one warning instead of a panic report
+/// with a backtrace. Every other panic goes to the default hook.
+fn contain_known_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("");
+        let file = info.location().map_or("", |l| l.file());
+        if is_upload_abort_after_shutdown(message, file) {
+            tracing::warn!(
+                "an upload that could not complete could not be aborted either (object_store:                  {message}); its parts stay until the bucket's multipart lifecycle rule removes them"
+            );
+        } else {
+            default(info);
+        }
+    }));
+}
+
+fn is_upload_abort_after_shutdown(message: &str, file: &str) -> bool {
+    message == "Already shut down" && file.contains("object_store") && file.ends_with("buffered.rs")
+}
+
 fn init_logging(level: &str, format: LogFormat) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::new(v),
@@ -351,22 +385,30 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(raw.validate()?)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// An RFC 3339 time as milliseconds since the epoch.
+fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time such as 2025-03-01T00:00:00Z: {e}"))
+}
+
+/// SIGTERM or SIGINT; the handler is installed now, so a failure to install it is
+/// an error at start rather than a panic later.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM handler: {e}"))?;
+    Ok(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
+        #[cfg(not(unix))]
         let _ = ctrl_c.await;
-    }
-    tracing::info!("shutdown signal received");
+        tracing::info!("shutdown signal received");
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -376,7 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(app_id = %cfg.app_id, table = %cfg.table.uri, "starting ingest");
             let stats = Arc::new(PipelineStats::default());
             let summary =
-                pipeline::run(cfg, stats, RunOptions::default(), shutdown_signal()).await?;
+                pipeline::run(cfg, stats, RunOptions::default(), shutdown_signal()?).await?;
             tracing::info!(
                 records = summary.records,
                 rows = summary.rows,
@@ -640,7 +682,10 @@ fn print_demo_report(r: &tributary::demo::DemoReport) {
         "rows in table    {} ({} distinct partition/offset)",
         r.rows, r.distinct
     );
-    println!("rejected         {}", r.rejected);
+    println!(
+        "rejected         {} (malformed JSON: counted, offsets accounted; a [dead_letters] table keeps each with its reason)",
+        r.rejected
+    );
     println!("ingest time      {:.1}s", r.elapsed.as_secs_f64());
     println!("partition  stored offset  last produced");
     for (p, (stored, last)) in &r.offsets {
@@ -659,7 +704,9 @@ fn print_demo_report(r: &tributary::demo::DemoReport) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = match cli.command {
-        Command::Demo { .. } => "warn",
+        // The demo's screen is its progress line and report (which counts the
+        // rejected records); per-record and per-file warnings would bury them.
+        Command::Demo { .. } => "error",
         _ => DEFAULT_FILTER,
     };
     // The daemon's config may set the log level and format; flags win. A config that
@@ -677,6 +724,7 @@ fn main() -> ExitCode {
         LogFormat::Text
     });
     init_logging(level.as_deref().unwrap_or(default), format);
+    contain_known_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -716,6 +764,42 @@ fn error_chain(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_object_stores_abort_after_shutdown_panic_is_contained() {
+        let file = "/root/.cargo/registry/src/x/object_store-0.13.2/src/buffered.rs";
+        assert!(is_upload_abort_after_shutdown("Already shut down", file));
+        assert!(!is_upload_abort_after_shutdown("index out of bounds", file));
+        assert!(!is_upload_abort_after_shutdown(
+            "Already shut down",
+            "src/pipeline.rs"
+        ));
+    }
+
+    #[test]
+    fn reset_takes_exactly_one_target_and_an_rfc3339_time() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["tributary", "offsets", "reset", "--config", "c.toml"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        let cli = parse(&["--to-timestamp", "2025-06-15T15:07:50Z"]).unwrap();
+        let Command::Offsets {
+            action: OffsetsAction::Reset { to_timestamp, .. },
+        } = cli.command
+        else {
+            panic!("not offsets reset");
+        };
+        assert_eq!(to_timestamp, Some(1_750_000_070_000));
+        assert!(parse(&[]).is_err(), "a target is required");
+        assert!(parse(&["--to-earliest", "--to-latest"]).is_err());
+        let bad = parse(&["--to-timestamp", "yesterday"])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("RFC 3339"), "{bad}");
+    }
 
     #[test]
     fn a_cause_already_in_the_message_is_printed_once() {

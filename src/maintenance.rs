@@ -580,6 +580,9 @@ pub fn parse_storage_options(
                 key: "--storage-option",
                 message: format!("`{p}` is not KEY=VALUE"),
             })?;
+        if matches!(uri.scheme(), "s3" | "s3a") {
+            crate::config::check_commit_safety("--storage-option", k, v)?;
+        }
         options.insert(k.trim().to_owned(), crate::secret::Secret::new(v.trim()));
     }
     Ok(StorageConfig { options })
@@ -588,6 +591,25 @@ pub fn parse_storage_options(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_storage_option_cannot_switch_off_conditional_put() {
+        let s3: Url = "s3://b/t".parse().unwrap();
+        for bad in [
+            "aws_conditional_put=disabled",
+            "AWS_CONDITIONAL_PUT=dynamo",
+            "conditional_put=none",
+            "AWS_S3_LOCKING_PROVIDER=dynamodb",
+        ] {
+            let err = parse_storage_options(&s3, &[bad.to_owned()]).unwrap_err();
+            assert!(err.to_string().contains("--storage-option"), "{bad}: {err}");
+        }
+        let ok = parse_storage_options(&s3, &["aws_conditional_put=etag".to_owned()]).unwrap();
+        assert_eq!(
+            ok.options.get("aws_conditional_put").map(|s| s.expose()),
+            Some("etag")
+        );
+    }
 
     #[test]
     fn filters_parse() {

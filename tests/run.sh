@@ -4,6 +4,7 @@
 # Extra arguments go to `cargo test` (e.g. `tests/run.sh kill_9`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tests/prereqs.sh
 source tests/servers.sh
 servers_install
 # The Kubernetes manifest must at least be valid YAML (PyYAML comes with moto).
