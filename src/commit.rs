@@ -3,7 +3,7 @@
 //! # The exactly-once invariant
 //!
 //! For every partition `p` this pipeline reads, the table holds a `txn` action
-//! `(<app_id>-<topic>-<p>, v)`: every record of `p` with offset `<= v` is accounted
+//! `(<app_id>/<topic>/<p>, v)`: every record of `p` with offset `<= v` is accounted
 //! for in the table (as a row, or rejected and counted) and no record with offset
 //! `> v` is. Each commit moves `v` forward and adds exactly the rows in between, in
 //! the same atomic log entry.

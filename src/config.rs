@@ -86,7 +86,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Identifies this pipeline. Stored offsets live under txn app ids
-    /// `<app_id>-<topic>-<partition>`: two pipelines with different ids never see each
+    /// `<app_id>/<topic>/<partition>`: two pipelines with different ids never see each
     /// other's offsets, so changing it re-reads the topic from `auto_offset_reset`.
     pub app_id: String,
     /// Kafka source settings.

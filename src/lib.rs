@@ -17,7 +17,7 @@
 //! - [`schema`]: the table schema (record fields + Kafka metadata columns).
 //! - [`pipeline`]: the event loop: windows, flushes, commit-on-revoke, rewinds.
 //! - [`commit`]: one Delta transaction per window: add actions plus a `txn` action
-//!   per partition (`<app_id>-<topic>-<partition>` = last offset accounted for).
+//!   per partition (`<app_id>/<topic>/<partition>` = last offset accounted for).
 //! - [`table`]: open or create the table, read stored offsets, Parquet writers.
 //! - [`preflight`]: the `validate` command's checks.
 //! - [`demo`]: the self-contained demo on an in-process Kafka mock cluster.

@@ -26,7 +26,25 @@ use deltalake::{DeltaTable, DeltaTableError};
 use serde::Deserialize;
 
 use crate::record::TopicPartition;
-use crate::table::txn_app_id;
+
+/// The txn app id under which a partition's offset is stored:
+/// `<app_id>/<topic>/<partition>`.
+///
+/// Kafka topic names cannot contain `/` and the partition is a number, so reading
+/// from the right gives back exactly one (app id, topic, partition): two apps can
+/// never share an id. The earlier encoding, [`legacy_txn_app_id`], joined the
+/// parts with `-`, which also occurs in app ids and topics (app `orders` with topic
+/// `eu-x`, and app `orders-eu` with topic `x`, both gave `orders-eu-x-0`).
+pub fn txn_app_id(app_id: &str, tp: &TopicPartition) -> String {
+    format!("{app_id}/{}/{}", tp.topic, tp.partition)
+}
+
+/// The app id tributary wrote before [`txn_app_id`]: `<app_id>-<topic>-<partition>`.
+/// Read (never written) so that tables written then keep their progress: it
+/// counts for a partition until the first commit under the new id.
+pub fn legacy_txn_app_id(app_id: &str, tp: &TopicPartition) -> String {
+    format!("{app_id}-{}-{}", tp.topic, tp.partition)
+}
 
 /// Beyond this many new versions a full replay (checkpoint + commits since) reads
 /// less than one GET per version would.
@@ -92,6 +110,7 @@ impl OffsetStore {
                 let v = state
                     .txns
                     .get(&txn_app_id(app_id, tp))
+                    .or_else(|| state.txns.get(&legacy_txn_app_id(app_id, tp)))
                     .and_then(|t| live_version(t, expires_before));
                 (tp.clone(), v)
             })
@@ -315,6 +334,48 @@ mod tests {
         );
         assert_eq!(txns["app-t-1"].version, 7);
         assert!(commit_txns(b"{\"txn\":{\"appId\":1}}").is_err());
+    }
+
+    #[test]
+    fn app_ids_that_collided_under_the_legacy_encoding_are_distinct() {
+        let (a, b) = (
+            ("orders", TopicPartition::new("eu-x", 0)),
+            ("orders-eu", TopicPartition::new("x", 0)),
+        );
+        assert_eq!(legacy_txn_app_id(a.0, &a.1), legacy_txn_app_id(b.0, &b.1));
+        assert_ne!(txn_app_id(a.0, &a.1), txn_app_id(b.0, &b.1));
+        assert_eq!(txn_app_id(a.0, &a.1), "orders/eu-x/0");
+    }
+
+    #[tokio::test]
+    async fn a_legacy_offset_counts_until_the_new_id_is_written() {
+        let store = OffsetStore::new();
+        let tp = TopicPartition::new("t", 3);
+        {
+            let mut state = store.state.lock().await;
+            state.version = Some(5);
+            let txn = |version| Txn {
+                version,
+                last_updated: None,
+            };
+            state.txns.insert(legacy_txn_app_id("app", &tp), txn(41));
+            state.txns.insert(
+                legacy_txn_app_id("app", &TopicPartition::new("t", 4)),
+                txn(7),
+            );
+        }
+        let get = |state: &State, tp: &TopicPartition| {
+            state
+                .txns
+                .get(&txn_app_id("app", tp))
+                .or_else(|| state.txns.get(&legacy_txn_app_id("app", tp)))
+                .map(|t| t.version)
+        };
+        assert_eq!(get(&*store.state.lock().await, &tp), Some(41));
+        store.record_commit(6, [(txn_app_id("app", &tp), 50)]).await;
+        let state = store.state.lock().await;
+        assert_eq!(get(&state, &tp), Some(50));
+        assert_eq!(get(&state, &TopicPartition::new("t", 4)), Some(7));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `txn` actions.
 //!
 //! Offsets live in the table itself: for every Kafka partition the pipeline has
-//! written, a `txn` action with app id `<app_id>-<topic>-<partition>` holds the last
+//! written, a `txn` action with app id `<app_id>/<topic>/<partition>` holds the last
 //! offset whose record is accounted for in the table (written as a row, or rejected
 //! and counted). Those app ids are what [`crate::offset_store`] reads and what
 //! [`crate::commit`] writes.
@@ -193,10 +193,7 @@ pub fn storage_hint(message: &str) -> Option<&'static str> {
     }
 }
 
-/// The txn app id under which a partition's offset is stored.
-pub fn txn_app_id(app_id: &str, tp: &TopicPartition) -> String {
-    format!("{app_id}-{}-{}", tp.topic, tp.partition)
-}
+pub use crate::offset_store::txn_app_id;
 
 /// An open table and the schema records are written in.
 #[derive(Debug, Clone)]

@@ -620,3 +620,126 @@ async fn rejected_records_land_in_the_dead_letter_table_once_even_after_a_replay
         "dead letters stay exactly once"
     );
 }
+
+/// Two apps sharing a table whose legacy txn ids collided (`orders` + topic
+/// `eu-x` and `orders-eu` + topic `x` both gave `orders-eu-x-0`): the second app
+/// must not mistake the first's offsets for its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_id_encoding_keeps_apps_whose_legacy_ids_collided_apart() {
+    let s = Scenario::new("app-id", 1).await;
+    let stamp = s.topic.replace('-', "");
+    let (app_a, topic_a) = (format!("orders{stamp}"), format!("eu-{stamp}"));
+    let (app_b, topic_b) = (format!("orders{stamp}-eu"), stamp.clone());
+    let tp_a = TopicPartition::new(topic_a.as_str(), 0);
+    let tp_b = TopicPartition::new(topic_b.as_str(), 0);
+    assert_eq!(
+        tributary::offset_store::legacy_txn_app_id(&app_a, &tp_a),
+        tributary::offset_store::legacy_txn_app_id(&app_b, &tp_b),
+        "the two apps collide under the legacy encoding"
+    );
+    let producer = producer(&s.servers.brokers);
+    let mut done = std::collections::BTreeMap::new();
+    for (app, topic, n) in [(&app_a, &topic_a, 10u64), (&app_b, &topic_b, 5)] {
+        create_topic(&s.servers.brokers, topic, 1).await;
+        let produced = produce(&producer, topic, (0..n).map(|i| (0, event(i)))).await;
+        let text = s
+            .config_toml("[flush]\nmax_age = \"500ms\"")
+            .replace(
+                &format!("app_id = \"{}\"", s.app_id),
+                &format!("app_id = \"{app}\""),
+            )
+            .replace(
+                &format!("topics = [\"{}\"]", s.topic),
+                &format!("topics = [\"{topic}\"]"),
+            );
+        let mut run = start(parse_config(&text));
+        run.committed(topic, &last_offsets(&produced)).await;
+        run.stop().await;
+        done.insert(topic.clone(), n);
+    }
+    let t = s.table().await.unwrap();
+    for (topic, n) in &done {
+        let rows = query(
+            &t,
+            &format!("SELECT count(*) AS n FROM t WHERE _topic = '{topic}'"),
+        )
+        .await;
+        let got = rows[0]
+            .column(0)
+            .as_primitive::<deltalake::arrow::datatypes::Int64Type>()
+            .value(0);
+        assert_eq!(got as u64, *n, "rows of {topic}");
+    }
+    let a = tributary::table::stored_offset(&t, &app_a, &tp_a)
+        .await
+        .unwrap();
+    let b = tributary::table::stored_offset(&t, &app_b, &tp_b)
+        .await
+        .unwrap();
+    assert_eq!((a, b), (Some(9), Some(4)));
+}
+
+/// A table written with the legacy txn ids keeps its progress: the daemon resumes
+/// after the legacy offset, then stores the new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_id_legacy_offsets_are_resumed_from_and_migrated() {
+    use deltalake::kernel::Transaction;
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+    let s = Scenario::new("app-id-legacy", 2).await;
+    let cfg = s.config("[flush]\nmax_age = \"500ms\"");
+    let opened = tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
+        .await
+        .unwrap();
+    // As today's main wrote them: partition 0 done up to offset 4, partition 1 to 2.
+    let legacy = [(0, 4), (1, 2)].map(|(p, v)| {
+        let tp = TopicPartition::new(s.topic.as_str(), p);
+        Transaction::new(
+            tributary::offset_store::legacy_txn_app_id(&s.app_id, &tp),
+            v,
+        )
+    });
+    let t = &opened.table;
+    CommitBuilder::from(CommitProperties::default().with_application_transactions(legacy.to_vec()))
+        .build(
+            Some(t.snapshot().unwrap()),
+            t.log_store(),
+            deltalake::protocol::DeltaOperation::Write {
+                mode: deltalake::protocol::SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .unwrap();
+    let producer = producer(&s.servers.brokers);
+    let produced = produce(
+        &producer,
+        &s.topic,
+        (0..20u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    let mut run = start(cfg.clone());
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await;
+    let rows = s.rows().await;
+    let mut want: Vec<(i32, i64)> = (5..10)
+        .map(|o| (0, o))
+        .chain((3..10).map(|o| (1, o)))
+        .collect();
+    want.sort();
+    let mut got = rows.clone();
+    got.sort();
+    assert_eq!(got, want, "only the records after the legacy offsets");
+    let t = s.table().await.unwrap();
+    for p in 0..2 {
+        let tp = TopicPartition::new(s.topic.as_str(), p);
+        let new_id = tributary::offset_store::txn_app_id(&s.app_id, &tp);
+        let v = t
+            .snapshot()
+            .unwrap()
+            .transaction_version(t.log_store().as_ref(), new_id)
+            .await
+            .unwrap();
+        assert_eq!(v, Some(9), "partition {p} stored under the new id");
+    }
+}
