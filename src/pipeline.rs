@@ -48,13 +48,15 @@ use crate::commit::{
     self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
 };
 use crate::config::{
-    Compression, Config, FlushPolicy, Format, OnError, Route, Subscription, TableConfig, TopicMatch,
+    Compression, Config, FlushPolicy, Format, OffsetReset, OnError, Route, Subscription,
+    TableConfig, TopicMatch,
 };
 use crate::decode::{
     DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder, RejectKind, Rejected,
 };
 use crate::encoder::WindowWriter;
 use crate::offset_store::OffsetStore;
+use crate::probe;
 use crate::record::{RecordChunk, TopicPartition};
 use crate::registry::{Registry, RegistryError, SchemaKind};
 use crate::schema::TableSchema;
@@ -195,6 +197,7 @@ pub async fn run(
         needs_rewind: false,
         resume_at: None,
         abandon: Arc::new(AtomicBool::new(false)),
+        latest_ends: HashMap::new(),
     };
     if let Some(uri) = &pipeline.cfg.dead_letters {
         let opened = crate::dead_letter::open(uri, &pipeline.cfg.storage)
@@ -375,6 +378,9 @@ struct Pipeline {
     resume_at: Option<Instant>,
     backoff: Duration,
     abandon: Arc<AtomicBool>,
+    /// Partition ends read for `auto_offset_reset = "latest"` and not yet stored:
+    /// a retry stores these, never a later end.
+    latest_ends: HashMap<TopicPartition, i64>,
 }
 
 /// The next commit task of any sink to finish.
@@ -392,6 +398,9 @@ async fn next_commit(sinks: &mut [Sink]) -> (usize, Result<CommitDone, tokio::ta
     })
     .await
 }
+
+/// How long resolving `auto_offset_reset = "latest"` may take at an assignment.
+const PIN_LATEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Pipeline {
     async fn run(
@@ -644,6 +653,95 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// Under `auto_offset_reset = "latest"`, give every partition the table has
+    /// never stored an offset for a concrete one, once: the partition's end now,
+    /// stored in a txn-only commit (a compare-and-swap like any other, so racing
+    /// replicas agree on one). Without it "latest" would be resolved again at every
+    /// rewind and restart until the first data commit, skipping what was produced
+    /// in between. Bounded by [`PIN_LATEST_TIMEOUT`]; an error leaves the partitions
+    /// to the rewind, which tries again.
+    async fn pin_latest(
+        &mut self,
+        tps: &[(TopicPartition, usize)],
+        stored: &mut HashMap<TopicPartition, (Option<i64>, Option<i64>)>,
+    ) -> Result<(), String> {
+        if self.cfg.kafka.auto_offset_reset != OffsetReset::Latest {
+            return Ok(());
+        }
+        let fresh: Vec<(TopicPartition, usize)> = tps
+            .iter()
+            .filter(|(tp, _)| stored.get(tp).is_none_or(|(c, _)| c.is_none()))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let parts: Vec<(TopicPartition, Option<i64>)> = fresh
+            .iter()
+            .filter(|(tp, _)| !self.latest_ends.contains_key(tp))
+            .map(|(tp, _)| (tp.clone(), None))
+            .collect();
+        if !parts.is_empty() {
+            let marks = probe::blocking(&self.cfg.kafka, move |k| {
+                probe::watermarks(k, &parts, PIN_LATEST_TIMEOUT)
+            })
+            .await
+            .map_err(|e| {
+                format!("reading the partitions' ends for auto_offset_reset = latest: {e}")
+            })?;
+            self.latest_ends
+                .extend(marks.into_iter().map(|(tp, w)| (tp, w.high)));
+        }
+        let deadline = Instant::now() + PIN_LATEST_TIMEOUT;
+        let abandon = self.abandon.clone();
+        let give_up = move || abandon.load(Ordering::Acquire) || Instant::now() >= deadline;
+        let mut sinks: Vec<usize> = fresh.iter().map(|(_, s)| *s).collect();
+        sinks.sort_unstable();
+        sinks.dedup();
+        for sink in sinks {
+            let partitions: Vec<PartitionCommit> = fresh
+                .iter()
+                .filter(|(_, s)| *s == sink)
+                .filter_map(|(tp, _)| {
+                    self.latest_ends.get(tp).map(|high| PartitionCommit {
+                        tp: tp.clone(),
+                        expected: None,
+                        last: high - 1,
+                    })
+                })
+                .collect();
+            let req = CommitRequest {
+                adds: Vec::new(),
+                partitions,
+            };
+            let s = &mut self.sinks[sink];
+            let (outcome, _) = commit::commit(
+                &mut s.table,
+                &s.offsets,
+                &self.cfg.app_id,
+                &req,
+                self.policy,
+                &give_up,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let now: Vec<(TopicPartition, Option<i64>)> = match outcome {
+                CommitOutcome::Stale { partitions } => partitions,
+                CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted => Vec::new(),
+            };
+            for p in &req.partitions {
+                let at = now
+                    .iter()
+                    .find(|(tp, _)| *tp == p.tp)
+                    .map_or(Some(p.last), |(_, v)| *v);
+                tracing::info!(partition = %p.tp, stored_offset = ?at, "auto_offset_reset = latest: partition starts after this offset, stored in the table");
+                stored.entry(p.tp.clone()).or_default().0 = at;
+                self.latest_ends.remove(&p.tp);
+            }
+        }
+        Ok(())
+    }
+
     async fn on_assign(
         &mut self,
         partitions: Vec<TopicPartition>,
@@ -653,7 +751,10 @@ impl Pipeline {
             let sink = self.sink_for(&tp.topic).await?;
             routed.push((tp, sink));
         }
-        let stored = self.stored_offsets(&routed).await;
+        let stored = match self.stored_offsets(&routed).await {
+            Ok(mut stored) => self.pin_latest(&routed, &mut stored).await.map(|()| stored),
+            Err(e) => Err(e),
+        };
         let reset = self.cfg.kafka.auto_offset_reset;
         let mut reply = Vec::with_capacity(routed.len());
         for (tp, sink) in routed {
@@ -1245,6 +1346,10 @@ impl Pipeline {
             .map(|(tp, p)| (tp.clone(), p.sink))
             .collect();
         let stored = match self.stored_offsets(&tps).await {
+            Ok(mut stored) => self.pin_latest(&tps, &mut stored).await.map(|()| stored),
+            Err(e) => Err(e),
+        };
+        let stored = match stored {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, backoff_ms = self.backoff.as_millis() as u64, "cannot read stored offsets; retrying");

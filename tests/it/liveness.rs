@@ -93,3 +93,69 @@ async fn back_pressure_keeps_polling_at_near_zero_cpu_and_stays_in_the_group() {
     assert_eq!(assigns, 1, "one assignment, no rejoin:\n{log}");
     assert_eq!((lost, duplicated), (0, 0));
 }
+
+/// `auto_offset_reset = "latest"`: a rewind before the first data commit (here an
+/// S3 outage fails the first window's upload) must continue from the end as it
+/// was at assignment, not from the end again, which would skip every record
+/// produced meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_is_resolved_once_so_a_rewind_before_the_first_commit_skips_nothing() {
+    let s = Scenario::new("latest", 2).await;
+    let s3 = Outage::start(s.servers.s3.trim_start_matches("http://")).await;
+    let producer = producer(&s.servers.brokers);
+    // Produced before the daemon starts: skipped by "latest".
+    produce(
+        &producer,
+        &s.topic,
+        (0..10u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    let text = s
+        .config_toml("[flush]\nmax_age = \"500ms\"\n[commit]\nmax_backoff = \"1s\"\n")
+        .replace(
+            "auto_offset_reset = \"earliest\"",
+            "auto_offset_reset = \"latest\"",
+        )
+        .replace(&s.servers.s3, &format!("http://{}", s3.addr));
+    let mut run = crate::ingest::start(parse_config(&text));
+    eventually(Duration::from_secs(60), "partitions assigned", || async {
+        let assigned = run
+            .stats
+            .assigned_partitions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (assigned == 2).then_some(())
+    })
+    .await;
+    // Storage goes away: the first window cannot be uploaded and is rewound.
+    s3.take_down();
+    let mut after = produce(
+        &producer,
+        &s.topic,
+        (10..30u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    // An outage of 8 s: the window's upload fails after the object store's
+    // retries, and the rewind waits for storage to come back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    s3.bring_up();
+    for (p, offsets) in produce(
+        &producer,
+        &s.topic,
+        (30..40u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await
+    {
+        after.entry(p).or_default().extend(offsets);
+    }
+    run.committed(&s.topic, &last_offsets(&after)).await;
+    let rewinds = run.stats.rewinds.load(std::sync::atomic::Ordering::Relaxed);
+    run.stop().await;
+    assert!(rewinds > 0, "the outage made the pipeline rewind");
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &after);
+    eprintln!(
+        "latest: {} rows of the 30 produced after assignment; lost {lost}, duplicated {duplicated}",
+        rows.len()
+    );
+    assert_eq!((rows.len(), lost, duplicated), (30, 0, 0), "rows {rows:?}");
+}
