@@ -408,6 +408,10 @@ pub struct SourceChannels {
     pub events: mpsc::UnboundedReceiver<SourceEvent>,
 }
 
+/// How often librdkafka refreshes metadata, so the bound on discovering a new
+/// topic or partition (overridable in `[kafka.properties]`).
+pub const METADATA_REFRESH_MS: &str = "30000";
+
 /// Build the librdkafka configuration from the validated config.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -431,7 +435,11 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
         // on the benchmark. A short backoff keeps the bound and the pipeline fed.
         .set("fetch.queue.backoff.ms", "10")
         // Statistics carry the high watermarks of fetch responses (lag metric).
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // New partitions of a subscribed topic, and new topics matching
+        // `topic_pattern`, are seen at the next metadata refresh: within 30 s
+        // rather than librdkafka's default 5 minutes.
+        .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
     for (k, v) in &cfg.properties {
         c.set(k, v.expose());
     }

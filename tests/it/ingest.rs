@@ -743,3 +743,70 @@ async fn app_id_legacy_offsets_are_resumed_from_and_migrated() {
         assert_eq!(v, Some(9), "partition {p} stored under the new id");
     }
 }
+
+/// A topic created while the daemon runs and matching `topic_pattern` is picked
+/// up by the default metadata refresh (30 s, librdkafka's own is 5 minutes) and
+/// ingested exactly once from its first offset under `earliest`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_partitions_of_a_new_topic_matching_the_pattern_are_ingested_within_the_refresh() {
+    let s = Scenario::new("new-topic", 1).await;
+    let producer = producer(&s.servers.brokers);
+    let first = produce(&producer, &s.topic, (0..10u64).map(|i| (0, event(i)))).await;
+    let toml = s.config_toml("[flush]\nmax_age = \"500ms\"").replace(
+        &format!("topics = [\"{}\"]", s.topic),
+        &format!("topic_pattern = \"^{}.*\"", s.topic),
+    );
+    let mut run = start(parse_config(&toml));
+    run.committed(&s.topic, &last_offsets(&first)).await;
+    let later = format!("{}-later", s.topic);
+    create_topic(&s.servers.brokers, &later, 2).await;
+    let created = std::time::Instant::now();
+    let produced = produce(
+        &producer,
+        &later,
+        (0..30u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    let stats = run.stats.clone();
+    let want = last_offsets(&produced);
+    let later_tp = |p| TopicPartition::new(later.as_str(), p);
+    // The refresh (30 s) plus a rebalance (about half the test's 6 s session timeout).
+    eventually(Duration::from_secs(60), "the new topic committed", || {
+        let c = stats.committed_offsets();
+        let done = want
+            .iter()
+            .all(|(p, last)| c.get(&later_tp(*p)).copied() == *last);
+        async move { done.then_some(()) }
+    })
+    .await;
+    let picked_up = created.elapsed();
+    run.stop().await;
+    let t = s.table().await.unwrap();
+    let rows = query(
+        &t,
+        &format!("SELECT _partition, _offset FROM t WHERE _topic = '{later}'"),
+    )
+    .await;
+    let mut got: Vec<(i32, i64)> = rows
+        .iter()
+        .flat_map(|b| {
+            let p = b
+                .column(0)
+                .as_primitive::<deltalake::arrow::datatypes::Int32Type>()
+                .clone();
+            let o = b
+                .column(1)
+                .as_primitive::<deltalake::arrow::datatypes::Int64Type>()
+                .clone();
+            (0..b.num_rows()).map(move |i| (p.value(i), o.value(i)))
+        })
+        .collect();
+    got.sort();
+    let (lost, duplicated) = diff(&got, &produced);
+    eprintln!(
+        "new topic: committed {:.1}s after it was created; {} rows, lost {lost}, duplicated {duplicated}",
+        picked_up.as_secs_f64(),
+        got.len()
+    );
+    assert_eq!((got.len(), lost, duplicated), (30, 0, 0));
+}
