@@ -31,6 +31,7 @@ use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
 
+use crate::checkpoint::Checkpoints;
 use crate::offset_store::OffsetStore;
 use crate::record::TopicPartition;
 use crate::table::{is_retryable, txn_app_id};
@@ -132,6 +133,7 @@ pub struct CommitStats {
 pub async fn commit(
     table: &mut DeltaTable,
     offsets: &OffsetStore,
+    checkpoints: &Checkpoints,
     app_id: &str,
     req: &CommitRequest,
     policy: RetryPolicy,
@@ -143,7 +145,7 @@ pub async fn commit(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match attempt(table, offsets, app_id, req, policy).await {
+        match attempt(table, offsets, checkpoints, app_id, req, policy).await {
             Ok(outcome) => {
                 return Ok((
                     outcome,
@@ -181,6 +183,7 @@ pub async fn commit(
 async fn attempt(
     table: &mut DeltaTable,
     offsets: &OffsetStore,
+    checkpoints: &Checkpoints,
     app_id: &str,
     req: &CommitRequest,
     policy: RetryPolicy,
@@ -243,7 +246,12 @@ async fn attempt(
                     serde_json::Value::Object(by_partition),
                 ),
             ])
-            .with_max_retries(policy.max_conflict_retries);
+            .with_max_retries(policy.max_conflict_retries)
+            // Checkpoints and log cleanup run after the commit (crate::checkpoint):
+            // inside it, a failed checkpoint made a landed commit look failed, and
+            // the cleanup listed the whole log on every commit.
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false));
         let result = CommitBuilder::from(properties)
             .with_actions(req.adds.iter().cloned().map(Action::Add).collect())
             .build(Some(snapshot), table.log_store(), operation)
@@ -252,6 +260,8 @@ async fn attempt(
             Ok(finalized) => {
                 let version = finalized.version();
                 offsets.record_commit(version, written).await;
+                table.state = Some(finalized.snapshot());
+                checkpoints.after_commit(table).await;
                 return Ok(CommitOutcome::Committed {
                     version: version as i64,
                 });

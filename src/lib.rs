@@ -34,6 +34,7 @@
 //! ARCHITECTURE.md states the failure and rebalance semantics in full.
 
 pub mod avro;
+pub mod checkpoint;
 pub mod commit;
 pub mod config;
 pub mod dead_letter;

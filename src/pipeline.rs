@@ -44,6 +44,7 @@ use deltalake::writer::DeltaWriter;
 use deltalake::{DeltaTable, DeltaTableError};
 use tokio::task::JoinHandle;
 
+use crate::checkpoint::Checkpoints;
 use crate::commit::{
     self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
 };
@@ -208,6 +209,7 @@ pub async fn run(
         pipeline.dead = Some(DeadLetters {
             table: opened.table,
             offsets: OffsetStore::new(),
+            checkpoints: Checkpoints::default(),
             schema: opened.schema,
             props,
         });
@@ -329,6 +331,7 @@ struct Sink {
     table: DeltaTable,
     /// The offsets stored in `table`, shared with its commit task.
     offsets: OffsetStore,
+    checkpoints: Checkpoints,
     decoder: Decoder,
     transform: Option<Transform>,
     props: WriterProperties,
@@ -357,6 +360,7 @@ impl Sink {
 struct DeadLetters {
     table: DeltaTable,
     offsets: OffsetStore,
+    checkpoints: Checkpoints,
     schema: TableSchema,
     props: WriterProperties,
 }
@@ -545,6 +549,7 @@ impl Pipeline {
             flush,
             table: opened.table,
             offsets: OffsetStore::new(),
+            checkpoints: Checkpoints::default(),
             decoder,
             transform,
             props,
@@ -718,6 +723,7 @@ impl Pipeline {
             let (outcome, _) = commit::commit(
                 &mut s.table,
                 &s.offsets,
+                &s.checkpoints,
                 &self.cfg.app_id,
                 &req,
                 self.policy,
@@ -1162,6 +1168,7 @@ impl Pipeline {
             Some(d) if !window.dead.is_empty() => Some(DeadCommit {
                 table: d.table.clone(),
                 offsets: d.offsets.clone(),
+                checkpoints: d.checkpoints.clone(),
                 batches: window.dead,
                 partitions: partitions
                     .iter()
@@ -1179,6 +1186,7 @@ impl Pipeline {
         let rows = window.rows;
         let table = self.sinks[sink].table.clone();
         let offsets = self.sinks[sink].offsets.clone();
+        let checkpoints = self.sinks[sink].checkpoints.clone();
         let app_id = self.cfg.app_id.clone();
         let policy = self.policy;
         let abandon = self.abandon.clone();
@@ -1190,7 +1198,7 @@ impl Pipeline {
             let _call = crate::stats::StorageCall::begin(&stats.commit_since_ms);
             flush_and_commit(
                 writer,
-                (table, offsets),
+                (table, offsets, checkpoints),
                 app_id,
                 partitions,
                 policy,
@@ -1448,6 +1456,7 @@ impl Pipeline {
 struct DeadCommit {
     table: DeltaTable,
     offsets: OffsetStore,
+    checkpoints: Checkpoints,
     batches: Vec<RecordBatch>,
     partitions: Vec<PartitionCommit>,
     props: WriterProperties,
@@ -1455,7 +1464,7 @@ struct DeadCommit {
 
 async fn flush_and_commit(
     writer: Option<WindowWriter>,
-    (mut table, offsets): (DeltaTable, OffsetStore),
+    (mut table, offsets, checkpoints): (DeltaTable, OffsetStore, Checkpoints),
     app_id: String,
     partitions: Vec<PartitionCommit>,
     policy: RetryPolicy,
@@ -1506,10 +1515,18 @@ async fn flush_and_commit(
     let files = adds.len();
     let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
     let req = CommitRequest { adds, partitions };
-    let result = commit::commit(&mut table, &offsets, &app_id, &req, policy, &cancelled)
-        .await
-        .map(|(o, s)| (o, s, files, bytes))
-        .map_err(TaskError::Commit);
+    let result = commit::commit(
+        &mut table,
+        &offsets,
+        &checkpoints,
+        &app_id,
+        &req,
+        policy,
+        &cancelled,
+    )
+    .await
+    .map(|(o, s)| (o, s, files, bytes))
+    .map_err(TaskError::Commit);
     CommitDone {
         table,
         dead_committed,
@@ -1533,7 +1550,15 @@ async fn commit_dead_letters(
         adds,
         partitions: d.partitions,
     };
-    commit::commit(&mut table, &d.offsets, app_id, &req, policy, cancelled)
-        .await
-        .map_err(TaskError::Commit)
+    commit::commit(
+        &mut table,
+        &d.offsets,
+        &d.checkpoints,
+        app_id,
+        &req,
+        policy,
+        cancelled,
+    )
+    .await
+    .map_err(TaskError::Commit)
 }

@@ -54,19 +54,43 @@ async fn stale_expected_offsets_never_commit() {
     let mut t = local_table(dir.path()).await;
     let store = OffsetStore::new();
     let never = || false;
-    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
-        .await
-        .unwrap();
+    let (o, _) = commit::commit(
+        &mut t,
+        &store,
+        &Default::default(),
+        "app",
+        &req(None, 9),
+        policy(),
+        &never,
+    )
+    .await
+    .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { version: 1 }));
     // Same request again (a retry after a lost response): recognised, not re-written.
-    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
-        .await
-        .unwrap();
+    let (o, _) = commit::commit(
+        &mut t,
+        &store,
+        &Default::default(),
+        "app",
+        &req(None, 9),
+        policy(),
+        &never,
+    )
+    .await
+    .unwrap();
     assert_eq!(o, CommitOutcome::AlreadyCommitted);
     // A worker that still believes the partition is empty is stale.
-    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 20), policy(), &never)
-        .await
-        .unwrap();
+    let (o, _) = commit::commit(
+        &mut t,
+        &store,
+        &Default::default(),
+        "app",
+        &req(None, 20),
+        policy(),
+        &never,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         o,
         CommitOutcome::Stale {
@@ -74,9 +98,17 @@ async fn stale_expected_offsets_never_commit() {
         }
     );
     // Another app id is independent.
-    let (o, _) = commit::commit(&mut t, &store, "other", &req(None, 3), policy(), &never)
-        .await
-        .unwrap();
+    let (o, _) = commit::commit(
+        &mut t,
+        &store,
+        &Default::default(),
+        "other",
+        &req(None, 3),
+        policy(),
+        &never,
+    )
+    .await
+    .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { version: 2 }));
     t.update_state().await.unwrap();
     assert_eq!(t.version(), Some(2));
@@ -95,6 +127,7 @@ async fn concurrent_commits_for_one_partition_land_once() {
             commit::commit(
                 &mut t,
                 &OffsetStore::new(),
+                &Default::default(),
                 "app",
                 &req(None, 99 + w),
                 policy(),
@@ -134,9 +167,17 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
             last,
         }],
     };
-    commit::commit(&mut a, &mine, "app", &one(0, None, 5), policy(), &never)
-        .await
-        .unwrap();
+    commit::commit(
+        &mut a,
+        &mine,
+        &Default::default(),
+        "app",
+        &one(0, None, 5),
+        policy(),
+        &never,
+    )
+    .await
+    .unwrap();
     // Another replica commits partitions 1 and 2, twice each.
     for last in [3, 8] {
         for p in [1, 2] {
@@ -144,6 +185,7 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
             let (o, _) = commit::commit(
                 &mut b,
                 &theirs,
+                &Default::default(),
                 "app",
                 &one(p, expected, last),
                 policy(),
@@ -177,4 +219,94 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
             .unwrap();
         assert_eq!(theirs, seen[&tp(p)]);
     }
+}
+
+/// A checkpoint that fails after its commit landed: the commit is reported
+/// committed (not failed, not "already committed"), and the checkpoint is written
+/// after the next commit instead of being skipped until the next interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_failure_after_a_landed_commit_is_retried_and_the_commit_counts() {
+    use tributary::checkpoint::Checkpoints;
+    let s = crate::harness::Scenario::new("checkpoint-failure", 1).await;
+    let proxy = crate::harness::Outage::start(s.servers.s3.trim_start_matches("http://")).await;
+    let text = s
+        .config_toml("[table.properties]\n\"delta.checkpointInterval\" = \"2\"\n")
+        .replace(&s.servers.s3, &format!("http://{}", proxy.addr));
+    let cfg = crate::harness::parse_config(&text);
+    let mut t = tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
+        .await
+        .unwrap()
+        .table;
+    let (store, checkpoints) = (OffsetStore::new(), Checkpoints::default());
+    let never = || false;
+    // Version 1 is due for a checkpoint ((1 + 1) % 2 == 0); its PUT is refused.
+    proxy.refuse(Some(".checkpoint.parquet"));
+    let (o, stats) = commit::commit(
+        &mut t,
+        &store,
+        &checkpoints,
+        &s.app_id,
+        &req(None, 9),
+        policy(),
+        &never,
+    )
+    .await
+    .unwrap();
+    assert_eq!(o, CommitOutcome::Committed { version: 1 });
+    assert_eq!(
+        stats.attempts, 1,
+        "the checkpoint failure did not fail the commit"
+    );
+    let listed = |t: &deltalake::DeltaTable| {
+        let store = t.log_store().object_store(None);
+        async move {
+            use futures::TryStreamExt;
+            let prefix = deltalake::Path::from("_delta_log");
+            store
+                .list(Some(&prefix))
+                .map_ok(|m| m.location.to_string())
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|p| p.contains(".checkpoint."))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        listed(&t).await.is_empty(),
+        "the refused checkpoint is absent"
+    );
+    // Version 2 is not at the interval, but the failed checkpoint is retried.
+    proxy.refuse(None);
+    let (o, _) = commit::commit(
+        &mut t,
+        &store,
+        &checkpoints,
+        &s.app_id,
+        &req(Some(9), 20),
+        policy(),
+        &never,
+    )
+    .await
+    .unwrap();
+    assert_eq!(o, CommitOutcome::Committed { version: 2 });
+    let written = listed(&t).await;
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(
+        written[0].ends_with("00000000000000000002.checkpoint.parquet"),
+        "{written:?}"
+    );
+    // The table reads back from the checkpoint with the offsets intact.
+    let fresh = tributary::table::load(&cfg.table.uri, &cfg.storage)
+        .await
+        .unwrap()
+        .unwrap();
+    let tp = TopicPartition::new("t", 0);
+    assert_eq!(
+        tributary::table::stored_offset(&fresh, &s.app_id, &tp)
+            .await
+            .unwrap(),
+        Some(20)
+    );
 }

@@ -599,6 +599,8 @@ pub struct Outage {
     pub addr: std::net::SocketAddr,
     /// Object GETs of `_delta_log/` files that went through the proxy.
     pub log_reads: std::sync::Arc<AtomicU64>,
+    /// Requests whose path contains this are refused (the connection is cut).
+    refuse: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     task: tokio::task::JoinHandle<()>,
@@ -616,6 +618,8 @@ impl Outage {
         let (d, c) = (down.clone(), conns.clone());
         let log_reads = std::sync::Arc::new(AtomicU64::new(0));
         let reads = log_reads.clone();
+        let refuse = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let refusing = refuse.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -626,13 +630,19 @@ impl Outage {
                 }
                 let upstream = upstream.clone();
                 let reads = reads.clone();
+                let refusing = refusing.clone();
                 let h = tokio::spawn(async move {
                     if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
                         let (mut from_server, mut to_server) = server.into_split();
                         let (mut from_client, mut to_client) = client.split();
-                        let up = count_log_reads(&mut from_client, &mut to_server, &reads);
+                        let up =
+                            count_log_reads(&mut from_client, &mut to_server, &reads, &refusing);
                         let down = tokio::io::copy(&mut from_server, &mut to_client);
-                        let _ = tokio::join!(up, down);
+                        // Whichever side ends (or a refused request) ends the connection.
+                        tokio::select! {
+                            _ = up => {}
+                            _ = down => {}
+                        }
                     }
                 });
                 c.lock().unwrap().push(h);
@@ -641,10 +651,16 @@ impl Outage {
         Self {
             addr,
             log_reads,
+            refuse,
             down,
             conns,
             task,
         }
+    }
+
+    /// Cut every request whose path contains `pattern` (None: let all through).
+    pub fn refuse(&self, pattern: Option<&str>) {
+        *self.refuse.lock().unwrap() = pattern.map(str::to_owned);
     }
 
     /// The number of `_delta_log/` object reads so far.
@@ -674,6 +690,7 @@ async fn count_log_reads(
     from: &mut (impl tokio::io::AsyncRead + Unpin),
     to: &mut (impl tokio::io::AsyncWrite + Unpin),
     reads: &AtomicU64,
+    refuse: &std::sync::Mutex<Option<String>>,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
@@ -683,12 +700,18 @@ async fn count_log_reads(
         if n == 0 {
             return to.shutdown().await;
         }
-        to.write_all(&buf[..n]).await?;
         let mut scan = std::mem::take(&mut carry);
         scan.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&scan);
         let mut rest = text.as_ref();
-        while let Some(i) = rest.find("\r\nGET ") {
+        const METHODS: [&str; 5] = [
+            "\r\nGET ",
+            "\r\nPUT ",
+            "\r\nPOST ",
+            "\r\nHEAD ",
+            "\r\nDELETE ",
+        ];
+        while let Some(i) = METHODS.iter().filter_map(|m| rest.find(m)).min() {
             let line = &rest[i + 2..];
             let Some(end) = line
                 .find(' ')
@@ -696,11 +719,17 @@ async fn count_log_reads(
             else {
                 break; // the path is cut off: the carry below holds it
             };
-            if line[..end].contains("/_delta_log/") {
+            if let Some(p) = refuse.lock().unwrap().as_deref()
+                && line[..end].contains(p)
+            {
+                return Err(std::io::Error::other("refused by the test proxy"));
+            }
+            if line.starts_with("GET ") && line[..end].contains("/_delta_log/") {
                 reads.fetch_add(1, Ordering::SeqCst);
             }
             rest = &line[end..];
         }
+        to.write_all(&buf[..n]).await?;
         // Keep enough to see a request line that straddles this read and the next.
         let keep = rest.len().min(4096);
         carry = rest.as_bytes()[rest.len() - keep..].to_vec();

@@ -58,9 +58,17 @@ async fn many_partitions_stored_offsets_cost_one_log_pass_not_one_per_partition(
             adds: vec![],
             partitions,
         };
-        let (o, _) = commit::commit(&mut table, &store, &s.app_id, &req, policy(), &never)
-            .await
-            .unwrap();
+        let (o, _) = commit::commit(
+            &mut table,
+            &store,
+            &Default::default(),
+            &s.app_id,
+            &req,
+            policy(),
+            &never,
+        )
+        .await
+        .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
         check_reads.push(proxy.log_reads() - before);
     }
