@@ -735,13 +735,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
-    }
+    };
+    // A commit abandoned at shutdown (storage down) may still be inside a
+    // blocking call; do not wait for it: its outcome is read from the table on
+    // the next start.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 /// An error and its causes joined with ": ", leaving out a cause whose text the

@@ -403,6 +403,10 @@ async fn next_commit(sinks: &mut [Sink]) -> (usize, Result<CommitDone, tokio::ta
     .await
 }
 
+/// How long the pipeline waits for the previous commit when the open window is
+/// due in the middle of a chunk, before it takes the rest of the chunk anyway.
+const DUE_WINDOW_WAIT: Duration = Duration::from_secs(2);
+
 /// How long resolving `auto_offset_reset = "latest"` may take at an assignment.
 const PIN_LATEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -809,12 +813,15 @@ impl Pipeline {
         partitions: &[TopicPartition],
         lost: bool,
     ) -> Result<(), PipelineError> {
-        let deadline = self.options.revoke_commit_timeout;
+        // One budget for the whole callback, however many tables: the group waits
+        // for this answer.
+        let deadline = Instant::now() + self.options.revoke_commit_timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
         for i in 0..self.sinks.len() {
             let touches_window = partitions
                 .iter()
                 .any(|tp| self.sinks[i].window.parts.contains_key(tp));
-            self.await_inflight(i, deadline).await?;
+            self.await_inflight(i, left()).await?;
             if !touches_window {
                 continue;
             }
@@ -831,7 +838,7 @@ impl Pipeline {
                 self.needs_rewind = true;
             } else {
                 self.start_commit(i);
-                self.await_inflight(i, deadline).await?;
+                self.await_inflight(i, left()).await?;
                 if self.sinks[i].inflight.is_some() {
                     tracing::warn!(
                         "commit on revoke did not finish in time; its outcome is checked later"
@@ -920,8 +927,23 @@ impl Pipeline {
         let mut start = 0;
         while start < chunk.len() {
             if self.sinks[sink].flush_due() {
+                // Bounded: while the last commit retries (storage trouble) the
+                // loop must get back to serving shutdown and rebalances. If it
+                // does not finish in time, this window takes the rest of the
+                // chunk (at most `max_chunk_records` over `max_rows`) and no
+                // further chunk is taken until the commit is done.
                 if self.sinks[sink].inflight.is_some() {
-                    self.await_inflight(sink, Duration::MAX).await?;
+                    self.await_inflight(sink, DUE_WINDOW_WAIT).await?;
+                }
+                if self.sinks[sink].inflight.is_some() {
+                    let rest = chunk.len() - start;
+                    self.on_segment(sink, chunk, keep, start..chunk.len())
+                        .await?;
+                    tracing::debug!(
+                        records = rest,
+                        "previous commit still running; window exceeds max_rows by this chunk"
+                    );
+                    return Ok(());
                 }
                 if !self.needs_rewind && self.sinks[sink].inflight.is_none() {
                     self.start_commit(sink);
@@ -1401,9 +1423,15 @@ impl Pipeline {
             tokio::time::sleep(grace).await;
             abandon.store(true, Ordering::Release);
         });
+        // One deadline for every table together: the drain ends within `grace`
+        // (plus leaving the group), whatever the number of tables or the state of
+        // storage. A commit still running then is abandoned; its outcome is read
+        // from the table on the next start.
+        let deadline = Instant::now() + grace;
+        let left = move || deadline.saturating_duration_since(Instant::now());
         let result = async {
             for i in 0..self.sinks.len() {
-                self.await_inflight(i, grace).await?;
+                self.await_inflight(i, left()).await?;
             }
             for i in 0..self.sinks.len() {
                 if !self.needs_rewind
@@ -1414,7 +1442,7 @@ impl Pipeline {
                 }
             }
             for i in 0..self.sinks.len() {
-                self.await_inflight(i, grace).await?;
+                self.await_inflight(i, left()).await?;
             }
             Ok::<(), PipelineError>(())
         }

@@ -159,3 +159,60 @@ async fn latest_is_resolved_once_so_a_rewind_before_the_first_commit_skips_nothi
     );
     assert_eq!((rows.len(), lost, duplicated), (30, 0, 0), "rows {rows:?}");
 }
+
+/// SIGTERM while S3 drops every connection: the daemon exits within its shutdown
+/// budget (60 s for all tables together, inside the manifest's 90 s grace
+/// period), even when the open window is due and the last commit keeps retrying;
+/// the next start resumes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_outage_exits_within_the_grace_period_and_resumes_exactly() {
+    let s = Scenario::new("shutdown-outage", 2).await;
+    let s3 = Outage::start(s.servers.s3.trim_start_matches("http://")).await;
+    let producer = producer(&s.servers.brokers);
+    let mut produced = produce(
+        &producer,
+        &s.topic,
+        (0..4000u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    let text = s
+        .config_toml(
+            "[flush]\nmax_rows = 100\nmax_age = \"500ms\"\n[commit]\nmax_backoff = \"2s\"\n",
+        )
+        .replace(&s.servers.s3, &format!("http://{}", s3.addr));
+    let cfg = s.dir.path().join("shutdown.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut daemon = Daemon::start(&cfg, s.dir.path());
+    s.rows_after_first_commits().await;
+    s3.take_down();
+    // Let a commit start retrying against the dead storage.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = Instant::now();
+    let status = daemon.terminate(Duration::from_secs(85)).await;
+    let took = asked.elapsed();
+    eprintln!(
+        "shutdown during outage: exited with {status} {:.1}s after SIGTERM",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(75),
+        "exit took {took:?}:\n{}",
+        daemon.log_text()
+    );
+    s3.bring_up();
+    for (p, o) in produce(
+        &producer,
+        &s.topic,
+        (4000..4100u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await
+    {
+        produced.entry(p).or_default().extend(o);
+    }
+    let mut again = Daemon::start(&cfg, s.dir.path());
+    s.wait_caught_up(&produced, 2, CATCH_UP).await;
+    again.stop_cleanly().await;
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    assert_eq!((rows.len(), lost, duplicated), (4100, 0, 0));
+}
