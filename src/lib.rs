@@ -19,6 +19,9 @@
 //! - [`commit`]: one Delta transaction per window: add actions plus a `txn` action
 //!   per partition (`<app_id>/<topic>/<partition>` = last offset accounted for).
 //! - [`table`]: open or create the table, read stored offsets, Parquet writers.
+//! - [`offset_store`]: the offsets stored in a table's txn actions, read in one
+//!   pass and then kept current commit by commit.
+//! - [`checkpoint`]: checkpoints after the daemon's own commits, never fatal.
 //! - [`preflight`]: the `validate` command's checks.
 //! - [`demo`]: the self-contained demo on an in-process Kafka mock cluster.
 //!
