@@ -40,6 +40,14 @@ pub fn start(cfg: Config) -> Running {
 }
 
 impl Running {
+    /// The pipeline's result, once it ends by itself (panics after `deadline`).
+    pub async fn ended_within(self, deadline: Duration) -> Result<RunSummary, PipelineError> {
+        match tokio::time::timeout(deadline, self.handle).await {
+            Ok(done) => done.unwrap(),
+            Err(_) => panic!("the pipeline still runs after {deadline:?}"),
+        }
+    }
+
     pub async fn stop(mut self) -> RunSummary {
         let _ = self.stop.take().unwrap().send(());
         self.handle.await.unwrap().expect("pipeline ends cleanly")

@@ -216,3 +216,56 @@ async fn shutdown_during_outage_exits_within_the_grace_period_and_resumes_exactl
     let (lost, duplicated) = diff(&rows, &produced);
     assert_eq!((rows.len(), lost, duplicated), (4100, 0, 0));
 }
+
+/// A fenced static member (another instance joined with the same
+/// `group.instance.id`): librdkafka raises a fatal error, and the pipeline must
+/// stop with it instead of staying up without consuming. Tansu does not fence
+/// static members, so librdkafka's own mock cluster answers the heartbeat with
+/// FENCED_INSTANCE_ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_kafka_error_of_a_fenced_static_member_stops_the_pipeline() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    init_logs();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("fenced", 1, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+app_id = "fenced"
+[kafka]
+brokers = "{brokers}"
+topics = ["fenced"]
+[kafka.properties]
+"group.instance.id" = "member-1"
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "300"
+[table]
+uri = "{uri}"
+schema_file = "{schema}"
+"#,
+        brokers = cluster.bootstrap_servers(),
+        uri = url::Url::from_directory_path(dir.path()).unwrap(),
+        schema = demo_schema_path().display(),
+    );
+    let run = crate::ingest::start(parse_config(&text));
+    eventually(Duration::from_secs(60), "partition assigned", || async {
+        let n = run
+            .stats
+            .assigned_partitions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (n == 1).then_some(())
+    })
+    .await;
+    cluster.request_errors(
+        RDKafkaApiKey::Heartbeat,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID; 20],
+    );
+    let err = run
+        .ended_within(Duration::from_secs(30))
+        .await
+        .expect_err("the pipeline stops on a fatal error");
+    let text = err.to_string();
+    eprintln!("fatal: the pipeline stopped with: {text}");
+    assert!(text.contains("fatal kafka error"), "{text}");
+}
