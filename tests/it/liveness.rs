@@ -160,7 +160,7 @@ async fn latest_is_resolved_once_so_a_rewind_before_the_first_commit_skips_nothi
     assert_eq!((rows.len(), lost, duplicated), (30, 0, 0), "rows {rows:?}");
 }
 
-/// SIGTERM while S3 drops every connection: the daemon exits within its shutdown
+/// SIGTERM while S3 cuts every request to the log: the daemon exits within its shutdown
 /// budget (60 s for all tables together, inside the manifest's 90 s grace
 /// period), even when the open window is due and the last commit keeps retrying;
 /// the next start resumes exactly.
@@ -184,8 +184,9 @@ async fn shutdown_during_outage_exits_within_the_grace_period_and_resumes_exactl
     std::fs::write(&cfg, text).unwrap();
     let mut daemon = Daemon::start(&cfg, s.dir.path());
     s.rows_after_first_commits().await;
-    s3.take_down();
-    // Let a commit start retrying against the dead storage.
+    // The log goes away (every request under _delta_log/ is cut) while data files
+    // still upload: the next commit retries, the window behind it fills up.
+    s3.refuse(Some("/_delta_log/"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let asked = Instant::now();
     let status = daemon.terminate(Duration::from_secs(85)).await;
@@ -199,7 +200,7 @@ async fn shutdown_during_outage_exits_within_the_grace_period_and_resumes_exactl
         "exit took {took:?}:\n{}",
         daemon.log_text()
     );
-    s3.bring_up();
+    s3.refuse(None);
     for (p, o) in produce(
         &producer,
         &s.topic,
