@@ -404,8 +404,10 @@ async fn next_commit(sinks: &mut [Sink]) -> (usize, Result<CommitDone, tokio::ta
 }
 
 /// How long the pipeline waits for the previous commit when the open window is
-/// due in the middle of a chunk, before it takes the rest of the chunk anyway.
-const DUE_WINDOW_WAIT: Duration = Duration::from_secs(2);
+/// due in the middle of a chunk, before it takes the rest of the chunk anyway (so
+/// `max_rows` is exceeded, by at most one chunk, only when a commit takes longer
+/// than this: storage trouble). Shutdown and rebalances wait at most this long.
+const DUE_WINDOW_WAIT: Duration = Duration::from_secs(10);
 
 /// How long resolving `auto_offset_reset = "latest"` may take at an assignment.
 const PIN_LATEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -980,6 +982,9 @@ impl Pipeline {
         if accounted == 0 {
             return Ok(());
         }
+        if self.sinks[sink].window.is_empty() {
+            self.adopt_table_schema(sink)?;
+        }
         // Oversized values are rejected before any decoder sees them.
         let limit = self.cfg.decode.max_record_bytes;
         let too_large: Vec<Rejected> = range
@@ -1116,6 +1121,29 @@ impl Pipeline {
 
     /// Apply a table schema change a producer schema needs. Buffered rows were
     /// written with the old columns, so they are committed first.
+    /// Before a window opens: if the table's schema is no longer the one records
+    /// are decoded into (another worker evolved it, or an operator added a column
+    /// with another engine), decode into the table's schema from now on. New
+    /// nullable columns are filled with null (or from records that carry them);
+    /// the same check as at start refuses a table that no longer fits.
+    fn adopt_table_schema(&mut self, sink: usize) -> Result<(), PipelineError> {
+        let s = &mut self.sinks[sink];
+        let write_err = |source| PipelineError::Write {
+            uri: s.tcfg.uri.to_string(),
+            source: Box::new(source),
+        };
+        let current = s.table.snapshot().map_err(write_err)?.schema();
+        if *current == s.decoder.schema().delta {
+            return Ok(());
+        }
+        let schema = table::check_schema(&s.table, &s.tcfg).map_err(Box::new)?;
+        tracing::info!(table = %s.tcfg.uri, "the table's schema was changed by another writer; decoding into it");
+        s.transform =
+            Transform::new(&s.tcfg.transform, &schema).map_err(PipelineError::Transform)?;
+        s.decoder.set_schema(schema)?;
+        Ok(())
+    }
+
     async fn evolve(&mut self, sink: usize, evolution: Evolution) -> Result<(), PipelineError> {
         tracing::info!(
             schema_id = evolution.schema_id,

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use deltalake::arrow::array::AsArray;
+
 use crate::harness::*;
 
 const CATCH_UP: Duration = Duration::from_secs(180);
@@ -161,8 +163,8 @@ async fn latest_is_resolved_once_so_a_rewind_before_the_first_commit_skips_nothi
 }
 
 /// SIGTERM while S3 cuts every request to the log: the daemon exits within its shutdown
-/// budget (60 s for all tables together, inside the manifest's 90 s grace
-/// period), even when the open window is due and the last commit keeps retrying;
+/// budget (up to 10 s back to the loop, then 60 s for all tables together, inside
+/// the manifest's 90 s grace period), even when the open window is due and the last commit keeps retrying;
 /// the next start resumes exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_outage_exits_within_the_grace_period_and_resumes_exactly() {
@@ -269,4 +271,70 @@ schema_file = "{schema}"
     let text = err.to_string();
     eprintln!("fatal: the pipeline stopped with: {text}");
     assert!(text.contains("fatal kafka error"), "{text}");
+}
+
+/// Another writer (here: `table::evolve`, as another worker or an operator's
+/// ALTER TABLE ADD COLUMN would) adds a nullable column while the daemon runs:
+/// the daemon adopts the table's new schema (the column is null in its rows) and
+/// goes on, instead of stopping on a schema mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changed_elsewhere_is_adopted_and_ingestion_goes_on() {
+    let s = Scenario::new("schema-elsewhere", 2).await;
+    let producer = producer(&s.servers.brokers);
+    let mut produced = produce(
+        &producer,
+        &s.topic,
+        (0..100u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    let cfg = s.config("[flush]\nmax_age = \"500ms\"");
+    let mut run = crate::ingest::start(cfg.clone());
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+
+    let mut t = s.table().await.unwrap();
+    let mut wider: deltalake::kernel::StructType =
+        tributary::schema::parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap();
+    wider = deltalake::kernel::StructType::try_new(wider.fields().cloned().chain([
+        deltalake::kernel::StructField::new("note", deltalake::kernel::DataType::STRING, true),
+    ]))
+    .unwrap();
+    tributary::table::evolve(&mut t, &wider, &cfg.table.metadata_columns, &[])
+        .await
+        .unwrap();
+
+    for (p, o) in produce(
+        &producer,
+        &s.topic,
+        (100..200u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await
+    {
+        produced.entry(p).or_default().extend(o);
+    }
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    // And windows after that one, written by a writer opened on the new schema.
+    for round in 2..4u64 {
+        let range = round * 100..round * 100 + 100;
+        for (p, o) in produce(
+            &producer,
+            &s.topic,
+            range.map(|i| ((i % 2) as i32, event(i))),
+        )
+        .await
+        {
+            produced.entry(p).or_default().extend(o);
+        }
+        run.committed(&s.topic, &last_offsets(&produced)).await;
+    }
+    run.stop().await;
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    assert_eq!((rows.len(), lost, duplicated), (400, 0, 0));
+    let t = s.table().await.unwrap();
+    let nulls = query(&t, "SELECT count(*) FROM t WHERE note IS NULL").await;
+    let n = nulls[0]
+        .column(0)
+        .as_primitive::<deltalake::arrow::datatypes::Int64Type>()
+        .value(0);
+    assert_eq!(n, 400, "the new column reads null in every row");
 }
