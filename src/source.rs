@@ -702,9 +702,6 @@ fn poll_burst(
     while chunk.len() < max_records && chunk.data_bytes() < MAX_CHUNK_BYTES {
         let polled = consumer.poll(wait);
         wait = Duration::ZERO;
-        if let Some(message) = consumer.context().fatal.lock().ok().and_then(|f| f.clone()) {
-            return Burst::Fatal(message);
-        }
         match polled {
             None => break,
             Some(Ok(msg)) => {
@@ -726,7 +723,12 @@ fn poll_burst(
             }
         }
     }
-    Burst::More
+    // A fatal error the error callback saw during these polls; checked once per
+    // burst, not per message (the lock stays off the per-record path).
+    match consumer.context().fatal.lock().ok().and_then(|f| f.clone()) {
+        Some(message) => Burst::Fatal(message),
+        None => Burst::More,
+    }
 }
 
 /// The fatal error behind `e`, if it is one: the consumer can no longer make
