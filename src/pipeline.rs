@@ -664,6 +664,17 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// Where `tps` start (on assign and rewind): their stored offsets, with
+    /// `latest` pinned for partitions that have none.
+    async fn start_offsets(
+        &mut self,
+        tps: &[(TopicPartition, usize)],
+    ) -> Result<HashMap<TopicPartition, (Option<i64>, Option<i64>)>, String> {
+        let mut stored = self.stored_offsets(tps).await?;
+        self.pin_latest(tps, &mut stored).await?;
+        Ok(stored)
+    }
+
     /// Under `auto_offset_reset = "latest"`, give every partition the table has
     /// never stored an offset for a concrete one, once: the partition's end now,
     /// stored in a txn-only commit (a compare-and-swap like any other, so racing
@@ -763,10 +774,7 @@ impl Pipeline {
             let sink = self.sink_for(&tp.topic).await?;
             routed.push((tp, sink));
         }
-        let stored = match self.stored_offsets(&routed).await {
-            Ok(mut stored) => self.pin_latest(&routed, &mut stored).await.map(|()| stored),
-            Err(e) => Err(e),
-        };
+        let stored = self.start_offsets(&routed).await;
         let reset = self.cfg.kafka.auto_offset_reset;
         let mut reply = Vec::with_capacity(routed.len());
         for (tp, sink) in routed {
@@ -1119,8 +1127,6 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Apply a table schema change a producer schema needs. Buffered rows were
-    /// written with the old columns, so they are committed first.
     /// Before a window opens: if the table's schema is no longer the one records
     /// are decoded into (another worker evolved it, or an operator added a column
     /// with another engine), decode into the table's schema from now on. New
@@ -1144,6 +1150,8 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Apply a table schema change a producer schema needs. Buffered rows were
+    /// written with the old columns, so they are committed first.
     async fn evolve(&mut self, sink: usize, evolution: Evolution) -> Result<(), PipelineError> {
         tracing::info!(
             schema_id = evolution.schema_id,
@@ -1403,11 +1411,7 @@ impl Pipeline {
             .iter()
             .map(|(tp, p)| (tp.clone(), p.sink))
             .collect();
-        let stored = match self.stored_offsets(&tps).await {
-            Ok(mut stored) => self.pin_latest(&tps, &mut stored).await.map(|()| stored),
-            Err(e) => Err(e),
-        };
-        let stored = match stored {
+        let stored = match self.start_offsets(&tps).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, backoff_ms = self.backoff.as_millis() as u64, "cannot read stored offsets; retrying");
