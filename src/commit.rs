@@ -36,6 +36,17 @@ use crate::offset_store::OffsetStore;
 use crate::record::TopicPartition;
 use crate::table::{is_retryable, txn_app_id};
 
+/// What a writer keeps of one table's log between its commits: the offsets stored
+/// in it and the checkpoint schedule. Clones share both (the pipeline's handle and
+/// its commit task's).
+#[derive(Debug, Clone, Default)]
+pub struct TableLog {
+    /// The offsets stored in the table.
+    pub offsets: OffsetStore,
+    /// When the next checkpoint is due.
+    pub checkpoints: Checkpoints,
+}
+
 /// One partition's part of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionCommit {
@@ -132,8 +143,7 @@ pub struct CommitStats {
 /// until it lands, turns out stale, or `cancelled()` returns true.
 pub async fn commit(
     table: &mut DeltaTable,
-    offsets: &OffsetStore,
-    checkpoints: &Checkpoints,
+    log: &TableLog,
     app_id: &str,
     req: &CommitRequest,
     policy: RetryPolicy,
@@ -145,7 +155,7 @@ pub async fn commit(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match attempt(table, offsets, checkpoints, app_id, req, policy).await {
+        match attempt(table, log, app_id, req, policy).await {
             Ok(outcome) => {
                 return Ok((
                     outcome,
@@ -182,8 +192,7 @@ pub async fn commit(
 
 async fn attempt(
     table: &mut DeltaTable,
-    offsets: &OffsetStore,
-    checkpoints: &Checkpoints,
+    log: &TableLog,
     app_id: &str,
     req: &CommitRequest,
     policy: RetryPolicy,
@@ -191,7 +200,7 @@ async fn attempt(
     loop {
         table.update_state().await?;
         let tps: Vec<TopicPartition> = req.partitions.iter().map(|p| p.tp.clone()).collect();
-        let stored = offsets.offsets(table, app_id, &tps).await?;
+        let stored = log.offsets.offsets(table, app_id, &tps).await?;
         if req
             .partitions
             .iter()
@@ -259,9 +268,9 @@ async fn attempt(
         match result {
             Ok(finalized) => {
                 let version = finalized.version();
-                offsets.record_commit(version, written).await;
+                log.offsets.record_commit(version, written).await;
                 table.state = Some(finalized.snapshot());
-                checkpoints.after_commit(table).await;
+                log.checkpoints.after_commit(table).await;
                 return Ok(CommitOutcome::Committed {
                     version: version as i64,
                 });

@@ -44,9 +44,9 @@ use deltalake::writer::DeltaWriter;
 use deltalake::{DeltaTable, DeltaTableError};
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::Checkpoints;
 use crate::commit::{
     self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
+    TableLog,
 };
 use crate::config::{
     Compression, Config, FlushPolicy, Format, OffsetReset, OnError, Route, Subscription,
@@ -56,7 +56,6 @@ use crate::decode::{
     DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder, RejectKind, Rejected,
 };
 use crate::encoder::WindowWriter;
-use crate::offset_store::OffsetStore;
 use crate::probe;
 use crate::record::{RecordChunk, TopicPartition};
 use crate::registry::{Registry, RegistryError, SchemaKind};
@@ -208,8 +207,7 @@ pub async fn run(
         let props = table::writer_properties(Compression::Zstd(3), 128 * 1024);
         pipeline.dead = Some(DeadLetters {
             table: opened.table,
-            offsets: OffsetStore::new(),
-            checkpoints: Checkpoints::default(),
+            log: TableLog::default(),
             schema: opened.schema,
             props,
         });
@@ -329,9 +327,9 @@ struct Sink {
     tcfg: TableConfig,
     flush: FlushPolicy,
     table: DeltaTable,
-    /// The offsets stored in `table`, shared with its commit task.
-    offsets: OffsetStore,
-    checkpoints: Checkpoints,
+    /// The offsets stored in `table` and its checkpoint schedule, shared with its
+    /// commit task.
+    log: TableLog,
     decoder: Decoder,
     transform: Option<Transform>,
     props: WriterProperties,
@@ -359,8 +357,7 @@ impl Sink {
 /// The dead-letter table.
 struct DeadLetters {
     table: DeltaTable,
-    offsets: OffsetStore,
-    checkpoints: Checkpoints,
+    log: TableLog,
     schema: TableSchema,
     props: WriterProperties,
 }
@@ -554,8 +551,7 @@ impl Pipeline {
             tcfg,
             flush,
             table: opened.table,
-            offsets: OffsetStore::new(),
-            checkpoints: Checkpoints::default(),
+            log: TableLog::default(),
             decoder,
             transform,
             props,
@@ -634,6 +630,7 @@ impl Pipeline {
             d.table.update_state().await.map_err(|e| e.to_string())?;
             let all: Vec<TopicPartition> = tps.iter().map(|(tp, _)| tp.clone()).collect();
             dead = d
+                .log
                 .offsets
                 .offsets(&d.table, &self.cfg.app_id, &all)
                 .await
@@ -651,6 +648,7 @@ impl Pipeline {
             }
             sink.table.update_state().await.map_err(|e| e.to_string())?;
             let stored = sink
+                .log
                 .offsets
                 .offsets(&sink.table, &self.cfg.app_id, &mine)
                 .await
@@ -739,8 +737,7 @@ impl Pipeline {
             let s = &mut self.sinks[sink];
             let (outcome, _) = commit::commit(
                 &mut s.table,
-                &s.offsets,
-                &s.checkpoints,
+                &s.log,
                 &self.cfg.app_id,
                 &req,
                 self.policy,
@@ -1225,8 +1222,7 @@ impl Pipeline {
         let dead = match &self.dead {
             Some(d) if !window.dead.is_empty() => Some(DeadCommit {
                 table: d.table.clone(),
-                offsets: d.offsets.clone(),
-                checkpoints: d.checkpoints.clone(),
+                log: d.log.clone(),
                 batches: window.dead,
                 partitions: partitions
                     .iter()
@@ -1243,8 +1239,7 @@ impl Pipeline {
         };
         let rows = window.rows;
         let table = self.sinks[sink].table.clone();
-        let offsets = self.sinks[sink].offsets.clone();
-        let checkpoints = self.sinks[sink].checkpoints.clone();
+        let log = self.sinks[sink].log.clone();
         let app_id = self.cfg.app_id.clone();
         let policy = self.policy;
         let abandon = self.abandon.clone();
@@ -1256,7 +1251,7 @@ impl Pipeline {
             let _call = crate::stats::StorageCall::begin(&stats.commit_since_ms);
             flush_and_commit(
                 writer,
-                (table, offsets, checkpoints),
+                (table, log),
                 app_id,
                 partitions,
                 policy,
@@ -1515,8 +1510,7 @@ impl Pipeline {
 /// A window's dead letters, committed to the dead-letter table before its rows.
 struct DeadCommit {
     table: DeltaTable,
-    offsets: OffsetStore,
-    checkpoints: Checkpoints,
+    log: TableLog,
     batches: Vec<RecordBatch>,
     partitions: Vec<PartitionCommit>,
     props: WriterProperties,
@@ -1524,7 +1518,7 @@ struct DeadCommit {
 
 async fn flush_and_commit(
     writer: Option<WindowWriter>,
-    (mut table, offsets, checkpoints): (DeltaTable, OffsetStore, Checkpoints),
+    (mut table, log): (DeltaTable, TableLog),
     app_id: String,
     partitions: Vec<PartitionCommit>,
     policy: RetryPolicy,
@@ -1575,18 +1569,10 @@ async fn flush_and_commit(
     let files = adds.len();
     let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
     let req = CommitRequest { adds, partitions };
-    let result = commit::commit(
-        &mut table,
-        &offsets,
-        &checkpoints,
-        &app_id,
-        &req,
-        policy,
-        &cancelled,
-    )
-    .await
-    .map(|(o, s)| (o, s, files, bytes))
-    .map_err(TaskError::Commit);
+    let result = commit::commit(&mut table, &log, &app_id, &req, policy, &cancelled)
+        .await
+        .map(|(o, s)| (o, s, files, bytes))
+        .map_err(TaskError::Commit);
     CommitDone {
         table,
         dead_committed,
@@ -1610,15 +1596,7 @@ async fn commit_dead_letters(
         adds,
         partitions: d.partitions,
     };
-    commit::commit(
-        &mut table,
-        &d.offsets,
-        &d.checkpoints,
-        app_id,
-        &req,
-        policy,
-        cancelled,
-    )
-    .await
-    .map_err(TaskError::Commit)
+    commit::commit(&mut table, &d.log, app_id, &req, policy, cancelled)
+        .await
+        .map_err(TaskError::Commit)
 }

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use tributary::commit::{self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy};
+use tributary::commit::{
+    self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy, TableLog,
+};
 use tributary::config::{Compression, MetadataColumns, StorageConfig, TableConfig};
-use tributary::offset_store::OffsetStore;
 use tributary::record::TopicPartition;
 use tributary::schema::parse_schema_json;
 
@@ -52,45 +53,21 @@ fn req(expected: Option<i64>, last: i64) -> CommitRequest {
 async fn stale_expected_offsets_never_commit() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = local_table(dir.path()).await;
-    let store = OffsetStore::new();
+    let store = TableLog::default();
     let never = || false;
-    let (o, _) = commit::commit(
-        &mut t,
-        &store,
-        &Default::default(),
-        "app",
-        &req(None, 9),
-        policy(),
-        &never,
-    )
-    .await
-    .unwrap();
+    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
+        .await
+        .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { version: 1 }));
     // Same request again (a retry after a lost response): recognised, not re-written.
-    let (o, _) = commit::commit(
-        &mut t,
-        &store,
-        &Default::default(),
-        "app",
-        &req(None, 9),
-        policy(),
-        &never,
-    )
-    .await
-    .unwrap();
+    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
+        .await
+        .unwrap();
     assert_eq!(o, CommitOutcome::AlreadyCommitted);
     // A worker that still believes the partition is empty is stale.
-    let (o, _) = commit::commit(
-        &mut t,
-        &store,
-        &Default::default(),
-        "app",
-        &req(None, 20),
-        policy(),
-        &never,
-    )
-    .await
-    .unwrap();
+    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 20), policy(), &never)
+        .await
+        .unwrap();
     assert_eq!(
         o,
         CommitOutcome::Stale {
@@ -98,17 +75,9 @@ async fn stale_expected_offsets_never_commit() {
         }
     );
     // Another app id is independent.
-    let (o, _) = commit::commit(
-        &mut t,
-        &store,
-        &Default::default(),
-        "other",
-        &req(None, 3),
-        policy(),
-        &never,
-    )
-    .await
-    .unwrap();
+    let (o, _) = commit::commit(&mut t, &store, "other", &req(None, 3), policy(), &never)
+        .await
+        .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { version: 2 }));
     t.update_state().await.unwrap();
     assert_eq!(t.version(), Some(2));
@@ -126,8 +95,7 @@ async fn concurrent_commits_for_one_partition_land_once() {
             let never = || false;
             commit::commit(
                 &mut t,
-                &OffsetStore::new(),
-                &Default::default(),
+                &TableLog::default(),
                 "app",
                 &req(None, 99 + w),
                 policy(),
@@ -156,7 +124,7 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
     let dir = tempfile::tempdir().unwrap();
     let mut a = local_table(dir.path()).await;
     let mut b = a.clone();
-    let (mine, theirs) = (OffsetStore::new(), OffsetStore::new());
+    let (mine, theirs) = (TableLog::default(), TableLog::default());
     let never = || false;
     let tp = |p| TopicPartition::new("t", p);
     let one = |p, expected, last| CommitRequest {
@@ -167,17 +135,9 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
             last,
         }],
     };
-    commit::commit(
-        &mut a,
-        &mine,
-        &Default::default(),
-        "app",
-        &one(0, None, 5),
-        policy(),
-        &never,
-    )
-    .await
-    .unwrap();
+    commit::commit(&mut a, &mine, "app", &one(0, None, 5), policy(), &never)
+        .await
+        .unwrap();
     // Another replica commits partitions 1 and 2, twice each.
     for last in [3, 8] {
         for p in [1, 2] {
@@ -185,7 +145,6 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
             let (o, _) = commit::commit(
                 &mut b,
                 &theirs,
-                &Default::default(),
                 "app",
                 &one(p, expected, last),
                 policy(),
@@ -198,6 +157,7 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
     }
     a.update_state().await.unwrap();
     let seen = mine
+        .offsets
         .offsets(&a, "app", &[tp(0), tp(1), tp(2), tp(3)])
         .await
         .unwrap();
@@ -206,7 +166,7 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
     assert_eq!(seen[&tp(2)], Some(8));
     assert_eq!(seen[&tp(3)], None);
     // The four foreign commits were read one file each; the log was replayed once.
-    let (replays, commits_read) = mine.reads();
+    let (replays, commits_read) = mine.offsets.reads();
     assert_eq!((replays, commits_read), (1, 4));
     // delta-rs' own per-id lookup agrees.
     for p in 0..4 {
@@ -226,7 +186,6 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
 /// after the next commit instead of being skipped until the next interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_failure_after_a_landed_commit_is_retried_and_the_commit_counts() {
-    use tributary::checkpoint::Checkpoints;
     let s = crate::harness::Scenario::new("checkpoint-failure", 1).await;
     let proxy = crate::harness::Outage::start(s.servers.s3.trim_start_matches("http://")).await;
     let text = s
@@ -237,21 +196,13 @@ async fn checkpoint_failure_after_a_landed_commit_is_retried_and_the_commit_coun
         .await
         .unwrap()
         .table;
-    let (store, checkpoints) = (OffsetStore::new(), Checkpoints::default());
+    let log = TableLog::default();
     let never = || false;
     // Version 1 is due for a checkpoint ((1 + 1) % 2 == 0); its PUT is refused.
     proxy.refuse(Some(".checkpoint.parquet"));
-    let (o, stats) = commit::commit(
-        &mut t,
-        &store,
-        &checkpoints,
-        &s.app_id,
-        &req(None, 9),
-        policy(),
-        &never,
-    )
-    .await
-    .unwrap();
+    let (o, stats) = commit::commit(&mut t, &log, &s.app_id, &req(None, 9), policy(), &never)
+        .await
+        .unwrap();
     assert_eq!(o, CommitOutcome::Committed { version: 1 });
     assert_eq!(
         stats.attempts, 1,
@@ -279,17 +230,9 @@ async fn checkpoint_failure_after_a_landed_commit_is_retried_and_the_commit_coun
     );
     // Version 2 is not at the interval, but the failed checkpoint is retried.
     proxy.refuse(None);
-    let (o, _) = commit::commit(
-        &mut t,
-        &store,
-        &checkpoints,
-        &s.app_id,
-        &req(Some(9), 20),
-        policy(),
-        &never,
-    )
-    .await
-    .unwrap();
+    let (o, _) = commit::commit(&mut t, &log, &s.app_id, &req(Some(9), 20), policy(), &never)
+        .await
+        .unwrap();
     assert_eq!(o, CommitOutcome::Committed { version: 2 });
     let written = listed(&t).await;
     assert_eq!(written.len(), 1, "{written:?}");

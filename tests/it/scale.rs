@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use tributary::commit::{self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy};
-use tributary::offset_store::OffsetStore;
+use tributary::commit::{
+    self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy, TableLog,
+};
 use tributary::record::TopicPartition;
 
 use crate::harness::{Outage, Scenario};
@@ -50,7 +51,7 @@ async fn many_partitions_stored_offsets_cost_one_log_pass_not_one_per_partition(
     // A sparse topic: each commit carries a different slice of the partitions (12
     // of them), so most partitions' txns sit deep in the log, and 16 partitions
     // have never committed at all.
-    let store = OffsetStore::new();
+    let store = TableLog::default();
     let never = || false;
     let per_commit = (PARTITIONS * 12 / 256).max(1);
     let mut commit_ms = Vec::new();
@@ -69,17 +70,9 @@ async fn many_partitions_stored_offsets_cost_one_log_pass_not_one_per_partition(
             adds: vec![],
             partitions,
         };
-        let (o, _) = commit::commit(
-            &mut table,
-            &store,
-            &Default::default(),
-            &s.app_id,
-            &req,
-            policy(),
-            &never,
-        )
-        .await
-        .unwrap();
+        let (o, _) = commit::commit(&mut table, &store, &s.app_id, &req, policy(), &never)
+            .await
+            .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
         check_reads.push(proxy.log_reads() - before);
         commit_ms.push(began.elapsed().as_millis());
@@ -127,7 +120,7 @@ async fn many_partitions_stored_offsets_cost_one_log_pass_not_one_per_partition(
         "log GETs per commit grew with the log: {check_reads:?}"
     );
     assert_eq!(
-        store.reads(),
+        store.offsets.reads(),
         (1, 0),
         "one full replay, no commit read back"
     );
