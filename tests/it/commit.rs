@@ -187,10 +187,11 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_failure_after_a_landed_commit_is_retried_and_the_commit_counts() {
     let s = crate::harness::Scenario::new("checkpoint-failure", 1).await;
-    let proxy = crate::harness::Outage::start(s.servers.s3.trim_start_matches("http://")).await;
-    let text = s
-        .config_toml("[table.properties]\n\"delta.checkpointInterval\" = \"2\"\n")
-        .replace(&s.servers.s3, &format!("http://{}", proxy.addr));
+    let proxy = s.storage_proxy().await;
+    let text = s.config_toml_via(
+        &proxy,
+        "[table.properties]\n\"delta.checkpointInterval\" = \"2\"\n",
+    );
     let cfg = crate::harness::parse_config(&text);
     let mut t = tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
         .await

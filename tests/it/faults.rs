@@ -199,13 +199,12 @@ async fn kill_9_loop_long() {
 async fn s3_outage_of_30s_mid_stream_loses_nothing_and_the_daemon_stays_up() {
     let started = std::time::Instant::now();
     let s = Scenario::new("s3-outage", 4).await;
-    let s3 = Outage::start(s.servers.s3.trim_start_matches("http://")).await;
+    let s3 = s.storage_proxy().await;
     let port = free_port();
     let text = s
-        .config_toml(&format!(
+        .config_toml_via(&s3, &format!(
             "[flush]\nmax_rows = 300\nmax_age = \"500ms\"\n[commit]\nmax_backoff = \"4s\"\n[observability]\nlisten = \"127.0.0.1:{port}\"\n"
-        ))
-        .replace(&s.servers.s3, &format!("http://{}", s3.addr));
+        ));
     let cfg = s.dir.path().join("outage.toml");
     std::fs::write(&cfg, text).unwrap();
     let producer = BackgroundProducer::start(&s.servers.brokers, &s.topic, 4, 8000, 20);

@@ -312,6 +312,18 @@ secret_access_key = "test"
         )
     }
 
+    /// A proxy in front of the scenario's S3 server, to cut, refuse or count its
+    /// requests; [`Self::config_toml_via`] points a config at it.
+    pub async fn storage_proxy(&self) -> Outage {
+        Outage::start(self.servers.s3.trim_start_matches("http://")).await
+    }
+
+    /// [`Self::config_toml`] with storage reached through `proxy`.
+    pub fn config_toml_via(&self, proxy: &Outage, extra: &str) -> String {
+        self.config_toml(extra)
+            .replace(&self.servers.s3, &format!("http://{}", proxy.addr))
+    }
+
     pub fn config(&self, extra: &str) -> Config {
         parse_config(&self.config_toml(extra))
     }

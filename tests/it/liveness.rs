@@ -39,18 +39,18 @@ fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_pressure_keeps_polling_at_near_zero_cpu_and_stays_in_the_group() {
     let s = Scenario::new("back-pressure", 4).await;
-    let s3 = Outage::start(s.servers.s3.trim_start_matches("http://")).await;
+    let s3 = s.storage_proxy().await;
     let records = (0..3000u64).map(|i| ((i % 4) as i32, event(i)));
     let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
     let text = s
-        .config_toml(
+        .config_toml_via(
+            &s3,
             "[flush]\nmax_rows = 500\nmax_age = \"300ms\"\n[commit]\nmax_backoff = \"2s\"\n",
         )
         .replace(
             "[kafka.properties]\n",
             "max_chunk_records = 20\nchannel_capacity = 1\n\n[kafka.properties]\n\"max.poll.interval.ms\" = \"7000\"\n",
-        )
-        .replace(&s.servers.s3, &format!("http://{}", s3.addr));
+        );
     let cfg = s.dir.path().join("back-pressure.toml");
     std::fs::write(&cfg, text).unwrap();
     let mut daemon = Daemon::start(&cfg, s.dir.path());
@@ -103,7 +103,7 @@ async fn back_pressure_keeps_polling_at_near_zero_cpu_and_stays_in_the_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_is_resolved_once_so_a_rewind_before_the_first_commit_skips_nothing() {
     let s = Scenario::new("latest", 2).await;
-    let s3 = Outage::start(s.servers.s3.trim_start_matches("http://")).await;
+    let s3 = s.storage_proxy().await;
     let producer = producer(&s.servers.brokers);
     // Produced before the daemon starts: skipped by "latest".
     produce(
@@ -113,12 +113,14 @@ async fn latest_is_resolved_once_so_a_rewind_before_the_first_commit_skips_nothi
     )
     .await;
     let text = s
-        .config_toml("[flush]\nmax_age = \"500ms\"\n[commit]\nmax_backoff = \"1s\"\n")
+        .config_toml_via(
+            &s3,
+            "[flush]\nmax_age = \"500ms\"\n[commit]\nmax_backoff = \"1s\"\n",
+        )
         .replace(
             "auto_offset_reset = \"earliest\"",
             "auto_offset_reset = \"latest\"",
-        )
-        .replace(&s.servers.s3, &format!("http://{}", s3.addr));
+        );
     let mut run = crate::ingest::start(parse_config(&text));
     eventually(Duration::from_secs(60), "partitions assigned", || async {
         let assigned = run
@@ -169,7 +171,7 @@ async fn latest_is_resolved_once_so_a_rewind_before_the_first_commit_skips_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_outage_exits_within_the_grace_period_and_resumes_exactly() {
     let s = Scenario::new("shutdown-outage", 2).await;
-    let s3 = Outage::start(s.servers.s3.trim_start_matches("http://")).await;
+    let s3 = s.storage_proxy().await;
     let producer = producer(&s.servers.brokers);
     let mut produced = produce(
         &producer,
@@ -177,11 +179,10 @@ async fn shutdown_during_outage_exits_within_the_grace_period_and_resumes_exactl
         (0..4000u64).map(|i| ((i % 2) as i32, event(i))),
     )
     .await;
-    let text = s
-        .config_toml(
-            "[flush]\nmax_rows = 100\nmax_age = \"500ms\"\n[commit]\nmax_backoff = \"2s\"\n",
-        )
-        .replace(&s.servers.s3, &format!("http://{}", s3.addr));
+    let text = s.config_toml_via(
+        &s3,
+        "[flush]\nmax_rows = 100\nmax_age = \"500ms\"\n[commit]\nmax_backoff = \"2s\"\n",
+    );
     let cfg = s.dir.path().join("shutdown.toml");
     std::fs::write(&cfg, text).unwrap();
     let mut daemon = Daemon::start(&cfg, s.dir.path());

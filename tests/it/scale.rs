@@ -10,7 +10,7 @@ use tributary::commit::{
 };
 use tributary::record::TopicPartition;
 
-use crate::harness::{Outage, Scenario};
+use crate::harness::Scenario;
 
 /// Partitions; `TRIBUTARY_SCALE_PARTITIONS` overrides it to take figures at
 /// other sizes (the assertions scale with it).
@@ -33,10 +33,8 @@ fn policy() -> RetryPolicy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_partitions_stored_offsets_cost_one_log_pass_not_one_per_partition() {
     let s = Scenario::new("many-parts", 1).await;
-    let proxy = Outage::start(s.servers.s3.trim_start_matches("http://")).await;
-    let text = s
-        .config_toml("")
-        .replace(&s.servers.s3, &format!("http://{}", proxy.addr));
+    let proxy = s.storage_proxy().await;
+    let text = s.config_toml_via(&proxy, "");
     let cfg = crate::harness::parse_config(&text);
     let mut table = tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
         .await
