@@ -9,15 +9,25 @@
 //! commit per record, and exactly once: a window's dead letters are committed to
 //! this table *before* its rows are committed to the destination, with a `txn` per
 //! partition (the same app ids as the destination's) holding the window's last
-//! offset, under the same compare-and-swap as data commits. If the process dies
-//! between the two commits, the replay re-reads the window; its rejected records at
-//! or below the dead-letter table's stored offset are not written again.
+//! offset, under the same compare-and-swap as data commits (never moving it back).
+//!
+//! If the process dies between the two commits (or the rows' commit fails), the
+//! replay re-reads the window, and rejection need not come out the same: a registry
+//! that answered 40403 may know the schema now, or the reverse. So each record's
+//! fate on the first pass is kept: the pipeline reads the offsets this table holds
+//! above the destination's stored offset ([`offsets_above`]), and on the replay a
+//! record among them is rejected again (never a row: it would be in both tables),
+//! while a record not among them that is rejected now is written here even though
+//! its offset is at or below this table's stored offset (never in neither).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use deltalake::arrow::array::{ArrayRef, TimestampMicrosecondArray};
+use deltalake::arrow::array::{ArrayRef, AsArray, TimestampMicrosecondArray};
 use deltalake::arrow::array::{BinaryBuilder, RecordBatch, StringBuilder};
+use deltalake::arrow::datatypes::Int64Type;
 use deltalake::kernel::{DataType, StructField, StructType};
+use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
 use crate::config::{Compression, MetadataColumns, StorageConfig, TableConfig};
@@ -104,4 +114,26 @@ pub fn batch(
     .map_err(DecodeError::Assemble)?;
     let rows: Vec<usize> = rejected.iter().map(|r| r.index).collect();
     crate::decode::append_metadata(schema, values, chunk, &rows)
+}
+
+/// The offsets of `tp`'s dead letters in `(after, upto]`: the records a window
+/// rejected whose dead letters landed while its rows did not.
+pub async fn offsets_above(
+    table: &DeltaTable,
+    tp: &crate::record::TopicPartition,
+    after: Option<i64>,
+    upto: i64,
+) -> Result<BTreeSet<i64>, DeltaTableError> {
+    // Topic names are [a-zA-Z0-9._-]: nothing to escape.
+    let sql = format!(
+        "SELECT \"offset\" FROM t WHERE topic = '{}' AND \"partition\" = {} AND \"offset\" > {} AND \"offset\" <= {upto}",
+        tp.topic,
+        tp.partition,
+        after.unwrap_or(-1),
+    );
+    let mut out = BTreeSet::new();
+    for b in table::query(table, &sql).await? {
+        out.extend(b.column(0).as_primitive::<Int64Type>().iter().flatten());
+    }
+    Ok(out)
 }

@@ -774,6 +774,34 @@ pub enum Decoder {
 }
 
 impl Decoder {
+    /// The decoder for `format`: JSON against the table schema, or a registry
+    /// format through `registry` (which the config guarantees for those formats).
+    pub fn for_format(
+        format: crate::config::Format,
+        registry: Option<&Registry>,
+        schema: TableSchema,
+        batch_size: usize,
+        on_incompatible: OnError,
+    ) -> Result<Self, DecodeError> {
+        use crate::config::Format;
+        let kind = match format {
+            Format::Avro => Some(SchemaKind::Avro),
+            Format::JsonSchema => Some(SchemaKind::Json),
+            Format::Protobuf => Some(SchemaKind::Protobuf),
+            Format::Json => None,
+        };
+        Ok(match (kind, registry) {
+            (Some(kind), Some(registry)) => Decoder::Registry(Box::new(RegistryDecoder::new(
+                registry.clone(),
+                kind,
+                schema,
+                batch_size,
+                on_incompatible,
+            ))),
+            _ => Decoder::Json(Box::new(JsonDecoder::new(schema, batch_size)?)),
+        })
+    }
+
     /// The table schema batches come out in.
     pub fn schema(&self) -> &TableSchema {
         match self {

@@ -418,7 +418,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(app_id = %cfg.app_id, table = %cfg.table.uri, "starting ingest");
             let stats = Arc::new(PipelineStats::default());
             let summary =
-                pipeline::run(cfg, stats, RunOptions::default(), shutdown_signal()?).await?;
+                match pipeline::run(cfg, stats, RunOptions::default(), shutdown_signal()?).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let hint = e.hint();
+                        let e = anyhow::Error::new(e);
+                        return Err(match hint {
+                            Some(h) => e.context(format!("ingest stopped. {h}")),
+                            None => e,
+                        });
+                    }
+                };
             tracing::info!(
                 records = summary.records,
                 rows = summary.rows,

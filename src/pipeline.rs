@@ -32,7 +32,7 @@
 //! the last commit is redone. Non-transient errors (a table whose schema no longer
 //! fits, a rejected record in strict mode) stop the daemon with an error.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,16 +49,14 @@ use crate::commit::{
     TableLog,
 };
 use crate::config::{
-    Compression, Config, FlushPolicy, Format, OffsetReset, OnError, Route, Subscription,
-    TableConfig, TopicMatch,
+    Compression, Config, FlushPolicy, OffsetReset, OnError, Route, Subscription, TableConfig,
+    TopicMatch,
 };
-use crate::decode::{
-    DecodeError, Decoder, Evolution, JsonDecoder, RegistryDecoder, RejectKind, Rejected,
-};
+use crate::decode::{DecodeError, Decoder, Evolution, RejectKind, Rejected};
 use crate::encoder::WindowWriter;
 use crate::probe;
 use crate::record::{RecordChunk, TopicPartition};
-use crate::registry::{Registry, RegistryError, SchemaKind};
+use crate::registry::{Registry, RegistryError};
 use crate::schema::TableSchema;
 use crate::source::{
     AssignReply, Source, SourceChannels, SourceCommand, SourceError, SourceEvent, StartAt,
@@ -126,6 +124,37 @@ pub enum PipelineError {
         /// Why.
         message: String,
     },
+    /// The partitions' ends could not be read for `auto_offset_reset = "latest"`.
+    #[error("reading the partitions' ends for auto_offset_reset = latest: {0}")]
+    Latest(#[source] crate::probe::ProbeError),
+}
+
+impl PipelineError {
+    /// Whether trying again later may succeed: storage, the registry or the
+    /// brokers are unavailable. The pipeline retries these with backoff where they
+    /// happen outside a commit (opening a table at assignment, reading stored
+    /// offsets); anything else stops the daemon with the error.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PipelineError::Table(e) => e.is_retryable(),
+            PipelineError::Registry(e) => e.is_retryable(),
+            PipelineError::Decode(e) => e.is_retryable(),
+            PipelineError::Commit(e) => e.is_retryable(),
+            PipelineError::Latest(_) => true,
+            _ => false,
+        }
+    }
+
+    /// What the operator should fix, for storage errors that have a known cause
+    /// (credentials, permissions, a missing bucket).
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            PipelineError::Table(_) | PipelineError::Commit(_) | PipelineError::Write { .. } => {
+                table::storage_hint(&self.to_string())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Knobs that are not part of the config file.
@@ -261,11 +290,16 @@ struct PartState {
     committed: Option<i64>,
     /// Last offset accounted for (in the window, in flight or committed).
     seen_last: Option<i64>,
-    /// The sink (table) its records go to.
-    sink: usize,
-    /// Offset stored in the dead-letter table: rejected records at or below it
-    /// are already there.
+    /// The sink (table) its records go to; `None` while its table cannot be
+    /// opened (storage or registry unavailable at assignment): the rewind opens it.
+    sink: Option<usize>,
+    /// Offset stored in the dead-letter table.
     dead_committed: Option<i64>,
+    /// Offsets above `committed` whose dead letters are already in the dead-letter
+    /// table (their window's rows never landed): on the replay they are rejected
+    /// again whatever the decoder says now, and only records not among them are
+    /// written there (see `dead_letter`).
+    dead_kept: BTreeSet<i64>,
 }
 
 #[derive(Default)]
@@ -406,6 +440,13 @@ async fn next_commit(sinks: &mut [Sink]) -> (usize, Result<CommitDone, tokio::ta
 /// than this: storage trouble). Shutdown and rebalances wait at most this long.
 const DUE_WINDOW_WAIT: Duration = Duration::from_secs(10);
 
+/// Per partition: (offset stored in its table, offset stored in the dead-letter
+/// table), and the dead letters kept above the first.
+type Starts = (
+    HashMap<TopicPartition, (Option<i64>, Option<i64>)>,
+    HashMap<TopicPartition, BTreeSet<i64>>,
+);
+
 /// How long resolving `auto_offset_reset = "latest"` may take at an assignment.
 const PIN_LATEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -525,25 +566,13 @@ impl Pipeline {
             version = opened.table.version().map_or(-1, |v| v as i64),
             "table open"
         );
-        let kind = match cfg.decode.format {
-            Format::Avro => Some(SchemaKind::Avro),
-            Format::JsonSchema => Some(SchemaKind::Json),
-            Format::Protobuf => Some(SchemaKind::Protobuf),
-            Format::Json => None,
-        };
-        let decoder = match (kind, &self.registry) {
-            (Some(kind), Some(registry)) => Decoder::Registry(Box::new(RegistryDecoder::new(
-                registry.clone(),
-                kind,
-                opened.schema.clone(),
-                cfg.kafka.max_chunk_records,
-                cfg.decode.on_incompatible,
-            ))),
-            _ => Decoder::Json(Box::new(JsonDecoder::new(
-                opened.schema.clone(),
-                cfg.kafka.max_chunk_records,
-            )?)),
-        };
+        let decoder = Decoder::for_format(
+            cfg.decode.format,
+            self.registry.as_ref(),
+            opened.schema.clone(),
+            cfg.kafka.max_chunk_records,
+            cfg.decode.on_incompatible,
+        )?;
         let transform =
             Transform::new(&tcfg.transform, &opened.schema).map_err(PipelineError::Transform)?;
         let props = table::writer_properties(tcfg.compression, tcfg.row_group_rows);
@@ -624,17 +653,26 @@ impl Pipeline {
     async fn stored_offsets(
         &mut self,
         tps: &[(TopicPartition, usize)],
-    ) -> Result<HashMap<TopicPartition, (Option<i64>, Option<i64>)>, String> {
+    ) -> Result<HashMap<TopicPartition, (Option<i64>, Option<i64>)>, PipelineError> {
+        let read_error = |table: &DeltaTable, e: DeltaTableError| {
+            PipelineError::Table(Box::new(TableError::Delta {
+                uri: table.table_url().to_string(),
+                source: Box::new(e),
+            }))
+        };
         let mut dead = HashMap::new();
         if let Some(d) = self.dead.as_mut() {
-            d.table.update_state().await.map_err(|e| e.to_string())?;
+            d.table
+                .update_state()
+                .await
+                .map_err(|e| read_error(&d.table, e))?;
             let all: Vec<TopicPartition> = tps.iter().map(|(tp, _)| tp.clone()).collect();
             dead = d
                 .log
                 .offsets
                 .offsets(&d.table, &self.cfg.app_id, &all)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| read_error(&d.table, e))?;
         }
         let mut out = HashMap::with_capacity(tps.len());
         for (i, sink) in self.sinks.iter_mut().enumerate() {
@@ -646,13 +684,16 @@ impl Pipeline {
             if mine.is_empty() {
                 continue;
             }
-            sink.table.update_state().await.map_err(|e| e.to_string())?;
+            sink.table
+                .update_state()
+                .await
+                .map_err(|e| read_error(&sink.table, e))?;
             let stored = sink
                 .log
                 .offsets
                 .offsets(&sink.table, &self.cfg.app_id, &mine)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| read_error(&sink.table, e))?;
             out.extend(
                 stored
                     .into_iter()
@@ -663,14 +704,33 @@ impl Pipeline {
     }
 
     /// Where `tps` start (on assign and rewind): their stored offsets, with
-    /// `latest` pinned for partitions that have none.
+    /// `latest` pinned for partitions that have none, and the dead letters kept
+    /// above them.
     async fn start_offsets(
         &mut self,
         tps: &[(TopicPartition, usize)],
-    ) -> Result<HashMap<TopicPartition, (Option<i64>, Option<i64>)>, String> {
+    ) -> Result<Starts, PipelineError> {
         let mut stored = self.stored_offsets(tps).await?;
         self.pin_latest(tps, &mut stored).await?;
-        Ok(stored)
+        let mut kept = HashMap::new();
+        if let Some(d) = &self.dead {
+            for (tp, (committed, dead_committed)) in &stored {
+                // Only after a window's dead letters landed and its rows did not.
+                if let Some(upto) = dead_committed.filter(|d| committed.is_none_or(|c| *d > c)) {
+                    let offsets = crate::dead_letter::offsets_above(&d.table, tp, *committed, upto)
+                        .await
+                        .map_err(|e| {
+                            PipelineError::Table(Box::new(TableError::Delta {
+                                uri: d.table.table_url().to_string(),
+                                source: Box::new(e),
+                            }))
+                        })?;
+                    tracing::info!(partition = %tp, stored_offset = ?committed, dead_letter_offset = upto, kept = offsets.len(), "replaying a window whose dead letters landed: its rejections are kept");
+                    kept.insert(tp.clone(), offsets);
+                }
+            }
+        }
+        Ok((stored, kept))
     }
 
     /// Under `auto_offset_reset = "latest"`, give every partition the table has
@@ -684,7 +744,7 @@ impl Pipeline {
         &mut self,
         tps: &[(TopicPartition, usize)],
         stored: &mut HashMap<TopicPartition, (Option<i64>, Option<i64>)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PipelineError> {
         if self.cfg.kafka.auto_offset_reset != OffsetReset::Latest {
             return Ok(());
         }
@@ -706,9 +766,7 @@ impl Pipeline {
                 probe::watermarks(k, &parts, PIN_LATEST_TIMEOUT)
             })
             .await
-            .map_err(|e| {
-                format!("reading the partitions' ends for auto_offset_reset = latest: {e}")
-            })?;
+            .map_err(PipelineError::Latest)?;
             self.latest_ends
                 .extend(marks.into_iter().map(|(tp, w)| (tp, w.high)));
         }
@@ -744,7 +802,7 @@ impl Pipeline {
                 &give_up,
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| PipelineError::Commit(Box::new(e)))?;
             let now: Vec<(TopicPartition, Option<i64>)> = match outcome {
                 CommitOutcome::Stale { partitions } => partitions,
                 CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted => Vec::new(),
@@ -767,50 +825,74 @@ impl Pipeline {
         partitions: Vec<TopicPartition>,
     ) -> Result<AssignReply, PipelineError> {
         let mut routed = Vec::with_capacity(partitions.len());
+        let mut unopened = Vec::new();
         for tp in partitions {
-            let sink = self.sink_for(&tp.topic).await?;
-            routed.push((tp, sink));
-        }
-        let stored = self.start_offsets(&routed).await;
-        let reset = self.cfg.kafka.auto_offset_reset;
-        let mut reply = Vec::with_capacity(routed.len());
-        for (tp, sink) in routed {
-            let epoch = self.epoch();
-            match &stored {
-                Ok(m) => {
-                    let (committed, dead_committed) = m.get(&tp).copied().unwrap_or_default();
-                    tracing::info!(partition = %tp, stored_offset = ?committed, table = %self.sinks[sink].tcfg.uri, "starting partition after its stored offset");
-                    reply.push((tp.clone(), StartAt::after(committed, reset), epoch));
-                    self.parts.insert(
-                        tp,
-                        PartState {
-                            epoch,
-                            committed,
-                            seen_last: committed,
-                            sink,
-                            dead_committed,
-                        },
-                    );
+            match self.sink_for(&tp.topic).await {
+                Ok(sink) => routed.push((tp, sink)),
+                // Storage or the registry is unavailable: the partition waits for
+                // the rewind, which opens its table with backoff. The group gets
+                // its answer now either way.
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(partition = %tp, error = %e, "cannot open the partition's table; will retry");
+                    unopened.push(tp);
                 }
-                Err(e) => {
-                    // Offsets unknown: tag the partition's records with an epoch the
-                    // pipeline will not accept; the rewind seeks it properly.
-                    tracing::warn!(partition = %tp, error = %e, "cannot read stored offset; will retry");
-                    let dead_epoch = self.epoch();
-                    reply.push((tp.clone(), StartAt::End, dead_epoch));
-                    self.parts.insert(
-                        tp,
-                        PartState {
-                            epoch,
-                            committed: None,
-                            seen_last: None,
-                            sink,
-                            dead_committed: None,
-                        },
-                    );
-                    self.needs_rewind = true;
-                }
+                Err(e) => return Err(e),
             }
+        }
+        let mut stored = match self.start_offsets(&routed).await {
+            Ok(m) => Some(m),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "cannot read stored offsets; will retry");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let reset = self.cfg.kafka.auto_offset_reset;
+        let mut reply = Vec::with_capacity(routed.len() + unopened.len());
+        let waiting = routed
+            .iter()
+            .filter(|_| stored.is_none())
+            .map(|(tp, sink)| (tp.clone(), Some(*sink)))
+            .chain(unopened.into_iter().map(|tp| (tp, None)))
+            .collect::<Vec<_>>();
+        if let Some((m, kept)) = &mut stored {
+            for (tp, sink) in routed {
+                let epoch = self.epoch();
+                let (committed, dead_committed) = m.get(&tp).copied().unwrap_or_default();
+                let dead_kept = kept.remove(&tp).unwrap_or_default();
+                tracing::info!(partition = %tp, stored_offset = ?committed, table = %self.sinks[sink].tcfg.uri, "starting partition after its stored offset");
+                reply.push((tp.clone(), StartAt::after(committed, reset), epoch));
+                self.parts.insert(
+                    tp,
+                    PartState {
+                        epoch,
+                        committed,
+                        seen_last: committed,
+                        sink: Some(sink),
+                        dead_committed,
+                        dead_kept,
+                    },
+                );
+            }
+        }
+        for (tp, sink) in waiting {
+            // Offsets unknown: tag the partition's records with an epoch the
+            // pipeline will not accept; the rewind seeks it properly.
+            let epoch = self.epoch();
+            let rejected_epoch = self.epoch();
+            reply.push((tp.clone(), StartAt::End, rejected_epoch));
+            self.parts.insert(
+                tp,
+                PartState {
+                    epoch,
+                    committed: None,
+                    seen_last: None,
+                    sink,
+                    dead_committed: None,
+                    dead_kept: BTreeSet::new(),
+                },
+            );
+            self.needs_rewind = true;
         }
         Ok(reply)
     }
@@ -892,7 +974,7 @@ impl Pipeline {
         let sink_of: Vec<Option<usize>> = chunk
             .partitions
             .iter()
-            .map(|cp| self.parts.get(&cp.tp).map(|p| p.sink))
+            .map(|cp| self.parts.get(&cp.tp).and_then(|p| p.sink))
             .collect();
         let mut keep = vec![false; chunk.len()];
         for (i, r) in chunk.records.iter().enumerate() {
@@ -975,6 +1057,36 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The kept records of `chunk[range]` whose dead letters are already in the
+    /// dead-letter table (see [`PartState::dead_kept`]), as chunk indices.
+    fn already_dead(
+        &self,
+        chunk: &RecordChunk,
+        keep: &[bool],
+        range: std::ops::Range<usize>,
+    ) -> HashSet<usize> {
+        let kept: Vec<Option<&BTreeSet<i64>>> = chunk
+            .partitions
+            .iter()
+            .map(|cp| {
+                self.parts
+                    .get(&cp.tp)
+                    .map(|p| &p.dead_kept)
+                    .filter(|k| !k.is_empty())
+            })
+            .collect();
+        if kept.iter().all(Option::is_none) {
+            return HashSet::new();
+        }
+        range
+            .filter(|&i| keep[i])
+            .filter(|&i| {
+                let r = &chunk.records[i];
+                kept[r.part as usize].is_some_and(|k| k.contains(&r.offset))
+            })
+            .collect()
+    }
+
     /// Account for, decode and write the kept records of `chunk[range]`.
     async fn on_segment(
         &mut self,
@@ -1004,8 +1116,14 @@ impl Pipeline {
                 })
             })
             .collect();
-        let in_segment =
-            |i: usize| range.contains(&i) && keep[i] && !too_large.iter().any(|r| r.index == i);
+        // Records whose dead letters landed before a crash stay rejected.
+        let already_dead = self.already_dead(chunk, keep, range.clone());
+        let in_segment = |i: usize| {
+            range.contains(&i)
+                && keep[i]
+                && !too_large.iter().any(|r| r.index == i)
+                && !already_dead.contains(&i)
+        };
         // Registry formats: fetch new schema ids, evolve the table where they need it.
         loop {
             match self.sinks[sink].decoder.prepare(chunk, &in_segment).await {
@@ -1048,19 +1166,27 @@ impl Pipeline {
                 reason = %rej.reason, "record rejected; counted and skipped"
             );
         }
+        if !already_dead.is_empty() {
+            tracing::info!(
+                records = already_dead.len(),
+                "replayed records already in the dead-letter table: rejected again, not rows"
+            );
+            decoded
+                .rejected
+                .extend(already_dead.iter().map(|&index| Rejected {
+                    index,
+                    kind: RejectKind::Decode,
+                    reason: "already in the dead-letter table".into(),
+                }));
+            decoded.rejected.sort_by_key(|r| r.index);
+        }
         // Dead letters not already in the dead-letter table (a replay after a crash
         // between the two commits re-rejects records that are).
         if let Some(d) = &self.dead {
             let fresh: Vec<&Rejected> = decoded
                 .rejected
                 .iter()
-                .filter(|rej| {
-                    let r = &chunk.records[rej.index];
-                    let tp = &chunk.partitions[r.part as usize].tp;
-                    self.parts
-                        .get(tp)
-                        .is_some_and(|p| p.dead_committed.is_none_or(|d| r.offset > d))
-                })
+                .filter(|rej| !already_dead.contains(&rej.index))
                 .collect();
             if !fresh.is_empty() {
                 let uri = self.sinks[sink].uri();
@@ -1156,10 +1282,25 @@ impl Pipeline {
             table = %self.sinks[sink].tcfg.uri,
             "producer schema needs a table schema change"
         );
-        self.await_inflight(sink, Duration::MAX).await?;
-        if !self.sinks[sink].window.is_empty() && !self.needs_rewind {
+        // The rows buffered so far are committed under the old schema first. Each
+        // wait is bounded so that shutdown and rebalances are still served while
+        // storage is slow: a commit that does not finish in time leaves these
+        // records to a rewind, taken once it has.
+        self.await_inflight(sink, DUE_WINDOW_WAIT).await?;
+        if self.sinks[sink].inflight.is_none()
+            && !self.sinks[sink].window.is_empty()
+            && !self.needs_rewind
+        {
             self.start_commit(sink);
-            self.await_inflight(sink, Duration::MAX).await?;
+            self.await_inflight(sink, DUE_WINDOW_WAIT).await?;
+        }
+        if self.sinks[sink].inflight.is_some() && !self.needs_rewind {
+            tracing::warn!(
+                table = %self.sinks[sink].tcfg.uri,
+                "previous commit still running; records needing the schema change are re-read after it"
+            );
+            self.abort_windows();
+            self.needs_rewind = true;
         }
         if self.needs_rewind {
             return Ok(());
@@ -1227,10 +1368,15 @@ impl Pipeline {
                 partitions: partitions
                     .iter()
                     .filter(|p| window.dead_parts.contains(&p.tp))
-                    .map(|p| PartitionCommit {
-                        tp: p.tp.clone(),
-                        expected: self.parts.get(&p.tp).and_then(|s| s.dead_committed),
-                        last: p.last,
+                    .map(|p| {
+                        let expected = self.parts.get(&p.tp).and_then(|s| s.dead_committed);
+                        PartitionCommit {
+                            tp: p.tp.clone(),
+                            expected,
+                            // A replayed window may end below what the dead-letter
+                            // table already holds: its offset never moves back.
+                            last: expected.map_or(p.last, |e| e.max(p.last)),
+                        }
                     })
                     .collect(),
                 props: d.props.clone(),
@@ -1398,18 +1544,45 @@ impl Pipeline {
         self.backoff = (self.backoff * 2).min(self.cfg.commit.max_backoff);
     }
 
+    /// Open the tables of partitions assigned while they could not be opened.
+    async fn open_waiting_sinks(&mut self) -> Result<(), PipelineError> {
+        let waiting: Vec<TopicPartition> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| p.sink.is_none())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in waiting {
+            let sink = self.sink_for(&tp.topic).await?;
+            tracing::info!(partition = %tp, table = %self.sinks[sink].tcfg.uri, "table open for an assigned partition");
+            if let Some(p) = self.parts.get_mut(&tp) {
+                p.sink = Some(sink);
+            }
+        }
+        Ok(())
+    }
+
     /// Seek every assigned partition back to the offset stored in its table.
     async fn rewind(&mut self) -> Result<(), PipelineError> {
         self.abort_windows();
-        let tps: Vec<(TopicPartition, usize)> = self
-            .parts
-            .iter()
-            .map(|(tp, p)| (tp.clone(), p.sink))
-            .collect();
-        let stored = match self.start_offsets(&tps).await {
+        let stored = match self.open_waiting_sinks().await {
+            Ok(()) => {
+                let tps: Vec<(TopicPartition, usize)> = self
+                    .parts
+                    .iter()
+                    .filter_map(|(tp, p)| p.sink.map(|s| (tp.clone(), s)))
+                    .collect();
+                self.start_offsets(&tps).await.map(|s| (tps, s))
+            }
+            Err(e) => Err(e),
+        };
+        let (tps, (stored, mut kept)) = match stored {
             Ok(s) => s,
+            // Refused credentials, a missing bucket, a table that no longer fits:
+            // retrying cannot help, so stop and say what to fix.
+            Err(e) if !e.is_retryable() => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %e, backoff_ms = self.backoff.as_millis() as u64, "cannot read stored offsets; retrying");
+                tracing::warn!(error = %e, backoff_ms = self.backoff.as_millis() as u64, "cannot open tables or read stored offsets; retrying");
                 self.resume_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(self.cfg.commit.max_backoff);
                 return Ok(());
@@ -1424,6 +1597,7 @@ impl Pipeline {
                 p.committed = committed;
                 p.seen_last = committed;
                 p.dead_committed = dead_committed;
+                p.dead_kept = kept.remove(&tp).unwrap_or_default();
             }
             tracing::info!(partition = %tp, stored_offset = ?committed, "rewinding partition to its stored offset");
             self.source().send(SourceCommand::Seek {
@@ -1596,7 +1770,52 @@ async fn commit_dead_letters(
         adds,
         partitions: d.partitions,
     };
+    // Moving no offset, a retry could not tell whether an attempt whose response
+    // was lost landed: one attempt, and on failure the window is re-read, which
+    // reads the dead letters that did land.
+    let once = || true;
+    let cancelled = if req.moves_offsets() {
+        cancelled
+    } else {
+        &once
+    };
     commit::commit(&mut table, &d.log, app_id, &req, policy, cancelled)
         .await
         .map_err(TaskError::Commit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage_error(source: deltalake::ObjectStoreError) -> PipelineError {
+        PipelineError::Table(Box::new(TableError::Delta {
+            uri: "s3://b/t".into(),
+            source: Box::new(DeltaTableError::ObjectStore { source }),
+        }))
+    }
+
+    #[test]
+    fn storage_trouble_is_retried_and_refused_credentials_stop_with_a_hint() {
+        let outage = storage_error(deltalake::ObjectStoreError::Generic {
+            store: "S3",
+            source: "error sending request: connection reset".into(),
+        });
+        assert!(outage.is_retryable());
+        let denied = storage_error(deltalake::ObjectStoreError::PermissionDenied {
+            path: "t/_delta_log/".into(),
+            source: "<Code>AccessDenied</Code> 403 Forbidden".into(),
+        });
+        assert!(!denied.is_retryable());
+        assert!(
+            denied
+                .hint()
+                .is_some_and(|h| h.starts_with("Access denied")),
+            "{:?}",
+            denied.hint()
+        );
+        let route = PipelineError::Route("no {topic}".into());
+        assert!(!route.is_retryable());
+        assert!(route.hint().is_none());
+    }
 }

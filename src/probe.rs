@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -311,6 +311,12 @@ pub struct RawRecord {
     pub offset: i64,
     /// Value bytes.
     pub value: Option<Vec<u8>>,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Timestamp in milliseconds since the epoch, when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+    /// Headers, in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Read every record of each partition from its low watermark up to and including
@@ -345,6 +351,16 @@ pub fn read_partitions(
                         RawRecord {
                             offset: m.offset(),
                             value: m.payload().map(<[u8]>::to_vec),
+                            key: m.key().map(<[u8]>::to_vec),
+                            timestamp_ms: m.timestamp().to_millis(),
+                            headers: m
+                                .headers()
+                                .map(|h| {
+                                    h.iter()
+                                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
                         },
                     );
                 }

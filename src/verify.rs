@@ -3,26 +3,41 @@
 //!
 //! Reads the table's Kafka metadata columns (topic, partition and offset must be
 //! configured) and every record Kafka still holds up to each partition's stored
-//! offset. A record of Kafka that is not in the table is a *gap*, unless the
-//! decoder rejects it today (then it was rejected at ingest, not lost). A
-//! (partition, offset) present in the table more than once is a *duplicate*.
+//! offset. A (partition, offset) present in the table more than once is a
+//! *duplicate*. A record of Kafka that is not in the table is judged the way the
+//! daemon would judge it, with the configured format (JSON, or Avro, Protobuf and
+//! JSON Schema through the registry), size limit, derived columns and filter:
 //!
-//! Everything is held in memory (8 bytes per row and per Kafka offset checked); run
-//! it on a table of up to some hundred million rows.
+//! - in the dead-letter table (when one is configured): *rejected*, kept there;
+//! - dropped by the table's `filter`: *filtered*, accounted for and written nowhere;
+//! - rejected by the decoder or a transform, with no dead-letter table configured:
+//!   *rejected*;
+//! - anything else is a *gap*: a record that should be a row (or, with a
+//!   dead-letter table, a dead letter) and is in neither table.
+//!
+//! A record both in the table and in the dead-letter table is counted under
+//! `in_both`: each record belongs in exactly one of the two.
+//!
+//! The table's offsets are held in memory (8 bytes per row), and so are the Kafka
+//! records missing from it; run it on a table of up to some hundred million rows.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
+use deltalake::DeltaTable;
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Int32Type, Int64Type};
 
 use crate::config::Config;
-use crate::decode::JsonDecoder;
+use crate::decode::{DecodeError, Decoder};
 use crate::maintenance::{self, MaintenanceError};
 use crate::probe::{self, ProbeError};
-use crate::record::{RecordChunk, RecordMeta, TopicPartition};
+use crate::record::{HeaderMeta, RecordChunk, RecordMeta, TopicPartition};
+use crate::registry::{Registry, RegistryError};
 use crate::table;
+use crate::transform::Transform;
 
 /// How many offsets to list per problem.
 const SAMPLE: usize = 20;
@@ -49,6 +64,30 @@ pub enum VerifyError {
         /// The error.
         message: String,
     },
+    /// The records cannot be judged as the daemon would (the registry is
+    /// unreachable, the decoder or a transform cannot be built).
+    #[error("cannot decode records as the daemon does: {0}")]
+    Decode(#[from] DecodeError),
+    /// The registry client cannot be built.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A derived column or the filter cannot be planned.
+    #[error("table transform: {0}")]
+    Transform(String),
+}
+
+impl VerifyError {
+    /// Whether running verify again later may succeed (Kafka, storage or the
+    /// registry unavailable).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            VerifyError::Kafka(_) => true,
+            VerifyError::Decode(e) => e.is_retryable(),
+            VerifyError::Registry(e) => e.is_retryable(),
+            VerifyError::Table(_) | VerifyError::Query { .. } => true,
+            VerifyError::NoMetadataColumns | VerifyError::Transform(_) => false,
+        }
+    }
 }
 
 /// One partition's findings.
@@ -66,12 +105,20 @@ pub struct PartitionReport {
     pub duplicates: u64,
     /// Some duplicated offsets.
     pub duplicate_sample: Vec<i64>,
-    /// Kafka records missing from the table that the decoder accepts.
+    /// Kafka records in neither the table nor (where one is configured) the
+    /// dead-letter table, that the daemon would not have filtered out.
     pub gaps: u64,
     /// Some missing offsets.
     pub gap_sample: Vec<i64>,
-    /// Kafka records missing from the table that the decoder rejects.
+    /// Kafka records missing from the table because they were rejected: in the
+    /// dead-letter table, or (without one) rejected by the decoder today.
     pub rejected: u64,
+    /// Kafka records missing from the table because the table's filter drops them.
+    pub filtered: u64,
+    /// Records both in the table and in the dead-letter table.
+    pub in_both: u64,
+    /// Some offsets in both tables.
+    pub in_both_sample: Vec<i64>,
     /// Rows with an offset beyond the stored offset (should never happen).
     pub beyond_stored: u64,
 }
@@ -83,8 +130,111 @@ pub struct VerifyReport {
     pub table: String,
     /// Per partition.
     pub partitions: Vec<PartitionReport>,
-    /// Whether no partition has duplicates, gaps or rows beyond its stored offset.
+    /// Whether no partition has duplicates, gaps, records in both tables or rows
+    /// beyond its stored offset.
     pub clean: bool,
+}
+
+/// (topic, partition) -> sorted offsets.
+type Offsets = HashMap<TopicPartition, Vec<i64>>;
+
+/// Every (topic, partition, offset) of `sql`'s three columns, offsets sorted.
+async fn offsets_of(t: &DeltaTable, sql: &str, uri: &str) -> Result<Offsets, VerifyError> {
+    let qerr = |e: &dyn std::fmt::Display| VerifyError::Query {
+        uri: uri.to_owned(),
+        message: e.to_string(),
+    };
+    let batches = table::query(t, sql).await.map_err(|e| qerr(&e))?;
+    let mut out: Offsets = HashMap::new();
+    for b in batches {
+        let topics = cast(b.column(0), &DataType::Utf8).map_err(|e| qerr(&e))?;
+        let topics = topics.as_string::<i32>();
+        let parts = b.column(1).as_primitive::<Int32Type>();
+        let offs = b.column(2).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            if topics.is_null(i) {
+                continue;
+            }
+            out.entry(TopicPartition::new(topics.value(i), parts.value(i)))
+                .or_default()
+                .push(offs.value(i));
+        }
+    }
+    for v in out.values_mut() {
+        v.sort_unstable();
+    }
+    Ok(out)
+}
+
+/// What the daemon would make of a record today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Row,
+    Filtered,
+    Rejected,
+}
+
+/// Judges records with the pipeline's own decoder, size limit and transform.
+struct Judge {
+    decoder: Decoder,
+    transform: Option<Transform>,
+    max_record_bytes: u64,
+}
+
+impl Judge {
+    async fn fate(
+        &mut self,
+        tp: &TopicPartition,
+        rec: &probe::RawRecord,
+    ) -> Result<Fate, VerifyError> {
+        if rec.value.as_ref().map_or(0, Vec::len) as u64 > self.max_record_bytes {
+            return Ok(Fate::Rejected);
+        }
+        let chunk = one_record_chunk(tp, rec);
+        if self.decoder.prepare(&chunk, &|_| true).await?.is_some() {
+            // Its schema needs a table change first: the daemon would have made it
+            // and written the row.
+            return Ok(Fate::Row);
+        }
+        let mut decoded = self.decoder.decode(&chunk, &|_| true)?;
+        if !decoded.rejected.is_empty() {
+            return Ok(Fate::Rejected);
+        }
+        if let Some(t) = &self.transform {
+            decoded = t.apply(decoded);
+            if !decoded.rejected.is_empty() {
+                return Ok(Fate::Rejected);
+            }
+        }
+        Ok(if decoded.rows.is_empty() {
+            Fate::Filtered
+        } else {
+            Fate::Row
+        })
+    }
+}
+
+fn one_record_chunk(tp: &TopicPartition, rec: &probe::RawRecord) -> RecordChunk {
+    let mut chunk = RecordChunk::default();
+    let part = chunk.partition_index(tp, 0);
+    let value = rec.value.as_deref().map(|v| chunk.push_bytes(v));
+    let key = rec.key.as_deref().map(|k| chunk.push_bytes(k));
+    for (k, v) in &rec.headers {
+        let value = v.as_deref().map(|v| chunk.push_bytes(v));
+        chunk.headers.push(HeaderMeta {
+            key: k.clone(),
+            value,
+        });
+    }
+    chunk.records.push(RecordMeta {
+        part,
+        offset: rec.offset,
+        timestamp_ms: rec.timestamp_ms,
+        key,
+        value,
+        headers: 0..rec.headers.len(),
+    });
+    chunk
 }
 
 /// Verify the table of `cfg` against its topics.
@@ -100,24 +250,24 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
         message: e.to_string(),
     };
 
-    // Table side: every (topic, partition, offset).
+    // Table side: every (topic, partition, offset); dead letters headed for it.
     let sql = format!("SELECT \"{tcol}\", \"{pcol}\", \"{ocol}\" FROM t");
-    let batches = table::query(&t, &sql).await.map_err(|e| qerr(&e))?;
-    let mut in_table: HashMap<TopicPartition, Vec<i64>> = HashMap::new();
-    for b in batches {
-        let topics = cast(b.column(0), &DataType::Utf8).map_err(|e| qerr(&e))?;
-        let topics = topics.as_string::<i32>();
-        let parts = b.column(1).as_primitive::<Int32Type>();
-        let offs = b.column(2).as_primitive::<Int64Type>();
-        for i in 0..b.num_rows() {
-            if topics.is_null(i) {
-                continue;
+    let mut in_table = offsets_of(&t, &sql, &uri).await?;
+    let mut dead: Option<Offsets> = None;
+    if let Some(dead_uri) = &cfg.dead_letters {
+        let found = table::load(dead_uri, &cfg.storage)
+            .await
+            .map_err(|e| qerr(&e))?;
+        dead = Some(match found {
+            Some(d) => {
+                let sql = format!(
+                    "SELECT topic, \"partition\", \"offset\" FROM t WHERE \"table\" = '{}'",
+                    uri.replace('\'', "''")
+                );
+                offsets_of(&d, &sql, dead_uri.as_str()).await?
             }
-            in_table
-                .entry(TopicPartition::new(topics.value(i), parts.value(i)))
-                .or_default()
-                .push(offs.value(i));
-        }
+            None => HashMap::new(),
+        });
     }
 
     // Which partitions: the configured topics' and any the table mentions.
@@ -132,7 +282,8 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
         .await
         .map_err(|e| qerr(&e))?;
 
-    // Kafka side: records up to each stored offset.
+    // Kafka side: records up to each stored offset; only those missing from the
+    // table are kept.
     let until: HashMap<TopicPartition, i64> = parts
         .iter()
         .filter_map(|tp| {
@@ -144,14 +295,24 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
                 .map(|o| (tp.clone(), o))
         })
         .collect();
-    let kafka_records = probe::blocking(&cfg.kafka, move |k| {
-        let mut out: HashMap<TopicPartition, Vec<probe::RawRecord>> = HashMap::new();
+    let present = Arc::new(std::mem::take(&mut in_table));
+    let seen = present.clone();
+    let (kafka_counts, mut missing) = probe::blocking(&cfg.kafka, move |k| {
+        let mut counts: HashMap<TopicPartition, u64> = HashMap::new();
+        let mut missing: HashMap<TopicPartition, Vec<probe::RawRecord>> = HashMap::new();
         probe::read_partitions(k, &until, timeout, |tp, r| {
-            out.entry(tp.clone()).or_default().push(r)
+            *counts.entry(tp.clone()).or_default() += 1;
+            let found = seen
+                .get(tp)
+                .is_some_and(|offs| offs.binary_search(&r.offset).is_ok());
+            if !found {
+                missing.entry(tp.clone()).or_default().push(r);
+            }
         })
-        .map(|()| out)
+        .map(|()| (counts, missing))
     })
     .await?;
+    let in_table = Arc::try_unwrap(present).unwrap_or_else(|shared| (*shared).clone());
 
     let schema = crate::schema::TableSchema::from_table(
         t.snapshot().map_err(|e| qerr(&e))?.schema().as_ref(),
@@ -164,21 +325,41 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
             .collect::<Vec<_>>(),
     )
     .map_err(|e| qerr(&e))?;
-    let mut decoder = JsonDecoder::new(schema, 1).map_err(|e| qerr(&e))?;
+    let registry = cfg
+        .decode
+        .registry
+        .as_ref()
+        .map(Registry::new)
+        .transpose()?;
+    let transform =
+        Transform::new(&cfg.table.transform, &schema).map_err(VerifyError::Transform)?;
+    let mut judge = Judge {
+        decoder: Decoder::for_format(
+            cfg.decode.format,
+            registry.as_ref(),
+            schema,
+            1,
+            cfg.decode.on_incompatible,
+        )?,
+        transform,
+        max_record_bytes: cfg.decode.max_record_bytes,
+    };
 
     let mut reports = Vec::with_capacity(parts.len());
+    let no_offsets = Vec::new();
     for tp in &parts {
         let stored_offset = stored.get(tp).copied().flatten();
-        let mut rows = in_table.remove(tp).unwrap_or_default();
-        rows.sort_unstable();
+        let rows = in_table.get(tp).unwrap_or(&no_offsets);
+        let dead_here = dead.as_ref().and_then(|d| d.get(tp)).unwrap_or(&no_offsets);
         let mut r = PartitionReport {
             partition: tp.to_string(),
             stored_offset,
             rows: rows.len() as u64,
+            kafka_records: kafka_counts.get(tp).copied().unwrap_or_default(),
             ..Default::default()
         };
         let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
-        for o in &rows {
+        for o in rows {
             *counts.entry(*o).or_default() += 1;
             if stored_offset.is_none_or(|s| *o > s) {
                 r.beyond_stored += 1;
@@ -191,49 +372,41 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
                     r.duplicate_sample.push(*o);
                 }
             }
+            if dead_here.binary_search(o).is_ok() {
+                r.in_both += 1;
+                if r.in_both_sample.len() < SAMPLE {
+                    r.in_both_sample.push(*o);
+                }
+            }
         }
-        for rec in kafka_records.get(tp).map(Vec::as_slice).unwrap_or_default() {
-            r.kafka_records += 1;
-            if counts.contains_key(&rec.offset) {
+        for rec in missing.remove(tp).unwrap_or_default() {
+            if dead_here.binary_search(&rec.offset).is_ok() {
+                r.rejected += 1;
                 continue;
             }
-            if decodes(&mut decoder, tp, rec) {
-                r.gaps += 1;
-                if r.gap_sample.len() < SAMPLE {
-                    r.gap_sample.push(rec.offset);
+            match judge.fate(tp, &rec).await? {
+                Fate::Filtered => r.filtered += 1,
+                // Without a dead-letter table a rejection is only counted and
+                // logged; with one it must be there.
+                Fate::Rejected if dead.is_none() => r.rejected += 1,
+                Fate::Rejected | Fate::Row => {
+                    r.gaps += 1;
+                    if r.gap_sample.len() < SAMPLE {
+                        r.gap_sample.push(rec.offset);
+                    }
                 }
-            } else {
-                r.rejected += 1;
             }
         }
         reports.push(r);
     }
     let clean = reports
         .iter()
-        .all(|r| r.duplicates == 0 && r.gaps == 0 && r.beyond_stored == 0);
+        .all(|r| r.duplicates == 0 && r.gaps == 0 && r.beyond_stored == 0 && r.in_both == 0);
     Ok(VerifyReport {
         table: uri,
         partitions: reports,
         clean,
     })
-}
-
-/// Whether the decoder accepts the record (so its absence is a real gap).
-fn decodes(decoder: &mut JsonDecoder, tp: &TopicPartition, rec: &probe::RawRecord) -> bool {
-    let mut chunk = RecordChunk::default();
-    let part = chunk.partition_index(tp, 0);
-    let value = rec.value.as_deref().map(|v| chunk.push_bytes(v));
-    chunk.records.push(RecordMeta {
-        part,
-        offset: rec.offset,
-        timestamp_ms: None,
-        key: None,
-        value,
-        headers: 0..0,
-    });
-    decoder
-        .decode(&chunk, |_| true)
-        .is_ok_and(|d| d.rejected.is_empty())
 }
 
 /// The human-readable report.
@@ -243,21 +416,35 @@ pub fn render(r: &VerifyReport) -> String {
     let _ = writeln!(s, "table {}", r.table);
     let _ = writeln!(
         s,
-        "{:<36} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}",
-        "partition", "stored", "rows", "in kafka", "duplicates", "gaps", "rejected"
+        "{:<36} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "partition", "stored", "rows", "in kafka", "duplicates", "gaps", "rejected", "filtered"
     );
     for p in &r.partitions {
         let stored = p.stored_offset.map_or("-".to_owned(), |o| o.to_string());
         let _ = writeln!(
             s,
-            "{:<36} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}",
-            p.partition, stored, p.rows, p.kafka_records, p.duplicates, p.gaps, p.rejected
+            "{:<36} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+            p.partition,
+            stored,
+            p.rows,
+            p.kafka_records,
+            p.duplicates,
+            p.gaps,
+            p.rejected,
+            p.filtered
         );
         if !p.duplicate_sample.is_empty() {
             let _ = writeln!(s, "  duplicated offsets: {:?}", p.duplicate_sample);
         }
         if !p.gap_sample.is_empty() {
             let _ = writeln!(s, "  missing offsets: {:?}", p.gap_sample);
+        }
+        if p.in_both > 0 {
+            let _ = writeln!(
+                s,
+                "  {} record(s) both in the table and in the dead-letter table: {:?}",
+                p.in_both, p.in_both_sample
+            );
         }
         if p.beyond_stored > 0 {
             let _ = writeln!(s, "  {} row(s) beyond the stored offset", p.beyond_stored);
@@ -267,7 +454,7 @@ pub fn render(r: &VerifyReport) -> String {
         s,
         "{}",
         if r.clean {
-            "OK: no duplicates, no gaps"
+            "OK: no duplicates, no gaps, every record in exactly one table"
         } else {
             "PROBLEMS FOUND"
         }

@@ -613,6 +613,9 @@ pub struct Outage {
     pub log_reads: std::sync::Arc<AtomicU64>,
     /// Requests whose path contains this are refused (the connection is cut).
     refuse: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Requests whose path contains this are answered 403 AccessDenied, as S3
+    /// answers refused credentials.
+    deny: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     task: tokio::task::JoinHandle<()>,
@@ -632,6 +635,8 @@ impl Outage {
         let reads = log_reads.clone();
         let refuse = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let refusing = refuse.clone();
+        let deny = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let denying = deny.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -643,17 +648,33 @@ impl Outage {
                 let upstream = upstream.clone();
                 let reads = reads.clone();
                 let refusing = refusing.clone();
+                let denying = denying.clone();
                 let h = tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
                     if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
                         let (mut from_server, mut to_server) = server.into_split();
                         let (mut from_client, mut to_client) = client.split();
-                        let up =
-                            count_log_reads(&mut from_client, &mut to_server, &reads, &refusing);
+                        let up = count_log_reads(
+                            &mut from_client,
+                            &mut to_server,
+                            &reads,
+                            &refusing,
+                            &denying,
+                        );
                         let down = tokio::io::copy(&mut from_server, &mut to_client);
                         // Whichever side ends (or a refused request) ends the connection.
-                        tokio::select! {
-                            _ = up => {}
-                            _ = down => {}
+                        let denied = tokio::select! {
+                            r = up => matches!(r, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied),
+                            _ = down => false,
+                        };
+                        if denied {
+                            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+                            let response = format!(
+                                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = to_client.write_all(response.as_bytes()).await;
+                            let _ = to_client.shutdown().await;
                         }
                     }
                 });
@@ -664,6 +685,7 @@ impl Outage {
             addr,
             log_reads,
             refuse,
+            deny,
             down,
             conns,
             task,
@@ -673,6 +695,12 @@ impl Outage {
     /// Cut every request whose path contains `pattern` (None: let all through).
     pub fn refuse(&self, pattern: Option<&str>) {
         *self.refuse.lock().unwrap() = pattern.map(str::to_owned);
+    }
+
+    /// Answer every request whose path contains `pattern` with 403 AccessDenied,
+    /// as S3 does for refused credentials (None: let all through).
+    pub fn deny(&self, pattern: Option<&str>) {
+        *self.deny.lock().unwrap() = pattern.map(str::to_owned);
     }
 
     /// The number of `_delta_log/` object reads so far.
@@ -703,6 +731,7 @@ async fn count_log_reads(
     to: &mut (impl tokio::io::AsyncWrite + Unpin),
     reads: &AtomicU64,
     refuse: &std::sync::Mutex<Option<String>>,
+    deny: &std::sync::Mutex<Option<String>>,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
@@ -735,6 +764,14 @@ async fn count_log_reads(
                 && line[..end].contains(p)
             {
                 return Err(std::io::Error::other("refused by the test proxy"));
+            }
+            if let Some(p) = deny.lock().unwrap().as_deref()
+                && line[..end].contains(p)
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "denied by the test proxy",
+                ));
             }
             if line.starts_with("GET ") && line[..end].contains("/_delta_log/") {
                 reads.fetch_add(1, Ordering::SeqCst);

@@ -339,3 +339,160 @@ async fn schema_changed_elsewhere_is_adopted_and_ingestion_goes_on() {
         .value(0);
     assert_eq!(n, 400, "the new column reads null in every row");
 }
+
+/// Wait until the daemon's log contains `needle`, failing at once if it exits.
+async fn log_shows(daemon: &mut Daemon, needle: &str, deadline: Duration) {
+    let t0 = Instant::now();
+    loop {
+        if daemon.log_text().contains(needle) {
+            return;
+        }
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            panic!(
+                "daemon exited ({status}) before logging {needle:?}:\n{}",
+                daemon.log_text()
+            );
+        }
+        assert!(
+            t0.elapsed() < deadline,
+            "no {needle:?} in the log within {deadline:?}:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait up to `deadline` for the daemon to exit on its own; its status and log.
+async fn exits_within(
+    daemon: &mut Daemon,
+    deadline: Duration,
+) -> (std::process::ExitStatus, String) {
+    let child = &mut daemon.child;
+    let status = eventually(deadline, "the daemon to stop by itself", || {
+        let r = child.try_wait().unwrap();
+        async move { r }
+    })
+    .await;
+    (status, daemon.log_text())
+}
+
+/// Every (partition, offset) row of the table at `uri`.
+async fn rows_at(s: &Scenario, uri: &str) -> Vec<(i32, i64)> {
+    let cfg = s.config("");
+    let url = tributary::config::parse_table_uri(uri).unwrap();
+    match tributary::table::load(&url, &cfg.storage).await.unwrap() {
+        Some(t) => query_rows(&t).await,
+        None => Vec::new(),
+    }
+}
+
+/// A `{topic}` table is opened at assignment, inside the rebalance callback. With
+/// S3 unreachable then, the daemon must answer the group, keep running and open
+/// the table once S3 is back (it used to exit with the storage error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_errors_that_are_transient_are_retried_until_the_table_opens() {
+    let s = Scenario::new("assign-transient", 2).await;
+    let s3 = s.storage_proxy().await;
+    let produced = produce(
+        &producer(&s.servers.brokers),
+        &s.topic,
+        (0..200u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    let uri = format!("s3://{}/t/{}", s.bucket, s.topic);
+    let text = s
+        .config_toml_via(
+            &s3,
+            "[flush]\nmax_age = \"500ms\"\n[commit]\nmax_backoff = \"1s\"\n",
+        )
+        .replace(&s.table_uri(), &format!("s3://{}/t/{{topic}}", s.bucket));
+    let cfg = s.dir.path().join("assign-transient.toml");
+    std::fs::write(&cfg, text).unwrap();
+    s3.take_down();
+    let mut daemon = Daemon::start(&cfg, s.dir.path());
+    log_shows(
+        &mut daemon,
+        "cannot open the partition's table; will retry",
+        Duration::from_secs(60),
+    )
+    .await;
+    // A few retries with S3 still down: the daemon stays up.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "daemon exited during the outage:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s3.bring_up();
+    let opened_at = Instant::now();
+    let want = produced.values().map(Vec::len).sum::<usize>();
+    eventually(CATCH_UP, "every record in the per-topic table", || async {
+        (rows_at(&s, &uri).await.len() >= want).then_some(())
+    })
+    .await;
+    daemon.stop_cleanly().await;
+    let rows = rows_at(&s, &uri).await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    eprintln!(
+        "assign errors (transient): daemon up through the outage; table opened and caught up \
+         {:.1}s after S3 came back; {} rows, lost {lost}, duplicated {duplicated}",
+        opened_at.elapsed().as_secs_f64(),
+        rows.len()
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+}
+
+/// Refused credentials are permanent: opening a `{topic}` table at assignment, and
+/// reading a table's stored offsets at assignment, must stop the daemon with a
+/// message that says what to fix. The offset read used to retry such errors
+/// forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_errors_that_are_permanent_stop_the_daemon_with_what_to_fix() {
+    let s = Scenario::new("assign-permanent", 2).await;
+    let s3 = s.storage_proxy().await;
+    produce(
+        &producer(&s.servers.brokers),
+        &s.topic,
+        (0..20u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+
+    // 1. A `{topic}` table, S3 refusing the credentials from the start.
+    let text = s
+        .config_toml_via(&s3, "")
+        .replace(&s.table_uri(), &format!("s3://{}/t/{{topic}}", s.bucket));
+    let cfg = s.dir.path().join("assign-permanent-template.toml");
+    std::fs::write(&cfg, text).unwrap();
+    s3.deny(Some(&s.bucket));
+    let mut daemon = Daemon::start(&cfg, s.dir.path());
+    let (status, log) = exits_within(&mut daemon, Duration::from_secs(90)).await;
+    eprintln!(
+        "assign errors (permanent, table open): exit {status}; last line: {}",
+        log.lines().last().unwrap_or_default()
+    );
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("Access denied: the credentials need"), "{log}");
+
+    // 2. A named table (opened at start), whose stored offsets are refused when the
+    //    partitions are assigned (the credentials were revoked meanwhile).
+    s3.deny(None);
+    let cfg = s.dir.path().join("assign-permanent-offsets.toml");
+    std::fs::write(&cfg, s.config_toml_via(&s3, "")).unwrap();
+    let mut daemon = Daemon::start(&cfg, s.dir.path());
+    log_shows(&mut daemon, "table open", Duration::from_secs(60)).await;
+    s3.deny(Some(&s.bucket));
+    let (status, log) = exits_within(&mut daemon, Duration::from_secs(90)).await;
+    eprintln!(
+        "assign errors (permanent, stored offsets): exit {status}; last line: {}",
+        log.lines().last().unwrap_or_default()
+    );
+    assert!(
+        !log.contains("starting partition after its stored offset"),
+        "the offsets were read before the credentials were refused; the test raced:\n{log}"
+    );
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("Access denied: the credentials need"), "{log}");
+}

@@ -35,6 +35,9 @@ struct Store {
     schemas: Vec<(String, String, Vec<Reference>)>,
     /// subject -> schema ids by version (version = index + 1).
     subjects: Vec<(String, Vec<u32>)>,
+    /// Ids answered 40403 for now (a follower that has not replicated them yet,
+    /// or a schema hard-deleted).
+    hidden: Vec<u32>,
 }
 
 struct Inner {
@@ -99,6 +102,15 @@ impl TestRegistry {
     /// Requests served so far.
     pub fn requests(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Answer 40403 for `id` (`hidden`), or serve it again.
+    pub fn hide(&self, id: u32, hidden: bool) {
+        let mut store = self.inner.store.lock().unwrap();
+        store.hidden.retain(|h| *h != id);
+        if hidden {
+            store.hidden.push(id);
+        }
     }
 
     /// Register directly (what a producer's serializer does over HTTP).
@@ -268,6 +280,7 @@ async fn by_id(
     let store = inner.store.lock().unwrap();
     match id
         .checked_sub(1)
+        .filter(|_| !store.hidden.contains(&id))
         .and_then(|i| store.schemas.get(i as usize))
     {
         Some((kind, text, refs)) => {
