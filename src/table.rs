@@ -81,6 +81,9 @@ impl TableError {
 pub fn is_retryable(e: &DeltaTableError) -> bool {
     use deltalake::kernel::transaction::TransactionError;
     use deltalake::parquet::errors::ParquetError;
+    if refused_by_storage(&e.to_string()) {
+        return false;
+    }
     match e {
         DeltaTableError::ObjectStore { source } => store_retryable(source),
         // The Parquet writer streams to the object store: an upload failing under it
@@ -136,6 +139,25 @@ fn flattened_store_error_retryable(message: &str) -> bool {
     message
         .strip_prefix(KERNEL_STORE)
         .is_some_and(|store| !PERMANENT.iter().any(|p| store.starts_with(p)))
+}
+
+/// Whether the storage server refused the request for good: refused credentials
+/// or permissions, or a bucket that does not exist.
+///
+/// object_store types these as `PermissionDenied`, `Unauthenticated` or `NotFound`
+/// for object requests, but a LIST (how delta-rs and the kernel find the log's
+/// versions) comes back as `Generic` with the HTTP status only in its text, and
+/// object_store's `RetryError`, which holds the status, is not public. So the text
+/// is read, and only for the status line object_store writes
+/// ("Server returned non-2xx status code: 403 Forbidden: <body>").
+fn refused_by_storage(message: &str) -> bool {
+    const STATUS: &str = "status code: ";
+    message.match_indices(STATUS).any(|(i, _)| {
+        let status = &message[i + STATUS.len()..];
+        status.starts_with("401 ")
+            || status.starts_with("403 ")
+            || (status.starts_with("404 ") && status.contains("NoSuchBucket"))
+    })
 }
 
 /// Whether an object-store error is transient (not a missing object, a bad path
@@ -581,6 +603,35 @@ pub fn new_writer(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusals_written_into_a_list_error_text_are_permanent() {
+        let list = |status: &str| {
+            format!(
+                "Failed to read delta log object: Generic S3 error: Error performing list request: \
+                 Error performing GET http://127.0.0.1:1/b?list-type=2&prefix=t%2F_delta_log%2F in 1.2ms \
+                 - Server returned non-2xx status code: {status}: <?xml version=\"1.0\"?><Error>\
+                 <Code>X</Code></Error>"
+            )
+        };
+        assert!(super::refused_by_storage(&list("403 Forbidden")));
+        assert!(super::refused_by_storage(&list("401 Unauthorized")));
+        assert!(super::refused_by_storage(
+            &list("404 Not Found").replace("<Code>X", "<Code>NoSuchBucket")
+        ));
+        // A 404 of an object is typed NotFound elsewhere; here it is not a refusal.
+        assert!(!super::refused_by_storage(&list("404 Not Found")));
+        assert!(!super::refused_by_storage(&list("503 Service Unavailable")));
+        assert!(!super::refused_by_storage(
+            "Generic S3 error: error sending request: connection closed before message completed"
+        ));
+        // Through the classification delta-rs errors get.
+        let e = deltalake::DeltaTableError::Generic(format!(
+            "Error interacting with object store: {}",
+            list("403 Forbidden")
+        ));
+        assert!(!super::is_retryable(&e));
+    }
+
     use super::*;
 
     #[test]

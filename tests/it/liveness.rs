@@ -460,7 +460,7 @@ async fn assign_errors_that_are_permanent_stop_the_daemon_with_what_to_fix() {
     )
     .await;
 
-    // 1. A `{topic}` table, S3 refusing the credentials from the start.
+    // A `{topic}` table, S3 refusing the credentials from the start.
     let text = s
         .config_toml_via(&s3, "")
         .replace(&s.table_uri(), &format!("s3://{}/t/{{topic}}", s.bucket));
@@ -470,24 +470,40 @@ async fn assign_errors_that_are_permanent_stop_the_daemon_with_what_to_fix() {
     let mut daemon = Daemon::start(&cfg, s.dir.path());
     let (status, log) = exits_within(&mut daemon, Duration::from_secs(90)).await;
     eprintln!(
-        "assign errors (permanent, table open): exit {status}; last line: {}",
-        log.lines().last().unwrap_or_default()
+        "assign errors (permanent, table open): exit {status}; {}",
+        log.lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_default()
     );
     assert!(!status.success(), "{log}");
     assert!(log.contains("Access denied: the credentials need"), "{log}");
+}
 
-    // 2. A named table (opened at start), whose stored offsets are refused when the
-    //    partitions are assigned (the credentials were revoked meanwhile).
-    s3.deny(None);
+/// The stored-offset read at assignment used to retry every error forever: a
+/// named table (opened at start) whose offsets are refused when the partitions
+/// are assigned (the credentials were revoked meanwhile) must stop the daemon
+/// with what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_errors_reading_stored_offsets_that_are_permanent_stop_the_daemon() {
+    let s = Scenario::new("assign-offsets", 2).await;
+    let s3 = s.storage_proxy().await;
+    produce(
+        &producer(&s.servers.brokers),
+        &s.topic,
+        (0..20u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
     let cfg = s.dir.path().join("assign-permanent-offsets.toml");
     std::fs::write(&cfg, s.config_toml_via(&s3, "")).unwrap();
     let mut daemon = Daemon::start(&cfg, s.dir.path());
     log_shows(&mut daemon, "table open", Duration::from_secs(60)).await;
     s3.deny(Some(&s.bucket));
-    let (status, log) = exits_within(&mut daemon, Duration::from_secs(90)).await;
+    let (status, log) = exits_within(&mut daemon, Duration::from_secs(60)).await;
     eprintln!(
-        "assign errors (permanent, stored offsets): exit {status}; last line: {}",
-        log.lines().last().unwrap_or_default()
+        "assign errors (permanent, stored offsets): exit {status}; {}",
+        log.lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_default()
     );
     assert!(
         !log.contains("starting partition after its stored offset"),
