@@ -790,9 +790,117 @@ async fn new_partitions_of_a_new_topic_matching_the_pattern_are_ingested_within_
     let picked_up = created.elapsed();
     run.stop().await;
     let t = s.table().await.unwrap();
+    let got = topic_rows_of(&t, &later).await;
+    let (lost, duplicated) = diff(&got, &produced);
+    eprintln!(
+        "new topic: committed {:.1}s after it was created; {} rows, lost {lost}, duplicated {duplicated}",
+        picked_up.as_secs_f64(),
+        got.len()
+    );
+    assert_eq!((got.len(), lost, duplicated), (30, 0, 0));
+}
+
+/// Under `auto_offset_reset = "latest"` a topic created mid-run that matches
+/// `topic_pattern` starts at its end as of discovery: what was produced before is
+/// skipped, and everything produced after its partitions were assigned (their ends
+/// stored in the table at once) is ingested exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_partitions_of_a_new_topic_under_latest_start_at_discovery_and_lose_nothing_after() {
+    let s = Scenario::new("new-topic-latest", 1).await;
+    let producer = producer(&s.servers.brokers);
+    let toml = s
+        .config_toml("[flush]\nmax_age = \"500ms\"")
+        .replace(
+            &format!("topics = [\"{}\"]", s.topic),
+            &format!("topic_pattern = \"^{}.*\"", s.topic),
+        )
+        .replace(
+            "auto_offset_reset = \"earliest\"",
+            "auto_offset_reset = \"latest\"",
+        );
+    let cfg = parse_config(&toml);
+    let run = start(cfg);
+    eventually(Duration::from_secs(60), "the first topic assigned", || {
+        let n = run
+            .stats
+            .assigned_partitions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        async move { (n > 0).then_some(()) }
+    })
+    .await;
+    let later = format!("{}-later", s.topic);
+    create_topic(&s.servers.brokers, &later, 2).await;
+    // Before discovery (the metadata refresh is 30 s): skipped by "latest".
+    let before = produce(
+        &producer,
+        &later,
+        (0..10u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    let later_tps: Vec<TopicPartition> = (0..2)
+        .map(|p| TopicPartition::new(later.as_str(), p))
+        .collect();
+    // Discovered and assigned: the ends are stored in the table at once.
+    let pinned = eventually(
+        Duration::from_secs(60),
+        "the new topic's ends stored",
+        || {
+            let tps = later_tps.clone();
+            let s = &s;
+            async move {
+                let t = s.table().await?;
+                let stored = tributary::table::stored_offsets(&t, &s.app_id, &tps)
+                    .await
+                    .ok()?;
+                tps.iter()
+                    .map(|tp| stored.get(tp).copied().flatten())
+                    .collect::<Option<Vec<i64>>>()
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        pinned,
+        vec![before[&0].len() as i64 - 1, before[&1].len() as i64 - 1],
+        "the ends at discovery"
+    );
+    let after = produce(
+        &producer,
+        &later,
+        (10..40u64).map(|i| ((i % 2) as i32, event(i))),
+    )
+    .await;
+    let stats = run.stats.clone();
+    let want = last_offsets(&after);
+    eventually(Duration::from_secs(60), "the new topic committed", || {
+        let c = stats.committed_offsets();
+        let done = want
+            .iter()
+            .all(|(p, last)| c.get(&TopicPartition::new(later.as_str(), *p)).copied() == *last);
+        async move { done.then_some(()) }
+    })
+    .await;
+    run.stop().await;
+    let t = s.table().await.unwrap();
+    let got = topic_rows_of(&t, &later).await;
+    let (lost, duplicated) = diff(&got, &after);
+    let skipped = got
+        .iter()
+        .filter(|(p, o)| before.get(p).is_some_and(|offs| offs.contains(o)))
+        .count();
+    eprintln!(
+        "new topic under latest: ends stored at {pinned:?}; {} rows, lost {lost}, duplicated \
+         {duplicated}, rows from before discovery {skipped}",
+        got.len()
+    );
+    assert_eq!((got.len(), lost, duplicated, skipped), (30, 0, 0, 0));
+}
+
+/// (partition, offset) of `topic`'s rows in `t`, sorted.
+async fn topic_rows_of(t: &deltalake::DeltaTable, topic: &str) -> Vec<(i32, i64)> {
     let rows = query(
-        &t,
-        &format!("SELECT _partition, _offset FROM t WHERE _topic = '{later}'"),
+        t,
+        &format!("SELECT _partition, _offset FROM t WHERE _topic = '{topic}'"),
     )
     .await;
     let mut got: Vec<(i32, i64)> = rows
@@ -810,11 +918,5 @@ async fn new_partitions_of_a_new_topic_matching_the_pattern_are_ingested_within_
         })
         .collect();
     got.sort();
-    let (lost, duplicated) = diff(&got, &produced);
-    eprintln!(
-        "new topic: committed {:.1}s after it was created; {} rows, lost {lost}, duplicated {duplicated}",
-        picked_up.as_secs_f64(),
-        got.len()
-    );
-    assert_eq!((got.len(), lost, duplicated), (30, 0, 0));
+    got
 }
