@@ -1057,36 +1057,6 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The kept records of `chunk[range]` whose dead letters are already in the
-    /// dead-letter table (see [`PartState::dead_kept`]), as chunk indices.
-    fn already_dead(
-        &self,
-        chunk: &RecordChunk,
-        keep: &[bool],
-        range: std::ops::Range<usize>,
-    ) -> HashSet<usize> {
-        let kept: Vec<Option<&BTreeSet<i64>>> = chunk
-            .partitions
-            .iter()
-            .map(|cp| {
-                self.parts
-                    .get(&cp.tp)
-                    .map(|p| &p.dead_kept)
-                    .filter(|k| !k.is_empty())
-            })
-            .collect();
-        if kept.iter().all(Option::is_none) {
-            return HashSet::new();
-        }
-        range
-            .filter(|&i| keep[i])
-            .filter(|&i| {
-                let r = &chunk.records[i];
-                kept[r.part as usize].is_some_and(|k| k.contains(&r.offset))
-            })
-            .collect()
-    }
-
     /// Account for, decode and write the kept records of `chunk[range]`.
     async fn on_segment(
         &mut self,
@@ -1117,7 +1087,7 @@ impl Pipeline {
             })
             .collect();
         // Records whose dead letters landed before a crash stay rejected.
-        let already_dead = self.already_dead(chunk, keep, range.clone());
+        let already_dead = already_dead(&self.parts, chunk, keep, range.clone());
         let in_segment = |i: usize| {
             range.contains(&i)
                 && keep[i]
@@ -1369,14 +1339,7 @@ impl Pipeline {
                     .iter()
                     .filter(|p| window.dead_parts.contains(&p.tp))
                     .map(|p| {
-                        let expected = self.parts.get(&p.tp).and_then(|s| s.dead_committed);
-                        PartitionCommit {
-                            tp: p.tp.clone(),
-                            expected,
-                            // A replayed window may end below what the dead-letter
-                            // table already holds: its offset never moves back.
-                            last: expected.map_or(p.last, |e| e.max(p.last)),
-                        }
+                        dead_letter_commit(p, self.parts.get(&p.tp).and_then(|s| s.dead_committed))
                     })
                     .collect(),
                 props: d.props.clone(),
@@ -1681,6 +1644,47 @@ impl Pipeline {
     }
 }
 
+/// The kept records of `chunk[range]` whose dead letters are already in the
+/// dead-letter table (see [`PartState::dead_kept`]), as chunk indices.
+fn already_dead(
+    parts: &HashMap<TopicPartition, PartState>,
+    chunk: &RecordChunk,
+    keep: &[bool],
+    range: std::ops::Range<usize>,
+) -> HashSet<usize> {
+    let kept: Vec<Option<&BTreeSet<i64>>> = chunk
+        .partitions
+        .iter()
+        .map(|cp| {
+            parts
+                .get(&cp.tp)
+                .map(|p| &p.dead_kept)
+                .filter(|k| !k.is_empty())
+        })
+        .collect();
+    if kept.iter().all(Option::is_none) {
+        return HashSet::new();
+    }
+    range
+        .filter(|&i| keep[i])
+        .filter(|&i| {
+            let r = &chunk.records[i];
+            kept[r.part as usize].is_some_and(|k| k.contains(&r.offset))
+        })
+        .collect()
+}
+
+/// The dead-letter table's part of a window's commit for one partition: from the
+/// offset that table holds to the window's last, except that a replayed window
+/// ending below what the table already holds never moves it back.
+fn dead_letter_commit(window: &PartitionCommit, dead_committed: Option<i64>) -> PartitionCommit {
+    PartitionCommit {
+        tp: window.tp.clone(),
+        expected: dead_committed,
+        last: dead_committed.map_or(window.last, |d| d.max(window.last)),
+    }
+}
+
 /// A window's dead letters, committed to the dead-letter table before its rows.
 struct DeadCommit {
     table: DeltaTable,
@@ -1787,6 +1791,75 @@ async fn commit_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn part(committed: Option<i64>, dead_kept: &[i64]) -> PartState {
+        PartState {
+            epoch: 1,
+            committed,
+            seen_last: committed,
+            sink: Some(0),
+            dead_committed: dead_kept.last().copied(),
+            dead_kept: dead_kept.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn a_replay_keeps_first_pass_rejections_and_only_those() {
+        let tp = TopicPartition::new("t", 0);
+        let other = TopicPartition::new("t", 1);
+        // Offsets 10..16 of partition 0, then 10..12 of partition 1.
+        let mut chunk =
+            RecordChunk::from_values(&tp, 10, ["a", "b", "c", "d", "e", "f"].map(str::as_bytes));
+        let more = RecordChunk::from_values(&other, 10, ["x", "y"].map(str::as_bytes));
+        let p1 = chunk.partition_index(&other, 0);
+        for r in &more.records {
+            let mut r = r.clone();
+            r.part = p1;
+            r.value = r.value.map(|v| chunk.push_bytes(&more.data[v]));
+            chunk.records.push(r);
+        }
+        let parts: HashMap<TopicPartition, PartState> = [
+            (tp.clone(), part(Some(9), &[11, 14])),
+            (other.clone(), part(Some(9), &[])),
+        ]
+        .into();
+        let keep = vec![true; chunk.len()];
+        let found = already_dead(&parts, &chunk, &keep, 0..chunk.len());
+        assert_eq!(
+            found,
+            HashSet::from([1, 4]),
+            "offsets 11 and 14 of partition 0"
+        );
+        // Only within the range and among the kept records.
+        let mut keep = keep;
+        keep[4] = false;
+        assert_eq!(
+            already_dead(&parts, &chunk, &keep, 0..3),
+            HashSet::from([1])
+        );
+        assert!(already_dead(&parts, &chunk, &keep, 2..4).is_empty());
+        // Nothing kept anywhere: nothing to look up.
+        let plain: HashMap<TopicPartition, PartState> = [(tp.clone(), part(Some(9), &[]))].into();
+        assert!(already_dead(&plain, &chunk, &keep, 0..chunk.len()).is_empty());
+    }
+
+    #[test]
+    fn the_dead_letter_offset_never_moves_back() {
+        let window = |last| PartitionCommit {
+            tp: TopicPartition::new("t", 0),
+            expected: Some(3),
+            last,
+        };
+        // First window of the partition in the dead-letter table.
+        assert_eq!(dead_letter_commit(&window(9), None).expected, None);
+        assert_eq!(dead_letter_commit(&window(9), None).last, 9);
+        // A replay that goes past what the table holds moves it forward.
+        let c = dead_letter_commit(&window(12), Some(9));
+        assert_eq!((c.expected, c.last), (Some(9), 12));
+        // A replay that ends below it leaves it where it is (no move).
+        let c = dead_letter_commit(&window(6), Some(9));
+        assert_eq!((c.expected, c.last), (Some(9), 9));
+    }
 
     fn storage_error(source: deltalake::ObjectStoreError) -> PipelineError {
         PipelineError::Table(Box::new(TableError::Delta {
