@@ -451,14 +451,7 @@ async fn assign_errors_that_are_transient_are_retried_until_the_table_opens() {
 /// forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assign_errors_that_are_permanent_stop_the_daemon_with_what_to_fix() {
-    let s = Scenario::new("assign-permanent", 2).await;
-    let s3 = s.storage_proxy().await;
-    produce(
-        &producer(&s.servers.brokers),
-        &s.topic,
-        (0..20u64).map(|i| ((i % 2) as i32, event(i))),
-    )
-    .await;
+    let (s, s3) = scenario_with_records("assign-permanent").await;
 
     // A `{topic}` table, S3 refusing the credentials from the start.
     let text = s
@@ -468,15 +461,7 @@ async fn assign_errors_that_are_permanent_stop_the_daemon_with_what_to_fix() {
     std::fs::write(&cfg, text).unwrap();
     s3.deny(Some(&s.bucket));
     let mut daemon = Daemon::start(&cfg, s.dir.path());
-    let (status, log) = exits_within(&mut daemon, Duration::from_secs(90)).await;
-    eprintln!(
-        "assign errors (permanent, table open): exit {status}; {}",
-        log.lines()
-            .find(|l| l.starts_with("error: "))
-            .unwrap_or_default()
-    );
-    assert!(!status.success(), "{log}");
-    assert!(log.contains("Access denied: the credentials need"), "{log}");
+    stops_saying_access_denied(&mut daemon, "table open").await;
 }
 
 /// The stored-offset read at assignment used to retry every error forever: a
@@ -485,7 +470,22 @@ async fn assign_errors_that_are_permanent_stop_the_daemon_with_what_to_fix() {
 /// with what to fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assign_errors_reading_stored_offsets_that_are_permanent_stop_the_daemon() {
-    let s = Scenario::new("assign-offsets", 2).await;
+    let (s, s3) = scenario_with_records("assign-offsets").await;
+    let cfg = s.dir.path().join("assign-permanent-offsets.toml");
+    std::fs::write(&cfg, s.config_toml_via(&s3, "")).unwrap();
+    let mut daemon = Daemon::start(&cfg, s.dir.path());
+    log_shows(&mut daemon, "table open", Duration::from_secs(60)).await;
+    s3.deny(Some(&s.bucket));
+    let log = stops_saying_access_denied(&mut daemon, "stored offsets").await;
+    assert!(
+        !log.contains("starting partition after its stored offset"),
+        "the offsets were read before the credentials were refused; the test raced:\n{log}"
+    );
+}
+
+/// A 2-partition scenario behind a storage proxy, with 20 records produced.
+async fn scenario_with_records(name: &str) -> (Scenario, Outage) {
+    let s = Scenario::new(name, 2).await;
     let s3 = s.storage_proxy().await;
     produce(
         &producer(&s.servers.brokers),
@@ -493,24 +493,21 @@ async fn assign_errors_reading_stored_offsets_that_are_permanent_stop_the_daemon
         (0..20u64).map(|i| ((i % 2) as i32, event(i))),
     )
     .await;
-    let cfg = s.dir.path().join("assign-permanent-offsets.toml");
-    std::fs::write(&cfg, s.config_toml_via(&s3, "")).unwrap();
-    let mut daemon = Daemon::start(&cfg, s.dir.path());
-    log_shows(&mut daemon, "table open", Duration::from_secs(60)).await;
-    s3.deny(Some(&s.bucket));
-    let (status, log) = exits_within(&mut daemon, Duration::from_secs(60)).await;
+    (s, s3)
+}
+
+/// The daemon stops by itself, non-zero, with the access-denied hint; its log.
+async fn stops_saying_access_denied(daemon: &mut Daemon, case: &str) -> String {
+    let (status, log) = exits_within(daemon, Duration::from_secs(60)).await;
     eprintln!(
-        "assign errors (permanent, stored offsets): exit {status}; {}",
+        "assign errors (permanent, {case}): exit {status}; {}",
         log.lines()
             .find(|l| l.starts_with("error: "))
             .unwrap_or_default()
     );
-    assert!(
-        !log.contains("starting partition after its stored offset"),
-        "the offsets were read before the credentials were refused; the test raced:\n{log}"
-    );
     assert!(!status.success(), "{log}");
     assert!(log.contains("Access denied: the credentials need"), "{log}");
+    log
 }
 
 /// Python deltalake (delta-rs' own bindings, a different release): add a nullable
