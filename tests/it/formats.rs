@@ -1270,3 +1270,64 @@ async fn verify_avro_decodes_with_the_configured_format_and_accounts_for_filtere
     assert_eq!((p.gaps, p.gap_sample.clone()), (1, vec![2]));
     assert_eq!((p.rejected, p.filtered), (1, 1));
 }
+
+/// A `{topic}` table with no schema file is created from the registry's schema at
+/// its topic's first assignment. With the registry unreachable then, the daemon
+/// must keep running and create the table once the registry answers (it used to
+/// exit with the registry error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_errors_with_the_registry_unreachable_are_retried_until_the_table_is_created() {
+    let registry = TestRegistry::start(None).await;
+    let s = Scenario::new("assign-registry", 1).await;
+    let id = registry.register(&format!("{}-value", s.topic), "AVRO", ORDERS_V1);
+    let proxy = Outage::start(&registry.addr.to_string()).await;
+    let produced = produce(
+        &producer(&s.servers.brokers),
+        &s.topic,
+        (0..20).map(|i| (0, frame(ORDERS_V1, id, order(i, false)))),
+    )
+    .await;
+    let uri = format!("s3://{}/t/{}", s.bucket, s.topic);
+    let text = s
+        .config_toml(&format!(
+            "[decode]\nformat = \"avro\"\n\n[schema_registry]\nurl = \"http://{}\"\n\n\
+             [flush]\nmax_age = \"500ms\"\n[commit]\nmax_backoff = \"1s\"\n",
+            proxy.addr
+        ))
+        .replace(
+            &format!("schema_file = \"{}\"\n", demo_schema_path().display()),
+            "",
+        )
+        .replace(&s.table_uri(), &format!("s3://{}/t/{{topic}}", s.bucket));
+    let cfg = s.dir.path().join("assign-registry.toml");
+    std::fs::write(&cfg, text).unwrap();
+    proxy.take_down();
+    let mut daemon = Daemon::start(&cfg, s.dir.path());
+    log_shows(
+        &mut daemon,
+        "cannot open the partition's table; will retry",
+        Duration::from_secs(60),
+    )
+    .await;
+    proxy.bring_up();
+    let cfg = s.config("");
+    let url = tributary::config::parse_table_uri(&uri).unwrap();
+    let rows = eventually(
+        Duration::from_secs(90),
+        "the table created and filled",
+        || async {
+            let t = tributary::table::load(&url, &cfg.storage).await.ok()??;
+            let rows = query_rows(&t).await;
+            (rows.len() >= 20).then_some(rows)
+        },
+    )
+    .await;
+    daemon.stop_cleanly().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    eprintln!(
+        "assign errors (registry unreachable): table created after the registry came back; \
+         {} rows, lost {lost}, duplicated {duplicated}",
+        rows.len()
+    );
+    assert_eq!((rows.len(), lost, duplicated), (20, 0, 0));
+}

@@ -340,42 +340,6 @@ async fn schema_changed_elsewhere_is_adopted_and_ingestion_goes_on() {
     assert_eq!(n, 400, "the new column reads null in every row");
 }
 
-/// Wait until the daemon's log contains `needle`, failing at once if it exits.
-async fn log_shows(daemon: &mut Daemon, needle: &str, deadline: Duration) {
-    let t0 = Instant::now();
-    loop {
-        if daemon.log_text().contains(needle) {
-            return;
-        }
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            panic!(
-                "daemon exited ({status}) before logging {needle:?}:\n{}",
-                daemon.log_text()
-            );
-        }
-        assert!(
-            t0.elapsed() < deadline,
-            "no {needle:?} in the log within {deadline:?}:\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Wait up to `deadline` for the daemon to exit on its own; its status and log.
-async fn exits_within(
-    daemon: &mut Daemon,
-    deadline: Duration,
-) -> (std::process::ExitStatus, String) {
-    let child = &mut daemon.child;
-    let status = eventually(deadline, "the daemon to stop by itself", || {
-        let r = child.try_wait().unwrap();
-        async move { r }
-    })
-    .await;
-    (status, daemon.log_text())
-}
-
 /// Every (partition, offset) row of the table at `uri`.
 async fn rows_at(s: &Scenario, uri: &str) -> Vec<(i32, i64)> {
     let cfg = s.config("");
