@@ -904,7 +904,8 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         // One budget for the whole callback, however many tables: the group waits
         // for this answer.
-        let deadline = Instant::now() + self.options.revoke_commit_timeout;
+        let deadline =
+            Instant::now() + revoke_budget(self.options.revoke_commit_timeout, &self.cfg.kafka);
         let left = || deadline.saturating_duration_since(Instant::now());
         for i in 0..self.sinks.len() {
             let touches_window = partitions
@@ -1644,6 +1645,24 @@ impl Pipeline {
     }
 }
 
+/// librdkafka's default `session.timeout.ms`.
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// How long a revoke may wait for commits: the configured budget, but at most half
+/// the session timeout. The whole group waits for this answer, and waiting is only
+/// an optimisation (a commit that lands after the partitions moved is stale for
+/// their new owner, or makes the new owner's commit stale: never a duplicate), so a
+/// commit stuck on storage must not keep a joining member out for longer than the
+/// group's own liveness bound.
+fn revoke_budget(configured: Duration, kafka: &crate::config::KafkaConfig) -> Duration {
+    let session = kafka
+        .properties
+        .get("session.timeout.ms")
+        .and_then(|v| v.expose().trim().parse::<u64>().ok())
+        .map_or(DEFAULT_SESSION_TIMEOUT, Duration::from_millis);
+    configured.min(session / 2)
+}
+
 /// The kept records of `chunk[range]` whose dead letters are already in the
 /// dead-letter table (see [`PartState::dead_kept`]), as chunk indices.
 fn already_dead(
@@ -1841,6 +1860,31 @@ mod tests {
         // Nothing kept anywhere: nothing to look up.
         let plain: HashMap<TopicPartition, PartState> = [(tp.clone(), part(Some(9), &[]))].into();
         assert!(already_dead(&plain, &chunk, &keep, 0..chunk.len()).is_empty());
+    }
+
+    #[test]
+    fn a_revoke_waits_at_most_half_the_session_timeout() {
+        let mut kafka = crate::config::KafkaConfig {
+            brokers: "b:9092".into(),
+            group_id: "g".into(),
+            subscription: Subscription::Topics(vec!["t".into()]),
+            auto_offset_reset: OffsetReset::Earliest,
+            properties: Default::default(),
+            max_chunk_records: 1,
+            channel_capacity: 1,
+        };
+        let s = Duration::from_secs;
+        // librdkafka's default session timeout, 45 s: half of it.
+        assert_eq!(
+            revoke_budget(s(30), &kafka),
+            s(22) + Duration::from_millis(500)
+        );
+        kafka.properties.insert(
+            "session.timeout.ms".into(),
+            crate::secret::Secret::new("6000"),
+        );
+        assert_eq!(revoke_budget(s(30), &kafka), s(3));
+        assert_eq!(revoke_budget(s(1), &kafka), s(1));
     }
 
     #[test]

@@ -573,3 +573,61 @@ async fn schema_changed_elsewhere_by_another_writer_is_adopted_by_two_daemons() 
     assert_eq!(round2, 200, "round 2 decoded into the new column:\n{both}");
     assert!(!both.contains("SchemaMismatch"), "{both}");
 }
+
+/// Back-pressure with the commit stuck on storage: a second daemon joining the
+/// group gets its partitions within about the session timeout (6 s here, plus
+/// Tansu's join delay of about half of it), not after the stuck commit's revoke
+/// budget (30 s). The revoke answers once half the session timeout has passed; the
+/// stuck commit, if it lands later, is stale for the new owner or makes the new
+/// owner's commit stale. The table ends exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_lets_a_joining_daemon_take_its_partitions_within_the_session_timeout() {
+    let s = Scenario::new("back-pressure-join", 4).await;
+    let s3 = s.storage_proxy().await;
+    let records = (0..3000u64).map(|i| ((i % 4) as i32, event(i)));
+    let producer = producer(&s.servers.brokers);
+    let mut produced = produce(&producer, &s.topic, records).await;
+    let text = s
+        .config_toml_via(
+            &s3,
+            "[flush]\nmax_rows = 500\nmax_age = \"300ms\"\n[commit]\nmax_backoff = \"2s\"\n",
+        )
+        .replace(
+            "[kafka.properties]\n",
+            "max_chunk_records = 20\nchannel_capacity = 1\n\n[kafka.properties]\n",
+        );
+    let cfg = s.dir.path().join("back-pressure-join.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut a = Daemon::start(&cfg, s.dir.path());
+    s.rows_after_first_commits().await;
+    // Only commits fail (reads and data uploads go on): the commit retries.
+    s3.refuse(Some(&format!("PUT /{}/events/_delta_log/", s.bucket)));
+    // More records, whose commit cannot land.
+    let more = (3000..5000u64).map(|i| ((i % 4) as i32, event(i)));
+    for (p, o) in produce(&producer, &s.topic, more).await {
+        produced.entry(p).or_default().extend(o);
+    }
+    log_shows(&mut a, "commit failed; retrying", Duration::from_secs(60)).await;
+    let joined = Instant::now();
+    let mut b = Daemon::start(&cfg, s.dir.path());
+    log_shows(&mut b, "partitions assigned", Duration::from_secs(60)).await;
+    let took = joined.elapsed();
+    s3.refuse(None);
+    s.wait_caught_up(&produced, 4, CATCH_UP).await;
+    a.stop_cleanly().await;
+    b.stop_cleanly().await;
+    let rows = s.rows().await;
+    let (lost, duplicated) = diff(&rows, &produced);
+    eprintln!(
+        "back-pressure join: the second daemon had partitions {:.1}s after it started \
+         (session timeout 6 s); {} rows, lost {lost}, duplicated {duplicated}",
+        took.as_secs_f64(),
+        rows.len()
+    );
+    assert!(
+        took < Duration::from_secs(12),
+        "the joining daemon waited {took:?} for partitions:\n{}",
+        a.log_text()
+    );
+    assert_eq!((lost, duplicated), (0, 0));
+}
