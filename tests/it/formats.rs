@@ -1310,14 +1310,11 @@ async fn assign_errors_with_the_registry_unreachable_are_retried_until_the_table
     )
     .await;
     proxy.bring_up();
-    let cfg = s.config("");
-    let url = tributary::config::parse_table_uri(&uri).unwrap();
     let rows = eventually(
         Duration::from_secs(90),
         "the table created and filled",
         || async {
-            let t = tributary::table::load(&url, &cfg.storage).await.ok()??;
-            let rows = query_rows(&t).await;
+            let rows = s.rows_at(&uri).await;
             (rows.len() >= 20).then_some(rows)
         },
     )

@@ -421,6 +421,17 @@ secret_access_key = "test"
         .await;
     }
 
+    /// Every (partition, offset) row of the table at `uri` (none while it does not
+    /// exist), e.g. a `{topic}` route's table.
+    pub async fn rows_at(&self, uri: &str) -> Vec<(i32, i64)> {
+        let cfg = self.config("");
+        let url = tributary::config::parse_table_uri(uri).unwrap();
+        match tributary::table::load(&url, &cfg.storage).await.unwrap() {
+            Some(t) => query_rows(&t).await,
+            None => Vec::new(),
+        }
+    }
+
     /// Every (partition, offset) row in the table.
     pub async fn rows(&self) -> Vec<(i32, i64)> {
         let Some(t) = self.table().await else {

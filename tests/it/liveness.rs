@@ -32,6 +32,28 @@ fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
     panic!("no thread named {name} in process {pid}");
 }
 
+/// A config through `s3` that back-pressures soon: small chunks, a channel of one,
+/// windows of 500 rows; `properties` go into `[kafka.properties]`.
+fn back_pressure_config(s: &Scenario, s3: &Outage, properties: &str) -> std::path::PathBuf {
+    let text = s
+        .config_toml_via(
+            s3,
+            "[flush]\nmax_rows = 500\nmax_age = \"300ms\"\n[commit]\nmax_backoff = \"2s\"\n",
+        )
+        .replace(
+            "[kafka.properties]\n",
+            &format!(
+                "max_chunk_records = 20\nchannel_capacity = 1\n\n[kafka.properties]\n{properties}"
+            ),
+        );
+    let cfg = s
+        .dir
+        .path()
+        .join(format!("{}.toml", unique("back-pressure")));
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// Back-pressure held longer than `max.poll.interval.ms`: S3 is cut while the
 /// pipeline holds a full channel of full chunks. The poll thread must keep
 /// polling (the member stays in the group, no "maximum poll interval exceeded")
@@ -42,17 +64,7 @@ async fn back_pressure_keeps_polling_at_near_zero_cpu_and_stays_in_the_group() {
     let s3 = s.storage_proxy().await;
     let records = (0..3000u64).map(|i| ((i % 4) as i32, event(i)));
     let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
-    let text = s
-        .config_toml_via(
-            &s3,
-            "[flush]\nmax_rows = 500\nmax_age = \"300ms\"\n[commit]\nmax_backoff = \"2s\"\n",
-        )
-        .replace(
-            "[kafka.properties]\n",
-            "max_chunk_records = 20\nchannel_capacity = 1\n\n[kafka.properties]\n\"max.poll.interval.ms\" = \"7000\"\n",
-        );
-    let cfg = s.dir.path().join("back-pressure.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = back_pressure_config(&s, &s3, "\"max.poll.interval.ms\" = \"7000\"\n");
     let mut daemon = Daemon::start(&cfg, s.dir.path());
     s.rows_after_first_commits().await;
     s3.take_down();
@@ -340,16 +352,6 @@ async fn schema_changed_elsewhere_is_adopted_and_ingestion_goes_on() {
     assert_eq!(n, 400, "the new column reads null in every row");
 }
 
-/// Every (partition, offset) row of the table at `uri`.
-async fn rows_at(s: &Scenario, uri: &str) -> Vec<(i32, i64)> {
-    let cfg = s.config("");
-    let url = tributary::config::parse_table_uri(uri).unwrap();
-    match tributary::table::load(&url, &cfg.storage).await.unwrap() {
-        Some(t) => query_rows(&t).await,
-        None => Vec::new(),
-    }
-}
-
 /// A `{topic}` table is opened at assignment, inside the rebalance callback. With
 /// S3 unreachable then, the daemon must answer the group, keep running and open
 /// the table once S3 is back (it used to exit with the storage error).
@@ -394,11 +396,11 @@ async fn assign_errors_that_are_transient_are_retried_until_the_table_opens() {
     let opened_at = Instant::now();
     let want = produced.values().map(Vec::len).sum::<usize>();
     eventually(CATCH_UP, "every record in the per-topic table", || async {
-        (rows_at(&s, &uri).await.len() >= want).then_some(())
+        (s.rows_at(&uri).await.len() >= want).then_some(())
     })
     .await;
     daemon.stop_cleanly().await;
-    let rows = rows_at(&s, &uri).await;
+    let rows = s.rows_at(&uri).await;
     let (lost, duplicated) = diff(&rows, &produced);
     eprintln!(
         "assign errors (transient): daemon up through the outage; table opened and caught up \
@@ -587,17 +589,7 @@ async fn back_pressure_lets_a_joining_daemon_take_its_partitions_within_the_sess
     let records = (0..3000u64).map(|i| ((i % 4) as i32, event(i)));
     let producer = producer(&s.servers.brokers);
     let mut produced = produce(&producer, &s.topic, records).await;
-    let text = s
-        .config_toml_via(
-            &s3,
-            "[flush]\nmax_rows = 500\nmax_age = \"300ms\"\n[commit]\nmax_backoff = \"2s\"\n",
-        )
-        .replace(
-            "[kafka.properties]\n",
-            "max_chunk_records = 20\nchannel_capacity = 1\n\n[kafka.properties]\n",
-        );
-    let cfg = s.dir.path().join("back-pressure-join.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = back_pressure_config(&s, &s3, "");
     let mut a = Daemon::start(&cfg, s.dir.path());
     s.rows_after_first_commits().await;
     // Only commits fail (reads and data uploads go on): the commit retries.
