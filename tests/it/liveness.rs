@@ -150,9 +150,15 @@ async fn latest_is_resolved_once_so_a_rewind_before_the_first_commit_skips_nothi
         (10..30u64).map(|i| ((i % 2) as i32, event(i))),
     )
     .await;
-    // An outage of 8 s: the window's upload fails after the object store's
-    // retries, and the rewind waits for storage to come back.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Storage stays down until the window's upload has failed (after the object
+    // store's own retries, whose jittered backoff takes 2 s to tens of seconds)
+    // and the pipeline is recovering; the rewind then waits for storage.
+    eventually(
+        Duration::from_secs(180),
+        "the first window to fail and the pipeline to recover",
+        || async { (!run.stats.ready.load(std::sync::atomic::Ordering::Relaxed)).then_some(()) },
+    )
+    .await;
     s3.bring_up();
     for (p, offsets) in produce(
         &producer,
