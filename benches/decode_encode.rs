@@ -13,17 +13,17 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::parquet::arrow::ArrowWriter;
 use tributary::config::{Compression, MetadataColumns, OnError};
+use tributary::decode::registry::{Registry, RegistryConfig, SchemaKind};
 use tributary::decode::{JsonDecoder, RegistryDecoder};
 use tributary::record::{RecordChunk, TopicPartition};
-use tributary::registry::{Registry, RegistryConfig, SchemaKind};
 use tributary::schema::{TableSchema, parse_schema_json};
-use tributary::table::writer_properties;
+use tributary::sink::table::writer_properties;
 
 const CHUNK: usize = 4096;
 
 fn chunk() -> (RecordChunk, usize) {
     let values: Vec<String> = (0..CHUNK as u64)
-        .map(tributary::demo::sample_event)
+        .map(tributary::ops::demo::sample_event)
         .collect();
     let bytes = values.iter().map(String::len).sum();
     let chunk = RecordChunk::from_values(
@@ -35,7 +35,7 @@ fn chunk() -> (RecordChunk, usize) {
 }
 
 fn decoder() -> JsonDecoder {
-    let record = parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap();
+    let record = parse_schema_json(tributary::ops::demo::DEMO_SCHEMA).unwrap();
     let meta = MetadataColumns {
         topic: Some("_topic".into()),
         partition: Some("_partition".into()),

@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         .create()?;
     let start = Instant::now();
     for i in 0..count {
-        let payload = tributary::demo::sample_event(i);
+        let payload = tributary::ops::demo::sample_event(i);
         let key = format!("user-{}", i % 997);
         let record = BaseRecord::to(topic).key(&key).payload(&payload);
         send::send_waiting(&producer, record)?;

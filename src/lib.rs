@@ -36,32 +36,15 @@
 //!
 //! ARCHITECTURE.md states the failure and rebalance semantics in full.
 
-pub mod avro;
-pub mod checkpoint;
-pub mod commit;
 pub mod config;
-pub mod dead_letter;
 pub mod decode;
-pub mod demo;
-pub mod encoder;
-pub mod evolve;
-pub mod framed;
-pub mod json_schema;
-pub mod maintenance;
-pub mod metrics;
-pub mod offset_store;
 pub mod offsets;
+pub mod ops;
 pub mod pipeline;
-pub mod preflight;
-pub mod probe;
-pub mod protobuf;
 pub mod record;
-pub mod registry;
 pub mod schema;
 pub mod secret;
+pub mod sink;
 pub mod source;
-pub mod stats;
-pub mod status;
-pub mod table;
-pub mod transform;
-pub mod verify;
+pub mod telemetry;
+pub mod window;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tributary::config::{Config, RawConfig};
 use tributary::pipeline::{self, RunOptions};
-use tributary::stats::PipelineStats;
+use tributary::telemetry::stats::PipelineStats;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -191,13 +191,15 @@ impl TableArgs {
             }
             (Some(uri), None) => {
                 let uri = tributary::config::parse_table_uri(uri)?;
-                let storage =
-                    tributary::maintenance::parse_storage_options(&uri, &self.storage_options)?;
+                let storage = tributary::ops::maintenance::parse_storage_options(
+                    &uri,
+                    &self.storage_options,
+                )?;
                 (uri, storage)
             }
             (None, None) => anyhow::bail!("name a table URI or --config FILE"),
         };
-        Ok(tributary::maintenance::open(&uri, &storage).await?)
+        Ok(tributary::ops::maintenance::open(&uri, &storage).await?)
     }
 }
 
@@ -281,7 +283,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 async fn run_offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
-    use tributary::offsets::Target;
+    use tributary::ops::offsets::Target;
     let (sel, target) = match action {
         OffsetsAction::Set { sel, offset } => (sel, Target::Offset(offset)),
         OffsetsAction::Reset {
@@ -303,8 +305,8 @@ async fn run_offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
         Some(topic) => {
             if sel.partition.is_empty() {
                 let timeout = sel.timeout;
-                tributary::probe::blocking(&cfg.kafka, move |k| {
-                    tributary::probe::partitions(k, timeout)
+                tributary::source::probe::blocking(&cfg.kafka, move |k| {
+                    tributary::source::probe::partitions(k, timeout)
                 })
                 .await?
                 .into_iter()
@@ -321,7 +323,8 @@ async fn run_offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
         None => Vec::new(),
     };
     let report =
-        tributary::offsets::set(&cfg, &only, target, sel.force, sel.dry_run, sel.timeout).await?;
+        tributary::ops::offsets::set(&cfg, &only, target, sel.force, sel.dry_run, sel.timeout)
+            .await?;
     for c in &report.changes {
         let before = c.before.map_or("-".to_owned(), |b| b.to_string());
         println!(
@@ -449,7 +452,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let checks = tributary::preflight::run(&cfg, timeout).await;
+            let checks = tributary::ops::validate::run(&cfg, timeout).await;
             let mut failed = false;
             for c in &checks {
                 match &c.outcome {
@@ -485,11 +488,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let filters = filters
                 .iter()
                 .map(|f| f.parse())
-                .collect::<Result<Vec<tributary::maintenance::PartitionFilter>, _>>()?;
-            let compact = tributary::maintenance::Compact::new(t, target_size.map(|b| b.as_u64()))
-                .with_zorder(zorder)
-                .with_filters(filters)
-                .with_min_files(min_files);
+                .collect::<Result<Vec<tributary::ops::maintenance::PartitionFilter>, _>>()?;
+            let compact =
+                tributary::ops::maintenance::Compact::new(t, target_size.map(|b| b.as_u64()))
+                    .with_zorder(zorder)
+                    .with_filters(filters)
+                    .with_min_files(min_files);
             let plan = compact.plan().await?;
             if dry_run {
                 if json {
@@ -545,9 +549,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let t = table.open().await?;
             let pb = spinner("vacuuming");
-            let report = tributary::maintenance::vacuum(
+            let report = tributary::ops::maintenance::vacuum(
                 t,
-                tributary::maintenance::VacuumOptions {
+                tributary::ops::maintenance::VacuumOptions {
                     retention,
                     force_retention,
                     dry_run,
@@ -588,7 +592,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Checkpoint { table } => {
             let t = table.open().await?;
-            let r = tributary::maintenance::checkpoint(&t).await?;
+            let r = tributary::ops::maintenance::checkpoint(&t).await?;
             println!(
                 "checkpoint of {} at version {}; {} expired log file(s) removed",
                 r.table, r.version, r.log_files_removed
@@ -601,11 +605,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             let cfg = load_single_table_config(&config)?;
-            let report = tributary::status::status(&cfg, timeout).await?;
+            let report = tributary::ops::status::status(&cfg, timeout).await?;
             if json {
                 print_json(&report)?;
             } else {
-                print!("{}", tributary::status::render(&report));
+                print!("{}", tributary::ops::status::render(&report));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -617,13 +621,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = load_single_table_config(&config)?;
             let pb = spinner("reading the table and the topic");
-            let report = tributary::verify::verify(&cfg, timeout).await;
+            let report = tributary::ops::verify::verify(&cfg, timeout).await;
             pb.finish_and_clear();
             let report = report?;
             if json {
                 print_json(&report)?;
             } else {
-                print!("{}", tributary::verify::render(&report));
+                print!("{}", tributary::ops::verify::render(&report));
             }
             Ok(if report.clean {
                 ExitCode::SUCCESS
@@ -641,7 +645,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(d) => d,
                 None => tempdir_path()?,
             };
-            let opts = tributary::demo::DemoOptions {
+            let opts = tributary::ops::demo::DemoOptions {
                 records,
                 partitions,
                 bad_every,
@@ -653,7 +657,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                  table at {}",
                 opts.dir.display()
             );
-            let report = tributary::demo::run(opts, |p| {
+            let report = tributary::ops::demo::run(opts, |p| {
                 eprint!(
                     "\rproduced {}/{}  committed offsets {}  rows {}  commits {}   ",
                     p.produced, p.total, p.accounted, p.rows, p.commits
@@ -680,7 +684,7 @@ fn tempdir_path() -> anyhow::Result<PathBuf> {
     Ok(base.join(format!("tributary-demo-{stamp}")))
 }
 
-fn print_demo_report(r: &tributary::demo::DemoReport) {
+fn print_demo_report(r: &tributary::ops::demo::DemoReport) {
     println!("table            {}", r.table_uri);
     println!("version          {}", r.version);
     println!("data files       {}", r.files);

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use tributary::commit::{
-    self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy, TableLog,
-};
 use tributary::config::{Compression, MetadataColumns, StorageConfig, TableConfig};
 use tributary::record::TopicPartition;
 use tributary::schema::parse_schema_json;
+use tributary::sink::commit::{
+    self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy, TableLog,
+};
 
 fn policy() -> RetryPolicy {
     RetryPolicy {
@@ -23,7 +23,7 @@ async fn local_table(dir: &std::path::Path) -> deltalake::DeltaTable {
     let cfg = TableConfig {
         uri_template: None,
         uri: url::Url::from_directory_path(dir).unwrap(),
-        schema: Some(parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap()),
+        schema: Some(parse_schema_json(tributary::ops::demo::DEMO_SCHEMA).unwrap()),
         schema_path: Some("demo_events.json".into()),
         partition_by: vec![],
         compression: Compression::Snappy,
@@ -32,7 +32,7 @@ async fn local_table(dir: &std::path::Path) -> deltalake::DeltaTable {
         row_group_rows: 4096,
         transform: Default::default(),
     };
-    tributary::table::open_or_create(&cfg, &StorageConfig::default(), None)
+    tributary::sink::table::open_or_create(&cfg, &StorageConfig::default(), None)
         .await
         .unwrap()
         .table
@@ -170,7 +170,7 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
     assert_eq!((replays, commits_read), (1, 4));
     // delta-rs' own per-id lookup agrees.
     for p in 0..4 {
-        let app = tributary::table::txn_app_id("app", &tp(p));
+        let app = tributary::sink::table::txn_app_id("app", &tp(p));
         let theirs = a
             .snapshot()
             .unwrap()
@@ -193,7 +193,7 @@ async fn checkpoint_failure_after_a_landed_commit_is_retried_and_the_commit_coun
         "[table.properties]\n\"delta.checkpointInterval\" = \"2\"\n",
     );
     let cfg = crate::harness::parse_config(&text);
-    let mut t = tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
+    let mut t = tributary::sink::table::open_or_create(&cfg.table, &cfg.storage, None)
         .await
         .unwrap()
         .table;
@@ -242,13 +242,13 @@ async fn checkpoint_failure_after_a_landed_commit_is_retried_and_the_commit_coun
         "{written:?}"
     );
     // The table reads back from the checkpoint with the offsets intact.
-    let fresh = tributary::table::load(&cfg.table.uri, &cfg.storage)
+    let fresh = tributary::sink::table::load(&cfg.table.uri, &cfg.storage)
         .await
         .unwrap()
         .unwrap();
     let tp = TopicPartition::new("t", 0);
     assert_eq!(
-        tributary::table::stored_offset(&fresh, &s.app_id, &tp)
+        tributary::sink::table::stored_offset(&fresh, &s.app_id, &tp)
             .await
             .unwrap(),
         Some(20)

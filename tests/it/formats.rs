@@ -14,8 +14,8 @@ use deltalake::arrow::datatypes::{
 };
 use tributary::config::OnError;
 use tributary::decode::RegistryDecoder;
+use tributary::decode::registry::{Registry, RegistryConfig, SchemaKind};
 use tributary::record::{RecordChunk, TopicPartition};
-use tributary::registry::{Registry, RegistryConfig, SchemaKind};
 
 use crate::harness::*;
 use crate::ingest::{dead_letters, start};
@@ -477,7 +477,7 @@ async fn unknown_schema_ids_and_broken_frames_are_rejected_with_reasons() {
     let id = registry.register("orders-value", "AVRO", ORDERS_V1);
     let schema = tributary::schema::TableSchema::new(
         &tributary::decode::record_schema(
-            &tributary::registry::Schema {
+            &tributary::decode::registry::Schema {
                 id,
                 kind: SchemaKind::Avro,
                 text: ORDERS_V1.into(),
@@ -544,10 +544,10 @@ async fn unknown_schema_ids_and_broken_frames_are_rejected_with_reasons() {
 async fn concurrent_schema_changes_land_once_and_every_worker_sees_the_result() {
     let s = Scenario::new("evolve-cas", 1).await;
     let cfg = s.config("");
-    let opened = tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
+    let opened = tributary::sink::table::open_or_create(&cfg.table, &cfg.storage, None)
         .await
         .unwrap();
-    let record = tributary::schema::parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap();
+    let record = tributary::schema::parse_schema_json(tributary::ops::demo::DEMO_SCHEMA).unwrap();
     let producer = deltalake::kernel::StructType::try_new(record.fields().cloned().chain([
         deltalake::kernel::StructField::new("email", deltalake::kernel::DataType::STRING, true),
     ]))
@@ -558,7 +558,7 @@ async fn concurrent_schema_changes_land_once_and_every_worker_sees_the_result() 
             let producer = producer.clone();
             let meta = cfg.table.metadata_columns.clone();
             tokio::spawn(async move {
-                tributary::table::evolve(&mut table, &producer, &meta, &[]).await
+                tributary::sink::table::evolve(&mut table, &producer, &meta, &[]).await
             })
         })
         .collect();
@@ -745,7 +745,9 @@ async fn protobuf_every_type_round_trips_into_a_table_created_from_the_registry(
     let s = Scenario::new("protobuf", 1).await;
     let text = include_str!("../../schemas/orders.proto");
     let id = registry.register(&format!("{}-value", s.topic), "PROTOBUF", text);
-    let order = tributary::protobuf::compile(text, &[]).unwrap().remove(0);
+    let order = tributary::decode::registry::protobuf::compile(text, &[])
+        .unwrap()
+        .remove(0);
     let framed = |payload: Vec<u8>| {
         // magic, id, message indexes [0] (the single byte 0), message
         let mut v = vec![0];
@@ -875,7 +877,7 @@ async fn refused_registry_credentials_stop_the_pipeline_with_a_clear_error() {
     if let Some(r) = cfg.decode.registry.as_mut() {
         r.password = Some(tributary::secret::Secret::new("wrong"));
     }
-    let stats = std::sync::Arc::new(tributary::stats::PipelineStats::default());
+    let stats = std::sync::Arc::new(tributary::telemetry::stats::PipelineStats::default());
     let err = tributary::pipeline::run(cfg, stats, Default::default(), std::future::pending())
         .await
         .expect_err("the pipeline must not start");
@@ -902,7 +904,7 @@ async fn on_incompatible_fail_stops_the_pipeline_naming_the_field() {
     assert_eq!(produced[&0].len(), 2);
     let mut strict = avro_config(&s, &registry, "[flush]\nmax_age = \"1s\"\n");
     strict.decode.on_incompatible = OnError::Fail;
-    let stats = std::sync::Arc::new(tributary::stats::PipelineStats::default());
+    let stats = std::sync::Arc::new(tributary::telemetry::stats::PipelineStats::default());
     let result = tokio::time::timeout(
         Duration::from_secs(90),
         tributary::pipeline::run(strict, stats, Default::default(), std::future::pending()),
@@ -941,9 +943,12 @@ async fn protobuf_imports_resolve_through_registry_references() {
         payment,
         std::slice::from_ref(&import),
     );
-    let desc = tributary::protobuf::compile(payment, &[(import.0.clone(), money.to_owned())])
-        .unwrap()
-        .remove(0);
+    let desc = tributary::decode::registry::protobuf::compile(
+        payment,
+        &[(import.0.clone(), money.to_owned())],
+    )
+    .unwrap()
+    .remove(0);
     let money_desc = desc
         .get_field_by_name("amount")
         .unwrap()
@@ -1202,11 +1207,11 @@ async fn dead_letters_when_rejection_is_not_deterministic_keep_each_record_in_ex
         .unwrap()
         .validate()
         .unwrap();
-    let report = tributary::verify::verify(&config, Duration::from_secs(30))
+    let report = tributary::ops::verify::verify(&config, Duration::from_secs(30))
         .await
         .unwrap();
     let p = &report.partitions[0];
-    eprintln!("verify: {}", tributary::verify::render(&report));
+    eprintln!("verify: {}", tributary::ops::verify::render(&report));
     assert!(report.clean);
     assert_eq!((p.rows, p.rejected, p.gaps, p.in_both), (2, 2, 0, 0));
 }
@@ -1248,22 +1253,22 @@ async fn verify_avro_decodes_with_the_configured_format_and_accounts_for_filtere
     run.stop().await;
     assert_eq!(s.rows().await, vec![(0, 0), (0, 1), (0, 2), (0, 5)]);
 
-    let clean = tributary::verify::verify(&cfg, Duration::from_secs(30))
+    let clean = tributary::ops::verify::verify(&cfg, Duration::from_secs(30))
         .await
         .unwrap();
     let p = &clean.partitions[0];
-    assert!(clean.clean, "{}", tributary::verify::render(&clean));
+    assert!(clean.clean, "{}", tributary::ops::verify::render(&clean));
     assert_eq!((p.gaps, p.rejected, p.filtered), (0, 1, 1));
 
     // Lose a row: verify must see a gap, not a rejection.
     let t = s.table().await.unwrap();
     t.delete().with_predicate("_offset = 2").await.unwrap();
-    let lossy = tributary::verify::verify(&cfg, Duration::from_secs(30))
+    let lossy = tributary::ops::verify::verify(&cfg, Duration::from_secs(30))
         .await
         .unwrap();
     eprintln!(
         "verify after losing offset 2:\n{}",
-        tributary::verify::render(&lossy)
+        tributary::ops::verify::render(&lossy)
     );
     let p = &lossy.partitions[0];
     assert!(!lossy.clean);

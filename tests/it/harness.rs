@@ -204,7 +204,7 @@ where
 
 /// A JSON event for the demo schema.
 pub fn event(i: u64) -> String {
-    tributary::demo::sample_event(i)
+    tributary::ops::demo::sample_event(i)
 }
 
 /// The path of the demo record schema.
@@ -358,7 +358,7 @@ secret_access_key = "test"
 
     pub async fn table(&self) -> Option<DeltaTable> {
         let cfg = self.config("");
-        tributary::table::load(&cfg.table.uri, &cfg.storage)
+        tributary::sink::table::load(&cfg.table.uri, &cfg.storage)
             .await
             .expect("load table")
     }
@@ -371,7 +371,7 @@ secret_access_key = "test"
         let tps: Vec<TopicPartition> = (0..n)
             .map(|p| TopicPartition::new(self.topic.as_str(), p))
             .collect();
-        let stored = tributary::table::stored_offsets(&t, &self.app_id, &tps)
+        let stored = tributary::sink::table::stored_offsets(&t, &self.app_id, &tps)
             .await
             .unwrap();
         (0..n).map(|p| (p, stored[&tps[p as usize]])).collect()
@@ -426,7 +426,10 @@ secret_access_key = "test"
     pub async fn rows_at(&self, uri: &str) -> Vec<(i32, i64)> {
         let cfg = self.config("");
         let url = tributary::config::parse_table_uri(uri).unwrap();
-        match tributary::table::load(&url, &cfg.storage).await.unwrap() {
+        match tributary::sink::table::load(&url, &cfg.storage)
+            .await
+            .unwrap()
+        {
             Some(t) => query_rows(&t).await,
             None => Vec::new(),
         }
@@ -442,7 +445,7 @@ secret_access_key = "test"
 }
 
 pub async fn query(t: &DeltaTable, sql: &str) -> Vec<RecordBatch> {
-    tributary::table::query(t, sql).await.unwrap()
+    tributary::sink::table::query(t, sql).await.unwrap()
 }
 
 pub async fn query_rows(t: &DeltaTable) -> Vec<(i32, i64)> {

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tributary::config::Config;
 use tributary::pipeline::{self, PipelineError, RunOptions, RunSummary};
 use tributary::record::TopicPartition;
-use tributary::stats::PipelineStats;
+use tributary::telemetry::stats::PipelineStats;
 
 use crate::harness::*;
 
@@ -199,7 +199,7 @@ async fn concurrent_starts_create_one_table() {
         tokio::spawn(async move {
             tokio::time::timeout(
                 Duration::from_secs(60),
-                tributary::table::open_or_create(&cfg.table, &cfg.storage, None),
+                tributary::sink::table::open_or_create(&cfg.table, &cfg.storage, None),
             )
             .await
         })
@@ -303,7 +303,7 @@ async fn topic_pattern_reads_every_matching_topic_into_one_table() {
         for (p, last) in last_offsets(produced) {
             let tp = TopicPartition::new(topic.as_str(), p);
             assert_eq!(
-                tributary::table::stored_offset(&t, &s.app_id, &tp)
+                tributary::sink::table::stored_offset(&t, &s.app_id, &tp)
                     .await
                     .unwrap(),
                 last
@@ -370,7 +370,7 @@ async fn derived_columns_and_filters_are_sql_on_each_batch() {
 async fn topic_rows(s: &Scenario, uri: &str) -> Vec<(String, i32, i64)> {
     let cfg = s.config("");
     let url = tributary::config::parse_table_uri(uri).unwrap();
-    let t = tributary::table::load(&url, &cfg.storage)
+    let t = tributary::sink::table::load(&url, &cfg.storage)
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("no table at {uri}"));
@@ -469,7 +469,7 @@ async fn routes_send_two_topics_to_two_tables_exactly_once_each() {
 
     // Each table stores the offsets of its own topic only.
     let cfg = s.config("");
-    let tb = tributary::table::load(
+    let tb = tributary::sink::table::load(
         &tributary::config::parse_table_uri(&uri_b).unwrap(),
         &cfg.storage,
     )
@@ -478,7 +478,7 @@ async fn routes_send_two_topics_to_two_tables_exactly_once_each() {
     .unwrap();
     let ta = s.table().await.unwrap();
     for p in 0..2 {
-        let in_b = tributary::table::stored_offset(
+        let in_b = tributary::sink::table::stored_offset(
             &tb,
             &s.app_id,
             &TopicPartition::new(topic_b.as_str(), p),
@@ -486,7 +486,7 @@ async fn routes_send_two_topics_to_two_tables_exactly_once_each() {
         .await
         .unwrap();
         assert_eq!(in_b, b[&p].last().copied());
-        let a_in_b = tributary::table::stored_offset(
+        let a_in_b = tributary::sink::table::stored_offset(
             &tb,
             &s.app_id,
             &TopicPartition::new(s.topic.as_str(), p),
@@ -494,7 +494,7 @@ async fn routes_send_two_topics_to_two_tables_exactly_once_each() {
         .await
         .unwrap();
         assert_eq!(a_in_b, None);
-        let b_in_a = tributary::table::stored_offset(
+        let b_in_a = tributary::sink::table::stored_offset(
             &ta,
             &s.app_id,
             &TopicPartition::new(topic_b.as_str(), p),
@@ -531,7 +531,10 @@ async fn a_uri_template_makes_one_table_per_topic() {
 pub async fn dead_letters(s: &Scenario, uri: &str) -> Vec<(i32, i64, Vec<u8>, String, String)> {
     let cfg = s.config("");
     let url = tributary::config::parse_table_uri(uri).unwrap();
-    let Some(t) = tributary::table::load(&url, &cfg.storage).await.unwrap() else {
+    let Some(t) = tributary::sink::table::load(&url, &cfg.storage)
+        .await
+        .unwrap()
+    else {
         return Vec::new();
     };
     let batches = query(
@@ -608,10 +611,10 @@ async fn rejected_records_land_in_the_dead_letter_table_once_even_after_a_replay
     // Replay everything into the table: the rows come again (that is what a reset
     // asks for), the dead letters do not.
     let cfg = s.config(&extra);
-    tributary::offsets::set(
+    tributary::ops::offsets::set(
         &cfg,
         &[],
-        tributary::offsets::Target::Offset(0),
+        tributary::ops::offsets::Target::Offset(0),
         false,
         false,
         Duration::from_secs(10),
@@ -641,8 +644,8 @@ async fn app_id_encoding_keeps_apps_whose_legacy_ids_collided_apart() {
     let tp_a = TopicPartition::new(topic_a.as_str(), 0);
     let tp_b = TopicPartition::new(topic_b.as_str(), 0);
     assert_eq!(
-        tributary::offset_store::legacy_txn_app_id(&app_a, &tp_a),
-        tributary::offset_store::legacy_txn_app_id(&app_b, &tp_b),
+        tributary::offsets::store::legacy_txn_app_id(&app_a, &tp_a),
+        tributary::offsets::store::legacy_txn_app_id(&app_b, &tp_b),
         "the two apps collide under the legacy encoding"
     );
     let producer = producer(&s.servers.brokers);
@@ -678,10 +681,10 @@ async fn app_id_encoding_keeps_apps_whose_legacy_ids_collided_apart() {
             .value(0);
         assert_eq!(got as u64, *n, "rows of {topic}");
     }
-    let a = tributary::table::stored_offset(&t, &app_a, &tp_a)
+    let a = tributary::sink::table::stored_offset(&t, &app_a, &tp_a)
         .await
         .unwrap();
-    let b = tributary::table::stored_offset(&t, &app_b, &tp_b)
+    let b = tributary::sink::table::stored_offset(&t, &app_b, &tp_b)
         .await
         .unwrap();
     assert_eq!((a, b), (Some(9), Some(4)));
@@ -695,14 +698,14 @@ async fn app_id_legacy_offsets_are_resumed_from_and_migrated() {
     use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
     let s = Scenario::new("app-id-legacy", 2).await;
     let cfg = s.config("[flush]\nmax_age = \"500ms\"");
-    let opened = tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
+    let opened = tributary::sink::table::open_or_create(&cfg.table, &cfg.storage, None)
         .await
         .unwrap();
     // As today's main wrote them: partition 0 done up to offset 4, partition 1 to 2.
     let legacy = [(0, 4), (1, 2)].map(|(p, v)| {
         let tp = TopicPartition::new(s.topic.as_str(), p);
         Transaction::new(
-            tributary::offset_store::legacy_txn_app_id(&s.app_id, &tp),
+            tributary::offsets::store::legacy_txn_app_id(&s.app_id, &tp),
             v,
         )
     });
@@ -741,7 +744,7 @@ async fn app_id_legacy_offsets_are_resumed_from_and_migrated() {
     let t = s.table().await.unwrap();
     for p in 0..2 {
         let tp = TopicPartition::new(s.topic.as_str(), p);
-        let new_id = tributary::offset_store::txn_app_id(&s.app_id, &tp);
+        let new_id = tributary::offsets::store::txn_app_id(&s.app_id, &tp);
         let v = t
             .snapshot()
             .unwrap()
@@ -849,7 +852,7 @@ async fn new_partitions_of_a_new_topic_under_latest_start_at_discovery_and_lose_
             let s = &s;
             async move {
                 let t = s.table().await?;
-                let stored = tributary::table::stored_offsets(&t, &s.app_id, &tps)
+                let stored = tributary::sink::table::stored_offsets(&t, &s.app_id, &tps)
                     .await
                     .ok()?;
                 tps.iter()

@@ -312,12 +312,12 @@ async fn schema_changed_elsewhere_is_adopted_and_ingestion_goes_on() {
 
     let mut t = s.table().await.unwrap();
     let mut wider: deltalake::kernel::StructType =
-        tributary::schema::parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap();
+        tributary::schema::parse_schema_json(tributary::ops::demo::DEMO_SCHEMA).unwrap();
     wider = deltalake::kernel::StructType::try_new(wider.fields().cloned().chain([
         deltalake::kernel::StructField::new("note", deltalake::kernel::DataType::STRING, true),
     ]))
     .unwrap();
-    tributary::table::evolve(&mut t, &wider, &cfg.table.metadata_columns, &[])
+    tributary::sink::table::evolve(&mut t, &wider, &cfg.table.metadata_columns, &[])
         .await
         .unwrap();
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use deltalake::logstore::object_store::ObjectStoreExt as _;
 use deltalake::writer::DeltaWriter;
-use tributary::maintenance::{self, Compact, MaintenanceError, VacuumOptions};
-use tributary::offsets::{self, OffsetsError, Target};
+use tributary::ops::maintenance::{self, Compact, MaintenanceError, VacuumOptions};
+use tributary::ops::offsets::{self, OffsetsError, Target};
 use tributary::record::TopicPartition;
 
 use crate::harness::*;
@@ -77,7 +77,7 @@ async fn compact_while_ingesting_loses_nothing() {
 /// Upload a data file the way a writer does before its commit, and never commit it:
 /// what a writer killed between upload and commit leaves behind.
 async fn orphan_file(t: &deltalake::DeltaTable) -> String {
-    let mut w = tributary::table::new_writer(t, Default::default(), 1 << 30).unwrap();
+    let mut w = tributary::sink::table::new_writer(t, Default::default(), 1 << 30).unwrap();
     let mut d = tributary::decode::JsonDecoder::new(
         tributary::schema::TableSchema::from_table(
             t.snapshot().unwrap().schema().as_ref(),
@@ -232,7 +232,7 @@ async fn status_lag_is_high_watermark_minus_next_offset() {
     run.stop().await;
     produce(&producer, &s.topic, (0..30u64).map(|i| (0, event(i)))).await;
 
-    let report = tributary::status::status(&s.config(""), Duration::from_secs(20))
+    let report = tributary::ops::status::status(&s.config(""), Duration::from_secs(20))
         .await
         .unwrap();
     let p: Vec<(Option<i64>, i64, i64)> = report
@@ -244,7 +244,7 @@ async fn status_lag_is_high_watermark_minus_next_offset() {
     assert_eq!(report.total_lag, 30);
     assert!(report.partitions.iter().all(|p| p.last_commit_ms.is_some()));
     assert!(report.files.files >= 1 && report.version >= 1);
-    let text = tributary::status::render(&report);
+    let text = tributary::ops::status::render(&report);
     assert!(text.contains("total lag    30 records"), "{text}");
 }
 
@@ -273,10 +273,10 @@ async fn offsets_reset_replays_exactly_the_range_and_verify_sees_it() {
     assert!(matches!(err, OffsetsError::Active { .. }), "{err}");
     run.stop().await;
 
-    let clean = tributary::verify::verify(&cfg, Duration::from_secs(30))
+    let clean = tributary::ops::verify::verify(&cfg, Duration::from_secs(30))
         .await
         .unwrap();
-    assert!(clean.clean, "{}", tributary::verify::render(&clean));
+    assert!(clean.clean, "{}", tributary::ops::verify::render(&clean));
     assert_eq!(
         (clean.partitions[0].rows, clean.partitions[0].rejected),
         (99, 1)
@@ -308,7 +308,7 @@ async fn offsets_reset_replays_exactly_the_range_and_verify_sees_it() {
         "replayed exactly offsets 60..=99"
     );
 
-    let dup = tributary::verify::verify(&cfg, Duration::from_secs(30))
+    let dup = tributary::ops::verify::verify(&cfg, Duration::from_secs(30))
         .await
         .unwrap();
     let p = &dup.partitions[0];

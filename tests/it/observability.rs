@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tributary::metrics::METRICS;
+use tributary::telemetry::metrics::METRICS;
 
 use crate::harness::*;
 use crate::ingest::start;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rdkafka::producer::FutureRecord;
 use serde_json::json;
-use tributary::maintenance::{self, Compact, VacuumOptions};
+use tributary::ops::maintenance::{self, Compact, VacuumOptions};
 
 use crate::harness::*;
 use crate::ingest::start;

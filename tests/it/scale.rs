@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use tributary::commit::{
+use tributary::record::TopicPartition;
+use tributary::sink::commit::{
     self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy, TableLog,
 };
-use tributary::record::TopicPartition;
 
 use crate::harness::Scenario;
 
@@ -36,7 +36,7 @@ async fn many_partitions_stored_offsets_cost_one_log_pass_not_one_per_partition(
     let proxy = s.storage_proxy().await;
     let text = s.config_toml_via(&proxy, "");
     let cfg = crate::harness::parse_config(&text);
-    let mut table = tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
+    let mut table = tributary::sink::table::open_or_create(&cfg.table, &cfg.storage, None)
         .await
         .unwrap()
         .table;
@@ -78,14 +78,14 @@ async fn many_partitions_stored_offsets_cost_one_log_pass_not_one_per_partition(
 
     // A restart (or an assign, or a rewind) reads every partition's offset.
     let before = proxy.log_reads();
-    let fresh = tributary::table::load(&cfg.table.uri, &cfg.storage)
+    let fresh = tributary::sink::table::load(&cfg.table.uri, &cfg.storage)
         .await
         .unwrap()
         .unwrap();
     let load_reads = proxy.log_reads() - before;
     let before = proxy.log_reads();
     let began = std::time::Instant::now();
-    let stored = tributary::table::stored_offsets(&fresh, &s.app_id, &tps)
+    let stored = tributary::sink::table::stored_offsets(&fresh, &s.app_id, &tps)
         .await
         .unwrap();
     let offset_reads = proxy.log_reads() - before;

@@ -149,7 +149,7 @@ async fn operator_commands_fail_clearly() {
 async fn vacuum_below_table_retention_exits_non_zero() {
     let s = Scenario::new("vacuum-cli", 1).await;
     let cfg = s.config("");
-    tributary::table::open_or_create(&cfg.table, &cfg.storage, None)
+    tributary::sink::table::open_or_create(&cfg.table, &cfg.storage, None)
         .await
         .unwrap();
     let path = s.write_config("");

@@ -11,6 +11,12 @@
 //! Every record handed in comes out either as a row or as a [`Rejected`] entry with
 //! a reason: nothing is dropped silently.
 
+pub mod options;
+pub mod registry;
+pub mod transform;
+
+pub use options::{DecodeConfig, Format, OnError};
+
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
@@ -26,15 +32,15 @@ use std::collections::{HashMap, HashSet};
 
 use deltalake::kernel::StructType;
 
-use crate::avro::AvroWriterSchema;
-use crate::config::{MetadataColumns, OnError};
-use crate::evolve::{Fit, align_columns, fit};
-use crate::framed::decode_run;
-use crate::json_schema::JsonWriterSchema;
-use crate::protobuf::ProtoWriterSchema;
+use crate::decode::registry::avro::AvroWriterSchema;
+use crate::decode::registry::framed::decode_run;
+use crate::decode::registry::json_schema::JsonWriterSchema;
+use crate::decode::registry::protobuf::ProtoWriterSchema;
+use crate::decode::registry::{Registry, RegistryError, SchemaKind, split_frame};
 use crate::record::RecordChunk;
-use crate::registry::{Registry, RegistryError, SchemaKind, split_frame};
+use crate::schema::MetadataColumns;
 use crate::schema::TableSchema;
+use crate::schema::evolve::{Fit, align_columns, fit};
 
 /// A record that could not become a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -728,7 +734,7 @@ impl RegistryDecoder {
 }
 
 fn writer_for(
-    schema: &crate::registry::Schema,
+    schema: &crate::decode::registry::Schema,
     imports: &[(String, String)],
     batch_size: usize,
 ) -> Result<Writer, String> {
@@ -755,7 +761,7 @@ fn writer_for(
 /// The record fields of a registered schema (with the texts of its references),
 /// as the table would store them.
 pub fn record_schema(
-    schema: &crate::registry::Schema,
+    schema: &crate::decode::registry::Schema,
     imports: &[(String, String)],
 ) -> Result<StructType, String> {
     writer_for(schema, imports, 1)?
@@ -777,13 +783,13 @@ impl Decoder {
     /// The decoder for `format`: JSON against the table schema, or a registry
     /// format through `registry` (which the config guarantees for those formats).
     pub fn for_format(
-        format: crate::config::Format,
+        format: crate::decode::Format,
         registry: Option<&Registry>,
         schema: TableSchema,
         batch_size: usize,
         on_incompatible: OnError,
     ) -> Result<Self, DecodeError> {
-        use crate::config::Format;
+        use crate::decode::Format;
         let kind = match format {
             Format::Avro => Some(SchemaKind::Avro),
             Format::JsonSchema => Some(SchemaKind::Json),

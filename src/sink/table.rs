@@ -5,8 +5,8 @@
 //! Offsets live in the table itself: for every Kafka partition the pipeline has
 //! written, a `txn` action with app id `<app_id>/<topic>/<partition>` holds the last
 //! offset whose record is accounted for in the table (written as a row, or rejected
-//! and counted). Those app ids are what [`crate::offset_store`] reads and what
-//! [`crate::commit`] writes.
+//! and counted). Those app ids are what [`crate::offsets::store`] reads and what
+//! [`crate::sink::commit`] writes.
 
 use std::collections::HashMap;
 
@@ -20,10 +20,10 @@ use deltalake::writer::RecordBatchWriter;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
-use crate::config::{Compression, StorageConfig, TableConfig};
-use crate::offset_store::OffsetStore;
+use crate::offsets::store::OffsetStore;
 use crate::record::TopicPartition;
 use crate::schema::{SchemaError, TableSchema};
+use crate::sink::{Compression, StorageConfig, TableConfig};
 
 /// Errors opening, creating or reading the table.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +215,7 @@ pub fn storage_hint(message: &str) -> Option<&'static str> {
     }
 }
 
-pub use crate::offset_store::txn_app_id;
+pub use crate::offsets::store::txn_app_id;
 
 /// An open table and the schema records are written in.
 #[derive(Debug, Clone)]
@@ -353,12 +353,11 @@ fn wanted_schema(cfg: &TableConfig, record: &StructType) -> Result<TableSchema, 
         source,
     };
     let base = TableSchema::new(record, &cfg.metadata_columns).map_err(schema_err)?;
-    let derived = crate::transform::derived_fields(&cfg.transform, &base.decoded_arrow).map_err(
-        |message| TableError::Unsupported {
+    let derived = crate::decode::transform::derived_fields(&cfg.transform, &base.decoded_arrow)
+        .map_err(|message| TableError::Unsupported {
             uri: cfg.uri.to_string(),
             message,
-        },
-    )?;
+        })?;
     base.with_derived(derived).map_err(schema_err)
 }
 
@@ -468,14 +467,14 @@ fn type_name(t: &DataType) -> String {
 pub async fn evolve(
     table: &mut DeltaTable,
     producer: &StructType,
-    metadata_columns: &crate::config::MetadataColumns,
+    metadata_columns: &crate::schema::MetadataColumns,
     derived: &[String],
 ) -> Result<TableSchema, TableError> {
     use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::kernel::{Action, MetadataExt};
     use deltalake::protocol::DeltaOperation;
 
-    use crate::evolve::{Fit, fit};
+    use crate::schema::evolve::{Fit, fit};
 
     let uri = table.table_url().to_string();
     let err = |source: DeltaTableError| TableError::Delta {

@@ -13,7 +13,6 @@
 //! See `examples/config/` and README.md for a complete, commented example.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +21,14 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::secret::Secret;
+
+pub use crate::decode::{DecodeConfig, Format, OnError};
+pub use crate::schema::MetadataColumns;
+pub use crate::sink::{
+    CommitConfig, Compression, StorageConfig, TableConfig, TableUriError, parse_table_uri,
+};
+pub use crate::source::{KafkaConfig, OffsetReset, Subscription};
+pub use crate::window::FlushPolicy;
 
 /// Errors found while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -173,17 +180,6 @@ pub struct RawKafka {
     /// Chunks queued between the poll thread and the pipeline before the poll thread
     /// pauses its partitions.
     pub channel_capacity: Option<usize>,
-}
-
-/// Where a partition starts when the table holds no offset for it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OffsetReset {
-    /// The oldest retained record.
-    #[default]
-    Earliest,
-    /// Only records produced from now on.
-    Latest,
 }
 
 /// `[table]`
@@ -343,17 +339,6 @@ pub struct RawRegistry {
     pub timeout: Option<Duration>,
 }
 
-/// Policy for records that cannot be decoded or violate the schema.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Count and log the record with its reason; its offset counts as processed.
-    #[default]
-    Skip,
-    /// Stop the pipeline with an error naming the record.
-    Fail,
-}
-
 // ---------------------------------------------------------------------------
 // Validated form.
 // ---------------------------------------------------------------------------
@@ -385,44 +370,6 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Log as JSON.
     pub log_json: bool,
-}
-
-/// Validated `[kafka]`.
-#[derive(Debug, Clone)]
-pub struct KafkaConfig {
-    /// `bootstrap.servers`.
-    pub brokers: String,
-    /// Consumer group.
-    pub group_id: String,
-    /// What to subscribe to.
-    pub subscription: Subscription,
-    /// Start position for partitions without a stored offset.
-    pub auto_offset_reset: OffsetReset,
-    /// librdkafka properties, secrets included (never logged).
-    pub properties: BTreeMap<String, Secret>,
-    /// Records per chunk from the poll thread.
-    pub max_chunk_records: usize,
-    /// Chunks queued before the poll thread pauses.
-    pub channel_capacity: usize,
-}
-
-/// The topics a pipeline reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Subscription {
-    /// A fixed list.
-    Topics(Vec<String>),
-    /// A regular expression (librdkafka syntax, anchored with `^`).
-    Pattern(String),
-}
-
-impl Subscription {
-    /// The strings handed to `subscribe`.
-    pub fn as_subscribe_args(&self) -> Vec<String> {
-        match self {
-            Subscription::Topics(t) => t.clone(),
-            Subscription::Pattern(p) => vec![p.clone()],
-        }
-    }
 }
 
 /// Which topics a route takes.
@@ -460,207 +407,13 @@ pub struct Route {
 
 impl Route {
     /// The table configuration for records of `topic`.
-    pub fn table_for(&self, topic: &str) -> Result<TableConfig, ConfigError> {
+    pub fn table_for(&self, topic: &str) -> Result<TableConfig, TableUriError> {
         let mut t = self.table.clone();
         if let Some(template) = &self.table.uri_template {
             t.uri = parse_table_uri(&template.replace("{topic}", topic))?;
         }
         Ok(t)
     }
-}
-
-/// Validated `[table]`.
-#[derive(Debug, Clone)]
-pub struct TableConfig {
-    /// Normalized table URL (for a template: with `{topic}` as `topic`).
-    pub uri: Url,
-    /// The URI as written when it contains `{topic}` (one table per topic).
-    pub uri_template: Option<String>,
-    /// The record schema (without metadata columns), when a schema file gives it.
-    pub schema: Option<deltalake::kernel::StructType>,
-    /// Where the schema came from, for messages.
-    pub schema_path: Option<PathBuf>,
-    /// Partition columns for table creation.
-    pub partition_by: Vec<String>,
-    /// Parquet compression.
-    pub compression: Compression,
-    /// Table properties for creation.
-    pub properties: BTreeMap<String, String>,
-    /// Metadata columns.
-    pub metadata_columns: MetadataColumns,
-    /// Rows per row group.
-    pub row_group_rows: usize,
-    /// Derived columns and the row filter.
-    pub transform: crate::transform::TransformSpec,
-}
-
-/// Parquet compression codec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// Snappy (fast, the Spark default).
-    Snappy,
-    /// Zstandard at a level (smaller files, similar speed at low levels).
-    Zstd(i32),
-    /// LZ4 (raw).
-    Lz4,
-    /// No compression.
-    Uncompressed,
-}
-
-impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim().to_ascii_lowercase();
-        match s.as_str() {
-            "snappy" => Ok(Self::Snappy),
-            "zstd" => Ok(Self::Zstd(3)),
-            "lz4" => Ok(Self::Lz4),
-            "uncompressed" | "none" => Ok(Self::Uncompressed),
-            other => {
-                if let Some(level) = other
-                    .strip_prefix("zstd(")
-                    .and_then(|r| r.strip_suffix(')'))
-                {
-                    let level: i32 = level
-                        .parse()
-                        .map_err(|_| format!("zstd level `{level}` is not a number"))?;
-                    if !(1..=22).contains(&level) {
-                        return Err(format!("zstd level {level} is outside 1..=22"));
-                    }
-                    Ok(Self::Zstd(level))
-                } else {
-                    Err(format!(
-                        "unknown compression `{other}`: use snappy, zstd, zstd(LEVEL), lz4 or uncompressed"
-                    ))
-                }
-            }
-        }
-    }
-}
-
-/// `[table.metadata_columns]`: the column name for each Kafka attribute to store;
-/// `None` leaves a column out.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetadataColumns {
-    /// Topic name (string).
-    pub topic: Option<String>,
-    /// Partition number (int).
-    pub partition: Option<String>,
-    /// Offset (long).
-    pub offset: Option<String>,
-    /// Record timestamp (timestamp, UTC, microseconds).
-    pub timestamp: Option<String>,
-    /// Record key (binary).
-    pub key: Option<String>,
-    /// Record headers (array of struct<key: string, value: binary>).
-    pub headers: Option<String>,
-}
-
-impl MetadataColumns {
-    /// The configured names, in column order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        [
-            &self.topic,
-            &self.partition,
-            &self.offset,
-            &self.timestamp,
-            &self.key,
-            &self.headers,
-        ]
-        .into_iter()
-        .filter_map(|c| c.as_deref())
-    }
-}
-
-/// Object-store options for delta-rs.
-#[derive(Clone, Default)]
-pub struct StorageConfig {
-    /// Key/value options understood by delta-rs' object stores.
-    pub options: BTreeMap<String, Secret>,
-}
-
-impl fmt::Debug for StorageConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.options.iter()).finish()
-    }
-}
-
-impl StorageConfig {
-    /// The options in the form delta-rs takes.
-    pub fn to_options(&self) -> std::collections::HashMap<String, String> {
-        self.options
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-            .collect()
-    }
-}
-
-/// When to write and commit buffered records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlushPolicy {
-    /// Rows.
-    pub max_rows: u64,
-    /// Encoded Parquet bytes.
-    pub max_bytes: u64,
-    /// Age of the oldest buffered record.
-    pub max_age: Duration,
-}
-
-impl Default for FlushPolicy {
-    fn default() -> Self {
-        Self {
-            max_rows: 1_000_000,
-            max_bytes: 128 * 1024 * 1024,
-            max_age: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Validated `[commit]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CommitConfig {
-    /// delta-rs conflict retries.
-    pub max_conflict_retries: usize,
-    /// Backoff cap.
-    pub max_backoff: Duration,
-}
-
-/// Validated `[decode]`.
-#[derive(Debug, Clone)]
-pub struct DecodeConfig {
-    /// Value format.
-    pub format: Format,
-    /// Bad-record policy.
-    pub on_error: OnError,
-    /// Incompatible-schema policy.
-    pub on_incompatible: OnError,
-    /// Subject template for table creation.
-    pub subject: String,
-    /// The registry, for registry formats.
-    pub registry: Option<crate::registry::RegistryConfig>,
-    /// Larger record values are rejected.
-    pub max_record_bytes: u64,
-}
-
-impl DecodeConfig {
-    /// The registry subject for `topic`.
-    pub fn subject_for(&self, topic: &str) -> String {
-        self.subject.replace("{topic}", topic)
-    }
-}
-
-/// Record value format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// JSON objects, one per record, against the table schema.
-    Json,
-    /// Avro in the Confluent wire format.
-    Avro,
-    /// JSON in the Confluent wire format, described by a registered JSON Schema.
-    JsonSchema,
-    /// Protobuf in the Confluent wire format (with the message-index array).
-    Protobuf,
 }
 
 impl RawConfig {
@@ -803,12 +556,8 @@ impl RawConfig {
             dead_letters: self
                 .dead_letters
                 .map(|d| {
-                    parse_table_uri(&d.uri).map_err(|e| match e {
-                        ConfigError::Invalid { message, .. } => {
-                            ConfigError::invalid("dead_letters.uri", message)
-                        }
-                        other => other,
-                    })
+                    parse_table_uri(&d.uri)
+                        .map_err(|e| ConfigError::invalid("dead_letters.uri", e.to_string()))
                 })
                 .transpose()?,
             metrics_listen,
@@ -1013,7 +762,7 @@ fn validate_decode(
                     format!("{} does not exist", ca.display()),
                 ));
             }
-            Some(crate::registry::RegistryConfig {
+            Some(crate::decode::registry::RegistryConfig {
                 urls,
                 username: r.username,
                 password: r.password,
@@ -1136,7 +885,8 @@ fn validate_route(
 
 fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
     let uri_template = raw.uri.contains("{topic}").then(|| raw.uri.clone());
-    let uri = parse_table_uri(&raw.uri.replace("{topic}", "topic"))?;
+    let uri = parse_table_uri(&raw.uri.replace("{topic}", "topic"))
+        .map_err(|e| ConfigError::invalid("table.uri", e.to_string()))?;
     let schema = match &raw.schema_file {
         None => None,
         Some(path) => {
@@ -1237,52 +987,11 @@ fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
         properties: raw.properties,
         metadata_columns,
         row_group_rows,
-        transform: crate::transform::TransformSpec {
+        transform: crate::decode::transform::TransformSpec {
             columns: raw.derived_columns.into_iter().collect(),
             filter: raw.filter.filter(|f| !f.trim().is_empty()),
         },
     })
-}
-
-/// Accepts `s3://bucket/prefix`, `s3a://`, `file:///abs` and plain local paths
-/// (made absolute against the current directory).
-pub fn parse_table_uri(raw: &str) -> Result<Url, ConfigError> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Err(ConfigError::invalid("table.uri", "must not be empty"));
-    }
-    if raw.contains("://") {
-        let url = Url::parse(raw)
-            .map_err(|e| ConfigError::invalid("table.uri", format!("`{raw}`: {e}")))?;
-        match url.scheme() {
-            "s3" | "s3a" => {
-                if url.host_str().is_none_or(str::is_empty) {
-                    return Err(ConfigError::invalid(
-                        "table.uri",
-                        format!("`{raw}` has no bucket: write s3://BUCKET/PATH"),
-                    ));
-                }
-                Ok(url)
-            }
-            "file" | "memory" => Ok(url),
-            other => Err(ConfigError::invalid(
-                "table.uri",
-                format!("unsupported scheme `{other}`: use s3:// or file://"),
-            )),
-        }
-    } else {
-        let path = Path::new(raw);
-        let abs = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            std::env::current_dir()
-                .map_err(|e| ConfigError::invalid("table.uri", e.to_string()))?
-                .join(path)
-        };
-        Url::from_directory_path(&abs).map_err(|()| {
-            ConfigError::invalid("table.uri", format!("`{raw}` is not a usable local path"))
-        })
-    }
 }
 
 fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigError> {

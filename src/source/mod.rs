@@ -32,6 +32,11 @@
 //! pipeline picks the epochs; after it rewinds a partition (seek back to the table's
 //! offset) it ignores records of older epochs still in the channel.
 
+pub mod options;
+pub mod probe;
+
+pub use options::{KafkaConfig, OffsetReset, Subscription};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -48,7 +53,6 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{KafkaConfig, OffsetReset};
 use crate::record::{HeaderMeta, RecordChunk, RecordMeta, TopicPartition};
 
 /// Errors from the Kafka side.
@@ -218,7 +222,7 @@ impl EpochCache {
 }
 
 struct IngestContext {
-    stats: Arc<crate::stats::PipelineStats>,
+    stats: Arc<crate::telemetry::stats::PipelineStats>,
     events: mpsc::UnboundedSender<SourceEvent>,
     epochs: Epochs,
     closing: AtomicBool,
@@ -455,7 +459,7 @@ impl Source {
     /// Create the consumer, subscribe, and start the poll thread.
     pub fn start(
         cfg: &KafkaConfig,
-        stats: Arc<crate::stats::PipelineStats>,
+        stats: Arc<crate::telemetry::stats::PipelineStats>,
     ) -> Result<(Self, SourceChannels), SourceError> {
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         let (chunk_tx, chunk_rx) = mpsc::channel(cfg.channel_capacity);
@@ -951,8 +955,8 @@ mod tests {
     }
 
     use super::*;
-    use crate::config::{KafkaConfig, OffsetReset, Subscription};
     use crate::secret::Secret;
+    use crate::source::{KafkaConfig, OffsetReset, Subscription};
 
     #[test]
     fn a_cached_epoch_is_never_used_after_the_map_changes() {

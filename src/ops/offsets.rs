@@ -18,10 +18,10 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 
 use crate::config::Config;
-use crate::maintenance::{self, MaintenanceError};
-use crate::probe::{self, ProbeError};
+use crate::ops::maintenance::{self, MaintenanceError};
 use crate::record::TopicPartition;
-use crate::table;
+use crate::sink::table;
+use crate::source::probe::{self, ProbeError};
 
 /// Where to move the partitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

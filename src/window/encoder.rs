@@ -17,7 +17,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::stats::{PipelineStats, StorageCall};
+use crate::telemetry::stats::{PipelineStats, StorageCall};
 
 /// Batches queued between the pipeline and the encoder. Two keep the encoder busy
 /// while the pipeline decodes; more would only hold more memory.
@@ -157,9 +157,9 @@ mod tests {
             ])
             .await
             .unwrap();
-        crate::table::new_writer(
+        crate::sink::table::new_writer(
             &table,
-            crate::table::writer_properties(crate::config::Compression::Snappy, 1024),
+            crate::sink::table::writer_properties(crate::sink::Compression::Snappy, 1024),
             u64::MAX,
         )
         .unwrap()

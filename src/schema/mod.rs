@@ -7,13 +7,50 @@
 //! user writes it, because it raises the table protocol to reader 3 / writer 7,
 //! which older Spark and some Athena setups cannot read.
 
+pub mod evolve;
+
 use std::sync::Arc;
 
 use deltalake::arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
 use deltalake::kernel::{ArrayType, DataType, PrimitiveType, StructField, StructType};
 
-use crate::config::MetadataColumns;
+use serde::Deserialize;
+
+/// `[table.metadata_columns]`: the column name for each Kafka attribute to store;
+/// `None` leaves a column out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataColumns {
+    /// Topic name (string).
+    pub topic: Option<String>,
+    /// Partition number (int).
+    pub partition: Option<String>,
+    /// Offset (long).
+    pub offset: Option<String>,
+    /// Record timestamp (timestamp, UTC, microseconds).
+    pub timestamp: Option<String>,
+    /// Record key (binary).
+    pub key: Option<String>,
+    /// Record headers (array of struct<key: string, value: binary>).
+    pub headers: Option<String>,
+}
+
+impl MetadataColumns {
+    /// The configured names, in column order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.topic,
+            &self.partition,
+            &self.offset,
+            &self.timestamp,
+            &self.key,
+            &self.headers,
+        ]
+        .into_iter()
+        .filter_map(|c| c.as_deref())
+    }
+}
 
 /// Errors building a schema.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::kernel::StructType;
 
-use crate::framed::FramedDecoder;
+use crate::decode::registry::framed::FramedDecoder;
 use arrow_avro::codec::Tz;
 use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
@@ -54,7 +54,7 @@ impl AvroWriterSchema {
         let decoder = build(id, &schema, batch_size)
             .map_err(|e| format!("Avro schema id {id} cannot be decoded: {e}"))?;
         let arrow = decoder.schema();
-        let delta = crate::evolve::delta_struct(arrow.fields(), "")
+        let delta = crate::schema::evolve::delta_struct(arrow.fields(), "")
             .map_err(|e| format!("Avro schema id {id}: {e}"))?;
         Ok(Self {
             id,
@@ -147,7 +147,7 @@ mod tests {
         trailing.extend_from_slice(&[1, 2, 3]);
         let good3 = frame(7, rec(4, Some("d")));
         let values: Vec<&[u8]> = vec![&good1, &truncated, &good2, &trailing, &good3];
-        let out = crate::framed::decode_run(&mut w, &values).unwrap();
+        let out = crate::decode::registry::framed::decode_run(&mut w, &values).unwrap();
         assert_eq!(out.good, [0, 2, 4]);
         assert_eq!(out.bad.iter().map(|b| b.0).collect::<Vec<_>>(), [1, 3]);
         let rows: usize = out.batches.iter().map(RecordBatch::num_rows).sum();

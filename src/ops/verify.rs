@@ -31,13 +31,13 @@ use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Int32Type, Int64Type};
 
 use crate::config::Config;
+use crate::decode::registry::{Registry, RegistryError};
+use crate::decode::transform::Transform;
 use crate::decode::{DecodeError, Decoder};
-use crate::maintenance::{self, MaintenanceError};
-use crate::probe::{self, ProbeError};
+use crate::ops::maintenance::{self, MaintenanceError};
 use crate::record::{HeaderMeta, RecordChunk, RecordMeta, TopicPartition};
-use crate::registry::{Registry, RegistryError};
-use crate::table;
-use crate::transform::Transform;
+use crate::sink::table;
+use crate::source::probe::{self, ProbeError};
 
 /// How many offsets to list per problem.
 const SAMPLE: usize = 20;

@@ -31,10 +31,10 @@ use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
 
-use crate::checkpoint::Checkpoints;
-use crate::offset_store::OffsetStore;
+use crate::offsets::store::OffsetStore;
 use crate::record::TopicPartition;
-use crate::table::{is_retryable, txn_app_id};
+use crate::sink::checkpoint::Checkpoints;
+use crate::sink::table::{is_retryable, txn_app_id};
 
 /// What a writer keeps of one table's log between its commits: the offsets stored
 /// in it and the checkpoint schedule. Clones share both (the pipeline's handle and
@@ -268,7 +268,7 @@ async fn attempt(
                 ),
             ])
             .with_max_retries(policy.max_conflict_retries)
-            // Checkpoints and log cleanup run after the commit (crate::checkpoint):
+            // Checkpoints and log cleanup run after the commit (crate::sink::checkpoint):
             // inside it, a failed checkpoint made a landed commit look failed, and
             // the cleanup listed the whole log on every commit.
             .with_create_checkpoint(false)

@@ -18,8 +18,8 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoArrow;
 use deltalake::kernel::{ArrayType, DataType, MapType, StructField, StructType};
 use serde_json::Value;
 
-use crate::framed::FramedDecoder;
-use crate::registry::split_frame;
+use crate::decode::registry::framed::FramedDecoder;
+use crate::decode::registry::split_frame;
 
 /// The Delta struct for a JSON Schema document whose root is an object.
 pub fn to_delta(text: &str) -> Result<StructType, String> {
@@ -277,7 +277,7 @@ mod tests {
             frame(r#"{"id":4}"#),
         ];
         let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
-        let out = crate::framed::decode_run(&mut w, &refs).unwrap();
+        let out = crate::decode::registry::framed::decode_run(&mut w, &refs).unwrap();
         assert_eq!(out.good, [0, 3]);
         assert_eq!(out.bad.iter().map(|b| b.0).collect::<Vec<_>>(), [1, 2]);
         assert!(out.bad.iter().all(|(_, r)| r.starts_with("invalid JSON")));

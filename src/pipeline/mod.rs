@@ -16,7 +16,7 @@
 //! - A record is in the table at most once: per partition the pipeline drops records
 //!   at or below the offset it has accounted for, tags records with the epoch of the
 //!   assignment or seek they came from, and commits with a compare-and-swap on the
-//!   stored offsets (see [`crate::commit`]).
+//!   stored offsets (see [`crate::sink::commit`]).
 //! - A record is in the table at least once (or counted as rejected): offsets only
 //!   advance in the commit that carries the record's row, and anything not committed
 //!   is read again from the table's offset after a restart, rebalance or rewind.
@@ -44,26 +44,26 @@ use deltalake::writer::DeltaWriter;
 use deltalake::{DeltaTable, DeltaTableError};
 use tokio::task::JoinHandle;
 
-use crate::commit::{
-    self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
-    TableLog,
-};
 use crate::config::{
     Compression, Config, FlushPolicy, OffsetReset, OnError, Route, Subscription, TableConfig,
     TopicMatch,
 };
+use crate::decode::registry::{Registry, RegistryError};
+use crate::decode::transform::Transform;
 use crate::decode::{DecodeError, Decoder, Evolution, RejectKind, Rejected};
-use crate::encoder::WindowWriter;
-use crate::probe;
 use crate::record::{RecordChunk, TopicPartition};
-use crate::registry::{Registry, RegistryError};
 use crate::schema::TableSchema;
+use crate::sink::commit::{
+    self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
+    TableLog,
+};
+use crate::sink::table::{self, TableError};
+use crate::source::probe;
 use crate::source::{
     AssignReply, Source, SourceChannels, SourceCommand, SourceError, SourceEvent, StartAt,
 };
-use crate::stats::PipelineStats;
-use crate::table::{self, TableError};
-use crate::transform::Transform;
+use crate::telemetry::stats::PipelineStats;
+use crate::window::encoder::WindowWriter;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,7 @@ pub enum PipelineError {
     Commit(#[from] Box<CommitError>),
     /// The metrics endpoint could not start.
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] crate::telemetry::metrics::MetricsError),
     /// The poll thread stopped unexpectedly.
     #[error("the kafka poll thread stopped: {0}")]
     SourceStopped(String),
@@ -126,7 +126,7 @@ pub enum PipelineError {
     },
     /// The partitions' ends could not be read for `auto_offset_reset = "latest"`.
     #[error("reading the partitions' ends for auto_offset_reset = latest: {0}")]
-    Latest(#[source] crate::probe::ProbeError),
+    Latest(#[source] crate::source::probe::ProbeError),
 }
 
 impl PipelineError {
@@ -229,7 +229,7 @@ pub async fn run(
         latest_ends: HashMap::new(),
     };
     if let Some(uri) = &pipeline.cfg.dead_letters {
-        let opened = crate::dead_letter::open(uri, &pipeline.cfg.storage)
+        let opened = crate::sink::dead_letter::open(uri, &pipeline.cfg.storage)
             .await
             .map_err(Box::new)?;
         tracing::info!(table = %uri, created = opened.created, "dead-letter table open");
@@ -269,7 +269,7 @@ pub async fn run(
     }
     let endpoint = match pipeline.cfg.metrics_listen {
         Some(addr) => {
-            let e = crate::metrics::serve(addr, pipeline.stats.clone()).await?;
+            let e = crate::telemetry::metrics::serve(addr, pipeline.stats.clone()).await?;
             let _ = pipeline.stats.metrics_addr.set(e.addr);
             Some(e)
         }
@@ -717,14 +717,15 @@ impl Pipeline {
             for (tp, (committed, dead_committed)) in &stored {
                 // Only after a window's dead letters landed and its rows did not.
                 if let Some(upto) = dead_committed.filter(|d| committed.is_none_or(|c| *d > c)) {
-                    let offsets = crate::dead_letter::offsets_above(&d.table, tp, *committed, upto)
-                        .await
-                        .map_err(|e| {
-                            PipelineError::Table(Box::new(TableError::Delta {
-                                uri: d.table.table_url().to_string(),
-                                source: Box::new(e),
-                            }))
-                        })?;
+                    let offsets =
+                        crate::sink::dead_letter::offsets_above(&d.table, tp, *committed, upto)
+                            .await
+                            .map_err(|e| {
+                                PipelineError::Table(Box::new(TableError::Delta {
+                                    uri: d.table.table_url().to_string(),
+                                    source: Box::new(e),
+                                }))
+                            })?;
                     tracing::info!(partition = %tp, stored_offset = ?committed, dead_letter_offset = upto, kept = offsets.len(), "replaying a window whose dead letters landed: its rejections are kept");
                     kept.insert(tp.clone(), offsets);
                 }
@@ -1161,7 +1162,7 @@ impl Pipeline {
                 .collect();
             if !fresh.is_empty() {
                 let uri = self.sinks[sink].uri();
-                let batch = crate::dead_letter::batch(&d.schema, chunk, &fresh, &uri)?;
+                let batch = crate::sink::dead_letter::batch(&d.schema, chunk, &fresh, &uri)?;
                 let w = &mut self.sinks[sink].window;
                 w.dead.push(batch);
                 for rej in fresh {
@@ -1358,7 +1359,7 @@ impl Pipeline {
         let handle = tokio::spawn(async move {
             // With several tables, overlapping commits share the slot; the
             // stuck-commit rule in `is_ready` still covers the one left running.
-            let _call = crate::stats::StorageCall::begin(&stats.commit_since_ms);
+            let _call = crate::telemetry::stats::StorageCall::begin(&stats.commit_since_ms);
             flush_and_commit(
                 writer,
                 (table, log),

@@ -24,11 +24,11 @@ use crate::config::{
 };
 use crate::pipeline::{self, PipelineError, RunOptions};
 use crate::record::TopicPartition;
-use crate::stats::PipelineStats;
-use crate::table;
+use crate::sink::table;
+use crate::telemetry::stats::PipelineStats;
 
 /// The demo's record schema, also shipped as `schemas/demo_events.json`.
-pub const DEMO_SCHEMA: &str = include_str!("../schemas/demo_events.json");
+pub const DEMO_SCHEMA: &str = include_str!("../../schemas/demo_events.json");
 
 const TOPIC: &str = "demo-events";
 /// librdkafka's mock cluster keeps at most 5 MiB or 100k records per partition and

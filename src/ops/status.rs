@@ -3,7 +3,7 @@
 //! Lag is counted in records: `lag = high watermark - (stored offset + 1)`, the
 //! records Kafka holds for the partition that are not yet accounted for in the table
 //! (for a partition with no stored offset: `high - low`). The high watermark is read
-//! from a fetch response (see [`crate::probe`]). The last commit time of a partition
+//! from a fetch response (see [`crate::source::probe`]). The last commit time of a partition
 //! comes from the newest commit whose `commitInfo` names it (tributary records the
 //! offsets of every commit there), searched over the last 1000 commits.
 
@@ -13,10 +13,10 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::config::Config;
-use crate::maintenance::{self, FileSummary, MaintenanceError};
-use crate::probe::{self, ProbeError};
+use crate::ops::maintenance::{self, FileSummary, MaintenanceError};
 use crate::record::TopicPartition;
-use crate::table;
+use crate::sink::table;
+use crate::source::probe::{self, ProbeError};
 
 /// How many commits to search for per-partition commit times.
 const HISTORY_DEPTH: usize = 1000;

@@ -31,8 +31,8 @@ use deltalake::kernel::{ArrayType, DataType, MapType, StructField, StructType};
 use prost_reflect::{DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
-use crate::framed::FramedDecoder;
-use crate::registry::split_frame;
+use crate::decode::registry::framed::FramedDecoder;
+use crate::decode::registry::split_frame;
 
 const ROOT_FILE: &str = "tributary_registry_schema.proto";
 const MAX_DEPTH: usize = 32;
@@ -491,7 +491,7 @@ fn append_scalar(
 mod tests {
     use super::*;
 
-    const ORDERS: &str = include_str!("../schemas/orders.proto");
+    const ORDERS: &str = include_str!("../../../schemas/orders.proto");
 
     #[test]
     fn message_indexes_follow_the_confluent_encoding() {

@@ -30,11 +30,12 @@ use deltalake::kernel::{DataType, StructField, StructType};
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
-use crate::config::{Compression, MetadataColumns, StorageConfig, TableConfig};
 use crate::decode::{DecodeError, Rejected};
 use crate::record::RecordChunk;
+use crate::schema::MetadataColumns;
 use crate::schema::TableSchema;
-use crate::table::{self, OpenTable, TableError};
+use crate::sink::table::{self, OpenTable, TableError};
+use crate::sink::{Compression, StorageConfig, TableConfig};
 
 /// The Kafka attributes, as the metadata-column machinery names them here.
 fn metadata() -> MetadataColumns {

@@ -14,6 +14,11 @@
 //! unreachable or failing registry is transient (retry with backoff, lose
 //! nothing); rejected credentials stop the pipeline with a message that says so.
 
+pub mod avro;
+pub mod framed;
+pub mod json_schema;
+pub mod protobuf;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

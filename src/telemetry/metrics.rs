@@ -30,7 +30,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::stats::PipelineStats;
+use crate::telemetry::stats::PipelineStats;
 
 /// How a metric is read from [`PipelineStats`].
 #[derive(Clone, Copy)]
@@ -326,7 +326,7 @@ mod tests {
     #[test]
     fn dashboard_queries_only_declared_metrics() {
         let dash: serde_json::Value =
-            serde_json::from_str(include_str!("../deploy/grafana/tributary.json")).unwrap();
+            serde_json::from_str(include_str!("../../deploy/grafana/tributary.json")).unwrap();
         let re = regex::Regex::new(r"tributary_[a-z_]+").unwrap();
         let exported: Vec<String> = METRICS
             .iter()

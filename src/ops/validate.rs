@@ -11,8 +11,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::metadata::Metadata;
 
 use crate::config::{Config, Subscription};
+use crate::sink::table;
 use crate::source::{client_config, log_to_tracing};
-use crate::table;
 
 /// One check and its result.
 #[derive(Debug, Clone)]

@@ -106,16 +106,16 @@ impl MaintenanceError {
 
 /// Open an existing table; a clear error when there is none.
 pub async fn open(uri: &Url, storage: &StorageConfig) -> Result<DeltaTable, MaintenanceError> {
-    match crate::table::load(uri, storage).await {
+    match crate::sink::table::load(uri, storage).await {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Err(MaintenanceError::NoTable {
             uri: uri.to_string(),
         }),
-        Err(crate::table::TableError::Delta { source, .. }) => {
+        Err(crate::sink::table::TableError::Delta { source, .. }) => {
             let message = source.to_string();
             Err(MaintenanceError::Storage {
                 uri: uri.to_string(),
-                hint: crate::table::storage_hint(&message)
+                hint: crate::sink::table::storage_hint(&message)
                     .map(|h| format!(". {h}"))
                     .unwrap_or_default(),
                 message,

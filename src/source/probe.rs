@@ -17,9 +17,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, Subscription};
 use crate::record::TopicPartition;
 use crate::source::client_config;
+use crate::source::{KafkaConfig, Subscription};
 
 /// Errors from probes.
 #[derive(Debug, thiserror::Error)]

@@ -64,7 +64,7 @@ pub fn derived_fields(spec: &TransformSpec, input: &SchemaRef) -> Result<Vec<Str
                 plan(sql, input).map_err(|e| format!("derived column `{name}` = {sql}: {e}"))?;
             let t = e.data_type(input).map_err(|e| e.to_string())?;
             let field = Field::new(name, t, true);
-            let delta = crate::evolve::delta_type(&field, name)
+            let delta = crate::schema::evolve::delta_type(&field, name)
                 .map_err(|e| format!("derived column `{name}` = {sql}: {e}"))?;
             Ok(StructField::new(name, delta, true))
         })
@@ -216,7 +216,7 @@ mod tests {
     use deltalake::arrow::datatypes::Int32Type;
 
     use super::*;
-    use crate::config::MetadataColumns;
+    use crate::schema::MetadataColumns;
 
     #[test]
     fn failing_rows_are_rejected_with_the_column_and_the_rest_kept() {

@@ -1,0 +1,3 @@
+//! The offsets a table stores in its `txn` actions.
+
+pub mod store;

@@ -1,0 +1,8 @@
+//! Operator commands, beside the daemon.
+
+pub mod demo;
+pub mod maintenance;
+pub mod offsets;
+pub mod status;
+pub mod validate;
+pub mod verify;

@@ -1,0 +1,12 @@
+//! One sink per table: the table handle, the commit with its compare-and-swap,
+//! dead letters and checkpoints.
+
+pub mod checkpoint;
+pub mod commit;
+pub mod dead_letter;
+pub mod options;
+pub mod table;
+
+pub use options::{
+    CommitConfig, Compression, StorageConfig, TableConfig, TableUriError, parse_table_uri,
+};

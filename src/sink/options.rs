@@ -1,0 +1,161 @@
+//! What a table is and how it is written: location, schema, Parquet settings,
+//! storage options, commit retries, and which topics are routed to it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use crate::schema::MetadataColumns;
+use crate::secret::Secret;
+
+/// A table URI that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TableUriError(String);
+
+impl TableUriError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Validated `[table]`.
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    /// Normalized table URL (for a template: with `{topic}` as `topic`).
+    pub uri: Url,
+    /// The URI as written when it contains `{topic}` (one table per topic).
+    pub uri_template: Option<String>,
+    /// The record schema (without metadata columns), when a schema file gives it.
+    pub schema: Option<deltalake::kernel::StructType>,
+    /// Where the schema came from, for messages.
+    pub schema_path: Option<PathBuf>,
+    /// Partition columns for table creation.
+    pub partition_by: Vec<String>,
+    /// Parquet compression.
+    pub compression: Compression,
+    /// Table properties for creation.
+    pub properties: BTreeMap<String, String>,
+    /// Metadata columns.
+    pub metadata_columns: MetadataColumns,
+    /// Rows per row group.
+    pub row_group_rows: usize,
+    /// Derived columns and the row filter.
+    pub transform: crate::decode::transform::TransformSpec,
+}
+
+/// Parquet compression codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Snappy (fast, the Spark default).
+    Snappy,
+    /// Zstandard at a level (smaller files, similar speed at low levels).
+    Zstd(i32),
+    /// LZ4 (raw).
+    Lz4,
+    /// No compression.
+    Uncompressed,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "snappy" => Ok(Self::Snappy),
+            "zstd" => Ok(Self::Zstd(3)),
+            "lz4" => Ok(Self::Lz4),
+            "uncompressed" | "none" => Ok(Self::Uncompressed),
+            other => {
+                if let Some(level) = other
+                    .strip_prefix("zstd(")
+                    .and_then(|r| r.strip_suffix(')'))
+                {
+                    let level: i32 = level
+                        .parse()
+                        .map_err(|_| format!("zstd level `{level}` is not a number"))?;
+                    if !(1..=22).contains(&level) {
+                        return Err(format!("zstd level {level} is outside 1..=22"));
+                    }
+                    Ok(Self::Zstd(level))
+                } else {
+                    Err(format!(
+                        "unknown compression `{other}`: use snappy, zstd, zstd(LEVEL), lz4 or uncompressed"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Object-store options for delta-rs.
+#[derive(Clone, Default)]
+pub struct StorageConfig {
+    /// Key/value options understood by delta-rs' object stores.
+    pub options: BTreeMap<String, Secret>,
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.options.iter()).finish()
+    }
+}
+
+impl StorageConfig {
+    /// The options in the form delta-rs takes.
+    pub fn to_options(&self) -> std::collections::HashMap<String, String> {
+        self.options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect()
+    }
+}
+
+/// Validated `[commit]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitConfig {
+    /// delta-rs conflict retries.
+    pub max_conflict_retries: usize,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+}
+
+/// Accepts `s3://bucket/prefix`, `s3a://`, `file:///abs` and plain local paths
+/// (made absolute against the current directory).
+pub fn parse_table_uri(raw: &str) -> Result<Url, TableUriError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(TableUriError::new("must not be empty"));
+    }
+    if raw.contains("://") {
+        let url = Url::parse(raw).map_err(|e| TableUriError::new(format!("`{raw}`: {e}")))?;
+        match url.scheme() {
+            "s3" | "s3a" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(TableUriError::new(format!(
+                        "`{raw}` has no bucket: write s3://BUCKET/PATH"
+                    )));
+                }
+                Ok(url)
+            }
+            "file" | "memory" => Ok(url),
+            other => Err(TableUriError::new(format!(
+                "unsupported scheme `{other}`: use s3:// or file://"
+            ))),
+        }
+    } else {
+        let path = Path::new(raw);
+        let abs = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| TableUriError::new(e.to_string()))?
+                .join(path)
+        };
+        Url::from_directory_path(&abs)
+            .map_err(|()| TableUriError::new(format!("`{raw}` is not a usable local path")))
+    }
+}
