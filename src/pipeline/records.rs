@@ -1,0 +1,449 @@
+//! Records in: admit a chunk's new records, decode them into their table's
+//! window, reject what cannot be decoded, and evolve the table when a producer
+//! schema needs it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use tokio::time::Instant;
+
+use super::{DUE_WINDOW_WAIT, PartState, Pipeline, PipelineError};
+use crate::config::OnError;
+use crate::decode::transform::Transform;
+use crate::decode::{Evolution, RejectKind, Rejected};
+use crate::record::{RecordChunk, TopicPartition};
+use crate::sink::table;
+use crate::telemetry::stats::PipelineStats;
+use crate::window::encoder::WindowWriter;
+
+impl Pipeline {
+    pub(super) async fn on_chunk(&mut self, chunk: RecordChunk) -> Result<(), PipelineError> {
+        // Which records to take: current epoch, beyond what is already accounted for.
+        let mut last: Vec<Option<Option<i64>>> = chunk
+            .partitions
+            .iter()
+            .map(|cp| {
+                self.parts
+                    .get(&cp.tp)
+                    .filter(|p| p.epoch == cp.epoch)
+                    .map(|p| p.seen_last)
+            })
+            .collect();
+        let sink_of: Vec<Option<usize>> = chunk
+            .partitions
+            .iter()
+            .map(|cp| self.parts.get(&cp.tp).and_then(|p| p.sink))
+            .collect();
+        let mut keep = vec![false; chunk.len()];
+        for (i, r) in chunk.records.iter().enumerate() {
+            if let Some(seen) = &mut last[r.part as usize]
+                && seen.is_none_or(|s| r.offset > s)
+            {
+                keep[i] = true;
+                *seen = Some(r.offset);
+            }
+        }
+        let mut sinks: Vec<usize> = sink_of.iter().flatten().copied().collect();
+        sinks.sort_unstable();
+        sinks.dedup();
+        for sink in sinks {
+            let keep: Vec<bool> = chunk
+                .records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| keep[i] && sink_of[r.part as usize] == Some(sink))
+                .collect();
+            self.on_sink_chunk(sink, &chunk, &keep).await?;
+            if self.needs_rewind {
+                return Ok(()); // the rest is re-read after the rewind
+            }
+        }
+        self.maybe_flush();
+        Ok(())
+    }
+
+    /// The kept records of `chunk` that go to `sink`, split where its window
+    /// reaches max_rows, so no window (and no file) holds more rows than the policy
+    /// allows.
+    pub(super) async fn on_sink_chunk(
+        &mut self,
+        sink: usize,
+        chunk: &RecordChunk,
+        keep: &[bool],
+    ) -> Result<(), PipelineError> {
+        let mut start = 0;
+        while start < chunk.len() {
+            if self.sinks[sink].flush_due() {
+                // Bounded: while the last commit retries (storage trouble) the
+                // loop must get back to serving shutdown and rebalances. If it
+                // does not finish in time, this window takes the rest of the
+                // chunk (at most `max_chunk_records` over `max_rows`) and no
+                // further chunk is taken until the commit is done.
+                if self.sinks[sink].inflight.is_some() {
+                    self.await_inflight(sink, DUE_WINDOW_WAIT).await?;
+                }
+                if self.sinks[sink].inflight.is_some() {
+                    let rest = chunk.len() - start;
+                    self.on_segment(sink, chunk, keep, start..chunk.len())
+                        .await?;
+                    tracing::debug!(
+                        records = rest,
+                        "previous commit still running; window exceeds max_rows by this chunk"
+                    );
+                    return Ok(());
+                }
+                if !self.needs_rewind && self.sinks[sink].inflight.is_none() {
+                    self.start_commit(sink);
+                }
+            }
+            if self.needs_rewind {
+                return Ok(());
+            }
+            let s = &self.sinks[sink];
+            let budget = s.flush.max_rows.saturating_sub(s.window.rows).max(1);
+            let mut end = start;
+            let mut taken = 0u64;
+            while end < chunk.len() && taken < budget {
+                if keep[end] {
+                    taken += 1;
+                }
+                end += 1;
+            }
+            self.on_segment(sink, chunk, keep, start..end).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Account for, decode and write the kept records of `chunk[range]`.
+    pub(super) async fn on_segment(
+        &mut self,
+        sink: usize,
+        chunk: &RecordChunk,
+        keep: &[bool],
+        range: std::ops::Range<usize>,
+    ) -> Result<(), PipelineError> {
+        let accounted = range.clone().filter(|&i| keep[i]).count() as u64;
+        if accounted == 0 {
+            return Ok(());
+        }
+        if self.sinks[sink].window.is_empty() {
+            self.adopt_table_schema(sink)?;
+        }
+        // Oversized values are rejected before any decoder sees them.
+        let limit = self.cfg.decode.max_record_bytes;
+        let too_large: Vec<Rejected> = range
+            .clone()
+            .filter(|&i| keep[i])
+            .filter_map(|i| {
+                let len = chunk.value(&chunk.records[i]).map_or(0, <[u8]>::len) as u64;
+                (len > limit).then(|| Rejected {
+                    index: i,
+                    kind: RejectKind::TooLarge,
+                    reason: format!("value is {len} bytes, over decode.max_record_bytes ({limit})"),
+                })
+            })
+            .collect();
+        // Records whose dead letters landed before a crash stay rejected.
+        let already_dead = already_dead(&self.parts, chunk, keep, range.clone());
+        let in_segment = |i: usize| {
+            range.contains(&i)
+                && keep[i]
+                && !too_large.iter().any(|r| r.index == i)
+                && !already_dead.contains(&i)
+        };
+        // Registry formats: fetch new schema ids, evolve the table where they need it.
+        loop {
+            match self.sinks[sink].decoder.prepare(chunk, &in_segment).await {
+                Ok(None) => break,
+                Ok(Some(evolution)) => {
+                    self.evolve(sink, evolution).await?;
+                    if self.needs_rewind {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "schema registry unavailable; rewinding and retrying");
+                    self.fail_and_rewind();
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let s = &mut self.sinks[sink];
+        let mut decoded = s.decoder.decode(chunk, &in_segment)?;
+        if let Some(t) = &s.transform {
+            decoded = t.apply(decoded);
+        }
+        if !too_large.is_empty() {
+            decoded.rejected.extend(too_large);
+            decoded.rejected.sort_by_key(|r| r.index);
+        }
+        for rej in &decoded.rejected {
+            let r = &chunk.records[rej.index];
+            let tp = &chunk.partitions[r.part as usize].tp;
+            if self.cfg.decode.on_error == OnError::Fail {
+                return Err(PipelineError::Rejected {
+                    tp: tp.clone(),
+                    offset: r.offset,
+                    reason: rej.reason.clone(),
+                });
+            }
+            tracing::warn!(
+                topic = %tp.topic, partition = tp.partition, offset = r.offset,
+                reason = %rej.reason, "record rejected; counted and skipped"
+            );
+        }
+        if !already_dead.is_empty() {
+            tracing::info!(
+                records = already_dead.len(),
+                "replayed records already in the dead-letter table: rejected again, not rows"
+            );
+            decoded
+                .rejected
+                .extend(already_dead.iter().map(|&index| Rejected {
+                    index,
+                    kind: RejectKind::Decode,
+                    reason: "already in the dead-letter table".into(),
+                }));
+            decoded.rejected.sort_by_key(|r| r.index);
+        }
+        // Dead letters not already in the dead-letter table (a replay after a crash
+        // between the two commits re-rejects records that are).
+        if let Some(d) = &self.dead {
+            let fresh: Vec<&Rejected> = decoded
+                .rejected
+                .iter()
+                .filter(|rej| !already_dead.contains(&rej.index))
+                .collect();
+            if !fresh.is_empty() {
+                let uri = self.sinks[sink].uri();
+                let batch = crate::sink::dead_letter::batch(&d.schema, chunk, &fresh, &uri)?;
+                let w = &mut self.sinks[sink].window;
+                w.dead.push(batch);
+                for rej in fresh {
+                    let r = &chunk.records[rej.index];
+                    w.dead_parts
+                        .insert(chunk.partitions[r.part as usize].tp.clone());
+                }
+            }
+        }
+        // Account for every kept record, good or rejected: the window's offset for a
+        // partition is its last kept record, whatever became of it.
+        // Kept offsets only grow within a partition, so one pass finds each chunk
+        // partition's last, and the maps are touched once per partition, not per record.
+        let mut last_kept: Vec<Option<i64>> = vec![None; chunk.partitions.len()];
+        for i in range.clone().filter(|&i| keep[i]) {
+            let r = &chunk.records[i];
+            last_kept[r.part as usize] = Some(r.offset);
+        }
+        let window = &mut self.sinks[sink].window;
+        for (cp, last) in chunk.partitions.iter().zip(last_kept) {
+            if let Some(offset) = last
+                && let Some(p) = self.parts.get_mut(&cp.tp)
+            {
+                p.seen_last = Some(offset);
+                window.parts.insert(cp.tp.clone(), offset);
+            }
+        }
+        PipelineStats::add(&self.stats.records_rejected, decoded.rejected.len() as u64);
+        PipelineStats::add(&self.stats.records_accounted, accounted);
+        window.records += accounted;
+        window.opened_at.get_or_insert_with(Instant::now);
+        if let Some(batch) = decoded.batch {
+            let rows = batch.num_rows() as u64;
+            let s = &mut self.sinks[sink];
+            if s.window.writer.is_none() {
+                let writer = table::new_writer(&s.table, s.props.clone(), s.flush.max_bytes)
+                    .map_err(|source| PipelineError::Write {
+                        uri: s.uri(),
+                        source: Box::new(source),
+                    })?;
+                s.window.writer = Some(WindowWriter::start(writer, self.stats.clone()));
+            }
+            let writer = s.window.writer.as_mut().expect("writer just set");
+            if let Err(e) = writer.write(batch).await {
+                if table::is_retryable(&e) {
+                    tracing::warn!(error = %e, "writing Parquet failed; rewinding to the table's offsets");
+                    self.fail_and_rewind();
+                    return Ok(());
+                }
+                return Err(PipelineError::Write {
+                    uri: s.uri(),
+                    source: Box::new(e),
+                });
+            }
+            s.window.rows += rows;
+        }
+        Ok(())
+    }
+
+    /// Before a window opens: if the table's schema is no longer the one records
+    /// are decoded into (another worker evolved it, or an operator added a column
+    /// with another engine), decode into the table's schema from now on. New
+    /// nullable columns are filled with null (or from records that carry them);
+    /// the same check as at start refuses a table that no longer fits.
+    pub(super) fn adopt_table_schema(&mut self, sink: usize) -> Result<(), PipelineError> {
+        let s = &mut self.sinks[sink];
+        let write_err = |source| PipelineError::Write {
+            uri: s.tcfg.uri.to_string(),
+            source: Box::new(source),
+        };
+        let current = s.table.snapshot().map_err(write_err)?.schema();
+        if *current == s.decoder.schema().delta {
+            return Ok(());
+        }
+        let schema = table::check_schema(&s.table, &s.tcfg).map_err(Box::new)?;
+        tracing::info!(table = %s.tcfg.uri, "the table's schema was changed by another writer; decoding into it");
+        s.transform =
+            Transform::new(&s.tcfg.transform, &schema).map_err(PipelineError::Transform)?;
+        s.decoder.set_schema(schema)?;
+        Ok(())
+    }
+
+    /// Apply a table schema change a producer schema needs. Buffered rows were
+    /// written with the old columns, so they are committed first.
+    pub(super) async fn evolve(
+        &mut self,
+        sink: usize,
+        evolution: Evolution,
+    ) -> Result<(), PipelineError> {
+        tracing::info!(
+            schema_id = evolution.schema_id,
+            changes = ?evolution.changes,
+            table = %self.sinks[sink].tcfg.uri,
+            "producer schema needs a table schema change"
+        );
+        // The rows buffered so far are committed under the old schema first. Each
+        // wait is bounded so that shutdown and rebalances are still served while
+        // storage is slow: a commit that does not finish in time leaves these
+        // records to a rewind, taken once it has.
+        self.await_inflight(sink, DUE_WINDOW_WAIT).await?;
+        if self.sinks[sink].inflight.is_none()
+            && !self.sinks[sink].window.is_empty()
+            && !self.needs_rewind
+        {
+            self.start_commit(sink);
+            self.await_inflight(sink, DUE_WINDOW_WAIT).await?;
+        }
+        if self.sinks[sink].inflight.is_some() && !self.needs_rewind {
+            tracing::warn!(
+                table = %self.sinks[sink].tcfg.uri,
+                "previous commit still running; records needing the schema change are re-read after it"
+            );
+            self.abort_windows();
+            self.needs_rewind = true;
+        }
+        if self.needs_rewind {
+            return Ok(());
+        }
+        let s = &mut self.sinks[sink];
+        let derived = s.decoder.schema().derived.clone();
+        match table::evolve(
+            &mut s.table,
+            &evolution.producer,
+            &s.tcfg.metadata_columns,
+            &derived,
+        )
+        .await
+        {
+            Ok(schema) => {
+                s.transform =
+                    Transform::new(&s.tcfg.transform, &schema).map_err(PipelineError::Transform)?;
+                s.decoder.set_schema(schema)?;
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "schema change failed; rewinding and retrying");
+                self.fail_and_rewind();
+                Ok(())
+            }
+            Err(e) => Err(Box::new(e).into()),
+        }
+    }
+}
+
+/// The kept records of `chunk[range]` whose dead letters are already in the
+/// dead-letter table (see [`PartState::dead_kept`]), as chunk indices.
+fn already_dead(
+    parts: &HashMap<TopicPartition, PartState>,
+    chunk: &RecordChunk,
+    keep: &[bool],
+    range: std::ops::Range<usize>,
+) -> HashSet<usize> {
+    let kept: Vec<Option<&BTreeSet<i64>>> = chunk
+        .partitions
+        .iter()
+        .map(|cp| {
+            parts
+                .get(&cp.tp)
+                .map(|p| &p.dead_kept)
+                .filter(|k| !k.is_empty())
+        })
+        .collect();
+    if kept.iter().all(Option::is_none) {
+        return HashSet::new();
+    }
+    range
+        .filter(|&i| keep[i])
+        .filter(|&i| {
+            let r = &chunk.records[i];
+            kept[r.part as usize].is_some_and(|k| k.contains(&r.offset))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(committed: Option<i64>, dead_kept: &[i64]) -> PartState {
+        PartState {
+            epoch: 1,
+            committed,
+            seen_last: committed,
+            sink: Some(0),
+            dead_committed: dead_kept.last().copied(),
+            dead_kept: dead_kept.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn a_replay_keeps_first_pass_rejections_and_only_those() {
+        let tp = TopicPartition::new("t", 0);
+        let other = TopicPartition::new("t", 1);
+        // Offsets 10..16 of partition 0, then 10..12 of partition 1.
+        let mut chunk =
+            RecordChunk::from_values(&tp, 10, ["a", "b", "c", "d", "e", "f"].map(str::as_bytes));
+        let more = RecordChunk::from_values(&other, 10, ["x", "y"].map(str::as_bytes));
+        let p1 = chunk.partition_index(&other, 0);
+        for r in &more.records {
+            let mut r = r.clone();
+            r.part = p1;
+            r.value = r.value.map(|v| chunk.push_bytes(&more.data[v]));
+            chunk.records.push(r);
+        }
+        let parts: HashMap<TopicPartition, PartState> = [
+            (tp.clone(), part(Some(9), &[11, 14])),
+            (other.clone(), part(Some(9), &[])),
+        ]
+        .into();
+        let keep = vec![true; chunk.len()];
+        let found = already_dead(&parts, &chunk, &keep, 0..chunk.len());
+        assert_eq!(
+            found,
+            HashSet::from([1, 4]),
+            "offsets 11 and 14 of partition 0"
+        );
+        // Only within the range and among the kept records.
+        let mut keep = keep;
+        keep[4] = false;
+        assert_eq!(
+            already_dead(&parts, &chunk, &keep, 0..3),
+            HashSet::from([1])
+        );
+        assert!(already_dead(&parts, &chunk, &keep, 2..4).is_empty());
+        // Nothing kept anywhere: nothing to look up.
+        let plain: HashMap<TopicPartition, PartState> = [(tp.clone(), part(Some(9), &[]))].into();
+        assert!(already_dead(&plain, &chunk, &keep, 0..chunk.len()).is_empty());
+    }
+}
