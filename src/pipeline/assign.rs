@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use deltalake::{DeltaTable, DeltaTableError};
-use tokio::time::Instant;
 
+use super::drain::Budget;
 use super::{PartState, Pipeline, PipelineError};
 use crate::config::OffsetReset;
 use crate::record::TopicPartition;
@@ -140,9 +140,9 @@ impl Pipeline {
             self.latest_ends
                 .extend(marks.into_iter().map(|(tp, w)| (tp, w.high)));
         }
-        let deadline = Instant::now() + PIN_LATEST_TIMEOUT;
+        let budget = Budget::new(PIN_LATEST_TIMEOUT);
         let abandon = self.abandon.clone();
-        let give_up = move || abandon.load(Ordering::Acquire) || Instant::now() >= deadline;
+        let give_up = move || abandon.load(Ordering::Acquire) || budget.spent();
         let mut sinks: Vec<usize> = fresh.iter().map(|(_, s)| *s).collect();
         sinks.sort_unstable();
         sinks.dedup();
@@ -234,14 +234,7 @@ impl Pipeline {
                 reply.push((tp.clone(), StartAt::after(committed, reset), epoch));
                 self.parts.insert(
                     tp,
-                    PartState {
-                        epoch,
-                        committed,
-                        seen_last: committed,
-                        sink: Some(sink),
-                        dead_committed,
-                        dead_kept,
-                    },
+                    PartState::starting(epoch, Some(sink), (committed, dead_committed, dead_kept)),
                 );
             }
         }
@@ -253,16 +246,9 @@ impl Pipeline {
             reply.push((tp.clone(), StartAt::End, rejected_epoch));
             self.parts.insert(
                 tp,
-                PartState {
-                    epoch,
-                    committed: None,
-                    seen_last: None,
-                    sink,
-                    dead_committed: None,
-                    dead_kept: BTreeSet::new(),
-                },
+                PartState::starting(epoch, sink, (None, None, BTreeSet::new())),
             );
-            self.needs_rewind = true;
+            self.recovery.rewind_now();
         }
         Ok(reply)
     }
@@ -274,9 +260,11 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         // One budget for the whole callback, however many tables: the group waits
         // for this answer.
-        let deadline =
-            Instant::now() + revoke_budget(self.options.revoke_commit_timeout, &self.cfg.kafka);
-        let left = || deadline.saturating_duration_since(Instant::now());
+        let budget = Budget::new(revoke_budget(
+            self.options.revoke_commit_timeout,
+            &self.cfg.kafka,
+        ));
+        let left = || budget.left();
         for i in 0..self.sinks.len() {
             let touches_window = partitions
                 .iter()
@@ -285,7 +273,7 @@ impl Pipeline {
             if !touches_window {
                 continue;
             }
-            if lost || self.needs_rewind || self.sinks[i].inflight.is_some() {
+            if lost || self.recovery.needs_rewind() || self.sinks[i].inflight.is_some() {
                 // Another consumer may already own these partitions, or we cannot
                 // commit in time: drop the window, it is re-read by whoever owns them.
                 tracing::info!(
@@ -295,7 +283,7 @@ impl Pipeline {
                     "dropping buffered records of revoked partitions"
                 );
                 self.abort_windows();
-                self.needs_rewind = true;
+                self.recovery.rewind_now();
             } else {
                 self.start_commit(i);
                 self.await_inflight(i, left()).await?;

@@ -1,7 +1,6 @@
 //! Windows out: start a table's commit when its window is due, and act on the
 //! outcome (offsets advanced, a lost race, a failure to retry).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -13,6 +12,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::ledger::{self, Flushed, dead_letter_commit};
 use super::{Pipeline, PipelineError, Sink};
 use crate::record::TopicPartition;
 use crate::sink::commit::{
@@ -43,7 +43,7 @@ impl Pipeline {
     }
 
     pub(super) fn maybe_flush(&mut self) {
-        if self.needs_rewind {
+        if self.recovery.needs_rewind() {
             return;
         }
         for i in 0..self.sinks.len() {
@@ -58,20 +58,7 @@ impl Pipeline {
         if window.is_empty() {
             return;
         }
-        let mut partitions = Vec::with_capacity(window.parts.len());
-        let mut parts = Vec::with_capacity(window.parts.len());
-        for (tp, last) in window.parts {
-            let Some(p) = self.parts.get(&tp) else {
-                continue;
-            };
-            partitions.push(PartitionCommit {
-                tp: tp.clone(),
-                expected: p.committed,
-                last,
-            });
-            parts.push((tp, p.epoch, last));
-        }
-        partitions.sort_by(|a, b| a.tp.cmp(&b.tp));
+        let (partitions, parts) = ledger::plan_commit(&self.parts, window.parts);
         let dead = match &self.dead {
             Some(d) if !window.dead.is_empty() => Some(DeadCommit {
                 table: d.table.clone(),
@@ -134,15 +121,7 @@ impl Pipeline {
             }
         };
         self.sinks[sink].table = done.table;
-        let epochs: HashMap<&TopicPartition, u64> =
-            inflight.parts.iter().map(|(tp, e, _)| (tp, *e)).collect();
-        for (tp, last) in &done.dead_committed {
-            if let Some(p) = self.parts.get_mut(tp)
-                && epochs.get(tp) == Some(&p.epoch)
-            {
-                p.dead_committed = Some(*last);
-            }
-        }
+        ledger::dead_committed(&mut self.parts, &inflight.parts, &done.dead_committed);
         let uri = self.sinks[sink].uri();
         match done.result {
             Ok((
@@ -151,15 +130,12 @@ impl Pipeline {
                 files,
                 bytes,
             )) => {
-                let mut offsets = Vec::with_capacity(inflight.parts.len());
-                for (tp, epoch, last) in &inflight.parts {
-                    if let Some(p) = self.parts.get_mut(tp)
-                        && p.epoch == *epoch
-                    {
-                        p.committed = Some(*last);
-                    }
-                    offsets.push((tp.clone(), *last));
-                }
+                ledger::committed(&mut self.parts, &inflight.parts);
+                let offsets: Vec<(TopicPartition, i64)> = inflight
+                    .parts
+                    .iter()
+                    .map(|(tp, _, last)| (tp.clone(), *last))
+                    .collect();
                 self.stats
                     .commit_seconds
                     .observe(cstats.duration.as_secs_f64());
@@ -202,7 +178,7 @@ impl Pipeline {
                             .collect(),
                     ));
                 }
-                self.backoff = self.options.initial_backoff;
+                self.recovery.committed();
                 Ok(())
             }
             Ok((CommitOutcome::Stale { partitions }, _, _, _)) => {
@@ -213,7 +189,7 @@ impl Pipeline {
                     "another writer committed these partitions first; dropping this window and rewinding"
                 );
                 self.abort_windows();
-                self.needs_rewind = true;
+                self.recovery.rewind_now();
                 Ok(())
             }
             Err(TaskError::Write(e)) if table::is_retryable(&e) => {
@@ -232,17 +208,6 @@ impl Pipeline {
             }),
             Err(TaskError::Commit(e)) => Err(Box::new(e).into()),
         }
-    }
-}
-
-/// The dead-letter table's part of a window's commit for one partition: from the
-/// offset that table holds to the window's last, except that a replayed window
-/// ending below what the table already holds never moves it back.
-fn dead_letter_commit(window: &PartitionCommit, dead_committed: Option<i64>) -> PartitionCommit {
-    PartitionCommit {
-        tp: window.tp.clone(),
-        expected: dead_committed,
-        last: dead_committed.map_or(window.last, |d| d.max(window.last)),
     }
 }
 
@@ -365,7 +330,7 @@ pub(super) struct Inflight {
     pub(super) handle: JoinHandle<CommitDone>,
     pub(super) started: Instant,
     /// (partition, epoch at flush, last offset)
-    pub(super) parts: Vec<(TopicPartition, u64, i64)>,
+    pub(super) parts: Flushed,
     pub(super) rows: u64,
 }
 
@@ -385,27 +350,4 @@ pub(super) async fn next_commit(
         std::task::Poll::Pending
     })
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_dead_letter_offset_never_moves_back() {
-        let window = |last| PartitionCommit {
-            tp: TopicPartition::new("t", 0),
-            expected: Some(3),
-            last,
-        };
-        // First window of the partition in the dead-letter table.
-        assert_eq!(dead_letter_commit(&window(9), None).expected, None);
-        assert_eq!(dead_letter_commit(&window(9), None).last, 9);
-        // A replay that goes past what the table holds moves it forward.
-        let c = dead_letter_commit(&window(12), Some(9));
-        assert_eq!((c.expected, c.last), (Some(9), 12));
-        // A replay that ends below it leaves it where it is (no move).
-        let c = dead_letter_commit(&window(6), Some(9));
-        assert_eq!((c.expected, c.last), (Some(9), 9));
-    }
 }

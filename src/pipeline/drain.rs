@@ -3,6 +3,8 @@
 
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::{Pipeline, PipelineError, RunSummary};
@@ -29,14 +31,14 @@ impl Pipeline {
         // (plus leaving the group), whatever the number of tables or the state of
         // storage. A commit still running then is abandoned; its outcome is read
         // from the table on the next start.
-        let deadline = Instant::now() + grace;
-        let left = move || deadline.saturating_duration_since(Instant::now());
+        let budget = Budget::new(grace);
+        let left = || budget.left();
         let result = async {
             for i in 0..self.sinks.len() {
                 self.await_inflight(i, left()).await?;
             }
             for i in 0..self.sinks.len() {
-                if !self.needs_rewind
+                if !self.recovery.needs_rewind()
                     && self.sinks[i].inflight.is_none()
                     && !self.sinks[i].window.is_empty()
                 {
@@ -79,5 +81,57 @@ impl Pipeline {
             rejected: PipelineStats::get(&s.records_rejected),
             commits: PipelineStats::get(&s.commits),
         })
+    }
+}
+
+/// One deadline shared by every wait of a callback or a shutdown, however many
+/// tables there are: each wait gets what is left, so N tables never multiply it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Budget {
+    deadline: Instant,
+}
+
+impl Budget {
+    pub(super) fn new(total: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + total,
+        }
+    }
+
+    /// What is left of it now (zero once spent).
+    pub(super) fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether it is spent.
+    pub(super) fn spent(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_for_many_tables_share_one_budget() {
+        let budget = Budget::new(Duration::from_secs(60));
+        let start = Instant::now();
+        // Five tables whose commits never finish (storage hangs).
+        for _ in 0..5 {
+            let r = tokio::time::timeout(budget.left(), std::future::pending::<()>()).await;
+            assert!(r.is_err());
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        assert!(budget.spent());
+        assert_eq!(budget.left(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_one_wait_leaves_is_left_for_the_next() {
+        let budget = Budget::new(Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(budget.left(), Duration::from_secs(3));
+        assert!(!budget.spent());
     }
 }

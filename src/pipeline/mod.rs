@@ -36,10 +36,11 @@ mod assign;
 mod commits;
 mod drain;
 mod error;
+mod ledger;
 mod records;
 mod recovery;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +66,7 @@ use crate::source::{Source, SourceChannels, SourceError, SourceEvent};
 use crate::telemetry::stats::PipelineStats;
 use crate::window::Window;
 use commits::{Inflight, next_commit};
+use ledger::PartState;
 
 /// Knobs that are not part of the config file.
 #[derive(Debug, Clone)]
@@ -120,7 +122,7 @@ pub async fn run(
             initial_backoff: options.initial_backoff,
             max_backoff: cfg.commit.max_backoff,
         },
-        backoff: options.initial_backoff,
+        recovery: recovery::Recovery::new(options.initial_backoff, cfg.commit.max_backoff),
         options,
         routes: cfg.all_routes(),
         cfg,
@@ -132,8 +134,6 @@ pub async fn run(
         parts: HashMap::new(),
         source: None,
         next_epoch: 1,
-        needs_rewind: false,
-        resume_at: None,
         abandon: Arc::new(AtomicBool::new(false)),
         latest_ends: HashMap::new(),
     };
@@ -191,26 +191,6 @@ pub async fn run(
     result
 }
 
-#[derive(Debug)]
-struct PartState {
-    /// Epoch of the current assignment or seek; records of other epochs are stale.
-    epoch: u64,
-    /// Offset stored in the table, as far as this pipeline knows.
-    committed: Option<i64>,
-    /// Last offset accounted for (in the window, in flight or committed).
-    seen_last: Option<i64>,
-    /// The sink (table) its records go to; `None` while its table cannot be
-    /// opened (storage or registry unavailable at assignment): the rewind opens it.
-    sink: Option<usize>,
-    /// Offset stored in the dead-letter table.
-    dead_committed: Option<i64>,
-    /// Offsets above `committed` whose dead letters are already in the dead-letter
-    /// table (their window's rows never landed): on the replay they are rejected
-    /// again whatever the decoder says now, and only records not among them are
-    /// written there (see `dead_letter`).
-    dead_kept: BTreeSet<i64>,
-}
-
 /// One destination table and everything written to it: its decoder, its open
 /// window and its commit in flight. Each table's commits carry the offsets of the
 /// partitions routed to it, so exactly-once holds per table.
@@ -235,14 +215,7 @@ impl Sink {
     }
 
     fn flush_due(&self) -> bool {
-        let w = &self.window;
-        if w.is_empty() {
-            return false;
-        }
-        let f = &self.flush;
-        w.rows >= f.max_rows
-            || w.encoded_bytes() >= f.max_bytes
-            || w.opened_at.is_some_and(|t| t.elapsed() >= f.max_age)
+        self.window.due(&self.flush, Instant::now())
     }
 }
 
@@ -267,9 +240,7 @@ struct Pipeline {
     parts: HashMap<TopicPartition, PartState>,
     source: Option<Source>,
     next_epoch: u64,
-    needs_rewind: bool,
-    resume_at: Option<Instant>,
-    backoff: Duration,
+    recovery: recovery::Recovery,
     abandon: Arc<AtomicBool>,
     /// Partition ends read for `auto_offset_reset = "latest"` and not yet stored:
     /// a retry stores these, never a later end.
@@ -312,9 +283,8 @@ impl Pipeline {
                     self.on_commit_done(i, done, inflight)?;
                 }
                 _ = tick.tick() => {
-                    if self.needs_rewind
+                    if self.recovery.rewind_due(Instant::now())
                         && self.sinks.iter().all(|s| s.inflight.is_none())
-                        && self.resume_at.is_none_or(|t| Instant::now() >= t)
                     {
                         self.rewind().await?;
                     }
@@ -428,7 +398,7 @@ impl Pipeline {
     fn is_ready(&self) -> bool {
         let stuck_after = (self.cfg.commit.max_backoff * 2).max(Duration::from_secs(30));
         !self.parts.is_empty()
-            && !self.needs_rewind
+            && !self.recovery.needs_rewind()
             && self.sinks.iter().all(|s| {
                 s.inflight
                     .as_ref()
@@ -437,10 +407,7 @@ impl Pipeline {
     }
 
     fn accepting_data(&self) -> bool {
-        if self.needs_rewind {
-            return false;
-        }
-        if self.resume_at.is_some_and(|t| Instant::now() < t) {
+        if !self.recovery.takes_records(Instant::now()) {
             return false;
         }
         // Back-pressure: a table's open window is due but its previous commit still runs.

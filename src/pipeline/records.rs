@@ -6,42 +6,31 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use tokio::time::Instant;
 
-use super::{DUE_WINDOW_WAIT, PartState, Pipeline, PipelineError};
+use super::ledger::{self, PartState};
+use super::{DUE_WINDOW_WAIT, Pipeline, PipelineError};
 use crate::config::OnError;
 use crate::decode::transform::Transform;
 use crate::decode::{Evolution, RejectKind, Rejected};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::sink::table;
 use crate::telemetry::stats::PipelineStats;
+use crate::window::admission::{self, Position};
 use crate::window::encoder::WindowWriter;
 
 impl Pipeline {
     pub(super) async fn on_chunk(&mut self, chunk: RecordChunk) -> Result<(), PipelineError> {
         // Which records to take: current epoch, beyond what is already accounted for.
-        let mut last: Vec<Option<Option<i64>>> = chunk
-            .partitions
-            .iter()
-            .map(|cp| {
-                self.parts
-                    .get(&cp.tp)
-                    .filter(|p| p.epoch == cp.epoch)
-                    .map(|p| p.seen_last)
+        let keep = admission::admit(&chunk, |tp| {
+            self.parts.get(tp).map(|p| Position {
+                epoch: p.epoch,
+                seen_last: p.seen_last,
             })
-            .collect();
+        });
         let sink_of: Vec<Option<usize>> = chunk
             .partitions
             .iter()
             .map(|cp| self.parts.get(&cp.tp).and_then(|p| p.sink))
             .collect();
-        let mut keep = vec![false; chunk.len()];
-        for (i, r) in chunk.records.iter().enumerate() {
-            if let Some(seen) = &mut last[r.part as usize]
-                && seen.is_none_or(|s| r.offset > s)
-            {
-                keep[i] = true;
-                *seen = Some(r.offset);
-            }
-        }
         let mut sinks: Vec<usize> = sink_of.iter().flatten().copied().collect();
         sinks.sort_unstable();
         sinks.dedup();
@@ -53,7 +42,7 @@ impl Pipeline {
                 .map(|(i, r)| keep[i] && sink_of[r.part as usize] == Some(sink))
                 .collect();
             self.on_sink_chunk(sink, &chunk, &keep).await?;
-            if self.needs_rewind {
+            if self.recovery.needs_rewind() {
                 return Ok(()); // the rest is re-read after the rewind
             }
         }
@@ -91,11 +80,11 @@ impl Pipeline {
                     );
                     return Ok(());
                 }
-                if !self.needs_rewind && self.sinks[sink].inflight.is_none() {
+                if !self.recovery.needs_rewind() && self.sinks[sink].inflight.is_none() {
                     self.start_commit(sink);
                 }
             }
-            if self.needs_rewind {
+            if self.recovery.needs_rewind() {
                 return Ok(());
             }
             let s = &self.sinks[sink];
@@ -157,7 +146,7 @@ impl Pipeline {
                 Ok(None) => break,
                 Ok(Some(evolution)) => {
                     self.evolve(sink, evolution).await?;
-                    if self.needs_rewind {
+                    if self.recovery.needs_rewind() {
                         return Ok(());
                     }
                 }
@@ -229,22 +218,9 @@ impl Pipeline {
         }
         // Account for every kept record, good or rejected: the window's offset for a
         // partition is its last kept record, whatever became of it.
-        // Kept offsets only grow within a partition, so one pass finds each chunk
-        // partition's last, and the maps are touched once per partition, not per record.
-        let mut last_kept: Vec<Option<i64>> = vec![None; chunk.partitions.len()];
-        for i in range.clone().filter(|&i| keep[i]) {
-            let r = &chunk.records[i];
-            last_kept[r.part as usize] = Some(r.offset);
-        }
+        let last_kept = admission::last_kept(chunk, keep, range.clone());
         let window = &mut self.sinks[sink].window;
-        for (cp, last) in chunk.partitions.iter().zip(last_kept) {
-            if let Some(offset) = last
-                && let Some(p) = self.parts.get_mut(&cp.tp)
-            {
-                p.seen_last = Some(offset);
-                window.parts.insert(cp.tp.clone(), offset);
-            }
-        }
+        ledger::account(&mut self.parts, window, chunk, &last_kept);
         PipelineStats::add(&self.stats.records_rejected, decoded.rejected.len() as u64);
         PipelineStats::add(&self.stats.records_accounted, accounted);
         window.records += accounted;
@@ -320,20 +296,20 @@ impl Pipeline {
         self.await_inflight(sink, DUE_WINDOW_WAIT).await?;
         if self.sinks[sink].inflight.is_none()
             && !self.sinks[sink].window.is_empty()
-            && !self.needs_rewind
+            && !self.recovery.needs_rewind()
         {
             self.start_commit(sink);
             self.await_inflight(sink, DUE_WINDOW_WAIT).await?;
         }
-        if self.sinks[sink].inflight.is_some() && !self.needs_rewind {
+        if self.sinks[sink].inflight.is_some() && !self.recovery.needs_rewind() {
             tracing::warn!(
                 table = %self.sinks[sink].tcfg.uri,
                 "previous commit still running; records needing the schema change are re-read after it"
             );
             self.abort_windows();
-            self.needs_rewind = true;
+            self.recovery.rewind_now();
         }
-        if self.needs_rewind {
+        if self.recovery.needs_rewind() {
             return Ok(());
         }
         let s = &mut self.sinks[sink];

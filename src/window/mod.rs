@@ -1,5 +1,6 @@
 //! The open window: records accounted for and encoded, waiting for their commit.
 
+pub mod admission;
 pub mod encoder;
 
 use std::collections::{HashMap, HashSet};
@@ -21,6 +22,14 @@ pub struct FlushPolicy {
     pub max_bytes: u64,
     /// Age of the oldest buffered record.
     pub max_age: Duration,
+}
+
+impl FlushPolicy {
+    /// Whether a window of `rows` rows and `bytes` encoded bytes whose first record
+    /// was accounted for `age` ago is to be committed now.
+    pub fn due(&self, rows: u64, bytes: u64, age: Duration) -> bool {
+        rows >= self.max_rows || bytes >= self.max_bytes || age >= self.max_age
+    }
 }
 
 impl Default for FlushPolicy {
@@ -74,11 +83,71 @@ impl Window {
         self.writer.as_ref().map_or(0, WindowWriter::encoded_bytes)
     }
 
+    /// Whether the window is to be committed at `now` under `policy` (an empty
+    /// window never is).
+    pub fn due(&self, policy: &FlushPolicy, now: Instant) -> bool {
+        let age = self
+            .opened_at
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        !self.is_empty() && policy.due(self.rows, self.encoded_bytes(), age)
+    }
+
     /// Drop what the window holds, aborting its uploads.
     pub fn abort(&mut self) {
         if let Some(w) = self.writer.take() {
             w.abort();
         }
         *self = Window::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> FlushPolicy {
+        FlushPolicy {
+            max_rows: 100,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(30),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_is_due_at_max_age_of_its_first_record_not_before() {
+        let mut w = Window::default();
+        assert!(!w.due(&policy(), Instant::now()), "empty: never due");
+        w.records = 1;
+        w.rows = 1;
+        w.opened_at = Some(Instant::now());
+        tokio::time::advance(Duration::from_millis(29_999)).await;
+        assert!(!w.due(&policy(), Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(w.due(&policy(), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_is_due_at_max_rows_even_when_young_and_never_when_empty() {
+        let mut w = Window {
+            records: 100,
+            rows: 99,
+            opened_at: Some(Instant::now()),
+            ..Window::default()
+        };
+        assert!(!w.due(&policy(), Instant::now()));
+        w.rows = 100;
+        assert!(w.due(&policy(), Instant::now()));
+        // Rejected records count toward the window but not toward max_rows.
+        w.rows = 0;
+        assert!(!w.due(&policy(), Instant::now()));
+        w.abort();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(!w.due(&policy(), Instant::now()), "aborted: empty again");
+    }
+
+    #[test]
+    fn bytes_alone_make_a_window_due() {
+        assert!(policy().due(1, 1 << 20, Duration::ZERO));
+        assert!(!policy().due(1, (1 << 20) - 1, Duration::ZERO));
     }
 }
