@@ -36,6 +36,7 @@
 //!
 //! ARCHITECTURE.md states the failure and rebalance semantics in full.
 
+pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod offsets;

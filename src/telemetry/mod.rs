@@ -1,4 +1,5 @@
 //! What the daemon says about itself: counters and the metrics endpoint.
 
+pub mod logging;
 pub mod metrics;
 pub mod stats;
