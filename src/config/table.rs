@@ -1,0 +1,217 @@
+//! `[table]` and `[storage]`: the table's location, schema and Parquet settings,
+//! and the one path from storage settings to object-store options.
+
+use super::*;
+
+pub(super) fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
+    let uri_template = raw.uri.contains("{topic}").then(|| raw.uri.clone());
+    let uri = parse_table_uri(&raw.uri.replace("{topic}", "topic"))
+        .map_err(|e| ConfigError::invalid("table.uri", e.to_string()))?;
+    let schema = match &raw.schema_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Schema {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            Some(
+                crate::schema::parse_schema_json(&text).map_err(|e| ConfigError::Schema {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?,
+            )
+        }
+    };
+    let compression = raw
+        .compression
+        .as_deref()
+        .unwrap_or("snappy")
+        .parse::<Compression>()
+        .map_err(|m| ConfigError::invalid("table.compression", m))?;
+    let metadata_columns = raw.metadata_columns;
+    let mut seen = std::collections::HashSet::new();
+    for name in metadata_columns.names() {
+        if name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "table.metadata_columns",
+                "column names must not be empty",
+            ));
+        }
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Err(ConfigError::invalid(
+                "table.metadata_columns",
+                format!("column `{name}` is named twice"),
+            ));
+        }
+        if schema
+            .iter()
+            .flat_map(|s| s.fields())
+            .any(|f| f.name().eq_ignore_ascii_case(name))
+        {
+            return Err(ConfigError::invalid(
+                "table.metadata_columns",
+                format!("`{name}` is already a field of the record schema; pick another name"),
+            ));
+        }
+    }
+    for (name, sql) in &raw.derived_columns {
+        if name.trim().is_empty() || sql.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "table.derived_columns",
+                "names and expressions must not be empty",
+            ));
+        }
+        let taken = metadata_columns
+            .names()
+            .any(|n| n.eq_ignore_ascii_case(name))
+            || schema
+                .iter()
+                .flat_map(|s| s.fields())
+                .any(|f| f.name().eq_ignore_ascii_case(name));
+        if taken {
+            return Err(ConfigError::invalid(
+                "table.derived_columns",
+                format!("`{name}` is already a record field or metadata column; pick another name"),
+            ));
+        }
+    }
+    for col in &raw.partition_by {
+        let in_schema = schema
+            .as_ref()
+            .is_none_or(|s| s.fields().any(|f| f.name() == col));
+        let in_meta = metadata_columns.names().any(|n| n == col);
+        let derived = raw.derived_columns.contains_key(col);
+        if !in_schema && !in_meta && !derived {
+            return Err(ConfigError::invalid(
+                "table.partition_by",
+                format!(
+                    "`{col}` is not a column of the schema, a metadata column or a derived column"
+                ),
+            ));
+        }
+    }
+    let row_group_rows = raw.row_group_rows.unwrap_or(128 * 1024);
+    if row_group_rows < 1024 {
+        return Err(ConfigError::invalid(
+            "table.row_group_rows",
+            "must be at least 1024",
+        ));
+    }
+    Ok(TableConfig {
+        uri,
+        uri_template,
+        schema,
+        schema_path: raw.schema_file,
+        partition_by: raw.partition_by,
+        compression,
+        properties: raw.properties,
+        metadata_columns,
+        row_group_rows,
+        transform: crate::decode::transform::TransformSpec {
+            columns: raw.derived_columns.into_iter().collect(),
+            filter: raw.filter.filter(|f| !f.trim().is_empty()),
+        },
+    })
+}
+
+pub(super) fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigError> {
+    let mut options: BTreeMap<String, Secret> = BTreeMap::new();
+    let is_s3 = matches!(uri.scheme(), "s3" | "s3a");
+    let mut set = |k: &str, v: String| {
+        options.insert(k.to_owned(), Secret::new(v));
+    };
+    if let Some(endpoint) = raw.endpoint {
+        let parsed = Url::parse(&endpoint)
+            .map_err(|e| ConfigError::invalid("storage.endpoint", format!("`{endpoint}`: {e}")))?;
+        if parsed.scheme() == "http" && !raw.allow_http {
+            return Err(ConfigError::invalid(
+                "storage.endpoint",
+                format!("`{endpoint}` is plain http: set `allow_http = true` to permit it"),
+            ));
+        }
+        set("aws_endpoint_url", endpoint);
+    }
+    if let Some(region) = raw.region {
+        set("aws_region", region);
+    }
+    if raw.allow_http {
+        set("aws_allow_http", "true".into());
+    }
+    if raw.path_style {
+        set("aws_virtual_hosted_style_request", "false".into());
+    }
+    match (raw.access_key_id, raw.secret_access_key) {
+        (Some(id), Some(secret)) => {
+            set("aws_access_key_id", id);
+            set("aws_secret_access_key", secret.expose().to_owned());
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ConfigError::invalid(
+                "storage.access_key_id",
+                "set both access_key_id and secret_access_key, or neither to use the AWS credential chain",
+            ));
+        }
+    }
+    if let Some(token) = raw.session_token {
+        set("aws_session_token", token.expose().to_owned());
+    }
+    match (raw.encryption.as_deref(), raw.kms_key_id) {
+        (None, None) => {}
+        (Some("sse-s3"), None) => set("aws_server_side_encryption", "AES256".into()),
+        (Some("sse-kms"), key) => {
+            set("aws_server_side_encryption", "aws:kms".into());
+            if let Some(key) = key {
+                set("aws_sse_kms_key_id", key);
+            }
+        }
+        (Some("sse-s3") | None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "storage.kms_key_id",
+                "needs encryption = \"sse-kms\"",
+            ));
+        }
+        (Some(other), _) => {
+            return Err(ConfigError::invalid(
+                "storage.encryption",
+                format!("`{other}`: use `sse-s3` or `sse-kms`"),
+            ));
+        }
+    }
+    if is_s3 {
+        // Conditional put (If-None-Match) is what makes concurrent writers safe
+        // without a lock service; refuse configs that would switch it off.
+        for (k, v) in &raw.options {
+            check_commit_safety("storage.options", k, v)?;
+        }
+        set("aws_conditional_put", "etag".into());
+    }
+    for (k, v) in raw.options {
+        options.insert(k, Secret::new(v));
+    }
+    Ok(StorageConfig { options })
+}
+
+/// Refuse an S3 option that would switch off what makes concurrent commits safe:
+/// conditional put (`If-None-Match`) must stay on and no lock service is used. The
+/// config file's `[storage.options]` and `--storage-option` both go through here.
+pub fn check_commit_safety(
+    source: &'static str,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let k = key.trim().to_ascii_lowercase();
+    if matches!(k.as_str(), "aws_conditional_put" | "conditional_put") && value.trim() != "etag" {
+        return Err(ConfigError::invalid(
+            source,
+            format!("{key} must stay `etag`: concurrent writers rely on S3 conditional put"),
+        ));
+    }
+    if k == "aws_s3_locking_provider" {
+        return Err(ConfigError::invalid(
+            source,
+            "a locking provider is not needed: S3 conditional put orders commits",
+        ));
+    }
+    Ok(())
+}
