@@ -15,6 +15,7 @@
 //! nothing); rejected credentials stop the pipeline with a message that says so.
 
 pub mod avro;
+pub mod decoder;
 pub mod framed;
 pub mod json_schema;
 pub mod protobuf;
