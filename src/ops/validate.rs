@@ -116,7 +116,7 @@ async fn s3_write_probe(cfg: &Config) -> Result<String, String> {
     );
     let describe = |e: &dyn std::fmt::Display, what: &str| {
         let msg = format!("{e}");
-        let hint = table::storage_hint(&msg)
+        let hint = crate::sink::retry::storage_hint(&msg)
             .unwrap_or("the credentials need s3:PutObject and s3:DeleteObject on the table prefix");
         format!("cannot {what} s3://{bucket}/{key}: {msg}. {hint}")
     };
@@ -260,7 +260,7 @@ async fn check_table(cfg: &Config) -> Result<String, String> {
 }
 
 fn storage_hint(uri: &url::Url, err: &str) -> String {
-    match table::storage_hint(err) {
+    match crate::sink::retry::storage_hint(err) {
         Some(hint) => format!("cannot read {uri}: {err}. {hint}"),
         None => format!(
             "cannot read {uri}: {err}. Check table.uri, [storage] endpoint/region, and that \

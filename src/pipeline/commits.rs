@@ -192,7 +192,7 @@ impl Pipeline {
                 self.recovery.rewind_now();
                 Ok(())
             }
-            Err(TaskError::Write(e)) if table::is_retryable(&e) => {
+            Err(TaskError::Write(e)) if crate::sink::retry::is_retryable(&e) => {
                 tracing::warn!(table = %uri, error = %e, "uploading Parquet failed; rewinding");
                 self.fail_and_rewind();
                 Ok(())

@@ -6,7 +6,7 @@ use crate::decode::DecodeError;
 use crate::decode::registry::RegistryError;
 use crate::record::TopicPartition;
 use crate::sink::commit::CommitError;
-use crate::sink::table::{self, TableError};
+use crate::sink::table::TableError;
 use crate::source::SourceError;
 
 /// Errors that stop the daemon.
@@ -94,7 +94,7 @@ impl PipelineError {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             PipelineError::Table(_) | PipelineError::Commit(_) | PipelineError::Write { .. } => {
-                table::storage_hint(&self.to_string())
+                crate::sink::retry::storage_hint(&self.to_string())
             }
             _ => None,
         }

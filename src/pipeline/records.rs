@@ -238,7 +238,7 @@ impl Pipeline {
             }
             let writer = s.window.writer.as_mut().expect("writer just set");
             if let Err(e) = writer.write(batch).await {
-                if table::is_retryable(&e) {
+                if crate::sink::retry::is_retryable(&e) {
                     tracing::warn!(error = %e, "writing Parquet failed; rewinding to the table's offsets");
                     self.fail_and_rewind();
                     return Ok(());

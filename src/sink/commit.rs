@@ -34,7 +34,8 @@ use deltalake::{DeltaTable, DeltaTableError};
 use crate::offsets::store::OffsetStore;
 use crate::record::TopicPartition;
 use crate::sink::checkpoint::Checkpoints;
-use crate::sink::table::{is_retryable, txn_app_id};
+use crate::sink::retry::is_retryable;
+use crate::sink::table::txn_app_id;
 
 /// What a writer keeps of one table's log between its commits: the offsets stored
 /// in it and the checkpoint schedule. Clones share both (the pipeline's handle and

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod commit;
 pub mod dead_letter;
 pub mod options;
+pub mod retry;
 pub mod table;
 
 pub use options::{
