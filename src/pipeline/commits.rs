@@ -21,7 +21,7 @@ use crate::sink::commit::{
 };
 use crate::sink::table;
 use crate::source::SourceCommand;
-use crate::telemetry::stats::PipelineStats;
+use crate::telemetry::events;
 use crate::window::encoder::WindowWriter;
 
 impl Pipeline {
@@ -136,38 +136,27 @@ impl Pipeline {
                     .iter()
                     .map(|(tp, _, last)| (tp.clone(), *last))
                     .collect();
-                self.stats
-                    .commit_seconds
-                    .observe(cstats.duration.as_secs_f64());
-                PipelineStats::add(
-                    &self.stats.commit_retries,
-                    u64::from(cstats.attempts.saturating_sub(1)),
-                );
-                if let CommitOutcome::Committed { version } = outcome {
-                    self.stats
-                        .table_version
-                        .store(version as u64, Ordering::Relaxed);
-                    PipelineStats::add(&self.stats.commits, 1);
-                    PipelineStats::add(&self.stats.rows_committed, inflight.rows);
-                    PipelineStats::add(&self.stats.files_committed, files as u64);
-                    PipelineStats::add(&self.stats.bytes_committed, bytes);
-                    tracing::info!(
-                        table = %uri,
-                        version,
-                        rows = inflight.rows,
-                        files,
-                        bytes,
-                        partitions = inflight.parts.len(),
-                        attempts = cstats.attempts,
-                        ms = cstats.duration.as_millis() as u64,
-                        "committed"
-                    );
-                } else {
-                    tracing::info!(
-                        table = %uri,
-                        rows = inflight.rows,
-                        "offsets were already committed; nothing written"
-                    );
+                match outcome {
+                    CommitOutcome::Committed { version } => events::commit_landed(
+                        &self.stats,
+                        &events::CommitLanded {
+                            table: &uri,
+                            version,
+                            rows: inflight.rows,
+                            files,
+                            bytes,
+                            partitions: inflight.parts.len(),
+                            attempts: cstats.attempts,
+                            duration: cstats.duration,
+                        },
+                    ),
+                    _ => events::commit_found_landed(
+                        &self.stats,
+                        &uri,
+                        inflight.rows,
+                        cstats.attempts,
+                        cstats.duration,
+                    ),
                 }
                 self.stats.set_committed(offsets.iter().cloned());
                 if let Some(source) = &self.source {
@@ -182,12 +171,7 @@ impl Pipeline {
                 Ok(())
             }
             Ok((CommitOutcome::Stale { partitions }, _, _, _)) => {
-                PipelineStats::add(&self.stats.stale_commits, 1);
-                tracing::warn!(
-                    table = %uri,
-                    partitions = ?partitions,
-                    "another writer committed these partitions first; dropping this window and rewinding"
-                );
+                events::window_stale(&self.stats, &uri, &partitions);
                 self.abort_windows();
                 self.recovery.rewind_now();
                 Ok(())

@@ -63,6 +63,7 @@ use crate::schema::TableSchema;
 use crate::sink::commit::{RetryPolicy, TableLog};
 use crate::sink::table;
 use crate::source::{Source, SourceChannels, SourceError, SourceEvent};
+use crate::telemetry::events;
 use crate::telemetry::stats::PipelineStats;
 use crate::window::Window;
 use commits::{Inflight, next_commit};
@@ -429,7 +430,7 @@ impl Pipeline {
     async fn on_event(&mut self, ev: SourceEvent) -> Result<(), PipelineError> {
         match ev {
             SourceEvent::Assigned { partitions, reply } => {
-                PipelineStats::add(&self.stats.rebalances, 1);
+                events::rebalance(&self.stats, true, partitions.len(), false);
                 let answer = self.on_assign(partitions).await?;
                 let _ = reply.send(answer);
             }
@@ -438,7 +439,7 @@ impl Pipeline {
                 lost,
                 reply,
             } => {
-                PipelineStats::add(&self.stats.rebalances, 1);
+                events::rebalance(&self.stats, false, partitions.len(), lost);
                 self.on_revoke(&partitions, lost).await?;
                 let _ = reply.send(());
             }

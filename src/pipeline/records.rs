@@ -4,15 +4,18 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use deltalake::arrow::array::RecordBatch;
+
 use tokio::time::Instant;
 
 use super::ledger::{self, PartState};
 use super::{DUE_WINDOW_WAIT, Pipeline, PipelineError};
 use crate::config::OnError;
 use crate::decode::transform::Transform;
-use crate::decode::{Evolution, RejectKind, Rejected};
+use crate::decode::{Decoded, Evolution, RejectKind, Rejected};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::sink::table;
+use crate::telemetry::events;
 use crate::telemetry::stats::PipelineStats;
 use crate::window::admission::{self, Position};
 use crate::window::encoder::WindowWriter;
@@ -118,21 +121,10 @@ impl Pipeline {
         if self.sinks[sink].window.is_empty() {
             self.adopt_table_schema(sink)?;
         }
-        // Oversized values are rejected before any decoder sees them.
+        // Oversized values are rejected before any decoder sees them, and records
+        // whose dead letters landed before a crash stay rejected.
         let limit = self.cfg.decode.max_record_bytes;
-        let too_large: Vec<Rejected> = range
-            .clone()
-            .filter(|&i| keep[i])
-            .filter_map(|i| {
-                let len = chunk.value(&chunk.records[i]).map_or(0, <[u8]>::len) as u64;
-                (len > limit).then(|| Rejected {
-                    index: i,
-                    kind: RejectKind::TooLarge,
-                    reason: format!("value is {len} bytes, over decode.max_record_bytes ({limit})"),
-                })
-            })
-            .collect();
-        // Records whose dead letters landed before a crash stay rejected.
+        let too_large = too_large(chunk, keep, range.clone(), limit);
         let already_dead = already_dead(&self.parts, chunk, keep, range.clone());
         let in_segment = |i: usize| {
             range.contains(&i)
@@ -140,53 +132,92 @@ impl Pipeline {
                 && !too_large.iter().any(|r| r.index == i)
                 && !already_dead.contains(&i)
         };
-        // Registry formats: fetch new schema ids, evolve the table where they need it.
-        loop {
-            match self.sinks[sink].decoder.prepare(chunk, &in_segment).await {
-                Ok(None) => break,
-                Ok(Some(evolution)) => {
-                    self.evolve(sink, evolution).await?;
-                    if self.recovery.needs_rewind() {
-                        return Ok(());
-                    }
-                }
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, "schema registry unavailable; rewinding and retrying");
-                    self.fail_and_rewind();
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
+        if !self.prepare_schemas(sink, chunk, &in_segment).await? {
+            return Ok(()); // rewinding
         }
         let s = &mut self.sinks[sink];
         let mut decoded = s.decoder.decode(chunk, &in_segment)?;
         if let Some(t) = &s.transform {
             decoded = t.apply(decoded);
         }
-        if !too_large.is_empty() {
-            decoded.rejected.extend(too_large);
-            decoded.rejected.sort_by_key(|r| r.index);
+        self.reject(chunk, &mut decoded, too_large, &already_dead)?;
+        self.keep_dead_letters(sink, chunk, &decoded.rejected, &already_dead)?;
+        // Account for every kept record, good or rejected: the window's offset for a
+        // partition is its last kept record, whatever became of it.
+        let last_kept = admission::last_kept(chunk, keep, range.clone());
+        let window = &mut self.sinks[sink].window;
+        ledger::account(&mut self.parts, window, chunk, &last_kept);
+        PipelineStats::add(&self.stats.records_accounted, accounted);
+        window.records += accounted;
+        window.opened_at.get_or_insert_with(Instant::now);
+        match decoded.batch {
+            Some(batch) => self.write_rows(sink, batch).await,
+            None => Ok(()),
         }
-        for rej in &decoded.rejected {
-            let r = &chunk.records[rej.index];
-            let tp = &chunk.partitions[r.part as usize].tp;
-            if self.cfg.decode.on_error == OnError::Fail {
-                return Err(PipelineError::Rejected {
-                    tp: tp.clone(),
-                    offset: r.offset,
-                    reason: rej.reason.clone(),
-                });
+    }
+
+    /// Registry formats: fetch the segment's new schema ids and evolve the table
+    /// where they need it. False when the pipeline is to rewind instead.
+    async fn prepare_schemas(
+        &mut self,
+        sink: usize,
+        chunk: &RecordChunk,
+        in_segment: &(dyn Fn(usize) -> bool + Sync),
+    ) -> Result<bool, PipelineError> {
+        loop {
+            match self.sinks[sink].decoder.prepare(chunk, in_segment).await {
+                Ok(None) => return Ok(true),
+                Ok(Some(evolution)) => {
+                    self.evolve(sink, evolution).await?;
+                    if self.recovery.needs_rewind() {
+                        return Ok(false);
+                    }
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "schema registry unavailable; rewinding and retrying");
+                    self.fail_and_rewind();
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
             }
-            tracing::warn!(
-                topic = %tp.topic, partition = tp.partition, offset = r.offset,
-                reason = %rej.reason, "record rejected; counted and skipped"
-            );
         }
+    }
+
+    /// All of the segment's rejections in record order: the decoder's, the
+    /// oversized values, and the replayed records already in the dead-letter table.
+    /// Under `decode.on_error = "fail"` the first one stops the daemon.
+    fn reject(
+        &self,
+        chunk: &RecordChunk,
+        decoded: &mut Decoded,
+        too_large: Vec<Rejected>,
+        already_dead: &HashSet<usize>,
+    ) -> Result<(), PipelineError> {
+        decoded.rejected.extend(too_large);
+        if self.cfg.decode.on_error == OnError::Fail
+            && let Some(rej) = decoded.rejected.iter().min_by_key(|r| r.index)
+        {
+            let r = &chunk.records[rej.index];
+            return Err(PipelineError::Rejected {
+                tp: chunk.partitions[r.part as usize].tp.clone(),
+                offset: r.offset,
+                reason: rej.reason.clone(),
+            });
+        }
+        events::records_rejected(
+            &self.stats,
+            decoded.rejected.iter().map(|rej| {
+                let r = &chunk.records[rej.index];
+                let tp = &chunk.partitions[r.part as usize].tp;
+                (tp, r.offset, rej.reason.as_str())
+            }),
+        );
         if !already_dead.is_empty() {
             tracing::info!(
                 records = already_dead.len(),
                 "replayed records already in the dead-letter table: rejected again, not rows"
             );
+            PipelineStats::add(&self.stats.records_rejected, already_dead.len() as u64);
             decoded
                 .rejected
                 .extend(already_dead.iter().map(|&index| Rejected {
@@ -194,62 +225,70 @@ impl Pipeline {
                     kind: RejectKind::Decode,
                     reason: "already in the dead-letter table".into(),
                 }));
-            decoded.rejected.sort_by_key(|r| r.index);
         }
-        // Dead letters not already in the dead-letter table (a replay after a crash
-        // between the two commits re-rejects records that are).
-        if let Some(d) = &self.dead {
-            let fresh: Vec<&Rejected> = decoded
-                .rejected
-                .iter()
-                .filter(|rej| !already_dead.contains(&rej.index))
-                .collect();
-            if !fresh.is_empty() {
-                let uri = self.sinks[sink].uri();
-                let batch = crate::sink::dead_letter::batch(&d.schema, chunk, &fresh, &uri)?;
-                let w = &mut self.sinks[sink].window;
-                w.dead.push(batch);
-                for rej in fresh {
-                    let r = &chunk.records[rej.index];
-                    w.dead_parts
-                        .insert(chunk.partitions[r.part as usize].tp.clone());
-                }
-            }
+        decoded.rejected.sort_by_key(|r| r.index);
+        Ok(())
+    }
+
+    /// Put the segment's dead letters in the window, except those already in the
+    /// dead-letter table (a replay after a crash between the two commits
+    /// re-rejects records that are).
+    fn keep_dead_letters(
+        &mut self,
+        sink: usize,
+        chunk: &RecordChunk,
+        rejected: &[Rejected],
+        already_dead: &HashSet<usize>,
+    ) -> Result<(), PipelineError> {
+        let Some(d) = &self.dead else {
+            return Ok(());
+        };
+        let fresh: Vec<&Rejected> = rejected
+            .iter()
+            .filter(|rej| !already_dead.contains(&rej.index))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
         }
-        // Account for every kept record, good or rejected: the window's offset for a
-        // partition is its last kept record, whatever became of it.
-        let last_kept = admission::last_kept(chunk, keep, range.clone());
-        let window = &mut self.sinks[sink].window;
-        ledger::account(&mut self.parts, window, chunk, &last_kept);
-        PipelineStats::add(&self.stats.records_rejected, decoded.rejected.len() as u64);
-        PipelineStats::add(&self.stats.records_accounted, accounted);
-        window.records += accounted;
-        window.opened_at.get_or_insert_with(Instant::now);
-        if let Some(batch) = decoded.batch {
-            let rows = batch.num_rows() as u64;
-            let s = &mut self.sinks[sink];
-            if s.window.writer.is_none() {
-                let writer = table::new_writer(&s.table, s.props.clone(), s.flush.max_bytes)
-                    .map_err(|source| PipelineError::Write {
-                        uri: s.uri(),
-                        source: Box::new(source),
-                    })?;
-                s.window.writer = Some(WindowWriter::start(writer, self.stats.clone()));
-            }
-            let writer = s.window.writer.as_mut().expect("writer just set");
-            if let Err(e) = writer.write(batch).await {
-                if crate::sink::retry::is_retryable(&e) {
-                    tracing::warn!(error = %e, "writing Parquet failed; rewinding to the table's offsets");
-                    self.fail_and_rewind();
-                    return Ok(());
-                }
-                return Err(PipelineError::Write {
+        let uri = self.sinks[sink].uri();
+        let batch = crate::sink::dead_letter::batch(&d.schema, chunk, &fresh, &uri)?;
+        let w = &mut self.sinks[sink].window;
+        w.dead.push(batch);
+        for rej in fresh {
+            let r = &chunk.records[rej.index];
+            w.dead_parts
+                .insert(chunk.partitions[r.part as usize].tp.clone());
+        }
+        Ok(())
+    }
+
+    /// Encode decoded rows into the window's Parquet files (starting its encoder on
+    /// the first rows); a storage error rewinds.
+    async fn write_rows(&mut self, sink: usize, batch: RecordBatch) -> Result<(), PipelineError> {
+        let rows = batch.num_rows() as u64;
+        let s = &mut self.sinks[sink];
+        if s.window.writer.is_none() {
+            let writer = table::new_writer(&s.table, s.props.clone(), s.flush.max_bytes).map_err(
+                |source| PipelineError::Write {
                     uri: s.uri(),
-                    source: Box::new(e),
-                });
-            }
-            s.window.rows += rows;
+                    source: Box::new(source),
+                },
+            )?;
+            s.window.writer = Some(WindowWriter::start(writer, self.stats.clone()));
         }
+        let writer = s.window.writer.as_mut().expect("writer just set");
+        if let Err(e) = writer.write(batch).await {
+            if crate::sink::retry::is_retryable(&e) {
+                tracing::warn!(error = %e, "writing Parquet failed; rewinding to the table's offsets");
+                self.fail_and_rewind();
+                return Ok(());
+            }
+            return Err(PipelineError::Write {
+                uri: s.uri(),
+                source: Box::new(e),
+            });
+        }
+        s.window.rows += rows;
         Ok(())
     }
 
@@ -336,6 +375,27 @@ impl Pipeline {
             Err(e) => Err(Box::new(e).into()),
         }
     }
+}
+
+/// The kept records of `chunk[range]` whose value is over `limit` bytes, rejected
+/// as too large.
+fn too_large(
+    chunk: &RecordChunk,
+    keep: &[bool],
+    range: std::ops::Range<usize>,
+    limit: u64,
+) -> Vec<Rejected> {
+    range
+        .filter(|&i| keep[i])
+        .filter_map(|i| {
+            let len = chunk.value(&chunk.records[i]).map_or(0, <[u8]>::len) as u64;
+            (len > limit).then(|| Rejected {
+                index: i,
+                kind: RejectKind::TooLarge,
+                reason: format!("value is {len} bytes, over decode.max_record_bytes ({limit})"),
+            })
+        })
+        .collect()
 }
 
 /// The kept records of `chunk[range]` whose dead letters are already in the

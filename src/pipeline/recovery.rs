@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::{Pipeline, PipelineError};
 use crate::record::TopicPartition;
 use crate::source::{SourceCommand, StartAt};
-use crate::telemetry::stats::PipelineStats;
+use crate::telemetry::events;
 
 impl Pipeline {
     /// Drop every table's open window (a rewind re-reads what they held).
@@ -68,6 +68,7 @@ impl Pipeline {
             }
         };
         let reset = self.cfg.kafka.auto_offset_reset;
+        let mut sought = Vec::with_capacity(tps.len());
         for (tp, _) in tps {
             let epoch = self.epoch();
             let (committed, dead_committed) = stored.get(&tp).copied().unwrap_or_default();
@@ -81,14 +82,14 @@ impl Pipeline {
                     ),
                 );
             }
-            tracing::info!(partition = %tp, stored_offset = ?committed, "rewinding partition to its stored offset");
+            sought.push((tp.clone(), committed));
             self.source().send(SourceCommand::Seek {
                 tp,
                 to: StartAt::after(committed, reset),
                 epoch,
             });
         }
-        PipelineStats::add(&self.stats.rewinds, 1);
+        events::rewound(&self.stats, &sought);
         self.recovery.rewound();
         Ok(())
     }
