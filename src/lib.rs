@@ -3,33 +3,44 @@
 //! # Data flow
 //!
 //! ```text
-//! source ──▶ record ──▶ decode ──▶ pipeline (window) ──▶ commit ──▶ table
-//! (Kafka poll   (chunks of    (JSON → Arrow,   (flush policy,     (files + txn   (Delta on S3
-//!  thread,       raw records)  rejects with     rebalances,        offsets in     or local disk)
-//!  rebalances)                 reasons)         rewinds)           one commit)
+//! source ──▶ decode ──▶ window ──▶ sink ──▶ offsets
+//! (Kafka     (JSON or    (the open   (Delta table:  (the txn actions
+//!  consumer,  registry    window:     files + txns   a table stores,
+//!  rebalances formats →   admission,  in one commit, read once, then
+//!  epochs)    Arrow,      flush       compare-and-   kept current)
+//!             rejects)    policy,     swap, dead
+//!                         encoder)    letters)
+//!                     ▲
+//!          pipeline: orchestration (select loop, rebalances, recovery, shutdown)
+//!          ops: operator commands beside it; cli: the command line on top
 //! ```
 //!
+//! Lowest layer first (a module uses only the layers below it; `tests/architecture.rs`
+//! checks it):
+//!
+//! - [`record`]: `TopicPartition` and [`record::RecordChunk`], records of one poll
+//!   burst in one contiguous buffer. [`secret`]: redacted values.
+//! - [`telemetry`]: counters, named events (count and log in one place), the
+//!   metrics endpoint, logging. [`schema`]: the table schema and its evolution.
+//!   [`offsets`]: the stored offsets of a table's txn actions.
+//! - [`source`]: the rdkafka consumer on its own thread; rebalance callbacks wait
+//!   for the pipeline's answer; back-pressure without leaving the group.
+//!   [`decode`]: records straight into Arrow, bad ones isolated with a reason.
+//! - [`sink`]: one table: open or create it, commit a window with a compare-and-swap
+//!   on its offsets, dead letters, checkpoints, which storage errors are transient.
+//! - [`window`]: the open window, which records it admits, when it is due, its
+//!   Parquet encoder and its flush.
 //! - [`config`]: the TOML file, validated into a typed [`config::Config`].
-//! - [`source`]: the rdkafka consumer on its own thread; rebalance callbacks wait for
-//!   the pipeline's answer; back-pressure by pausing partitions.
-//! - [`record`]: [`record::RecordChunk`], records in one contiguous buffer.
-//! - [`decode`]: JSON straight into Arrow, bad records isolated with a reason.
-//! - [`schema`]: the table schema (record fields + Kafka metadata columns).
-//! - [`pipeline`]: the event loop: windows, flushes, commit-on-revoke, rewinds.
-//! - [`commit`]: one Delta transaction per window: add actions plus a `txn` action
-//!   per partition (`<app_id>/<topic>/<partition>` = last offset accounted for).
-//! - [`table`]: open or create the table, read stored offsets, Parquet writers.
-//! - [`offset_store`]: the offsets stored in a table's txn actions, read in one
-//!   pass and then kept current commit by commit.
-//! - [`checkpoint`]: checkpoints after the daemon's own commits, never fatal.
-//! - [`preflight`]: the `validate` command's checks.
-//! - [`demo`]: the self-contained demo on an in-process Kafka mock cluster.
+//! - [`pipeline`]: the daemon's orchestration: routing, rebalances, the ledger of
+//!   offsets per partition, recovery, shutdown. [`ops`]: compact, vacuum,
+//!   checkpoint, offsets, status, verify, validate, demo.
+//! - [`cli`]: the command line.
 //!
 //! # Exactly once
 //!
 //! The Delta log is the only source of truth for progress. Data files and the
 //! offsets they account for become visible in one atomic commit, and every commit is
-//! a compare-and-swap on the offsets it advances (see [`commit`]). On start and on
+//! a compare-and-swap on the offsets it advances (see [`sink::commit`]). On start and on
 //! every assignment, each partition is read from the offset after the one stored in
 //! the table. Consumer-group offsets are committed to Kafka after each Delta commit
 //! for lag tooling only; they are never read back.

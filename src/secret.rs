@@ -1,4 +1,4 @@
-//! [`Secret`]: a string that never shows itself in `Debug` or `Display`.
+//! [`Secret`]: a string that never shows itself in `Debug` and has no `Display`.
 //!
 //! Passwords, SASL credentials, S3 secret keys and arbitrary librdkafka properties
 //! (which may hold any of those) are kept in this type from the moment the config is
@@ -8,7 +8,12 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-/// A sensitive string whose `Debug` and `Display` print `[redacted]`.
+/// A sensitive string whose `Debug` prints `[redacted]`.
+///
+/// It has no `Display` on purpose (as iceberg-rust's `sensitive.rs` argues): a
+/// `Display` that redacts would let `format!("{user}:{password}")` compile and
+/// silently send `[redacted]` to a server, and one that does not would leak into
+/// logs. Code that needs the value says so with [`Secret::expose`].
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
 
@@ -30,12 +35,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(Secret)
@@ -47,9 +46,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debug_and_display_redact() {
+    fn debug_redacts() {
         let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        let in_a_struct = format!("{:?}", Some(("user", s.clone())));
+        assert!(!in_a_struct.contains("hunter2"), "{in_a_struct}");
         assert_eq!(s.expose(), "hunter2");
     }
 }

@@ -1,5 +1,5 @@
 //! The command line: its grammar ([`args`]), one function per command
-//! ([`commands`]) and the text each prints ([`render`]). `main.rs` parses, sets up
+//! (`commands`) and the text each prints (`render`). `main.rs` parses, sets up
 //! logging and calls [`run`]; only this module and `config` know the whole
 //! [`Config`].
 

@@ -1,28 +1,18 @@
 //! Windows out: start a table's commit when its window is due, and act on the
 //! outcome (offsets advanced, a lost race, a failure to retry).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use deltalake::arrow::array::RecordBatch;
-use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::writer::DeltaWriter;
-use deltalake::{DeltaTable, DeltaTableError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::ledger::{self, Flushed, dead_letter_commit};
 use super::{Pipeline, PipelineError, Sink};
 use crate::record::TopicPartition;
-use crate::sink::commit::{
-    self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
-    TableLog,
-};
-use crate::sink::table;
+use crate::sink::commit::CommitOutcome;
 use crate::source::SourceCommand;
 use crate::telemetry::events;
-use crate::window::encoder::WindowWriter;
+use crate::window::flush::{CommitDone, DeadCommit, TaskError, flush_and_commit};
 
 impl Pipeline {
     pub(super) async fn await_inflight(
@@ -176,13 +166,8 @@ impl Pipeline {
                 self.recovery.rewind_now();
                 Ok(())
             }
-            Err(TaskError::Write(e)) if crate::sink::retry::is_retryable(&e) => {
-                tracing::warn!(table = %uri, error = %e, "uploading Parquet failed; rewinding");
-                self.fail_and_rewind();
-                Ok(())
-            }
-            Err(TaskError::Commit(e)) if e.is_retryable() => {
-                tracing::warn!(table = %uri, error = %e, "commit did not complete; rewinding");
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(table = %uri, error = %e, "the window's flush did not complete; rewinding");
                 self.fail_and_rewind();
                 Ok(())
             }
@@ -193,121 +178,6 @@ impl Pipeline {
             Err(TaskError::Commit(e)) => Err(Box::new(e).into()),
         }
     }
-}
-
-/// A window's dead letters, committed to the dead-letter table before its rows.
-struct DeadCommit {
-    table: DeltaTable,
-    log: TableLog,
-    batches: Vec<RecordBatch>,
-    partitions: Vec<PartitionCommit>,
-    props: WriterProperties,
-}
-
-async fn flush_and_commit(
-    writer: Option<WindowWriter>,
-    (mut table, log): (DeltaTable, TableLog),
-    app_id: String,
-    partitions: Vec<PartitionCommit>,
-    policy: RetryPolicy,
-    abandon: Arc<AtomicBool>,
-    dead: Option<DeadCommit>,
-) -> CommitDone {
-    let cancelled = move || abandon.load(Ordering::Acquire);
-    // Dead letters first: if we die before the rows land, the replay finds them
-    // already stored and does not write them again.
-    let mut dead_committed = Vec::new();
-    if let Some(d) = dead {
-        let committed: Vec<(TopicPartition, i64)> = d
-            .partitions
-            .iter()
-            .map(|p| (p.tp.clone(), p.last))
-            .collect();
-        match commit_dead_letters(d, &app_id, policy, &cancelled).await {
-            Ok((CommitOutcome::Stale { partitions }, s)) => {
-                return CommitDone {
-                    table,
-                    dead_committed,
-                    result: Ok((CommitOutcome::Stale { partitions }, s, 0, 0)),
-                };
-            }
-            Ok(_) => dead_committed = committed,
-            Err(e) => {
-                return CommitDone {
-                    table,
-                    dead_committed,
-                    result: Err(e),
-                };
-            }
-        }
-    }
-    let adds = match writer {
-        Some(w) => match w.finish().await {
-            Ok(adds) => adds,
-            Err(e) => {
-                return CommitDone {
-                    table,
-                    dead_committed,
-                    result: Err(TaskError::Write(e)),
-                };
-            }
-        },
-        None => Vec::new(),
-    };
-    let files = adds.len();
-    let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
-    let req = CommitRequest { adds, partitions };
-    let result = commit::commit(&mut table, &log, &app_id, &req, policy, &cancelled)
-        .await
-        .map(|(o, s)| (o, s, files, bytes))
-        .map_err(TaskError::Commit);
-    CommitDone {
-        table,
-        dead_committed,
-        result,
-    }
-}
-
-async fn commit_dead_letters(
-    d: DeadCommit,
-    app_id: &str,
-    policy: RetryPolicy,
-    cancelled: &(dyn Fn() -> bool + Send + Sync),
-) -> Result<(CommitOutcome, CommitStats), TaskError> {
-    let mut table = d.table;
-    let mut w = table::new_writer(&table, d.props, 128 * 1024 * 1024).map_err(TaskError::Write)?;
-    for b in d.batches {
-        w.write(b).await.map_err(TaskError::Write)?;
-    }
-    let adds = w.flush().await.map_err(TaskError::Write)?;
-    let req = CommitRequest {
-        adds,
-        partitions: d.partitions,
-    };
-    // Moving no offset, a retry could not tell whether an attempt whose response
-    // was lost landed: one attempt, and on failure the window is re-read, which
-    // reads the dead letters that did land.
-    let once = || true;
-    let cancelled = if req.moves_offsets() {
-        cancelled
-    } else {
-        &once
-    };
-    commit::commit(&mut table, &d.log, app_id, &req, policy, cancelled)
-        .await
-        .map_err(TaskError::Commit)
-}
-
-pub(super) struct CommitDone {
-    table: DeltaTable,
-    /// Partitions whose dead letters were committed, with the offset stored.
-    dead_committed: Vec<(TopicPartition, i64)>,
-    result: Result<(CommitOutcome, CommitStats, usize, u64), TaskError>,
-}
-
-enum TaskError {
-    Write(DeltaTableError),
-    Commit(CommitError),
 }
 
 pub(super) struct Inflight {

@@ -4,7 +4,7 @@
 //! delta-rs reports object-store errors typed where it can, but some paths
 //! (listing the log, the kernel's reads) flatten them into a message string. The
 //! classification of those messages lives here and only here
-//! ([`flattened_store_error_retryable`], [`refused_by_storage`]), tested against
+//! (`flattened_store_error_retryable`, `refused_by_storage`), tested against
 //! the texts delta-rs and object_store produce; everything else classifies by type.
 
 use deltalake::DeltaTableError;

@@ -19,7 +19,7 @@
 //! Chunks go through a bounded channel. When it is full the thread first waits for
 //! room (blocked, not spinning; it wakes the moment the pipeline takes a chunk), as
 //! happens all the time when the pipeline is the bottleneck. Only when the channel
-//! stays full for [`PAUSE_AFTER`] (a commit retrying through a storage outage) does
+//! stays full for `PAUSE_AFTER` (a commit retrying through a storage outage) does
 //! it pause all its partitions and go back to calling `poll`, so group heartbeats,
 //! rebalances and `max.poll.interval.ms` keep being served however long that takes;
 //! it resumes them once the chunks it holds have been taken. Pausing at every full

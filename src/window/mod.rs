@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod encoder;
+pub mod flush;
 
 use std::collections::{HashMap, HashSet};
 
