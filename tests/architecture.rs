@@ -1,6 +1,7 @@
 //! The shape of the crate, checked on every test run: no import cycle between
 //! top-level modules, no source file over 500 lines (inline tests excluded), a thin
-//! `main.rs`, and the dependency direction ARCHITECTURE.md draws.
+//! `main.rs`, the dependency direction ARCHITECTURE.md draws, and no `Result<_, String>`
+//! or `unwrap()` outside tests.
 //!
 //! Dependencies are read from the source text: every `crate::<module>` path
 //! outside comments and outside the file's `#[cfg(test)]` tail counts, including
@@ -229,6 +230,26 @@ fn source_files_stay_small_and_main_is_a_thin_shell() {
         "files over the limit:\n{}",
         long.join("\n")
     );
+}
+
+/// Library errors are typed and classify themselves; strings are for messages.
+/// `unwrap` is for tests.
+#[test]
+fn no_string_errors_and_no_unwrap_outside_tests() {
+    let mut found = Vec::new();
+    for file in rust_files(&src()) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = code_of(&text);
+        let name = file.strip_prefix(src()).unwrap().display().to_string();
+        for line in code.lines() {
+            let string_error = line.contains("Result<")
+                && (line.contains(", String>") || line.contains(",String>"));
+            if string_error || line.contains(".unwrap()") {
+                found.push(format!("{name}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "found:\n{}", found.join("\n"));
 }
 
 #[test]

@@ -243,10 +243,21 @@ pub struct OffsetsSelection {
 }
 
 /// An RFC 3339 time as milliseconds since the epoch.
-pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+pub fn parse_rfc3339_ms(text: &str) -> Result<i64, NotATime> {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("`{text}` is not an RFC 3339 time such as 2025-03-01T00:00:00Z: {e}"))
+        .map_err(|source| NotATime {
+            text: text.to_owned(),
+            source,
+        })
+}
+
+/// A `--to-timestamp` that is not an RFC 3339 time.
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is not an RFC 3339 time such as 2025-03-01T00:00:00Z: {source}")]
+pub struct NotATime {
+    text: String,
+    source: chrono::ParseError,
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ pub(super) fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> 
         .as_deref()
         .unwrap_or("snappy")
         .parse::<Compression>()
-        .map_err(|m| ConfigError::invalid("table.compression", m))?;
+        .map_err(|m| ConfigError::invalid("table.compression", m.to_string()))?;
     let metadata_columns = raw.metadata_columns;
     let mut seen = std::collections::HashSet::new();
     for name in metadata_columns.names() {

@@ -111,20 +111,20 @@ impl JsonDecoder {
     }
 
     /// Fast path: every record through one decoder. Any anomaly is an error.
-    fn decode_all(&mut self, chunk: &RecordChunk, rows: &[usize]) -> Result<RecordBatch, String> {
+    fn decode_all(&mut self, chunk: &RecordChunk, rows: &[usize]) -> Result<RecordBatch, Reason> {
         for (n, &i) in rows.iter().enumerate() {
             if n > 0 && n % self.batch_size == 0 {
                 // More records than one decoder batch: never happens with the poll
                 // thread's chunk size, but stay correct if it does.
-                return Err("chunk larger than batch size".into());
+                return Err(Reason::from("chunk larger than batch size"));
             }
             let value = chunk.value(&chunk.records[i]).unwrap_or_default();
             feed_one(&mut self.decoder, value)?;
         }
         match self.decoder.flush() {
             Ok(Some(b)) if b.num_rows() == rows.len() => Ok(b),
-            Ok(_) => Err("row count mismatch".into()),
-            Err(e) => Err(e.to_string()),
+            Ok(_) => Err(Reason::from("row count mismatch")),
+            Err(e) => Err(Reason::from(e.to_string())),
         }
     }
 
@@ -139,8 +139,10 @@ impl JsonDecoder {
             let value = chunk.value(&chunk.records[i]).unwrap_or_default();
             let result = feed_one(&mut single, value).and_then(|()| match single.flush() {
                 Ok(Some(b)) if b.num_rows() == 1 => Ok(b),
-                Ok(_) => Err("value is not exactly one JSON object".to_owned()),
-                Err(e) => Err(e.to_string()),
+                Ok(_) => Err(Reason::from(
+                    "value is not exactly one JSON object".to_owned(),
+                )),
+                Err(e) => Err(Reason::from(e.to_string())),
             });
             match result {
                 Ok(b) => {
@@ -175,19 +177,23 @@ impl JsonDecoder {
 }
 
 /// Feed exactly one record to a decoder, checking it was one complete JSON value.
-pub(crate) fn feed_one(decoder: &mut TapeDecoder, value: &[u8]) -> Result<(), String> {
+pub(crate) fn feed_one(decoder: &mut TapeDecoder, value: &[u8]) -> Result<(), Reason> {
     let before = decoder.len();
-    let consumed = decoder.decode(value).map_err(|e| e.to_string())?;
+    let consumed = decoder
+        .decode(value)
+        .map_err(|e| Reason::from(e.to_string()))?;
     if consumed != value.len() {
-        return Err("decoder stopped before the end of the value".into());
+        return Err(Reason::from("decoder stopped before the end of the value"));
     }
     if decoder.has_partial_record() {
-        return Err("truncated JSON value".into());
+        return Err(Reason::from("truncated JSON value"));
     }
     match decoder.len() - before {
         1 => Ok(()),
-        0 => Err("empty value".into()),
-        n => Err(format!("value holds {n} JSON documents, expected one")),
+        0 => Err(Reason::from("empty value")),
+        n => Err(Reason::from(format!(
+            "value holds {n} JSON documents, expected one"
+        ))),
     }
 }
 

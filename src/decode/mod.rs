@@ -46,7 +46,7 @@ use crate::decode::registry::{Registry, RegistryError, SchemaKind, split_frame};
 use crate::record::RecordChunk;
 use crate::schema::MetadataColumns;
 use crate::schema::TableSchema;
-use crate::schema::evolve::{Fit, align_columns, fit};
+use crate::schema::evolve::{Fit, Mismatch, align_columns, fit};
 
 /// A record that could not become a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +99,31 @@ pub struct Decoded {
     pub rows: Vec<usize>,
     /// Records that did not.
     pub rejected: Vec<Rejected>,
+}
+
+/// Why a record (or a run of records, or a schema) cannot be decoded: the reason a
+/// rejection carries into the dead-letter table. Never worth retrying: the same
+/// bytes fail the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Reason(pub String);
+
+impl From<String> for Reason {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<Mismatch> for Reason {
+    fn from(m: Mismatch) -> Self {
+        Self(m.0)
+    }
 }
 
 /// Errors that are not about one record: the decoder itself cannot be built.

@@ -17,6 +17,7 @@
 //! division by zero) is rejected with the column and the error, and the rest of its
 //! batch is written.
 
+use crate::decode::Reason;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
@@ -46,26 +47,30 @@ impl TransformSpec {
     }
 }
 
-fn plan(sql: &str, input: &SchemaRef) -> Result<Arc<dyn PhysicalExpr>, String> {
+fn plan(sql: &str, input: &SchemaRef) -> Result<Arc<dyn PhysicalExpr>, Reason> {
     let ctx = SessionContext::new();
-    let df = DFSchema::try_from(input.as_ref().clone()).map_err(|e| e.to_string())?;
-    let expr = ctx.parse_sql_expr(sql, &df).map_err(|e| e.to_string())?;
+    let df = DFSchema::try_from(input.as_ref().clone()).map_err(|e| Reason::from(e.to_string()))?;
+    let expr = ctx
+        .parse_sql_expr(sql, &df)
+        .map_err(|e| Reason::from(e.to_string()))?;
     ctx.create_physical_expr(expr, &df)
-        .map_err(|e| e.to_string())
+        .map_err(|e| Reason::from(e.to_string()))
 }
 
 /// The table fields of the derived columns, typed by planning the expressions
 /// against the decoded columns `input`.
-pub fn derived_fields(spec: &TransformSpec, input: &SchemaRef) -> Result<Vec<StructField>, String> {
+pub fn derived_fields(spec: &TransformSpec, input: &SchemaRef) -> Result<Vec<StructField>, Reason> {
     spec.columns
         .iter()
         .map(|(name, sql)| {
-            let e =
-                plan(sql, input).map_err(|e| format!("derived column `{name}` = {sql}: {e}"))?;
-            let t = e.data_type(input).map_err(|e| e.to_string())?;
+            let e = plan(sql, input)
+                .map_err(|e| Reason::from(format!("derived column `{name}` = {sql}: {e}")))?;
+            let t = e
+                .data_type(input)
+                .map_err(|e| Reason::from(e.to_string()))?;
             let field = Field::new(name, t, true);
             let delta = crate::schema::evolve::delta_type(&field, name)
-                .map_err(|e| format!("derived column `{name}` = {sql}: {e}"))?;
+                .map_err(|e| Reason::from(format!("derived column `{name}` = {sql}: {e}")))?;
             Ok(StructField::new(name, delta, true))
         })
         .collect()
@@ -83,7 +88,7 @@ pub struct Transform {
 impl Transform {
     /// Plan `spec` for batches of `schema.decoded_arrow`; `None` when there is
     /// nothing to do.
-    pub fn new(spec: &TransformSpec, schema: &TableSchema) -> Result<Option<Self>, String> {
+    pub fn new(spec: &TransformSpec, schema: &TableSchema) -> Result<Option<Self>, Reason> {
         if spec.is_empty() {
             return Ok(None);
         }
@@ -94,13 +99,13 @@ impl Transform {
             .map(|(name, sql)| {
                 plan(sql, input)
                     .map(|e| (name.clone(), e))
-                    .map_err(|e| format!("derived column `{name}` = {sql}: {e}"))
+                    .map_err(|e| Reason::from(format!("derived column `{name}` = {sql}: {e}")))
             })
             .collect::<Result<_, _>>()?;
         let filter = spec
             .filter
             .as_deref()
-            .map(|sql| plan(sql, input).map_err(|e| format!("filter `{sql}`: {e}")))
+            .map(|sql| plan(sql, input).map_err(|e| Reason::from(format!("filter `{sql}`: {e}"))))
             .transpose()?;
         Ok(Some(Self {
             columns,
@@ -141,7 +146,7 @@ impl Transform {
                         Err(reason) => d.rejected.push(Rejected {
                             index: r,
                             kind: RejectKind::Transform,
-                            reason,
+                            reason: reason.0,
                         }),
                     }
                 }
@@ -155,7 +160,7 @@ impl Transform {
         d
     }
 
-    fn apply_batch(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<bool>), String> {
+    fn apply_batch(&self, batch: &RecordBatch) -> Result<(RecordBatch, Vec<bool>), Reason> {
         let n = batch.num_rows();
         let keep: Vec<bool> = match &self.filter {
             None => vec![true; n],
@@ -163,7 +168,7 @@ impl Transform {
                 let v = f
                     .evaluate(batch)
                     .and_then(|v| v.into_array(n))
-                    .map_err(|e| format!("filter `{}`: {e}", self.filter_sql))?;
+                    .map_err(|e| Reason::from(format!("filter `{}`: {e}", self.filter_sql)))?;
                 let mask = v
                     .as_any()
                     .downcast_ref::<BooleanArray>()
@@ -176,7 +181,7 @@ impl Transform {
             batch.clone()
         } else {
             filter_record_batch(batch, &BooleanArray::from(keep.clone()))
-                .map_err(|e| e.to_string())?
+                .map_err(|e| Reason::from(e.to_string()))?
         };
         let rows = kept.num_rows();
         let mut derived: Vec<(String, ArrayRef)> = Vec::with_capacity(self.columns.len());
@@ -184,13 +189,14 @@ impl Transform {
             let target = self
                 .output
                 .field_with_name(name)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| Reason::from(e.to_string()))?
                 .data_type();
             let v = e
                 .evaluate(&kept)
                 .and_then(|v| v.into_array(rows))
-                .map_err(|e| format!("derived column `{name}`: {e}"))?;
-            let v = cast(&v, target).map_err(|e| format!("derived column `{name}`: {e}"))?;
+                .map_err(|e| Reason::from(format!("derived column `{name}`: {e}")))?;
+            let v = cast(&v, target)
+                .map_err(|e| Reason::from(format!("derived column `{name}`: {e}")))?;
             derived.push((name.clone(), v));
         }
         let columns = self
@@ -205,7 +211,8 @@ impl Transform {
                     .ok_or_else(|| format!("column `{}` missing from the batch", f.name())),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let out = RecordBatch::try_new(self.output.clone(), columns).map_err(|e| e.to_string())?;
+        let out = RecordBatch::try_new(self.output.clone(), columns)
+            .map_err(|e| Reason::from(e.to_string()))?;
         Ok((out, keep))
     }
 }
@@ -272,6 +279,7 @@ mod tests {
                 &schema
             )
             .unwrap_err()
+            .0
             .contains("derived column `bad`")
         );
     }

@@ -14,13 +14,24 @@ use crate::config::{Config, Subscription};
 use crate::sink::table;
 use crate::source::{client_config, log_to_tracing};
 
+/// What a failed check found, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Problem(pub String);
+
+impl From<String> for Problem {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 /// One check and its result.
 #[derive(Debug, Clone)]
 pub struct Check {
     /// What was checked.
     pub name: &'static str,
     /// `Ok(detail)` or `Err(what is wrong and what to do)`.
-    pub outcome: Result<String, String>,
+    pub outcome: Result<String, Problem>,
 }
 
 impl Check {
@@ -46,12 +57,12 @@ pub async fn run(cfg: &Config, timeout: Duration) -> Vec<Check> {
         }),
         Err(e) => checks.push(Check {
             name: "kafka brokers",
-            outcome: Err(format!(
+            outcome: Err(Problem::from(format!(
                 "cannot reach {} within {}s: {e}. Check kafka.brokers, that the brokers run, \
                  and the security settings in [kafka.properties]",
                 cfg.kafka.brokers,
                 timeout.as_secs()
-            )),
+            ))),
         }),
     }
     if let Ok(m) = &metadata {
@@ -75,7 +86,7 @@ pub async fn run(cfg: &Config, timeout: Duration) -> Vec<Check> {
 
 /// Put and delete a small object under the table's prefix with the AWS SDK, using the
 /// same endpoint, region and credentials delta-rs will use.
-async fn s3_write_probe(cfg: &Config) -> Result<String, String> {
+async fn s3_write_probe(cfg: &Config) -> Result<String, Problem> {
     let uri = &cfg.table.uri;
     let opts = cfg.storage.to_options();
     let bucket = uri.host_str().unwrap_or_default().to_owned();
@@ -175,29 +186,31 @@ impl ClientContext for FirstError {
 
 impl ConsumerContext for FirstError {}
 
-async fn fetch_metadata(cfg: &Config, timeout: Duration) -> Result<Metadata, String> {
+async fn fetch_metadata(cfg: &Config, timeout: Duration) -> Result<Metadata, Problem> {
     let client_cfg = client_config(&cfg.kafka);
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer<FirstError> = client_cfg
             .create_with_context(FirstError::default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Problem::from(e.to_string()))?;
         consumer.fetch_metadata(None, timeout).map_err(|e| {
             // librdkafka queues its log lines and errors for the polling thread:
             // serve them now to learn the cause.
             for _ in 0..5 {
                 let _ = consumer.poll(Duration::from_millis(20));
             }
-            match consumer.context().0.lock().expect("first error").take() {
-                Some(cause) => format!("{e}; librdkafka: {cause}"),
-                None => e.to_string(),
-            }
+            Problem(
+                match consumer.context().0.lock().expect("first error").take() {
+                    Some(cause) => format!("{e}; librdkafka: {cause}"),
+                    None => e.to_string(),
+                },
+            )
         })
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| Problem::from(e.to_string()))?
 }
 
-fn check_topics(sub: &Subscription, m: &Metadata) -> Result<String, String> {
+fn check_topics(sub: &Subscription, m: &Metadata) -> Result<String, Problem> {
     match sub {
         Subscription::Topics(topics) => {
             let mut found = Vec::new();
@@ -213,14 +226,15 @@ fn check_topics(sub: &Subscription, m: &Metadata) -> Result<String, String> {
             if missing.is_empty() {
                 Ok(found.join(", "))
             } else {
-                Err(format!(
+                Err(Problem::from(format!(
                     "topic(s) not found: {}. Create them or fix kafka.topics",
                     missing.join(", ")
-                ))
+                )))
             }
         }
         Subscription::Pattern(p) => {
-            let re = regex::Regex::new(p).map_err(|e| format!("kafka.topic_pattern: {e}"))?;
+            let re = regex::Regex::new(p)
+                .map_err(|e| Problem::from(format!("kafka.topic_pattern: {e}")))?;
             let n = m.topics().iter().filter(|t| re.is_match(t.name())).count();
             if n == 0 {
                 Ok(format!(
@@ -233,11 +247,11 @@ fn check_topics(sub: &Subscription, m: &Metadata) -> Result<String, String> {
     }
 }
 
-async fn check_table(cfg: &Config) -> Result<String, String> {
+async fn check_table(cfg: &Config) -> Result<String, Problem> {
     let uri = &cfg.table.uri;
     match table::load(uri, &cfg.storage).await {
         Ok(Some(t)) => {
-            table::check_schema(&t, &cfg.table).map_err(|e| e.to_string())?;
+            table::check_schema(&t, &cfg.table).map_err(|e| Problem::from(e.to_string()))?;
             Ok(format!(
                 "{uri} at version {}, schema compatible",
                 t.version().map_or(-1, |v| v as i64)
@@ -245,7 +259,8 @@ async fn check_table(cfg: &Config) -> Result<String, String> {
         }
         Ok(None) => {
             // The table will be created: the location must at least be listable.
-            let handle = table::table_handle(uri, &cfg.storage).map_err(|e| e.to_string())?;
+            let handle =
+                table::table_handle(uri, &cfg.storage).map_err(|e| Problem::from(e.to_string()))?;
             let store = handle.object_store();
             store
                 .list_with_delimiter(None)
@@ -259,12 +274,12 @@ async fn check_table(cfg: &Config) -> Result<String, String> {
     }
 }
 
-fn storage_hint(uri: &url::Url, err: &str) -> String {
-    match crate::sink::retry::storage_hint(err) {
+fn storage_hint(uri: &url::Url, err: &str) -> Problem {
+    Problem(match crate::sink::retry::storage_hint(err) {
         Some(hint) => format!("cannot read {uri}: {err}. {hint}"),
         None => format!(
             "cannot read {uri}: {err}. Check table.uri, [storage] endpoint/region, and that \
              credentials (storage.access_key_id or the AWS credential chain) can list the location"
         ),
-    }
+    })
 }

@@ -73,7 +73,7 @@ pub enum VerifyError {
     Registry(#[from] RegistryError),
     /// A derived column or the filter cannot be planned.
     #[error("table transform: {0}")]
-    Transform(String),
+    Transform(crate::decode::Reason),
 }
 
 impl VerifyError {

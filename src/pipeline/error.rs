@@ -56,7 +56,7 @@ pub enum PipelineError {
     Route(String),
     /// A derived column or filter expression cannot be planned.
     #[error("table transform: {0}")]
-    Transform(String),
+    Transform(crate::decode::Reason),
     /// The schema registry failed at start.
     #[error("{0}")]
     Registry(#[from] RegistryError),
@@ -66,7 +66,7 @@ pub enum PipelineError {
         /// The subject.
         subject: String,
         /// Why.
-        message: String,
+        message: crate::decode::Reason,
     },
     /// The partitions' ends could not be read for `auto_offset_reset = "latest"`.
     #[error("reading the partitions' ends for auto_offset_reset = latest: {0}")]

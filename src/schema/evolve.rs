@@ -32,9 +32,26 @@ use deltalake::kernel::{ArrayType, DataType, MapType, PrimitiveType, StructField
 /// Field metadata key Arrow uses for extension types.
 const EXTENSION_NAME: &str = "ARROW:extension:name";
 
+/// Why a producer schema (or a value of it) does not fit the table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Mismatch(pub String);
+
+impl From<String> for Mismatch {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Mismatch {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
 /// The Delta type for an Arrow field a format decoder produced. `path` names the
 /// field in errors.
-pub fn delta_type(field: &Field, path: &str) -> Result<DataType, String> {
+pub fn delta_type(field: &Field, path: &str) -> Result<DataType, Mismatch> {
     let uuid = field
         .metadata()
         .get(EXTENSION_NAME)
@@ -56,7 +73,8 @@ pub fn delta_type(field: &Field, path: &str) -> Result<DataType, String> {
         // Delta has no time-of-day type: microseconds since midnight.
         A::Time32(_) | A::Time64(_) => DataType::LONG,
         A::Decimal128(p, s) | A::Decimal64(p, s) | A::Decimal32(p, s) if *s >= 0 && *p <= 38 => {
-            DataType::decimal(*p, *s as u8).map_err(|e| format!("field `{path}`: {e}"))?
+            DataType::decimal(*p, *s as u8)
+                .map_err(|e| Mismatch::from(format!("field `{path}`: {e}")))?
         }
         A::Dictionary(_, v) if matches!(v.as_ref(), A::Utf8 | A::LargeUtf8) => DataType::STRING,
         A::List(f) | A::LargeList(f) => DataType::Array(Box::new(ArrayType::new(
@@ -65,7 +83,9 @@ pub fn delta_type(field: &Field, path: &str) -> Result<DataType, String> {
         ))),
         A::Map(entries, _) => {
             let A::Struct(kv) = entries.data_type() else {
-                return Err(format!("field `{path}`: map entries are not a struct"));
+                return Err(Mismatch::from(format!(
+                    "field `{path}`: map entries are not a struct"
+                )));
             };
             DataType::Map(Box::new(MapType::new(
                 delta_type(&kv[0], &format!("{path}.key"))?,
@@ -75,16 +95,16 @@ pub fn delta_type(field: &Field, path: &str) -> Result<DataType, String> {
         }
         A::Struct(fields) => DataType::Struct(Box::new(delta_struct(fields, path)?)),
         other => {
-            return Err(format!(
+            return Err(Mismatch::from(format!(
                 "field `{path}`: {other} has no Delta equivalent (a union of several \
                  non-null types, a duration or an interval); change the producer schema"
-            ));
+            )));
         }
     })
 }
 
 /// The Delta struct for Arrow fields.
-pub fn delta_struct(fields: &Fields, prefix: &str) -> Result<StructType, String> {
+pub fn delta_struct(fields: &Fields, prefix: &str) -> Result<StructType, Mismatch> {
     let out = fields
         .iter()
         .map(|f| {
@@ -95,8 +115,8 @@ pub fn delta_struct(fields: &Fields, prefix: &str) -> Result<StructType, String>
                 f.is_nullable(),
             ))
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    StructType::try_new(out).map_err(|e| e.to_string())
+        .collect::<Result<Vec<_>, Mismatch>>()?;
+    StructType::try_new(out).map_err(|e| Mismatch::from(e.to_string()))
 }
 
 fn join(prefix: &str, name: &str) -> String {
@@ -137,7 +157,7 @@ pub fn fit(table: &StructType, producer: &StructType, reserved: &[&str]) -> Fit 
     }
     let mut changes = Vec::new();
     match merge_struct(table, producer, "", &mut changes, reserved) {
-        Err(reason) => Fit::Incompatible(reason),
+        Err(reason) => Fit::Incompatible(reason.0),
         Ok(_) if changes.is_empty() => Fit::Fits,
         Ok(schema) => Fit::Evolve { schema, changes },
     }
@@ -149,7 +169,7 @@ fn merge_struct(
     prefix: &str,
     changes: &mut Vec<String>,
     keep: &[&str],
-) -> Result<StructType, String> {
+) -> Result<StructType, Mismatch> {
     let mut out = Vec::new();
     for t in table.fields() {
         let path = join(prefix, t.name());
@@ -184,7 +204,7 @@ fn merge_struct(
             out.push(StructField::new(p.name(), p.data_type().clone(), true));
         }
     }
-    StructType::try_new(out).map_err(|e| e.to_string())
+    StructType::try_new(out).map_err(|e| Mismatch::from(e.to_string()))
 }
 
 fn merge_type(
@@ -192,7 +212,7 @@ fn merge_type(
     producer: &DataType,
     path: &str,
     changes: &mut Vec<String>,
-) -> Result<DataType, String> {
+) -> Result<DataType, Mismatch> {
     use DataType as D;
     match (table, producer) {
         (D::Struct(t), D::Struct(p)) => {
@@ -252,13 +272,13 @@ fn widens(from: &PrimitiveType, to: &PrimitiveType) -> bool {
     }
 }
 
-fn incompatible(path: &str, table: &DataType, producer: &DataType) -> String {
-    format!(
+fn incompatible(path: &str, table: &DataType, producer: &DataType) -> Mismatch {
+    Mismatch(format!(
         "field `{path}`: the producer sends {} but the table column is {}; Delta cannot \
          change a column's type, so this is an incompatible schema change",
         type_name(producer),
         type_name(table)
-    )
+    ))
 }
 
 /// A short type name: `long`, `decimal(10,2)`, `struct`, `array<string>`.
@@ -279,14 +299,15 @@ pub fn type_name(t: &DataType) -> String {
 /// Reshape `array` into `target`: widen, fill missing struct fields with nulls,
 /// convert what Delta stores differently (enums, UUIDs, times, millisecond
 /// timestamps), and take the table's field names and nullability.
-pub fn align(array: &ArrayRef, target: &Field, path: &str) -> Result<ArrayRef, String> {
+pub fn align(array: &ArrayRef, target: &Field, path: &str) -> Result<ArrayRef, Mismatch> {
     let from = array.data_type();
     let to = target.data_type();
     if from == to {
         return Ok(array.clone());
     }
-    let fail =
-        |e: &dyn std::fmt::Display| format!("field `{path}`: cannot write {from} as {to}: {e}");
+    let fail = |e: &dyn std::fmt::Display| {
+        Mismatch(format!("field `{path}`: cannot write {from} as {to}: {e}"))
+    };
     match (from, to) {
         (A::Struct(_), A::Struct(fields)) => {
             let s = array.as_struct();
@@ -356,7 +377,7 @@ pub fn align_columns(
     columns: &[(FieldRef, ArrayRef)],
     target: &Fields,
     rows: usize,
-) -> Result<Vec<ArrayRef>, String> {
+) -> Result<Vec<ArrayRef>, Mismatch> {
     target
         .iter()
         .map(

@@ -60,9 +60,14 @@ pub enum Compression {
     Uncompressed,
 }
 
+/// A compression name that is not one of ours, and which ones are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CompressionError(String);
+
 impl std::str::FromStr for Compression {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = CompressionError;
+    fn from_str(s: &str) -> Result<Self, CompressionError> {
         let s = s.trim().to_ascii_lowercase();
         match s.as_str() {
             "snappy" => Ok(Self::Snappy),
@@ -74,17 +79,19 @@ impl std::str::FromStr for Compression {
                     .strip_prefix("zstd(")
                     .and_then(|r| r.strip_suffix(')'))
                 {
-                    let level: i32 = level
-                        .parse()
-                        .map_err(|_| format!("zstd level `{level}` is not a number"))?;
+                    let level: i32 = level.parse().map_err(|_| {
+                        CompressionError(format!("zstd level `{level}` is not a number"))
+                    })?;
                     if !(1..=22).contains(&level) {
-                        return Err(format!("zstd level {level} is outside 1..=22"));
+                        return Err(CompressionError(format!(
+                            "zstd level {level} is outside 1..=22"
+                        )));
                     }
                     Ok(Self::Zstd(level))
                 } else {
-                    Err(format!(
+                    Err(CompressionError(format!(
                         "unknown compression `{other}`: use snappy, zstd, zstd(LEVEL), lz4 or uncompressed"
-                    ))
+                    )))
                 }
             }
         }

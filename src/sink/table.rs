@@ -216,9 +216,9 @@ fn wanted_schema(cfg: &TableConfig, record: &StructType) -> Result<TableSchema, 
     };
     let base = TableSchema::new(record, &cfg.metadata_columns).map_err(schema_err)?;
     let derived = crate::decode::transform::derived_fields(&cfg.transform, &base.decoded_arrow)
-        .map_err(|message| TableError::Unsupported {
+        .map_err(|reason| TableError::Unsupported {
             uri: cfg.uri.to_string(),
-            message,
+            message: reason.0,
         })?;
     base.with_derived(derived).map_err(schema_err)
 }

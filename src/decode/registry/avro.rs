@@ -11,6 +11,7 @@
 //! without losing its neighbours: the rows decoded before it are rebuilt in a fresh
 //! decoder (the failed one may hold half a row), flushed, and decoding goes on.
 
+use crate::decode::Reason;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::kernel::StructType;
@@ -33,29 +34,29 @@ pub struct AvroWriterSchema {
     pub delta: StructType,
 }
 
-fn build(id: u32, schema: &AvroSchema, batch_size: usize) -> Result<Decoder, String> {
+fn build(id: u32, schema: &AvroSchema, batch_size: usize) -> Result<Decoder, Reason> {
     let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
     store
         .set(Fingerprint::Id(id), schema.clone())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Reason::from(e.to_string()))?;
     ReaderBuilder::new()
         .with_writer_schema_store(store)
         .with_batch_size(batch_size)
         .with_tz(Tz::Utc)
         .build_decoder()
-        .map_err(|e| e.to_string())
+        .map_err(|e| Reason::from(e.to_string()))
 }
 
 impl AvroWriterSchema {
     /// Parse the registry's schema text; the error says why it cannot be used.
-    pub fn new(id: u32, text: &str, batch_size: usize) -> Result<Self, String> {
+    pub fn new(id: u32, text: &str, batch_size: usize) -> Result<Self, Reason> {
         let schema = AvroSchema::new(text.to_owned());
         let batch_size = batch_size.max(1);
         let decoder = build(id, &schema, batch_size)
-            .map_err(|e| format!("Avro schema id {id} cannot be decoded: {e}"))?;
+            .map_err(|e| Reason::from(format!("Avro schema id {id} cannot be decoded: {e}")))?;
         let arrow = decoder.schema();
         let delta = crate::schema::evolve::delta_struct(arrow.fields(), "")
-            .map_err(|e| format!("Avro schema id {id}: {e}"))?;
+            .map_err(|e| Reason::from(format!("Avro schema id {id}: {e}")))?;
         Ok(Self {
             id,
             schema,
@@ -70,7 +71,7 @@ impl AvroWriterSchema {
 impl FramedDecoder for AvroWriterSchema {
     const FORMAT: &'static str = "Avro";
 
-    fn feed(&mut self, value: &[u8]) -> Result<(), String> {
+    fn feed(&mut self, value: &[u8]) -> Result<(), Reason> {
         feed(&mut self.decoder, value)
     }
 
@@ -78,11 +79,13 @@ impl FramedDecoder for AvroWriterSchema {
         self.decoder.batch_is_full()
     }
 
-    fn flush(&mut self) -> Result<Option<RecordBatch>, String> {
-        self.decoder.flush().map_err(|e| e.to_string())
+    fn flush(&mut self) -> Result<Option<RecordBatch>, Reason> {
+        self.decoder
+            .flush()
+            .map_err(|e| Reason::from(e.to_string()))
     }
 
-    fn reset(&mut self) -> Result<(), String> {
+    fn reset(&mut self) -> Result<(), Reason> {
         self.decoder = build(self.id, &self.schema, self.batch_size)?;
         Ok(())
     }
@@ -90,17 +93,19 @@ impl FramedDecoder for AvroWriterSchema {
 
 /// Feed one whole framed record; anything but exactly one row from exactly these
 /// bytes is an error.
-fn feed(decoder: &mut Decoder, value: &[u8]) -> Result<(), String> {
+fn feed(decoder: &mut Decoder, value: &[u8]) -> Result<(), Reason> {
     let before = decoder.capacity();
-    let consumed = decoder.decode(value).map_err(|e| e.to_string())?;
+    let consumed = decoder
+        .decode(value)
+        .map_err(|e| Reason::from(e.to_string()))?;
     if consumed < value.len() {
-        return Err(format!(
+        return Err(Reason::from(format!(
             "the payload ends early or has {} byte(s) the schema does not account for",
             value.len() - consumed
-        ));
+        )));
     }
     if before - decoder.capacity() != 1 {
-        return Err("the payload is truncated".into());
+        return Err(Reason::from("the payload is truncated"));
     }
     Ok(())
 }

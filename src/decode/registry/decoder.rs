@@ -147,7 +147,7 @@ impl RegistryDecoder {
                 };
                 Ok(match writer_for(&s, &imports, batch_size) {
                     Ok(w) => w,
-                    Err(reason) => Writer::Rejected(reason),
+                    Err(reason) => Writer::Rejected(reason.0),
                 })
             }
             Err(e @ RegistryError::NotFound { .. }) => Ok(Writer::Rejected(e.to_string())),
@@ -198,7 +198,7 @@ impl RegistryDecoder {
                     rejected.push(Rejected {
                         index: i,
                         kind: RejectKind::Framing,
-                        reason,
+                        reason: reason.0,
                     });
                     continue;
                 }
@@ -267,12 +267,14 @@ impl RegistryDecoder {
                     Writer::Rejected(_) => unreachable!("matched above"),
                 }
             }
-            _ => Err(format!("schema id {id} was not prepared (a bug)")),
+            _ => Err(Reason::from(format!(
+                "schema id {id} was not prepared (a bug)"
+            ))),
         };
         let out = match out {
             Ok(out) => out,
             Err(reason) => {
-                reject_all(rejected, RejectKind::Decode, &reason);
+                reject_all(rejected, RejectKind::Decode, &reason.0);
                 return Ok(());
             }
         };
@@ -293,7 +295,8 @@ impl RegistryDecoder {
                 .zip(b.columns().iter().cloned())
                 .collect();
             match align_columns(&columns, target.fields(), b.num_rows()).and_then(|cols| {
-                RecordBatch::try_new(target.clone(), cols).map_err(|e| e.to_string())
+                RecordBatch::try_new(target.clone(), cols)
+                    .map_err(|e| Mismatch::from(e.to_string()))
             }) {
                 Ok(aligned) => {
                     batches.push(aligned);
@@ -314,7 +317,7 @@ fn writer_for(
     schema: &crate::decode::registry::Schema,
     imports: &[(String, String)],
     batch_size: usize,
-) -> Result<Writer, String> {
+) -> Result<Writer, Reason> {
     match schema.kind {
         SchemaKind::Avro => Ok(Writer::Avro(Box::new(AvroWriterSchema::new(
             schema.id,
@@ -340,9 +343,9 @@ fn writer_for(
 pub fn record_schema(
     schema: &crate::decode::registry::Schema,
     imports: &[(String, String)],
-) -> Result<StructType, String> {
+) -> Result<StructType, Reason> {
     writer_for(schema, imports, 1)?
         .delta()
         .cloned()
-        .ok_or_else(|| format!("schema id {} cannot be decoded", schema.id))
+        .ok_or_else(|| Reason(format!("schema id {} cannot be decoded", schema.id)))
 }

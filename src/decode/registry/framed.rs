@@ -8,6 +8,7 @@
 //! pays nothing for this; a bad record costs one re-decode of the records before it
 //! in its batch.
 
+use crate::decode::Reason;
 use deltalake::arrow::array::RecordBatch;
 
 /// A streaming decoder for one schema's records.
@@ -16,13 +17,13 @@ pub trait FramedDecoder {
     const FORMAT: &'static str;
     /// Decode one whole framed record into the open batch: exactly one row from
     /// exactly these bytes, or an error.
-    fn feed(&mut self, value: &[u8]) -> Result<(), String>;
+    fn feed(&mut self, value: &[u8]) -> Result<(), Reason>;
     /// Whether the open batch is full.
     fn is_full(&self) -> bool;
     /// Close the open batch.
-    fn flush(&mut self) -> Result<Option<RecordBatch>, String>;
+    fn flush(&mut self) -> Result<Option<RecordBatch>, Reason>;
     /// Drop all state (after a failed record).
-    fn reset(&mut self) -> Result<(), String>;
+    fn reset(&mut self) -> Result<(), Reason>;
 }
 
 /// One decoded run.
@@ -37,7 +38,7 @@ pub struct RunOutput {
 }
 
 /// Decode `values` (all framed with `d`'s schema id).
-pub fn decode_run<D: FramedDecoder>(d: &mut D, values: &[&[u8]]) -> Result<RunOutput, String> {
+pub fn decode_run<D: FramedDecoder>(d: &mut D, values: &[&[u8]]) -> Result<RunOutput, Reason> {
     let mut out = RunOutput::default();
     // Positions fed to the open batch.
     let mut pending: Vec<usize> = Vec::new();
@@ -75,7 +76,7 @@ fn flush_into<D: FramedDecoder>(
     values: &[&[u8]],
     out: &mut RunOutput,
     pending: &mut Vec<usize>,
-) -> Result<(), String> {
+) -> Result<(), Reason> {
     if pending.is_empty() {
         return Ok(());
     }
@@ -90,7 +91,9 @@ fn flush_into<D: FramedDecoder>(
     for g in pending.drain(..) {
         let one = d.feed(values[g]).and_then(|()| match d.flush()? {
             Some(b) if b.num_rows() == 1 => Ok(b),
-            _ => Err("the value did not decode to exactly one row".to_owned()),
+            _ => Err(Reason::from(
+                "the value did not decode to exactly one row".to_owned(),
+            )),
         });
         match one {
             Ok(b) => {

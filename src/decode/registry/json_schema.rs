@@ -11,6 +11,7 @@
 //! strings. Local `$ref`s (`#/definitions/..`, `#/$defs/..`) are followed. Any
 //! other union has no Delta type and is refused with the field named.
 
+use crate::decode::Reason;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use deltalake::arrow::json::reader::{Decoder as TapeDecoder, ReaderBuilder};
@@ -22,11 +23,13 @@ use crate::decode::registry::framed::FramedDecoder;
 use crate::decode::registry::split_frame;
 
 /// The Delta struct for a JSON Schema document whose root is an object.
-pub fn to_delta(text: &str) -> Result<StructType, String> {
-    let root: Value =
-        serde_json::from_str(text).map_err(|e| format!("JSON Schema is not JSON: {e}"))?;
+pub fn to_delta(text: &str) -> Result<StructType, Reason> {
+    let root: Value = serde_json::from_str(text)
+        .map_err(|e| Reason::from(format!("JSON Schema is not JSON: {e}")))?;
     let DataType::Struct(s) = convert(&root, &root, "", 0)?.0 else {
-        return Err("the JSON Schema's root is not an object with properties".into());
+        return Err(Reason::from(
+            "the JSON Schema's root is not an object with properties",
+        ));
     };
     Ok(*s)
 }
@@ -37,13 +40,13 @@ fn convert(
     root: &Value,
     path: &str,
     depth: usize,
-) -> Result<(DataType, bool), String> {
+) -> Result<(DataType, bool), Reason> {
     let at = |msg: &str| {
-        if path.is_empty() {
+        Reason(if path.is_empty() {
             msg.to_owned()
         } else {
             format!("field `{path}`: {msg}")
-        }
+        })
     };
     if depth > 32 {
         return Err(at("schema nests deeper than 32 levels (a recursive $ref?)"));
@@ -168,20 +171,21 @@ impl std::fmt::Debug for JsonWriterSchema {
     }
 }
 
-fn build(arrow: &SchemaRef, batch_size: usize) -> Result<TapeDecoder, String> {
+fn build(arrow: &SchemaRef, batch_size: usize) -> Result<TapeDecoder, Reason> {
     ReaderBuilder::new(arrow.clone())
         .with_batch_size(batch_size)
         .build_decoder()
-        .map_err(|e| e.to_string())
+        .map_err(|e| Reason::from(e.to_string()))
 }
 
 impl JsonWriterSchema {
     /// Parse the registry's JSON Schema text.
-    pub fn new(id: u32, text: &str, batch_size: usize) -> Result<Self, String> {
-        let delta = to_delta(text).map_err(|e| format!("JSON Schema id {id}: {e}"))?;
+    pub fn new(id: u32, text: &str, batch_size: usize) -> Result<Self, Reason> {
+        let delta =
+            to_delta(text).map_err(|e| Reason::from(format!("JSON Schema id {id}: {e}")))?;
         let arrow: ArrowSchema = (&delta)
             .try_into_arrow()
-            .map_err(|e| format!("JSON Schema id {id}: {e}"))?;
+            .map_err(|e| Reason::from(format!("JSON Schema id {id}: {e}")))?;
         let arrow = std::sync::Arc::new(arrow);
         let batch_size = batch_size.max(1);
         Ok(Self {
@@ -197,7 +201,7 @@ impl JsonWriterSchema {
 impl FramedDecoder for JsonWriterSchema {
     const FORMAT: &'static str = "JSON";
 
-    fn feed(&mut self, value: &[u8]) -> Result<(), String> {
+    fn feed(&mut self, value: &[u8]) -> Result<(), Reason> {
         let (_, payload) = split_frame(value)?;
         crate::decode::feed_one(&mut self.decoder, payload)?;
         self.rows += 1;
@@ -208,12 +212,14 @@ impl FramedDecoder for JsonWriterSchema {
         self.rows >= self.batch_size
     }
 
-    fn flush(&mut self) -> Result<Option<RecordBatch>, String> {
+    fn flush(&mut self) -> Result<Option<RecordBatch>, Reason> {
         self.rows = 0;
-        self.decoder.flush().map_err(|e| e.to_string())
+        self.decoder
+            .flush()
+            .map_err(|e| Reason::from(e.to_string()))
     }
 
-    fn reset(&mut self) -> Result<(), String> {
+    fn reset(&mut self) -> Result<(), Reason> {
         self.rows = 0;
         self.decoder = build(&self.arrow, self.batch_size)?;
         Ok(())
@@ -254,7 +260,7 @@ mod tests {
         assert_eq!(ty("note"), "string");
         let err = to_delta(r#"{"type":"object","properties":{"x":{"type":["string","integer"]}}}"#)
             .unwrap_err();
-        assert!(err.contains("field `x`"), "{err}");
+        assert!(err.0.contains("field `x`"), "{err}");
     }
 
     #[test]

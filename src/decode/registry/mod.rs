@@ -20,6 +20,7 @@ pub mod framed;
 pub mod json_schema;
 pub mod protobuf;
 
+use crate::decode::Reason;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,17 +38,17 @@ use crate::secret::Secret;
 pub const MAGIC: u8 = 0;
 
 /// Split a Confluent-framed value into schema id and payload.
-pub fn split_frame(value: &[u8]) -> Result<(u32, &[u8]), String> {
+pub fn split_frame(value: &[u8]) -> Result<(u32, &[u8]), Reason> {
     match value {
-        [] => Err("empty value: no Confluent wire-format header".into()),
-        [m, ..] if *m != MAGIC => Err(format!(
+        [] => Err(Reason::from("empty value: no Confluent wire-format header")),
+        [m, ..] if *m != MAGIC => Err(Reason::from(format!(
             "not Confluent wire format: first byte is 0x{m:02x}, expected magic byte 0x00"
-        )),
+        ))),
         [_, a, b, c, d, rest @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
-        _ => Err(format!(
+        _ => Err(Reason::from(format!(
             "truncated Confluent header: {} byte(s), expected 5",
             value.len()
-        )),
+        ))),
     }
 }
 
@@ -321,8 +322,8 @@ mod tests {
             (258, &[9u8, 9][..])
         );
         assert_eq!(split_frame(&[0, 0, 0, 0, 7]).unwrap(), (7, &[][..]));
-        assert!(split_frame(b"").unwrap_err().contains("empty"));
-        assert!(split_frame(b"{\"a\":1}").unwrap_err().contains("0x7b"));
-        assert!(split_frame(&[0, 0, 1]).unwrap_err().contains("truncated"));
+        assert!(split_frame(b"").unwrap_err().0.contains("empty"));
+        assert!(split_frame(b"{\"a\":1}").unwrap_err().0.contains("0x7b"));
+        assert!(split_frame(&[0, 0, 1]).unwrap_err().0.contains("truncated"));
     }
 }

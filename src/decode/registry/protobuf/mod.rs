@@ -18,6 +18,7 @@
 //! (messages, `optional`, oneof members) are nullable; proto3 scalars without it
 //! are not (an unset one reads as its default, as in every protobuf reader).
 
+use crate::decode::Reason;
 use std::collections::HashMap;
 
 use deltalake::arrow::array::{
@@ -33,6 +34,10 @@ use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
 use crate::decode::registry::framed::FramedDecoder;
 use crate::decode::registry::split_frame;
+
+mod append;
+
+use append::append_message;
 
 const ROOT_FILE: &str = "tributary_registry_schema.proto";
 const MAX_DEPTH: usize = 32;
@@ -50,7 +55,7 @@ impl FileResolver for Sources {
 
 /// Compile registry `.proto` source (plus its references, by import name) and
 /// return the file's top-level messages in declaration order.
-pub fn compile(text: &str, imports: &[(String, String)]) -> Result<Vec<MessageDescriptor>, String> {
+pub fn compile(text: &str, imports: &[(String, String)]) -> Result<Vec<MessageDescriptor>, Reason> {
     let mut files: HashMap<String, String> = imports.iter().cloned().collect();
     files.insert(ROOT_FILE.to_owned(), text.to_owned());
     let mut chain = ChainFileResolver::new();
@@ -60,7 +65,7 @@ pub fn compile(text: &str, imports: &[(String, String)]) -> Result<Vec<MessageDe
     compiler.include_imports(true);
     compiler
         .open_file(ROOT_FILE)
-        .map_err(|e| format!("the .proto does not compile: {e}"))?;
+        .map_err(|e| Reason::from(format!("the .proto does not compile: {e}")))?;
     let pool = compiler.descriptor_pool();
     let file = pool
         .get_file_by_name(ROOT_FILE)
@@ -70,8 +75,8 @@ pub fn compile(text: &str, imports: &[(String, String)]) -> Result<Vec<MessageDe
 
 /// Read the message-index array after the schema id; returns the path and the
 /// remaining bytes (the message).
-pub fn message_indexes(buf: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
-    fn varint(buf: &mut &[u8]) -> Result<i64, String> {
+pub fn message_indexes(buf: &[u8]) -> Result<(Vec<usize>, &[u8]), Reason> {
+    fn varint(buf: &mut &[u8]) -> Result<i64, Reason> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let (&b, rest) = buf.split_first().ok_or("message indexes end early")?;
@@ -81,7 +86,7 @@ pub fn message_indexes(buf: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
                 return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
             }
         }
-        Err("message index varint too long".into())
+        Err(Reason::from("message index varint too long"))
     }
     let mut rest = buf;
     let count = varint(&mut rest)?;
@@ -89,12 +94,14 @@ pub fn message_indexes(buf: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
         return Ok((vec![0], rest));
     }
     if !(1..=MAX_DEPTH as i64).contains(&count) {
-        return Err(format!("bad message-index count {count}"));
+        return Err(Reason::from(format!("bad message-index count {count}")));
     }
     let mut path = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let i = varint(&mut rest)?;
-        path.push(usize::try_from(i).map_err(|_| format!("negative message index {i}"))?);
+        path.push(
+            usize::try_from(i).map_err(|_| Reason::from(format!("negative message index {i}")))?,
+        );
     }
     Ok((path, rest))
 }
@@ -115,7 +122,7 @@ fn well_known(m: &MessageDescriptor) -> Option<DataType> {
     })
 }
 
-fn kind_type(kind: &Kind, path: &str, depth: usize) -> Result<DataType, String> {
+fn kind_type(kind: &Kind, path: &str, depth: usize) -> Result<DataType, Reason> {
     Ok(match kind {
         Kind::Double => DataType::DOUBLE,
         Kind::Float => DataType::FLOAT,
@@ -137,11 +144,11 @@ pub fn message_struct(
     m: &MessageDescriptor,
     prefix: &str,
     depth: usize,
-) -> Result<StructType, String> {
+) -> Result<StructType, Reason> {
     if depth > MAX_DEPTH {
-        return Err(format!(
+        return Err(Reason::from(format!(
             "field `{prefix}`: messages nest deeper than {MAX_DEPTH} levels (a recursive message has no Delta equivalent)"
-        ));
+        )));
     }
     let mut fields = Vec::new();
     for f in m.fields() {
@@ -152,7 +159,9 @@ pub fn message_struct(
         };
         let (t, nullable) = if f.is_map() {
             let Kind::Message(entry) = f.kind() else {
-                return Err(format!("field `{path}`: map without an entry message"));
+                return Err(Reason::from(format!(
+                    "field `{path}`: map without an entry message"
+                )));
             };
             let key = kind_type(&entry.map_entry_key_field().kind(), &path, depth)?;
             let value_field = entry.map_entry_value_field();
@@ -173,7 +182,7 @@ pub fn message_struct(
         };
         fields.push(StructField::new(f.name(), t, nullable));
     }
-    StructType::try_new(fields).map_err(|e| e.to_string())
+    StructType::try_new(fields).map_err(|e| Reason::from(e.to_string()))
 }
 
 /// Decoding state for one registered Protobuf schema.
@@ -208,18 +217,18 @@ impl ProtoWriterSchema {
         text: &str,
         imports: &[(String, String)],
         batch_size: usize,
-    ) -> Result<Self, String> {
-        let messages =
-            compile(text, imports).map_err(|e| format!("Protobuf schema id {id}: {e}"))?;
+    ) -> Result<Self, Reason> {
+        let messages = compile(text, imports)
+            .map_err(|e| Reason::from(format!("Protobuf schema id {id}: {e}")))?;
         let first = messages
             .first()
             .cloned()
             .ok_or_else(|| format!("Protobuf schema id {id} declares no message"))?;
-        let delta =
-            message_struct(&first, "", 0).map_err(|e| format!("Protobuf schema id {id}: {e}"))?;
+        let delta = message_struct(&first, "", 0)
+            .map_err(|e| Reason::from(format!("Protobuf schema id {id}: {e}")))?;
         let arrow: ArrowSchema = (&delta)
             .try_into_arrow()
-            .map_err(|e| format!("Protobuf schema id {id}: {e}"))?;
+            .map_err(|e| Reason::from(format!("Protobuf schema id {id}: {e}")))?;
         let arrow = arrow.fields().clone();
         let batch_size = batch_size.max(1);
         Ok(Self {
@@ -232,7 +241,7 @@ impl ProtoWriterSchema {
         })
     }
 
-    fn target(&self, path: &[usize]) -> Result<MessageDescriptor, String> {
+    fn target(&self, path: &[usize]) -> Result<MessageDescriptor, Reason> {
         let mut m = self
             .messages
             .get(path[0])
@@ -250,19 +259,20 @@ impl ProtoWriterSchema {
 impl FramedDecoder for ProtoWriterSchema {
     const FORMAT: &'static str = "Protobuf";
 
-    fn feed(&mut self, value: &[u8]) -> Result<(), String> {
+    fn feed(&mut self, value: &[u8]) -> Result<(), Reason> {
         let (_, rest) = split_frame(value)?;
         let (path, payload) = message_indexes(rest)?;
         let target = self.target(&path)?;
         let message = self.message.as_ref().expect("set in new");
         if target != *message {
-            return Err(format!(
+            return Err(Reason::from(format!(
                 "record is a {} but the table holds {}",
                 target.full_name(),
                 message.full_name()
-            ));
+            )));
         }
-        let msg = DynamicMessage::decode(target, payload).map_err(|e| e.to_string())?;
+        let msg =
+            DynamicMessage::decode(target, payload).map_err(|e| Reason::from(e.to_string()))?;
         // A failure midway leaves part of a row in the builders; the run decoder
         // resets and re-feeds the good records (framed.rs).
         append_message(&mut self.builder, &self.arrow, &msg)?;
@@ -274,224 +284,24 @@ impl FramedDecoder for ProtoWriterSchema {
         self.builder.len() >= self.batch_size
     }
 
-    fn flush(&mut self) -> Result<Option<RecordBatch>, String> {
+    fn flush(&mut self) -> Result<Option<RecordBatch>, Reason> {
         if self.builder.len() == 0 {
             return Ok(None);
         }
         Ok(Some(RecordBatch::from(self.builder.finish())))
     }
 
-    fn reset(&mut self) -> Result<(), String> {
+    fn reset(&mut self) -> Result<(), Reason> {
         self.builder = StructBuilder::from_fields(self.arrow.clone(), self.batch_size);
         Ok(())
     }
-}
-
-fn builder<'a, T: 'static>(b: &'a mut dyn ArrayBuilder, what: &str) -> Result<&'a mut T, String> {
-    b.as_any_mut()
-        .downcast_mut::<T>()
-        .ok_or_else(|| format!("internal: no {what} builder"))
-}
-
-/// Append the fields of `msg` to the children of `s` (not `s`'s own validity).
-fn append_message(
-    s: &mut StructBuilder,
-    fields: &Fields,
-    msg: &DynamicMessage,
-) -> Result<(), String> {
-    for (i, (field, pf)) in fields.iter().zip(msg.descriptor().fields()).enumerate() {
-        let value = if pf.supports_presence() && !msg.has_field(&pf) {
-            None
-        } else {
-            Some(msg.get_field(&pf))
-        };
-        let child = s
-            .field_builders_mut()
-            .get_mut(i)
-            .ok_or("internal: missing child builder")?;
-        append_value(child.as_mut(), field, &pf.kind(), value.as_deref())
-            .map_err(|e| format!("field `{}`: {e}", pf.name()))?;
-    }
-    Ok(())
-}
-
-fn append_value(
-    b: &mut dyn ArrayBuilder,
-    field: &Field,
-    kind: &Kind,
-    value: Option<&Value>,
-) -> Result<(), String> {
-    match (field.data_type(), value) {
-        (A::Struct(children), v) => {
-            let s = builder::<StructBuilder>(b, "struct")?;
-            match v {
-                Some(Value::Message(m)) => {
-                    append_message(s, children, m)?;
-                    s.append(true);
-                }
-                None => {
-                    append_nulls(s, children)?;
-                    s.append_null();
-                }
-                Some(other) => return Err(format!("expected a message, got {other:?}")),
-            }
-        }
-        (A::List(element), v) => {
-            let l = builder::<ListBuilder<Box<dyn ArrayBuilder>>>(b, "list")?;
-            match v {
-                Some(Value::List(items)) => {
-                    for item in items {
-                        append_value(l.values().as_mut(), element, kind, Some(item))?;
-                    }
-                    l.append(true);
-                }
-                None => l.append(false),
-                Some(other) => return Err(format!("expected a list, got {other:?}")),
-            }
-        }
-        (A::Map(entries, _), v) => {
-            let A::Struct(kv) = entries.data_type() else {
-                return Err("internal: map entries are not a struct".into());
-            };
-            let Kind::Message(entry) = kind else {
-                return Err("internal: map without entry message".into());
-            };
-            let (kf, vf) = (entry.map_entry_key_field(), entry.map_entry_value_field());
-            let m = builder::<MapBuilder<Box<dyn ArrayBuilder>, Box<dyn ArrayBuilder>>>(b, "map")?;
-            match v {
-                Some(Value::Map(map)) => {
-                    let mut sorted: Vec<(&MapKey, &Value)> = map.iter().collect();
-                    sorted.sort_by(|a, b| a.0.cmp(b.0));
-                    for (k, val) in sorted {
-                        let key: Value = k.clone().into();
-                        append_value(m.keys().as_mut(), &kv[0], &kf.kind(), Some(&key))?;
-                        append_value(m.values().as_mut(), &kv[1], &vf.kind(), Some(val))?;
-                    }
-                    m.append(true).map_err(|e| e.to_string())?;
-                }
-                None => m.append(false).map_err(|e| e.to_string())?,
-                Some(other) => return Err(format!("expected a map, got {other:?}")),
-            }
-        }
-        (_, Some(Value::Message(wrapper))) => {
-            // Timestamp and the wrapper types.
-            let Kind::Message(md) = kind else {
-                return Err("internal: message without descriptor".into());
-            };
-            if md.full_name() == "google.protobuf.Timestamp" {
-                let secs = wrapper
-                    .get_field_by_name("seconds")
-                    .and_then(|v| v.as_i64())
-                    .unwrap_or(0);
-                let nanos = wrapper
-                    .get_field_by_name("nanos")
-                    .and_then(|v| v.as_i32())
-                    .unwrap_or(0);
-                let micros = secs
-                    .checked_mul(1_000_000)
-                    .and_then(|m| m.checked_add(i64::from(nanos) / 1000))
-                    .ok_or("timestamp out of range")?;
-                builder::<TimestampMicrosecondBuilder>(b, "timestamp")?.append_value(micros);
-            } else {
-                let inner = wrapper.get_field_by_name("value");
-                let inner_kind = md
-                    .get_field_by_name("value")
-                    .map(|f| f.kind())
-                    .ok_or("internal: wrapper without value")?;
-                append_value(b, field, &inner_kind, inner.as_deref())?;
-            }
-        }
-        (t, v) => append_scalar(b, t, kind, v)?,
-    }
-    Ok(())
-}
-
-fn append_nulls(s: &mut StructBuilder, fields: &Fields) -> Result<(), String> {
-    for (i, f) in fields.iter().enumerate() {
-        let child = s
-            .field_builders_mut()
-            .get_mut(i)
-            .ok_or("internal: missing child builder")?;
-        match f.data_type() {
-            A::Struct(children) => {
-                let c = builder::<StructBuilder>(child.as_mut(), "struct")?;
-                append_nulls(c, children)?;
-                c.append_null();
-            }
-            A::List(_) => {
-                builder::<ListBuilder<Box<dyn ArrayBuilder>>>(child.as_mut(), "list")?.append(false)
-            }
-            A::Map(_, _) => builder::<MapBuilder<Box<dyn ArrayBuilder>, Box<dyn ArrayBuilder>>>(
-                child.as_mut(),
-                "map",
-            )?
-            .append(false)
-            .map_err(|e| e.to_string())?,
-            t => append_scalar(child.as_mut(), t, &Kind::Bool, None)?,
-        }
-    }
-    Ok(())
-}
-
-fn append_scalar(
-    b: &mut dyn ArrayBuilder,
-    t: &A,
-    kind: &Kind,
-    v: Option<&Value>,
-) -> Result<(), String> {
-    match t {
-        A::Boolean => {
-            builder::<BooleanBuilder>(b, "bool")?.append_option(v.and_then(Value::as_bool))
-        }
-        A::Int32 => builder::<Int32Builder>(b, "int")?.append_option(v.and_then(Value::as_i32)),
-        A::Int64 => {
-            let n = match v {
-                None => None,
-                Some(Value::I64(n)) => Some(*n),
-                Some(Value::I32(n)) => Some(i64::from(*n)),
-                Some(Value::U32(n)) => Some(i64::from(*n)),
-                Some(Value::U64(n)) => Some(
-                    i64::try_from(*n)
-                        .map_err(|_| format!("uint64 {n} does not fit a long column"))?,
-                ),
-                Some(other) => return Err(format!("expected an integer, got {other:?}")),
-            };
-            builder::<Int64Builder>(b, "long")?.append_option(n);
-        }
-        A::Float32 => {
-            builder::<Float32Builder>(b, "float")?.append_option(v.and_then(Value::as_f32))
-        }
-        A::Float64 => {
-            builder::<Float64Builder>(b, "double")?.append_option(v.and_then(Value::as_f64))
-        }
-        A::Binary => {
-            builder::<BinaryBuilder>(b, "binary")?.append_option(v.and_then(Value::as_bytes))
-        }
-        A::Utf8 => {
-            let s = builder::<StringBuilder>(b, "string")?;
-            match (v, kind) {
-                (None, _) => s.append_null(),
-                (Some(Value::String(x)), _) => s.append_value(x),
-                (Some(Value::EnumNumber(n)), Kind::Enum(e)) => match e.get_value(*n) {
-                    Some(ev) => s.append_value(ev.name()),
-                    None => s.append_value(n.to_string()),
-                },
-                (Some(other), _) => return Err(format!("expected a string, got {other:?}")),
-            }
-        }
-        A::Timestamp(_, _) => {
-            builder::<TimestampMicrosecondBuilder>(b, "timestamp")?.append_option(None::<i64>)
-        }
-        other => return Err(format!("internal: no builder for {other}")),
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ORDERS: &str = include_str!("../../../schemas/orders.proto");
+    const ORDERS: &str = include_str!("../../../../schemas/orders.proto");
 
     #[test]
     fn message_indexes_follow_the_confluent_encoding() {
@@ -529,6 +339,7 @@ mod tests {
         assert!(
             message_struct(&recursive[0], "", 0)
                 .unwrap_err()
+                .0
                 .contains("recursive")
         );
     }
