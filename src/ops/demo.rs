@@ -231,6 +231,54 @@ fn chrono_like_rfc3339(secs: u64) -> String {
 
 /// Run the demo; `progress` is called about twice a second while ingesting.
 pub async fn run(opts: DemoOptions, progress: impl Fn(Progress)) -> Result<DemoReport, DemoError> {
+    let dir = prepare(&opts)?;
+    let cluster = MockCluster::new(1)?;
+    cluster.create_topic(TOPIC, opts.partitions, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let cfg = demo_config(brokers.clone(), &dir, opts.partitions, opts.max_age)?;
+    let stats = Arc::new(PipelineStats::default());
+    let (total, partitions) = (opts.records, opts.partitions);
+    let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let producer_thread = produce(&brokers, &opts, produced.clone())?;
+    // Stop the pipeline once every partition's last offset is committed.
+    let start = Instant::now();
+    let expected_last: BTreeMap<i32, i64> = (0..partitions)
+        .map(|p| {
+            let n = (total / partitions as u64) + u64::from((p as u64) < total % partitions as u64);
+            (p, n as i64 - 1)
+        })
+        .collect();
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+    let done = caught_up(stats.clone(), expected_last, produced, total, progress_tx);
+    let run = pipeline::run(cfg.clone(), stats.clone(), RunOptions::default(), done);
+    tokio::pin!(run);
+    let summary = loop {
+        tokio::select! {
+            r = &mut run => break r.map_err(Box::new)?,
+            Some(p) = progress_rx.recv() => progress(p),
+        }
+    };
+    while let Ok(p) = progress_rx.try_recv() {
+        progress(p);
+    }
+    let elapsed = start.elapsed();
+    let (produced_bad, produced_last) = producer_thread
+        .join()
+        .map_err(|_| DemoError::Options("producer thread panicked".into()))??;
+    drop(cluster);
+    verify(
+        &cfg,
+        total,
+        produced_bad,
+        &produced_last,
+        summary.rejected,
+        elapsed,
+    )
+    .await
+}
+
+/// Check the options and make the (empty) table directory.
+fn prepare(opts: &DemoOptions) -> Result<PathBuf, DemoError> {
     if opts.partitions < 1 || opts.partitions > 64 {
         return Err(DemoError::Options(
             "partitions must be between 1 and 64".into(),
@@ -262,118 +310,89 @@ pub async fn run(opts: DemoOptions, progress: impl Fn(Progress)) -> Result<DemoR
         )));
     }
 
-    let cluster = MockCluster::new(1)?;
-    cluster.create_topic(TOPIC, opts.partitions, 1)?;
-    let brokers = cluster.bootstrap_servers();
-    let cfg = demo_config(brokers.clone(), &dir, opts.partitions, opts.max_age)?;
-    let stats = Arc::new(PipelineStats::default());
+    Ok(dir)
+}
 
-    // Producer on its own thread; records go round-robin to partitions so the
-    // expected offsets of every event are known.
+/// What the producer thread returns: malformed events sent, last offset per partition.
+type Produced = Result<(u64, BTreeMap<i32, i64>), rdkafka::error::KafkaError>;
+
+/// Produce the demo's events on a thread of their own, round-robin over the
+/// partitions so the expected offsets of every event are known.
+fn produce(
+    brokers: &str,
+    opts: &DemoOptions,
+    produced_in_thread: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<std::thread::JoinHandle<Produced>, DemoError> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .create()?;
-    let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let total = opts.records;
     let partitions = opts.partitions;
     let bad_every = opts.bad_every;
-    let produced_in_thread = produced.clone();
-    let producer_thread = std::thread::spawn(
-        move || -> Result<(u64, BTreeMap<i32, i64>), rdkafka::error::KafkaError> {
-            let mut bad = 0;
-            let mut last = BTreeMap::new();
-            for i in 0..total {
-                let p = (i % partitions as u64) as i32;
-                let payload = if bad_every > 0 && i % bad_every == bad_every - 1 {
-                    bad += 1;
-                    format!(r#"{{"event_id":{i},"user_id":"#) // truncated JSON
-                } else {
-                    sample_event(i)
-                };
-                let key = format!("user-{}", i % 997);
-                loop {
-                    match producer.send(
-                        BaseRecord::to(TOPIC)
-                            .partition(p)
-                            .key(&key)
-                            .payload(&payload),
-                    ) {
-                        Ok(()) => break,
-                        Err((
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            _,
-                        )) => std::thread::sleep(Duration::from_millis(5)),
-                        Err((e, _)) => return Err(e),
-                    }
+    Ok(std::thread::spawn(move || -> Produced {
+        let mut bad = 0;
+        let mut last = BTreeMap::new();
+        for i in 0..total {
+            let p = (i % partitions as u64) as i32;
+            let payload = if bad_every > 0 && i % bad_every == bad_every - 1 {
+                bad += 1;
+                format!(r#"{{"event_id":{i},"user_id":"#) // truncated JSON
+            } else {
+                sample_event(i)
+            };
+            let key = format!("user-{}", i % 997);
+            loop {
+                match producer.send(
+                    BaseRecord::to(TOPIC)
+                        .partition(p)
+                        .key(&key)
+                        .payload(&payload),
+                ) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        _,
+                    )) => std::thread::sleep(Duration::from_millis(5)),
+                    Err((e, _)) => return Err(e),
                 }
-                *last.entry(p).or_insert(-1) += 1;
-                produced_in_thread.store(i + 1, std::sync::atomic::Ordering::Relaxed);
             }
-            producer.flush(Duration::from_secs(30))?;
-            Ok((bad, last))
-        },
-    );
+            *last.entry(p).or_insert(-1) += 1;
+            produced_in_thread.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        producer.flush(Duration::from_secs(30))?;
+        Ok((bad, last))
+    }))
+}
 
-    // Stop the pipeline once every partition's last offset is committed.
-    let start = Instant::now();
-    let expected_last: BTreeMap<i32, i64> = (0..partitions)
-        .map(|p| {
-            let n = (total / partitions as u64) + u64::from((p as u64) < total % partitions as u64);
-            (p, n as i64 - 1)
-        })
-        .collect();
-    let watch_stats = stats.clone();
-    let watch_expected = expected_last.clone();
-    let watch_produced = produced.clone();
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
-    let done = async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let committed = watch_stats.committed_offsets();
-            let _ = progress_tx.send(Progress {
-                produced: watch_produced.load(std::sync::atomic::Ordering::Relaxed),
-                total,
-                accounted: committed.values().map(|o| (*o + 1) as u64).sum(),
-                rows: PipelineStats::get(&watch_stats.rows_committed),
-                commits: PipelineStats::get(&watch_stats.commits),
-            });
-            let caught_up = watch_expected.iter().all(|(p, last)| {
-                *last < 0 || committed.get(&TopicPartition::new(TOPIC, *p)) == Some(last)
-            });
-            if caught_up {
-                break;
-            }
+/// Resolves once every partition's last produced offset is committed, sending
+/// progress every half second meanwhile.
+async fn caught_up(
+    watch_stats: Arc<PipelineStats>,
+    watch_expected: BTreeMap<i32, i64>,
+    watch_produced: Arc<std::sync::atomic::AtomicU64>,
+    total: u64,
+    progress_tx: tokio::sync::mpsc::UnboundedSender<Progress>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let committed = watch_stats.committed_offsets();
+        let _ = progress_tx.send(Progress {
+            produced: watch_produced.load(std::sync::atomic::Ordering::Relaxed),
+            total,
+            accounted: committed.values().map(|o| (*o + 1) as u64).sum(),
+            rows: PipelineStats::get(&watch_stats.rows_committed),
+            commits: PipelineStats::get(&watch_stats.commits),
+        });
+        let caught_up = watch_expected.iter().all(|(p, last)| {
+            *last < 0 || committed.get(&TopicPartition::new(TOPIC, *p)) == Some(last)
+        });
+        if caught_up {
+            break;
         }
-    };
-    let run = pipeline::run(cfg.clone(), stats.clone(), RunOptions::default(), done);
-    tokio::pin!(run);
-    let summary = loop {
-        tokio::select! {
-            r = &mut run => break r.map_err(Box::new)?,
-            Some(p) = progress_rx.recv() => progress(p),
-        }
-    };
-    while let Ok(p) = progress_rx.try_recv() {
-        progress(p);
     }
-    let elapsed = start.elapsed();
-    let (produced_bad, produced_last) = producer_thread
-        .join()
-        .map_err(|_| DemoError::Options("producer thread panicked".into()))??;
-    drop(cluster);
-
-    verify(
-        &cfg,
-        total,
-        produced_bad,
-        &produced_last,
-        summary.rejected,
-        elapsed,
-    )
-    .await
 }
 
 async fn verify(

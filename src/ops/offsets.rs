@@ -114,22 +114,7 @@ pub async fn set(
         only.to_vec()
     };
     if !force && !dry_run {
-        let members = probe::blocking(&cfg.kafka, move |k| probe::group_members(k, timeout)).await;
-        match members {
-            Ok(0) => {}
-            Ok(n) => {
-                return Err(OffsetsError::Active {
-                    group: cfg.kafka.group_id.clone(),
-                    members: n,
-                });
-            }
-            Err(e) => {
-                return Err(OffsetsError::Unknown {
-                    group: cfg.kafka.group_id.clone(),
-                    message: e.to_string(),
-                });
-            }
-        }
+        refuse_active_group(cfg, timeout).await?;
     }
     let mut t = maintenance::open(&cfg.table.uri, &cfg.storage).await?;
     let uri = cfg.table.uri.to_string();
@@ -140,10 +125,63 @@ pub async fn set(
     let before = table::stored_offsets(&t, &cfg.app_id, &parts)
         .await
         .map_err(delta_err)?;
-    let next: BTreeMap<TopicPartition, i64> = match target {
+    let next = next_offsets(cfg, &parts, target, timeout).await?;
+    let changes: Vec<OffsetChange> = next
+        .iter()
+        .map(|(tp, n)| OffsetChange {
+            partition: tp.to_string(),
+            before: before.get(tp).copied().flatten(),
+            after: n - 1,
+        })
+        .collect();
+    if dry_run {
+        return Ok(OffsetsReport {
+            changes,
+            version: None,
+        });
+    }
+    let version = commit_offsets(cfg, &mut t, &next)
+        .await
+        .map_err(delta_err)?;
+    Ok(OffsetsReport {
+        changes,
+        version: Some(version),
+    })
+}
+
+/// Moving offsets under a running consumer group races its commits: refuse
+/// unless the group is empty.
+async fn refuse_active_group(cfg: &Config, timeout: Duration) -> Result<(), OffsetsError> {
+    let members = probe::blocking(&cfg.kafka, move |k| probe::group_members(k, timeout)).await;
+    match members {
+        Ok(0) => {}
+        Ok(n) => {
+            return Err(OffsetsError::Active {
+                group: cfg.kafka.group_id.clone(),
+                members: n,
+            });
+        }
+        Err(e) => {
+            return Err(OffsetsError::Unknown {
+                group: cfg.kafka.group_id.clone(),
+                message: e.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The next offset to ingest per partition for `target`.
+async fn next_offsets(
+    cfg: &Config,
+    parts: &[TopicPartition],
+    target: Target,
+    timeout: Duration,
+) -> Result<BTreeMap<TopicPartition, i64>, OffsetsError> {
+    Ok(match target {
         Target::Offset(o) => parts.iter().map(|tp| (tp.clone(), o)).collect(),
         Target::Timestamp(ts) => {
-            let all = parts.clone();
+            let all = parts.to_vec();
             let found = probe::blocking(&cfg.kafka, move |k| {
                 probe::offsets_for_timestamp(k, &all, ts, timeout)
             })
@@ -192,21 +230,15 @@ pub async fn set(
                 })
                 .collect()
         }
-    };
-    let changes: Vec<OffsetChange> = next
-        .iter()
-        .map(|(tp, n)| OffsetChange {
-            partition: tp.to_string(),
-            before: before.get(tp).copied().flatten(),
-            after: n - 1,
-        })
-        .collect();
-    if dry_run {
-        return Ok(OffsetsReport {
-            changes,
-            version: None,
-        });
-    }
+    })
+}
+
+/// One txn-only commit that stores `next - 1` for each partition; its version.
+async fn commit_offsets(
+    cfg: &Config,
+    t: &mut deltalake::DeltaTable,
+    next: &BTreeMap<TopicPartition, i64>,
+) -> Result<i64, deltalake::DeltaTableError> {
     let txns = next
         .iter()
         .map(|(tp, n)| Transaction::new(table::txn_app_id(&cfg.app_id, tp), n - 1))
@@ -226,8 +258,8 @@ pub async fn set(
             ),
         ])
         .with_max_retries(100);
-    t.update_state().await.map_err(delta_err)?;
-    let snapshot = t.snapshot().map_err(delta_err)?;
+    t.update_state().await?;
+    let snapshot = t.snapshot()?;
     let finalized = CommitBuilder::from(props)
         .with_actions(vec![])
         .build(
@@ -239,10 +271,6 @@ pub async fn set(
                 predicate: None,
             },
         )
-        .await
-        .map_err(delta_err)?;
-    Ok(OffsetsReport {
-        changes,
-        version: Some(finalized.version() as i64),
-    })
+        .await?;
+    Ok(finalized.version() as i64)
 }

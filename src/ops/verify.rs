@@ -237,6 +237,9 @@ fn one_record_chunk(tp: &TopicPartition, rec: &probe::RawRecord) -> RecordChunk 
     chunk
 }
 
+/// Per partition, the records Kafka has up to the stored offset that the table lacks.
+type Missing = HashMap<TopicPartition, Vec<probe::RawRecord>>;
+
 /// Verify the table of `cfg` against its topics.
 pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, VerifyError> {
     let m = &cfg.table.metadata_columns;
@@ -245,14 +248,59 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
     };
     let t = maintenance::open(&cfg.table.uri, &cfg.storage).await?;
     let uri = cfg.table.uri.to_string();
-    let qerr = |e: &dyn std::fmt::Display| VerifyError::Query {
-        uri: uri.clone(),
-        message: e.to_string(),
-    };
-
     // Table side: every (topic, partition, offset); dead letters headed for it.
     let sql = format!("SELECT \"{tcol}\", \"{pcol}\", \"{ocol}\" FROM t");
-    let mut in_table = offsets_of(&t, &sql, &uri).await?;
+    let in_table = offsets_of(&t, &sql, &uri).await?;
+    let dead = dead_letter_offsets(cfg, &uri).await?;
+    // Which partitions: the configured topics' and any the table mentions.
+    let mut parts = probe::blocking(&cfg.kafka, move |k| probe::partitions(k, timeout)).await?;
+    for tp in in_table.keys() {
+        if !parts.contains(tp) {
+            parts.push(tp.clone());
+        }
+    }
+    parts.sort();
+    let stored = table::stored_offsets(&t, &cfg.app_id, &parts)
+        .await
+        .map_err(|e| query_error(&uri, &e))?;
+    let (in_table, kafka_counts, mut missing) =
+        missing_from_table(cfg, &parts, &stored, in_table, timeout).await?;
+    let mut judge = judge_for(cfg, &t, &uri)?;
+    let mut reports = Vec::with_capacity(parts.len());
+    let no_offsets = Vec::new();
+    for tp in &parts {
+        let seen = Seen {
+            stored_offset: stored.get(tp).copied().flatten(),
+            rows: in_table.get(tp).unwrap_or(&no_offsets),
+            dead: dead
+                .as_ref()
+                .map(|d| d.get(tp).map_or(&[][..], Vec::as_slice)),
+            kafka_records: kafka_counts.get(tp).copied().unwrap_or_default(),
+        };
+        let missing = missing.remove(tp).unwrap_or_default();
+        reports.push(partition_report(tp, &seen, missing, &mut judge).await?);
+    }
+    let clean = reports
+        .iter()
+        .all(|r| r.duplicates == 0 && r.gaps == 0 && r.beyond_stored == 0 && r.in_both == 0);
+    Ok(VerifyReport {
+        table: uri,
+        partitions: reports,
+        clean,
+    })
+}
+
+fn query_error(uri: &str, e: &dyn std::fmt::Display) -> VerifyError {
+    VerifyError::Query {
+        uri: uri.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// The offsets of the dead letters headed for table `uri` (None: no dead-letter
+/// table configured).
+async fn dead_letter_offsets(cfg: &Config, uri: &str) -> Result<Option<Offsets>, VerifyError> {
+    let qerr = |e: &dyn std::fmt::Display| query_error(uri, e);
     let mut dead: Option<Offsets> = None;
     if let Some(dead_uri) = &cfg.dead_letters {
         let found = table::load(dead_uri, &cfg.storage)
@@ -270,20 +318,17 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
         });
     }
 
-    // Which partitions: the configured topics' and any the table mentions.
-    let mut parts = probe::blocking(&cfg.kafka, move |k| probe::partitions(k, timeout)).await?;
-    for tp in in_table.keys() {
-        if !parts.contains(tp) {
-            parts.push(tp.clone());
-        }
-    }
-    parts.sort();
-    let stored = table::stored_offsets(&t, &cfg.app_id, &parts)
-        .await
-        .map_err(|e| qerr(&e))?;
+    Ok(dead)
+}
 
-    // Kafka side: records up to each stored offset; only those missing from the
-    // table are kept.
+/// Read each partition up to its stored offset; keep the records the table lacks.
+async fn missing_from_table(
+    cfg: &Config,
+    parts: &[TopicPartition],
+    stored: &HashMap<TopicPartition, Option<i64>>,
+    in_table: Offsets,
+    timeout: Duration,
+) -> Result<(Offsets, HashMap<TopicPartition, u64>, Missing), VerifyError> {
     let until: HashMap<TopicPartition, i64> = parts
         .iter()
         .filter_map(|tp| {
@@ -295,9 +340,9 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
                 .map(|o| (tp.clone(), o))
         })
         .collect();
-    let present = Arc::new(std::mem::take(&mut in_table));
+    let present = Arc::new(in_table);
     let seen = present.clone();
-    let (kafka_counts, mut missing) = probe::blocking(&cfg.kafka, move |k| {
+    let (kafka_counts, missing) = probe::blocking(&cfg.kafka, move |k| {
         let mut counts: HashMap<TopicPartition, u64> = HashMap::new();
         let mut missing: HashMap<TopicPartition, Vec<probe::RawRecord>> = HashMap::new();
         probe::read_partitions(k, &until, timeout, |tp, r| {
@@ -314,6 +359,13 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
     .await?;
     let in_table = Arc::try_unwrap(present).unwrap_or_else(|shared| (*shared).clone());
 
+    Ok((in_table, kafka_counts, missing))
+}
+
+/// The decoder, transform and limits ingest applies, to tell what a missing
+/// record would have become.
+fn judge_for(cfg: &Config, t: &deltalake::DeltaTable, uri: &str) -> Result<Judge, VerifyError> {
+    let qerr = |e: &dyn std::fmt::Display| query_error(uri, e);
     let schema = crate::schema::TableSchema::from_table(
         t.snapshot().map_err(|e| qerr(&e))?.schema().as_ref(),
         &cfg.table.metadata_columns,
@@ -333,7 +385,7 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
         .transpose()?;
     let transform =
         Transform::new(&cfg.table.transform, &schema).map_err(VerifyError::Transform)?;
-    let mut judge = Judge {
+    Ok(Judge {
         decoder: Decoder::for_format(
             cfg.decode.format,
             registry.as_ref(),
@@ -343,70 +395,73 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
         )?,
         transform,
         max_record_bytes: cfg.decode.max_record_bytes,
-    };
-
-    let mut reports = Vec::with_capacity(parts.len());
-    let no_offsets = Vec::new();
-    for tp in &parts {
-        let stored_offset = stored.get(tp).copied().flatten();
-        let rows = in_table.get(tp).unwrap_or(&no_offsets);
-        let dead_here = dead.as_ref().and_then(|d| d.get(tp)).unwrap_or(&no_offsets);
-        let mut r = PartitionReport {
-            partition: tp.to_string(),
-            stored_offset,
-            rows: rows.len() as u64,
-            kafka_records: kafka_counts.get(tp).copied().unwrap_or_default(),
-            ..Default::default()
-        };
-        let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
-        for o in rows {
-            *counts.entry(*o).or_default() += 1;
-            if stored_offset.is_none_or(|s| *o > s) {
-                r.beyond_stored += 1;
-            }
-        }
-        for (o, c) in &counts {
-            if *c > 1 {
-                r.duplicates += c - 1;
-                if r.duplicate_sample.len() < SAMPLE {
-                    r.duplicate_sample.push(*o);
-                }
-            }
-            if dead_here.binary_search(o).is_ok() {
-                r.in_both += 1;
-                if r.in_both_sample.len() < SAMPLE {
-                    r.in_both_sample.push(*o);
-                }
-            }
-        }
-        for rec in missing.remove(tp).unwrap_or_default() {
-            if dead_here.binary_search(&rec.offset).is_ok() {
-                r.rejected += 1;
-                continue;
-            }
-            match judge.fate(tp, &rec).await? {
-                Fate::Filtered => r.filtered += 1,
-                // Without a dead-letter table a rejection is only counted and
-                // logged; with one it must be there.
-                Fate::Rejected if dead.is_none() => r.rejected += 1,
-                Fate::Rejected | Fate::Row => {
-                    r.gaps += 1;
-                    if r.gap_sample.len() < SAMPLE {
-                        r.gap_sample.push(rec.offset);
-                    }
-                }
-            }
-        }
-        reports.push(r);
-    }
-    let clean = reports
-        .iter()
-        .all(|r| r.duplicates == 0 && r.gaps == 0 && r.beyond_stored == 0 && r.in_both == 0);
-    Ok(VerifyReport {
-        table: uri,
-        partitions: reports,
-        clean,
     })
+}
+
+/// What verify knows of a partition before judging its missing records.
+struct Seen<'a> {
+    stored_offset: Option<i64>,
+    rows: &'a [i64],
+    /// The dead letters headed for the table (None: no dead-letter table).
+    dead: Option<&'a [i64]>,
+    kafka_records: u64,
+}
+
+async fn partition_report(
+    tp: &TopicPartition,
+    seen: &Seen<'_>,
+    missing: Vec<probe::RawRecord>,
+    judge: &mut Judge,
+) -> Result<PartitionReport, VerifyError> {
+    let (stored_offset, rows) = (seen.stored_offset, seen.rows);
+    let dead_here = seen.dead.unwrap_or(&[]);
+    let mut r = PartitionReport {
+        partition: tp.to_string(),
+        stored_offset,
+        rows: rows.len() as u64,
+        kafka_records: seen.kafka_records,
+        ..Default::default()
+    };
+    let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
+    for o in rows {
+        *counts.entry(*o).or_default() += 1;
+        if stored_offset.is_none_or(|s| *o > s) {
+            r.beyond_stored += 1;
+        }
+    }
+    for (o, c) in &counts {
+        if *c > 1 {
+            r.duplicates += c - 1;
+            if r.duplicate_sample.len() < SAMPLE {
+                r.duplicate_sample.push(*o);
+            }
+        }
+        if dead_here.binary_search(o).is_ok() {
+            r.in_both += 1;
+            if r.in_both_sample.len() < SAMPLE {
+                r.in_both_sample.push(*o);
+            }
+        }
+    }
+    for rec in missing {
+        if dead_here.binary_search(&rec.offset).is_ok() {
+            r.rejected += 1;
+            continue;
+        }
+        match judge.fate(tp, &rec).await? {
+            Fate::Filtered => r.filtered += 1,
+            // Without a dead-letter table a rejection is only counted and
+            // logged; with one it must be there.
+            Fate::Rejected if seen.dead.is_none() => r.rejected += 1,
+            Fate::Rejected | Fate::Row => {
+                r.gaps += 1;
+                if r.gap_sample.len() < SAMPLE {
+                    r.gap_sample.push(rec.offset);
+                }
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// The human-readable report.

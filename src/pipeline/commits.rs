@@ -120,12 +120,6 @@ impl Pipeline {
                 files,
                 bytes,
             )) => {
-                ledger::committed(&mut self.parts, &inflight.parts);
-                let offsets: Vec<(TopicPartition, i64)> = inflight
-                    .parts
-                    .iter()
-                    .map(|(tp, _, last)| (tp.clone(), *last))
-                    .collect();
                 match outcome {
                     CommitOutcome::Committed { version } => events::commit_landed(
                         &self.stats,
@@ -148,16 +142,7 @@ impl Pipeline {
                         cstats.duration,
                     ),
                 }
-                self.stats.set_committed(offsets.iter().cloned());
-                if let Some(source) = &self.source {
-                    source.send(SourceCommand::CommitOffsets(
-                        offsets
-                            .into_iter()
-                            .map(|(tp, last)| (tp, last + 1))
-                            .collect(),
-                    ));
-                }
-                self.recovery.committed();
+                self.offsets_stored(&inflight.parts);
                 Ok(())
             }
             Ok((CommitOutcome::Stale { partitions }, _, _, _)) => {
@@ -177,6 +162,26 @@ impl Pipeline {
             }),
             Err(TaskError::Commit(e)) => Err(Box::new(e).into()),
         }
+    }
+
+    /// A window's offsets are in its table: the ledger, the status view and the
+    /// consumer group (for lag tooling only) learn them, and the backoff resets.
+    fn offsets_stored(&mut self, flushed: &Flushed) {
+        ledger::committed(&mut self.parts, flushed);
+        let offsets: Vec<(TopicPartition, i64)> = flushed
+            .iter()
+            .map(|(tp, _, last)| (tp.clone(), *last))
+            .collect();
+        self.stats.set_committed(offsets.iter().cloned());
+        if let Some(source) = &self.source {
+            source.send(SourceCommand::CommitOffsets(
+                offsets
+                    .into_iter()
+                    .map(|(tp, last)| (tp, last + 1))
+                    .collect(),
+            ));
+        }
+        self.recovery.committed();
     }
 }
 

@@ -112,71 +112,9 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, PipelineError> {
-    let cfg = Arc::new(cfg);
-    let registry = match &cfg.decode.registry {
-        Some(r) => Some(Registry::new(r)?),
-        None => None,
-    };
-    let mut pipeline = Pipeline {
-        policy: RetryPolicy {
-            max_conflict_retries: cfg.commit.max_conflict_retries,
-            initial_backoff: options.initial_backoff,
-            max_backoff: cfg.commit.max_backoff,
-        },
-        recovery: recovery::Recovery::new(options.initial_backoff, cfg.commit.max_backoff),
-        options,
-        routes: cfg.all_routes(),
-        cfg,
-        stats,
-        registry,
-        dead: None,
-        sinks: Vec::new(),
-        sink_of_topic: HashMap::new(),
-        parts: HashMap::new(),
-        source: None,
-        next_epoch: 1,
-        abandon: Arc::new(AtomicBool::new(false)),
-        latest_ends: HashMap::new(),
-    };
-    if let Some(uri) = &pipeline.cfg.dead_letters {
-        let opened = crate::sink::dead_letter::open(uri, &pipeline.cfg.storage)
-            .await
-            .map_err(Box::new)?;
-        tracing::info!(table = %uri, created = opened.created, "dead-letter table open");
-        let props = table::writer_properties(Compression::Zstd(3), 128 * 1024);
-        pipeline.dead = Some(DeadLetters {
-            table: opened.table,
-            log: TableLog::default(),
-            schema: opened.schema,
-            props,
-        });
-    } else {
-        tracing::warn!(
-            "no [dead_letters] table: rejected records are counted and logged, not kept"
-        );
-    }
-    // Tables named outright (no `{topic}` in the URI) open now, so a bad schema or
-    // missing credentials fail at start; per-topic tables open on first assignment.
-    for i in 0..pipeline.routes.len() {
-        if pipeline.routes[i].table.uri_template.is_some() {
-            continue;
-        }
-        // The first subscribed topic this route takes (a topic goes to the first
-        // route that matches it); with a pattern subscription, any.
-        let topic = match &pipeline.cfg.kafka.subscription {
-            Subscription::Topics(t) => t
-                .iter()
-                .find(|t| pipeline.routes.iter().position(|r| r.topics.matches(t)) == Some(i))
-                .cloned(),
-            Subscription::Pattern(_) => match &pipeline.routes[i].topics {
-                TopicMatch::Topics(t) => t.first().cloned(),
-                _ => Some(String::new()),
-            },
-        };
-        if let Some(topic) = topic {
-            pipeline.open_sink(i, &topic).await?;
-        }
-    }
+    let mut pipeline = Pipeline::new(Arc::new(cfg), stats, options)?;
+    pipeline.open_dead_letters().await?;
+    pipeline.open_named_tables().await?;
     let endpoint = match pipeline.cfg.metrics_listen {
         Some(addr) => {
             let e = crate::telemetry::metrics::serve(addr, pipeline.stats.clone()).await?;
@@ -190,6 +128,87 @@ pub async fn run(
     let result = pipeline.run(channels, shutdown).await;
     drop(endpoint);
     result
+}
+
+impl Pipeline {
+    fn new(
+        cfg: Arc<Config>,
+        stats: Arc<PipelineStats>,
+        options: RunOptions,
+    ) -> Result<Self, PipelineError> {
+        let registry = match &cfg.decode.registry {
+            Some(r) => Some(Registry::new(r)?),
+            None => None,
+        };
+        Ok(Pipeline {
+            policy: RetryPolicy {
+                max_conflict_retries: cfg.commit.max_conflict_retries,
+                initial_backoff: options.initial_backoff,
+                max_backoff: cfg.commit.max_backoff,
+            },
+            recovery: recovery::Recovery::new(options.initial_backoff, cfg.commit.max_backoff),
+            options,
+            routes: cfg.all_routes(),
+            cfg,
+            stats,
+            registry,
+            dead: None,
+            sinks: Vec::new(),
+            sink_of_topic: HashMap::new(),
+            parts: HashMap::new(),
+            source: None,
+            next_epoch: 1,
+            abandon: Arc::new(AtomicBool::new(false)),
+            latest_ends: HashMap::new(),
+        })
+    }
+
+    async fn open_dead_letters(&mut self) -> Result<(), PipelineError> {
+        let Some(uri) = &self.cfg.dead_letters else {
+            tracing::warn!(
+                "no [dead_letters] table: rejected records are counted and logged, not kept"
+            );
+            return Ok(());
+        };
+        let opened = crate::sink::dead_letter::open(uri, &self.cfg.storage)
+            .await
+            .map_err(Box::new)?;
+        tracing::info!(table = %uri, created = opened.created, "dead-letter table open");
+        let props = table::writer_properties(Compression::Zstd(3), 128 * 1024);
+        self.dead = Some(DeadLetters {
+            table: opened.table,
+            log: TableLog::default(),
+            schema: opened.schema,
+            props,
+        });
+        Ok(())
+    }
+
+    /// Tables named outright (no `{topic}` in the URI) open now, so a bad schema or
+    /// missing credentials fail at start; per-topic tables open on first assignment.
+    async fn open_named_tables(&mut self) -> Result<(), PipelineError> {
+        for i in 0..self.routes.len() {
+            if self.routes[i].table.uri_template.is_some() {
+                continue;
+            }
+            // The first subscribed topic this route takes (a topic goes to the first
+            // route that matches it); with a pattern subscription, any.
+            let topic = match &self.cfg.kafka.subscription {
+                Subscription::Topics(t) => t
+                    .iter()
+                    .find(|t| self.routes.iter().position(|r| r.topics.matches(t)) == Some(i))
+                    .cloned(),
+                Subscription::Pattern(_) => match &self.routes[i].topics {
+                    TopicMatch::Topics(t) => t.first().cloned(),
+                    _ => Some(String::new()),
+                },
+            };
+            if let Some(topic) = topic {
+                self.open_sink(i, &topic).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One destination table and everything written to it: its decoder, its open
@@ -260,14 +279,7 @@ impl Pipeline {
         mut channels: SourceChannels,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<RunSummary, PipelineError> {
-        let min_age = self
-            .routes
-            .iter()
-            .map(|r| r.flush.max_age)
-            .min()
-            .unwrap_or(self.cfg.flush.max_age);
-        let tick_every = (min_age / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(tick_every);
+        let mut tick = tokio::time::interval(self.tick_every());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
@@ -296,20 +308,37 @@ impl Pipeline {
                     None => return Err(PipelineError::SourceStopped("record channel closed".into())),
                 },
             }
-            self.stats.ready.store(self.is_ready(), Ordering::Relaxed);
-            let s = &self.stats;
-            s.window_records.store(
-                self.sinks.iter().map(|k| k.window.records).sum(),
-                Ordering::Relaxed,
-            );
-            s.window_bytes.store(
-                self.sinks.iter().map(|k| k.window.encoded_bytes()).sum(),
-                Ordering::Relaxed,
-            );
-            s.assigned_partitions
-                .store(self.parts.len() as u64, Ordering::Relaxed);
+            self.publish_gauges();
         }
         self.drain(channels).await
+    }
+
+    /// How often the loop checks for due windows and rewinds: a tenth of the
+    /// shortest `max_age`, between 10 ms and 1 s.
+    fn tick_every(&self) -> Duration {
+        let min_age = self
+            .routes
+            .iter()
+            .map(|r| r.flush.max_age)
+            .min()
+            .unwrap_or(self.cfg.flush.max_age);
+        (min_age / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// Readiness and the gauges `/metrics` serves, after every loop turn.
+    fn publish_gauges(&self) {
+        let s = &self.stats;
+        s.ready.store(self.is_ready(), Ordering::Relaxed);
+        s.window_records.store(
+            self.sinks.iter().map(|k| k.window.records).sum(),
+            Ordering::Relaxed,
+        );
+        s.window_bytes.store(
+            self.sinks.iter().map(|k| k.window.encoded_bytes()).sum(),
+            Ordering::Relaxed,
+        );
+        s.assigned_partitions
+            .store(self.parts.len() as u64, Ordering::Relaxed);
     }
 
     /// The sink for `topic`'s records, opening (or creating) its table on first use.
