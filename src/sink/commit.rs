@@ -24,6 +24,7 @@
 //! retried; the retry finds `v == last` and reports [`CommitOutcome::AlreadyCommitted`]
 //! instead of writing the data twice.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
@@ -199,6 +200,83 @@ pub async fn commit(
     }
 }
 
+/// The compare half of the compare-and-swap: what the offsets stored now say
+/// about `req`. `None`: every partition is at its expected offset, commit.
+fn compare(
+    req: &CommitRequest,
+    stored: &HashMap<TopicPartition, Option<i64>>,
+) -> Option<CommitOutcome> {
+    // A request that moves no offset (dead letters of a replayed window that
+    // ends below the offset the dead-letter table holds) cannot tell from the
+    // offsets whether it landed: its caller makes one attempt only.
+    if req.moves_offsets()
+        && req
+            .partitions
+            .iter()
+            .all(|p| stored.get(&p.tp).copied().flatten() == Some(p.last))
+    {
+        return Some(CommitOutcome::AlreadyCommitted);
+    }
+    let stale: Vec<(TopicPartition, Option<i64>)> = req
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            let now = stored.get(&p.tp).copied().flatten();
+            (now != p.expected).then(|| (p.tp.clone(), now))
+        })
+        .collect();
+    if !stale.is_empty() {
+        return Some(CommitOutcome::Stale { partitions: stale });
+    }
+
+    None
+}
+
+/// The commit's properties: a txn per partition (and the same offsets in
+/// commitInfo), the conflict retries, no checkpoint or log cleanup inside it.
+/// Also the (app id, offset) pairs written, for the offset store.
+fn commit_properties(
+    app_id: &str,
+    req: &CommitRequest,
+    policy: RetryPolicy,
+) -> (CommitProperties, Vec<(String, i64)>) {
+    let written: Vec<(String, i64)> = req
+        .partitions
+        .iter()
+        .map(|p| (txn_app_id(app_id, &p.tp), p.last))
+        .collect();
+    let txns = written
+        .iter()
+        .map(|(app, last)| Transaction::new(app, *last))
+        .collect();
+    // The offsets also go into commitInfo, so history shows which partitions and
+    // offsets each commit covered (status reads last commit times from it).
+    let by_partition: serde_json::Map<String, serde_json::Value> = req
+        .partitions
+        .iter()
+        .map(|p| (p.tp.to_string(), serde_json::Value::from(p.last)))
+        .collect();
+    let properties = CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata([
+            (
+                "tributary.appId".to_owned(),
+                serde_json::Value::from(app_id),
+            ),
+            (
+                "tributary.offsets".to_owned(),
+                serde_json::Value::Object(by_partition),
+            ),
+        ])
+        .with_max_retries(policy.max_conflict_retries)
+        // Checkpoints and log cleanup run after the commit (crate::sink::checkpoint):
+        // inside it, a failed checkpoint made a landed commit look failed, and
+        // the cleanup listed the whole log on every commit.
+        .with_create_checkpoint(false)
+        .with_cleanup_expired_logs(Some(false));
+    (properties, written)
+}
+
 async fn attempt(
     table: &mut DeltaTable,
     log: &TableLog,
@@ -210,29 +288,9 @@ async fn attempt(
         table.update_state().await?;
         let tps: Vec<TopicPartition> = req.partitions.iter().map(|p| p.tp.clone()).collect();
         let stored = log.offsets.offsets(table, app_id, &tps).await?;
-        // A request that moves no offset (dead letters of a replayed window that
-        // ends below the offset the dead-letter table holds) cannot tell from the
-        // offsets whether it landed: its caller makes one attempt only.
-        if req.moves_offsets()
-            && req
-                .partitions
-                .iter()
-                .all(|p| stored.get(&p.tp).copied().flatten() == Some(p.last))
-        {
-            return Ok(CommitOutcome::AlreadyCommitted);
+        if let Some(outcome) = compare(req, &stored) {
+            return Ok(outcome);
         }
-        let stale: Vec<(TopicPartition, Option<i64>)> = req
-            .partitions
-            .iter()
-            .filter_map(|p| {
-                let now = stored.get(&p.tp).copied().flatten();
-                (now != p.expected).then(|| (p.tp.clone(), now))
-            })
-            .collect();
-        if !stale.is_empty() {
-            return Ok(CommitOutcome::Stale { partitions: stale });
-        }
-
         let snapshot = table.snapshot()?;
         let partition_cols: Vec<String> = snapshot.metadata().partition_columns().to_vec();
         let operation = DeltaOperation::Write {
@@ -240,40 +298,7 @@ async fn attempt(
             partition_by: (!partition_cols.is_empty()).then_some(partition_cols),
             predicate: None,
         };
-        let written: Vec<(String, i64)> = req
-            .partitions
-            .iter()
-            .map(|p| (txn_app_id(app_id, &p.tp), p.last))
-            .collect();
-        let txns = written
-            .iter()
-            .map(|(app, last)| Transaction::new(app, *last))
-            .collect();
-        // The offsets also go into commitInfo, so history shows which partitions and
-        // offsets each commit covered (status reads last commit times from it).
-        let by_partition: serde_json::Map<String, serde_json::Value> = req
-            .partitions
-            .iter()
-            .map(|p| (p.tp.to_string(), serde_json::Value::from(p.last)))
-            .collect();
-        let properties = CommitProperties::default()
-            .with_application_transactions(txns)
-            .with_metadata([
-                (
-                    "tributary.appId".to_owned(),
-                    serde_json::Value::from(app_id),
-                ),
-                (
-                    "tributary.offsets".to_owned(),
-                    serde_json::Value::Object(by_partition),
-                ),
-            ])
-            .with_max_retries(policy.max_conflict_retries)
-            // Checkpoints and log cleanup run after the commit (crate::sink::checkpoint):
-            // inside it, a failed checkpoint made a landed commit look failed, and
-            // the cleanup listed the whole log on every commit.
-            .with_create_checkpoint(false)
-            .with_cleanup_expired_logs(Some(false));
+        let (properties, written) = commit_properties(app_id, req, policy);
         let result = CommitBuilder::from(properties)
             .with_actions(req.adds.iter().cloned().map(Action::Add).collect())
             .build(Some(snapshot), table.log_store(), operation)
@@ -318,6 +343,57 @@ async fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_compare_half_of_the_swap() {
+        let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let req = CommitRequest {
+            adds: Vec::new(),
+            partitions: vec![
+                PartitionCommit {
+                    tp: a.clone(),
+                    expected: Some(4),
+                    last: 9,
+                },
+                PartitionCommit {
+                    tp: b.clone(),
+                    expected: None,
+                    last: 2,
+                },
+            ],
+        };
+        let stored = |x, y| HashMap::from([(a.clone(), x), (b.clone(), y)]);
+        // Every partition where this window expects it: commit.
+        assert_eq!(compare(&req, &stored(Some(4), None)), None);
+        // Every partition already at the window's last: an earlier attempt landed.
+        assert_eq!(
+            compare(&req, &stored(Some(9), Some(2))),
+            Some(CommitOutcome::AlreadyCommitted)
+        );
+        // Any other value on any partition: stale, naming what is stored.
+        assert_eq!(
+            compare(&req, &stored(Some(4), Some(0))),
+            Some(CommitOutcome::Stale {
+                partitions: vec![(b.clone(), Some(0))]
+            })
+        );
+        assert_eq!(
+            compare(&req, &stored(Some(9), None)),
+            Some(CommitOutcome::Stale {
+                partitions: vec![(a.clone(), Some(9))]
+            })
+        );
+        // A request that moves nothing is never taken as already landed.
+        let still = CommitRequest {
+            adds: Vec::new(),
+            partitions: vec![PartitionCommit {
+                tp: a.clone(),
+                expected: Some(9),
+                last: 9,
+            }],
+        };
+        assert_eq!(compare(&still, &stored(Some(9), None)), None);
+    }
 
     fn part(p: i32, expected: Option<i64>, last: i64) -> PartitionCommit {
         PartitionCommit {
