@@ -144,6 +144,107 @@ pub(super) fn tpl_partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+impl IngestContext {
+    /// Partitions assigned: ask the pipeline where each starts (its stored offset)
+    /// and under which epoch, then take them from there.
+    fn assign(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        cooperative: bool,
+        closing: bool,
+    ) {
+        let partitions = tpl_partitions(tpl);
+        tracing::info!(partitions = ?partitions, "partitions assigned");
+        let (reply, answer) = oneshot::channel();
+        let starts = if closing
+            || self
+                .events
+                .send(SourceEvent::Assigned {
+                    partitions: partitions.clone(),
+                    reply,
+                })
+                .is_err()
+        {
+            None
+        } else {
+            answer.blocking_recv().ok()
+        };
+        let Some(starts) = starts else {
+            // The pipeline is gone: take no partitions, so none are read
+            // without their stored offsets.
+            let _ = if cooperative {
+                Ok(())
+            } else {
+                consumer.unassign()
+            };
+            return;
+        };
+        self.epochs.update(|epochs| {
+            for (tp, start, epoch) in &starts {
+                if let Err(e) = tpl.set_partition_offset(&tp.topic, tp.partition, start.offset()) {
+                    tracing::error!(partition = %tp, error = %e, "cannot set start offset");
+                }
+                epochs
+                    .entry(tp.topic.clone())
+                    .or_default()
+                    .insert(tp.partition, *epoch);
+            }
+        });
+        let result = if cooperative {
+            consumer.incremental_assign(tpl)
+        } else {
+            consumer.assign(tpl)
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "assign failed");
+        }
+    }
+
+    /// Partitions revoked: let the pipeline commit or drop what it holds of them,
+    /// then give them up.
+    fn revoke(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        cooperative: bool,
+        closing: bool,
+    ) {
+        let partitions = tpl_partitions(tpl);
+        let lost = consumer.assignment_lost();
+        tracing::info!(partitions = ?partitions, lost, "partitions revoked");
+        if !closing {
+            let (reply, answer) = oneshot::channel();
+            if self
+                .events
+                .send(SourceEvent::Revoked {
+                    partitions: partitions.clone(),
+                    lost,
+                    reply,
+                })
+                .is_ok()
+            {
+                let _ = answer.blocking_recv();
+            }
+        }
+        self.epochs.update(|epochs| {
+            for tp in &partitions {
+                if let Some(m) = epochs.get_mut(&tp.topic) {
+                    m.remove(&tp.partition);
+                }
+            }
+        });
+        let result = if cooperative {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "unassign failed");
+        }
+    }
+}
+
 impl ConsumerContext for IngestContext {
     fn rebalance(
         &self,
@@ -158,87 +259,10 @@ impl ConsumerContext for IngestContext {
         let closing = self.closing.load(Ordering::Acquire);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions = tpl_partitions(tpl);
-                tracing::info!(partitions = ?partitions, "partitions assigned");
-                let (reply, answer) = oneshot::channel();
-                let starts = if closing
-                    || self
-                        .events
-                        .send(SourceEvent::Assigned {
-                            partitions: partitions.clone(),
-                            reply,
-                        })
-                        .is_err()
-                {
-                    None
-                } else {
-                    answer.blocking_recv().ok()
-                };
-                let Some(starts) = starts else {
-                    // The pipeline is gone: take no partitions, so none are read
-                    // without their stored offsets.
-                    let _ = if cooperative {
-                        Ok(())
-                    } else {
-                        consumer.unassign()
-                    };
-                    return;
-                };
-                self.epochs.update(|epochs| {
-                    for (tp, start, epoch) in &starts {
-                        if let Err(e) =
-                            tpl.set_partition_offset(&tp.topic, tp.partition, start.offset())
-                        {
-                            tracing::error!(partition = %tp, error = %e, "cannot set start offset");
-                        }
-                        epochs
-                            .entry(tp.topic.clone())
-                            .or_default()
-                            .insert(tp.partition, *epoch);
-                    }
-                });
-                let result = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "assign failed");
-                }
+                self.assign(consumer, tpl, cooperative, closing);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let partitions = tpl_partitions(tpl);
-                let lost = consumer.assignment_lost();
-                tracing::info!(partitions = ?partitions, lost, "partitions revoked");
-                if !closing {
-                    let (reply, answer) = oneshot::channel();
-                    if self
-                        .events
-                        .send(SourceEvent::Revoked {
-                            partitions: partitions.clone(),
-                            lost,
-                            reply,
-                        })
-                        .is_ok()
-                    {
-                        let _ = answer.blocking_recv();
-                    }
-                }
-                self.epochs.update(|epochs| {
-                    for tp in &partitions {
-                        if let Some(m) = epochs.get_mut(&tp.topic) {
-                            m.remove(&tp.partition);
-                        }
-                    }
-                });
-                let result = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "unassign failed");
-                }
+                self.revoke(consumer, tpl, cooperative, closing);
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error; dropping the assignment");
