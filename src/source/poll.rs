@@ -186,6 +186,58 @@ pub(super) enum Burst {
     Fatal(String),
 }
 
+/// A seek the pipeline asked for: partition, where to, under which epoch.
+type PendingSeek = (TopicPartition, StartAt, u64);
+
+/// Take the pipeline's commands; false when it asks the thread to stop (or is gone).
+fn serve_commands(
+    consumer: &BaseConsumer<IngestContext>,
+    commands: &std_mpsc::Receiver<SourceCommand>,
+    held: &mut Held,
+    seeks: &mut Vec<PendingSeek>,
+) -> bool {
+    loop {
+        match commands.try_recv() {
+            Ok(SourceCommand::Seek { tp, to, epoch }) => {
+                if set_epoch(consumer, &tp, BLOCKED) {
+                    held.drop_partition(&tp);
+                    seeks.retain(|(t, _, _)| t != &tp);
+                    seeks.push((tp, to, epoch));
+                }
+            }
+            Ok(SourceCommand::CommitOffsets(offsets)) => commit_group_offsets(consumer, &offsets),
+            Ok(SourceCommand::Shutdown) | Err(std_mpsc::TryRecvError::Disconnected) => {
+                return false;
+            }
+            Err(std_mpsc::TryRecvError::Empty) => return true,
+        }
+    }
+}
+
+/// Try a pending seek; true when it is done (or its partition is gone). A
+/// blocking seek reports failures (e.g. fetch not started yet); an asynchronous
+/// one would not.
+fn try_seek(
+    consumer: &BaseConsumer<IngestContext>,
+    tp: &TopicPartition,
+    to: StartAt,
+    epoch: u64,
+) -> bool {
+    if !is_assigned(consumer, tp) {
+        return true;
+    }
+    match consumer.seek(&tp.topic, tp.partition, to.offset(), SEEK_TIMEOUT) {
+        Ok(()) => {
+            set_epoch(consumer, tp, epoch);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(partition = %tp, error = %e, "seek not accepted yet; retrying");
+            false
+        }
+    }
+}
+
 pub(super) fn poll_loop(
     consumer: BaseConsumer<IngestContext>,
     chunks: mpsc::Sender<RecordChunk>,
@@ -197,44 +249,13 @@ pub(super) fn poll_loop(
     // Seeks not yet confirmed by librdkafka. Until one succeeds, its partition's
     // records are dropped here (epoch 0): a failed seek must never let records from
     // the old position through under the new epoch, which would skip offsets.
-    let mut seeks: Vec<(TopicPartition, StartAt, u64)> = Vec::new();
+    let mut seeks: Vec<PendingSeek> = Vec::new();
     let mut epoch_cache: Option<EpochCache> = None;
-    'outer: loop {
-        loop {
-            match commands.try_recv() {
-                Ok(SourceCommand::Seek { tp, to, epoch }) => {
-                    if set_epoch(&consumer, &tp, BLOCKED) {
-                        held.drop_partition(&tp);
-                        seeks.retain(|(t, _, _)| t != &tp);
-                        seeks.push((tp, to, epoch));
-                    }
-                }
-                Ok(SourceCommand::CommitOffsets(offsets)) => {
-                    commit_group_offsets(&consumer, &offsets)
-                }
-                Ok(SourceCommand::Shutdown) | Err(std_mpsc::TryRecvError::Disconnected) => {
-                    break 'outer;
-                }
-                Err(std_mpsc::TryRecvError::Empty) => break,
-            }
+    loop {
+        if !serve_commands(&consumer, &commands, &mut held, &mut seeks) {
+            break;
         }
-        seeks.retain(|(tp, to, epoch)| {
-            if !is_assigned(&consumer, tp) {
-                return false;
-            }
-            // A blocking seek reports failures (e.g. fetch not started yet); an
-            // asynchronous one would not.
-            match consumer.seek(&tp.topic, tp.partition, to.offset(), SEEK_TIMEOUT) {
-                Ok(()) => {
-                    set_epoch(&consumer, tp, *epoch);
-                    false
-                }
-                Err(e) => {
-                    tracing::debug!(partition = %tp, error = %e, "seek not accepted yet; retrying");
-                    true
-                }
-            }
-        });
+        seeks.retain(|(tp, to, epoch)| !try_seek(&consumer, tp, *to, *epoch));
         if !held.flush(&consumer, &chunks) {
             break;
         }
