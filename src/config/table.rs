@@ -7,89 +7,15 @@ pub(super) fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> 
     let uri_template = raw.uri.contains("{topic}").then(|| raw.uri.clone());
     let uri = parse_table_uri(&raw.uri.replace("{topic}", "topic"))
         .map_err(|e| ConfigError::invalid("table.uri", e.to_string()))?;
-    let schema = match &raw.schema_file {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Schema {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            Some(
-                crate::schema::parse_schema_json(&text).map_err(|e| ConfigError::Schema {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?,
-            )
-        }
-    };
+    let schema = raw.schema_file.as_deref().map(read_schema).transpose()?;
     let compression = raw
         .compression
         .as_deref()
         .unwrap_or("snappy")
         .parse::<Compression>()
         .map_err(|m| ConfigError::invalid("table.compression", m.to_string()))?;
+    check_column_names(&raw, &raw.metadata_columns, schema.as_ref())?;
     let metadata_columns = raw.metadata_columns;
-    let mut seen = std::collections::HashSet::new();
-    for name in metadata_columns.names() {
-        if name.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "table.metadata_columns",
-                "column names must not be empty",
-            ));
-        }
-        if !seen.insert(name.to_ascii_lowercase()) {
-            return Err(ConfigError::invalid(
-                "table.metadata_columns",
-                format!("column `{name}` is named twice"),
-            ));
-        }
-        if schema
-            .iter()
-            .flat_map(|s| s.fields())
-            .any(|f| f.name().eq_ignore_ascii_case(name))
-        {
-            return Err(ConfigError::invalid(
-                "table.metadata_columns",
-                format!("`{name}` is already a field of the record schema; pick another name"),
-            ));
-        }
-    }
-    for (name, sql) in &raw.derived_columns {
-        if name.trim().is_empty() || sql.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "table.derived_columns",
-                "names and expressions must not be empty",
-            ));
-        }
-        let taken = metadata_columns
-            .names()
-            .any(|n| n.eq_ignore_ascii_case(name))
-            || schema
-                .iter()
-                .flat_map(|s| s.fields())
-                .any(|f| f.name().eq_ignore_ascii_case(name));
-        if taken {
-            return Err(ConfigError::invalid(
-                "table.derived_columns",
-                format!("`{name}` is already a record field or metadata column; pick another name"),
-            ));
-        }
-    }
-    for col in &raw.partition_by {
-        let in_schema = schema
-            .as_ref()
-            .is_none_or(|s| s.fields().any(|f| f.name() == col));
-        let in_meta = metadata_columns.names().any(|n| n == col);
-        let derived = raw.derived_columns.contains_key(col);
-        if !in_schema && !in_meta && !derived {
-            return Err(ConfigError::invalid(
-                "table.partition_by",
-                format!(
-                    "`{col}` is not a column of the schema, a metadata column or a derived column"
-                ),
-            ));
-        }
-    }
     let row_group_rows = raw.row_group_rows.unwrap_or(128 * 1024);
     if row_group_rows < 1024 {
         return Err(ConfigError::invalid(
@@ -112,6 +38,87 @@ pub(super) fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> 
             filter: raw.filter.filter(|f| !f.trim().is_empty()),
         },
     })
+}
+
+/// Read and parse a Delta/Spark schema file.
+fn read_schema(path: &Path) -> Result<deltalake::kernel::StructType, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Schema {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    crate::schema::parse_schema_json(&text).map_err(|e| ConfigError::Schema {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Metadata, derived and partition columns: named once, not clashing with the
+/// record's fields, and partition columns that exist.
+fn check_column_names(
+    raw: &RawTable,
+    metadata_columns: &MetadataColumns,
+    schema: Option<&deltalake::kernel::StructType>,
+) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for name in metadata_columns.names() {
+        if name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "table.metadata_columns",
+                "column names must not be empty",
+            ));
+        }
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Err(ConfigError::invalid(
+                "table.metadata_columns",
+                format!("column `{name}` is named twice"),
+            ));
+        }
+        if schema
+            .into_iter()
+            .flat_map(|s| s.fields())
+            .any(|f| f.name().eq_ignore_ascii_case(name))
+        {
+            return Err(ConfigError::invalid(
+                "table.metadata_columns",
+                format!("`{name}` is already a field of the record schema; pick another name"),
+            ));
+        }
+    }
+    for (name, sql) in &raw.derived_columns {
+        if name.trim().is_empty() || sql.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "table.derived_columns",
+                "names and expressions must not be empty",
+            ));
+        }
+        let taken = metadata_columns
+            .names()
+            .any(|n| n.eq_ignore_ascii_case(name))
+            || schema
+                .into_iter()
+                .flat_map(|s| s.fields())
+                .any(|f| f.name().eq_ignore_ascii_case(name));
+        if taken {
+            return Err(ConfigError::invalid(
+                "table.derived_columns",
+                format!("`{name}` is already a record field or metadata column; pick another name"),
+            ));
+        }
+    }
+    for col in &raw.partition_by {
+        let in_schema = schema.is_none_or(|s| s.fields().any(|f| f.name() == col));
+        let in_meta = metadata_columns.names().any(|n| n == col);
+        let derived = raw.derived_columns.contains_key(col);
+        if !in_schema && !in_meta && !derived {
+            return Err(ConfigError::invalid(
+                "table.partition_by",
+                format!(
+                    "`{col}` is not a column of the schema, a metadata column or a derived column"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn validate_storage(raw: RawStorage, uri: &Url) -> Result<StorageConfig, ConfigError> {

@@ -224,6 +224,63 @@ fn valid_topic_name(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+/// `[schema_registry]`: its URLs, credentials (one kind) and CA file.
+fn validate_registry(
+    r: RawRegistry,
+) -> Result<crate::decode::registry::RegistryConfig, ConfigError> {
+    let urls: Vec<String> = r
+        .url
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(ConfigError::invalid(
+            "schema_registry.url",
+            "must not be empty",
+        ));
+    }
+    for u in &urls {
+        match Url::parse(u) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "schema_registry.url",
+                    format!("`{u}` is not an http(s) URL"),
+                ));
+            }
+        }
+    }
+    if r.password.is_some() && r.username.is_none() {
+        return Err(ConfigError::invalid(
+            "schema_registry.password",
+            "is set without schema_registry.username",
+        ));
+    }
+    if r.bearer_token.is_some() && r.username.is_some() {
+        return Err(ConfigError::invalid(
+            "schema_registry.bearer_token",
+            "set either bearer_token or username/password, not both",
+        ));
+    }
+    if let Some(ca) = &r.ca_file
+        && !ca.is_file()
+    {
+        return Err(ConfigError::invalid(
+            "schema_registry.ca_file",
+            format!("{} does not exist", ca.display()),
+        ));
+    }
+    Ok(crate::decode::registry::RegistryConfig {
+        urls,
+        username: r.username,
+        password: r.password,
+        bearer_token: r.bearer_token,
+        ca_file: r.ca_file,
+        timeout: r.timeout.unwrap_or(Duration::from_secs(30)),
+    })
+}
+
 fn validate_decode(
     raw: RawDecode,
     registry: Option<RawRegistry>,
@@ -245,62 +302,7 @@ fn validate_decode(
         }
     };
     let subject = raw.subject.unwrap_or_else(|| "{topic}-value".to_owned());
-    let registry = match registry {
-        None => None,
-        Some(r) => {
-            let urls: Vec<String> = r
-                .url
-                .split(',')
-                .map(|u| u.trim().trim_end_matches('/').to_owned())
-                .filter(|u| !u.is_empty())
-                .collect();
-            if urls.is_empty() {
-                return Err(ConfigError::invalid(
-                    "schema_registry.url",
-                    "must not be empty",
-                ));
-            }
-            for u in &urls {
-                match Url::parse(u) {
-                    Ok(p) if matches!(p.scheme(), "http" | "https") => {}
-                    _ => {
-                        return Err(ConfigError::invalid(
-                            "schema_registry.url",
-                            format!("`{u}` is not an http(s) URL"),
-                        ));
-                    }
-                }
-            }
-            if r.password.is_some() && r.username.is_none() {
-                return Err(ConfigError::invalid(
-                    "schema_registry.password",
-                    "is set without schema_registry.username",
-                ));
-            }
-            if r.bearer_token.is_some() && r.username.is_some() {
-                return Err(ConfigError::invalid(
-                    "schema_registry.bearer_token",
-                    "set either bearer_token or username/password, not both",
-                ));
-            }
-            if let Some(ca) = &r.ca_file
-                && !ca.is_file()
-            {
-                return Err(ConfigError::invalid(
-                    "schema_registry.ca_file",
-                    format!("{} does not exist", ca.display()),
-                ));
-            }
-            Some(crate::decode::registry::RegistryConfig {
-                urls,
-                username: r.username,
-                password: r.password,
-                bearer_token: r.bearer_token,
-                ca_file: r.ca_file,
-                timeout: r.timeout.unwrap_or(Duration::from_secs(30)),
-            })
-        }
-    };
+    let registry = registry.map(validate_registry).transpose()?;
     match format {
         Format::Json if table.schema.is_none() => {
             return Err(ConfigError::invalid(
