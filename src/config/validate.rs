@@ -6,48 +6,12 @@ use super::*;
 impl RawConfig {
     /// Check every value, read the schema file, and resolve defaults.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let app_id = self.app_id.trim().to_owned();
-        if app_id.is_empty() {
-            return Err(ConfigError::invalid("app_id", "must not be empty"));
-        }
-        if !app_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(ConfigError::invalid(
-                "app_id",
-                format!("`{app_id}` may only contain letters, digits, '-', '_' and '.'"),
-            ));
-        }
+        let app_id = validate_app_id(&self.app_id)?;
         let kafka = validate_kafka(self.kafka, &app_id)?;
         let base_table = self.table.clone();
         let table = validate_table(self.table)?;
         let storage = validate_storage(self.storage, &table.uri)?;
-        let defaults = FlushPolicy::default();
-        let flush = FlushPolicy {
-            max_rows: self.flush.max_rows.unwrap_or(defaults.max_rows),
-            max_bytes: self
-                .flush
-                .max_bytes
-                .map(|b| b.as_u64())
-                .unwrap_or(defaults.max_bytes),
-            max_age: self.flush.max_age.unwrap_or(defaults.max_age),
-        };
-        if flush.max_rows == 0 {
-            return Err(ConfigError::invalid("flush.max_rows", "must be at least 1"));
-        }
-        if flush.max_bytes < 1024 {
-            return Err(ConfigError::invalid(
-                "flush.max_bytes",
-                "must be at least 1 KiB",
-            ));
-        }
-        if flush.max_age < Duration::from_millis(100) {
-            return Err(ConfigError::invalid(
-                "flush.max_age",
-                "must be at least 100ms; a commit per few records floods the Delta log",
-            ));
-        }
+        let flush = validate_flush(&self.flush)?;
         let commit = CommitConfig {
             max_conflict_retries: self.commit.max_conflict_retries.unwrap_or(100),
             max_backoff: self.commit.max_backoff.unwrap_or(Duration::from_secs(30)),
@@ -64,28 +28,7 @@ impl RawConfig {
             routes.push(validate_route(i, r, &base_table, &flush, &kafka, &decode)?);
         }
 
-        let metrics_listen = self
-            .observability
-            .listen
-            .map(|a| {
-                a.parse::<std::net::SocketAddr>().map_err(|e| {
-                    ConfigError::invalid(
-                        "observability.listen",
-                        format!("`{a}` is not IP:PORT: {e}"),
-                    )
-                })
-            })
-            .transpose()?;
-        let log_json = match self.log.format.as_deref().unwrap_or("text") {
-            "text" => false,
-            "json" => true,
-            other => {
-                return Err(ConfigError::invalid(
-                    "log.format",
-                    format!("`{other}`: use `text` or `json`"),
-                ));
-            }
-        };
+        let (metrics_listen, log_json) = validate_observability(&self.observability, &self.log)?;
         Ok(Config {
             app_id,
             kafka,
@@ -107,6 +50,78 @@ impl RawConfig {
             log_json,
         })
     }
+}
+
+fn validate_app_id(raw: &str) -> Result<String, ConfigError> {
+    let app_id = raw.trim().to_owned();
+    if app_id.is_empty() {
+        return Err(ConfigError::invalid("app_id", "must not be empty"));
+    }
+    if !app_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ConfigError::invalid(
+            "app_id",
+            format!("`{app_id}` may only contain letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    Ok(app_id)
+}
+
+fn validate_flush(raw: &RawFlush) -> Result<FlushPolicy, ConfigError> {
+    let defaults = FlushPolicy::default();
+    let flush = FlushPolicy {
+        max_rows: raw.max_rows.unwrap_or(defaults.max_rows),
+        max_bytes: raw
+            .max_bytes
+            .map(|b| b.as_u64())
+            .unwrap_or(defaults.max_bytes),
+        max_age: raw.max_age.unwrap_or(defaults.max_age),
+    };
+    if flush.max_rows == 0 {
+        return Err(ConfigError::invalid("flush.max_rows", "must be at least 1"));
+    }
+    if flush.max_bytes < 1024 {
+        return Err(ConfigError::invalid(
+            "flush.max_bytes",
+            "must be at least 1 KiB",
+        ));
+    }
+    if flush.max_age < Duration::from_millis(100) {
+        return Err(ConfigError::invalid(
+            "flush.max_age",
+            "must be at least 100ms; a commit per few records floods the Delta log",
+        ));
+    }
+    Ok(flush)
+}
+
+/// `[observability]` and `[log]`: where to serve metrics, and whether to log JSON.
+fn validate_observability(
+    obs: &RawObservability,
+    log: &RawLog,
+) -> Result<(Option<std::net::SocketAddr>, bool), ConfigError> {
+    let metrics_listen = obs
+        .listen
+        .as_ref()
+        .map(|a| {
+            a.parse::<std::net::SocketAddr>().map_err(|e| {
+                ConfigError::invalid("observability.listen", format!("`{a}` is not IP:PORT: {e}"))
+            })
+        })
+        .transpose()?;
+    let log_json = match log.format.as_deref().unwrap_or("text") {
+        "text" => false,
+        "json" => true,
+        other => {
+            return Err(ConfigError::invalid(
+                "log.format",
+                format!("`{other}`: use `text` or `json`"),
+            ));
+        }
+    };
+    Ok((metrics_listen, log_json))
 }
 
 /// librdkafka properties tributary sets itself; overriding them would break the
