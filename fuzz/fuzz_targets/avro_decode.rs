@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tributary::avro::AvroWriterSchema;
-use tributary::framed::decode_run;
+use tributary::decode::registry::avro::AvroWriterSchema;
+use tributary::decode::registry::framed::decode_run;
 
 const SCHEMA: &str = include_str!("../../schemas/demo_events.avsc");
 

@@ -4,13 +4,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tributary::config::MetadataColumns;
+use tributary::schema::MetadataColumns;
 use tributary::decode::JsonDecoder;
 use tributary::record::{RecordChunk, TopicPartition};
 use tributary::schema::{TableSchema, parse_schema_json};
 
 fuzz_target!(|values: Vec<&[u8]>| {
-    let record = parse_schema_json(tributary::demo::DEMO_SCHEMA).unwrap();
+    let record = parse_schema_json(tributary::ops::demo::DEMO_SCHEMA).unwrap();
     let meta = MetadataColumns {
         offset: Some("_offset".into()),
         ..MetadataColumns::default()

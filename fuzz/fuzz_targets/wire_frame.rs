@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tributary::protobuf::message_indexes;
-use tributary::registry::split_frame;
+use tributary::decode::registry::protobuf::message_indexes;
+use tributary::decode::registry::split_frame;
 
 fuzz_target!(|data: &[u8]| {
     match split_frame(data) {
@@ -18,6 +18,6 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!indexes.is_empty(), "an empty array means [0]");
             }
         }
-        Err(reason) => assert!(!reason.is_empty()),
+        Err(reason) => assert!(!reason.0.is_empty()),
     }
 });

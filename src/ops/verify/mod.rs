@@ -40,6 +40,10 @@ use crate::sink::table;
 use crate::source::probe::{self, ProbeError};
 
 /// How many offsets to list per problem.
+mod judge;
+
+use judge::{Fate, Judge, judge_for};
+
 const SAMPLE: usize = 20;
 
 /// Errors from `verify`.
@@ -166,77 +170,6 @@ async fn offsets_of(t: &DeltaTable, sql: &str, uri: &str) -> Result<Offsets, Ver
     Ok(out)
 }
 
-/// What the daemon would make of a record today.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
-    Row,
-    Filtered,
-    Rejected,
-}
-
-/// Judges records with the pipeline's own decoder, size limit and transform.
-struct Judge {
-    decoder: Decoder,
-    transform: Option<Transform>,
-    max_record_bytes: u64,
-}
-
-impl Judge {
-    async fn fate(
-        &mut self,
-        tp: &TopicPartition,
-        rec: &probe::RawRecord,
-    ) -> Result<Fate, VerifyError> {
-        if rec.value.as_ref().map_or(0, Vec::len) as u64 > self.max_record_bytes {
-            return Ok(Fate::Rejected);
-        }
-        let chunk = one_record_chunk(tp, rec);
-        if self.decoder.prepare(&chunk, &|_| true).await?.is_some() {
-            // Its schema needs a table change first: the daemon would have made it
-            // and written the row.
-            return Ok(Fate::Row);
-        }
-        let mut decoded = self.decoder.decode(&chunk, &|_| true)?;
-        if !decoded.rejected.is_empty() {
-            return Ok(Fate::Rejected);
-        }
-        if let Some(t) = &self.transform {
-            decoded = t.apply(decoded);
-            if !decoded.rejected.is_empty() {
-                return Ok(Fate::Rejected);
-            }
-        }
-        Ok(if decoded.rows.is_empty() {
-            Fate::Filtered
-        } else {
-            Fate::Row
-        })
-    }
-}
-
-fn one_record_chunk(tp: &TopicPartition, rec: &probe::RawRecord) -> RecordChunk {
-    let mut chunk = RecordChunk::default();
-    let part = chunk.partition_index(tp, 0);
-    let value = rec.value.as_deref().map(|v| chunk.push_bytes(v));
-    let key = rec.key.as_deref().map(|k| chunk.push_bytes(k));
-    for (k, v) in &rec.headers {
-        let value = v.as_deref().map(|v| chunk.push_bytes(v));
-        chunk.headers.push(HeaderMeta {
-            key: k.clone(),
-            value,
-        });
-    }
-    chunk.records.push(RecordMeta {
-        part,
-        offset: rec.offset,
-        timestamp_ms: rec.timestamp_ms,
-        key,
-        value,
-        headers: 0..rec.headers.len(),
-    });
-    chunk
-}
-
 /// Per partition, the records Kafka has up to the stored offset that the table lacks.
 type Missing = HashMap<TopicPartition, Vec<probe::RawRecord>>;
 
@@ -360,42 +293,6 @@ async fn missing_from_table(
     let in_table = Arc::try_unwrap(present).unwrap_or_else(|shared| (*shared).clone());
 
     Ok((in_table, kafka_counts, missing))
-}
-
-/// The decoder, transform and limits ingest applies, to tell what a missing
-/// record would have become.
-fn judge_for(cfg: &Config, t: &deltalake::DeltaTable, uri: &str) -> Result<Judge, VerifyError> {
-    let qerr = |e: &dyn std::fmt::Display| query_error(uri, e);
-    let schema = crate::schema::TableSchema::from_table(
-        t.snapshot().map_err(|e| qerr(&e))?.schema().as_ref(),
-        &cfg.table.metadata_columns,
-        &cfg.table
-            .transform
-            .columns
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect::<Vec<_>>(),
-    )
-    .map_err(|e| qerr(&e))?;
-    let registry = cfg
-        .decode
-        .registry
-        .as_ref()
-        .map(Registry::new)
-        .transpose()?;
-    let transform =
-        Transform::new(&cfg.table.transform, &schema).map_err(VerifyError::Transform)?;
-    Ok(Judge {
-        decoder: Decoder::for_format(
-            cfg.decode.format,
-            registry.as_ref(),
-            schema,
-            1,
-            cfg.decode.on_incompatible,
-        )?,
-        transform,
-        max_record_bytes: cfg.decode.max_record_bytes,
-    })
 }
 
 /// What verify knows of a partition before judging its missing records.
