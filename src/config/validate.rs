@@ -136,55 +136,8 @@ const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
 ];
 
 fn validate_kafka(raw: RawKafka, app_id: &str) -> Result<KafkaConfig, ConfigError> {
-    if raw.brokers.trim().is_empty() {
-        return Err(ConfigError::invalid(
-            "kafka.brokers",
-            "must list at least one host:port",
-        ));
-    }
-    for broker in raw.brokers.split(',') {
-        let broker = broker.trim();
-        let port_ok = broker
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok {
-            return Err(ConfigError::invalid(
-                "kafka.brokers",
-                format!("`{broker}` is not host:port"),
-            ));
-        }
-    }
-    let subscription = match (raw.topics.is_empty(), raw.topic_pattern) {
-        (false, None) => {
-            if let Some(bad) = raw.topics.iter().find(|t| !valid_topic_name(t)) {
-                return Err(ConfigError::invalid(
-                    "kafka.topics",
-                    format!("`{bad}` is not a valid Kafka topic name"),
-                ));
-            }
-            Subscription::Topics(raw.topics)
-        }
-        (true, Some(pattern)) => {
-            let anchored = if pattern.starts_with('^') {
-                pattern
-            } else {
-                format!("^{pattern}")
-            };
-            Subscription::Pattern(anchored)
-        }
-        (true, None) => {
-            return Err(ConfigError::invalid(
-                "kafka.topics",
-                "set `topics = [...]` or `topic_pattern = \"...\"`",
-            ));
-        }
-        (false, Some(_)) => {
-            return Err(ConfigError::invalid(
-                "kafka.topic_pattern",
-                "set either `topics` or `topic_pattern`, not both",
-            ));
-        }
-    };
+    check_brokers(&raw.brokers)?;
+    let subscription = subscription(raw.topics, raw.topic_pattern)?;
     if let Some(key) = raw
         .properties
         .keys()
@@ -227,6 +180,67 @@ fn validate_kafka(raw: RawKafka, app_id: &str) -> Result<KafkaConfig, ConfigErro
             .collect(),
         max_chunk_records,
         channel_capacity,
+    })
+}
+
+/// `kafka.brokers`: a non-empty list of host:port.
+fn check_brokers(brokers: &str) -> Result<(), ConfigError> {
+    if brokers.trim().is_empty() {
+        return Err(ConfigError::invalid(
+            "kafka.brokers",
+            "must list at least one host:port",
+        ));
+    }
+    for broker in brokers.split(',') {
+        let broker = broker.trim();
+        let port_ok = broker
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(ConfigError::invalid(
+                "kafka.brokers",
+                format!("`{broker}` is not host:port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `kafka.topics` or `kafka.topic_pattern` (anchored with `^`), one of the two.
+fn subscription(
+    topics: Vec<String>,
+    topic_pattern: Option<String>,
+) -> Result<Subscription, ConfigError> {
+    Ok(match (topics.is_empty(), topic_pattern) {
+        (false, None) => {
+            if let Some(bad) = topics.iter().find(|t| !valid_topic_name(t)) {
+                return Err(ConfigError::invalid(
+                    "kafka.topics",
+                    format!("`{bad}` is not a valid Kafka topic name"),
+                ));
+            }
+            Subscription::Topics(topics)
+        }
+        (true, Some(pattern)) => {
+            let anchored = if pattern.starts_with('^') {
+                pattern
+            } else {
+                format!("^{pattern}")
+            };
+            Subscription::Pattern(anchored)
+        }
+        (true, None) => {
+            return Err(ConfigError::invalid(
+                "kafka.topics",
+                "set `topics = [...]` or `topic_pattern = \"...\"`",
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "kafka.topic_pattern",
+                "set either `topics` or `topic_pattern`, not both",
+            ));
+        }
     })
 }
 
