@@ -1,7 +1,7 @@
 //! The shape of the crate, checked on every test run: no import cycle between
 //! top-level modules, no source file over 500 lines (inline tests excluded), a thin
-//! `main.rs`, the dependency direction ARCHITECTURE.md draws, and no `Result<_, String>`
-//! or `unwrap()` outside tests.
+//! `main.rs`, no function over 80 lines, the dependency direction ARCHITECTURE.md
+//! draws, and no `Result<_, String>` or `unwrap()` outside tests.
 //!
 //! Dependencies are read from the source text: every `crate::<module>` path
 //! outside comments and outside the file's `#[cfg(test)]` tail counts, including
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 const MAX_FILE_LINES: usize = 500;
 const MAX_MAIN_LINES: usize = 150;
+const MAX_FN_LINES: usize = 80;
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -232,6 +233,90 @@ fn source_files_stay_small_and_main_is_a_thin_shell() {
     );
 }
 
+/// The net `{` minus `}` of a line of code, skipping string and char literals and
+/// comments; `in_str` carries an open string literal to the next line.
+fn brace_balance(line: &str, in_str: &mut bool) -> i32 {
+    let b = line.as_bytes();
+    let (mut depth, mut i) = (0, 0);
+    while i < b.len() {
+        let c = b[i];
+        if *in_str {
+            match c {
+                b'\\' => i += 1,
+                b'"' => *in_str = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                b'/' if b.get(i + 1) == Some(&b'/') => break,
+                b'"' => *in_str = true,
+                b'\'' if b.get(i + 2) == Some(&b'\'') => i += 2,
+                b'{' => depth += 1,
+                b'}' => depth -= 1,
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    depth
+}
+
+/// The functions of `code` longer than `limit` lines: (name, lines).
+fn long_functions(code: &str, limit: usize) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut long = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let Some(at) = t.find("fn ") else { continue };
+        let prefix = &t[..at];
+        let is_fn = ["", "pub ", "pub(crate) ", "pub(super) "]
+            .iter()
+            .flat_map(|p| [p.to_string(), format!("{p}async ")])
+            .any(|p| p == prefix);
+        if !is_fn {
+            continue;
+        }
+        let name: String = t[at + 3..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let (mut depth, mut opened, mut in_str) = (0, false, false);
+        for (j, l) in lines.iter().enumerate().skip(i) {
+            let d = brace_balance(l, &mut in_str);
+            depth += d;
+            opened |= d > 0;
+            if (opened && depth <= 0) || (!opened && l.trim_end().ends_with(';')) {
+                if j - i + 1 > limit {
+                    long.push((name.clone(), j - i + 1));
+                }
+                break;
+            }
+        }
+    }
+    long
+}
+
+#[test]
+fn no_function_over_80_lines() {
+    let mut long = Vec::new();
+    for file in rust_files(&src()) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code: Vec<&str> = text
+            .lines()
+            .take_while(|l| l.trim() != "#[cfg(test)]")
+            .collect();
+        for (name, n) in long_functions(&code.join("\n"), MAX_FN_LINES) {
+            let file = file.strip_prefix(src()).unwrap().display().to_string();
+            long.push(format!("{file}: fn {name}: {n} lines"));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines:\n{}",
+        long.join("\n")
+    );
+}
+
 /// Library errors are typed and classify themselves; strings are for messages.
 /// `unwrap` is for tests.
 #[test]
@@ -260,6 +345,9 @@ fn the_checker_sees_grouped_imports_and_skips_comments_and_tests() {
     let refs = crate_refs(&code);
     let want: BTreeSet<String> = ["record", "schema", "sink"].map(String::from).into();
     assert_eq!(refs, want);
+    let f = "fn a() {\n    let s = \"{{\";\n    if x { y('{') }\n}\nfn b();\n";
+    assert_eq!(long_functions(f, 3), [("a".to_owned(), 4)]);
+    assert!(long_functions(f, 4).is_empty());
     let mut g = BTreeMap::new();
     g.insert("a".to_owned(), BTreeSet::from(["b".to_owned()]));
     g.insert("b".to_owned(), BTreeSet::from(["a".to_owned()]));

@@ -284,32 +284,51 @@ impl RegistryDecoder {
             reason,
         }));
         let target = self.schema.record_arrow.clone();
-        let mut good = out.good.into_iter();
-        for b in out.batches {
-            let positions: Vec<usize> = good.by_ref().take(b.num_rows()).collect();
-            let columns: Vec<_> = b
-                .schema_ref()
-                .fields()
-                .iter()
-                .cloned()
-                .zip(b.columns().iter().cloned())
-                .collect();
-            match align_columns(&columns, target.fields(), b.num_rows()).and_then(|cols| {
-                RecordBatch::try_new(target.clone(), cols)
-                    .map_err(|e| Mismatch::from(e.to_string()))
-            }) {
-                Ok(aligned) => {
-                    batches.push(aligned);
-                    rows.extend(positions.iter().map(|&k| run[k]));
-                }
-                Err(reason) => rejected.extend(positions.iter().map(|&k| Rejected {
-                    index: run[k],
-                    kind: RejectKind::Schema,
-                    reason: format!("cannot write to the table: {reason}"),
-                })),
-            }
-        }
+        align_run(
+            &target,
+            (out.batches, out.good),
+            run,
+            rows,
+            rejected,
+            batches,
+        );
         Ok(())
+    }
+}
+
+/// Reshape a decoded run's batches into the table's record schema; rows that
+/// cannot be written to the table are rejected with the reason.
+fn align_run(
+    target: &deltalake::arrow::datatypes::SchemaRef,
+    (decoded, good): (Vec<RecordBatch>, Vec<usize>),
+    run: &[usize],
+    rows: &mut Vec<usize>,
+    rejected: &mut Vec<Rejected>,
+    batches: &mut Vec<RecordBatch>,
+) {
+    let mut good = good.into_iter();
+    for b in decoded {
+        let positions: Vec<usize> = good.by_ref().take(b.num_rows()).collect();
+        let columns: Vec<_> = b
+            .schema_ref()
+            .fields()
+            .iter()
+            .cloned()
+            .zip(b.columns().iter().cloned())
+            .collect();
+        match align_columns(&columns, target.fields(), b.num_rows()).and_then(|cols| {
+            RecordBatch::try_new(target.clone(), cols).map_err(|e| Mismatch::from(e.to_string()))
+        }) {
+            Ok(aligned) => {
+                batches.push(aligned);
+                rows.extend(positions.iter().map(|&k| run[k]));
+            }
+            Err(reason) => rejected.extend(positions.iter().map(|&k| Rejected {
+                index: run[k],
+                kind: RejectKind::Schema,
+                reason: format!("cannot write to the table: {reason}"),
+            })),
+        }
     }
 }
 

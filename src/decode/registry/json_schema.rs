@@ -41,13 +41,7 @@ fn convert(
     path: &str,
     depth: usize,
 ) -> Result<(DataType, bool), Reason> {
-    let at = |msg: &str| {
-        Reason(if path.is_empty() {
-            msg.to_owned()
-        } else {
-            format!("field `{path}`: {msg}")
-        })
-    };
+    let at = |msg: &str| at_path(path, msg);
     if depth > 32 {
         return Err(at("schema nests deeper than 32 levels (a recursive $ref?)"));
     }
@@ -109,50 +103,65 @@ fn convert(
             let (element, element_null) = convert(items, root, &format!("{path}[]"), depth + 1)?;
             DataType::Array(Box::new(ArrayType::new(element, element_null)))
         }
-        "object" => match schema.get("properties").and_then(Value::as_object) {
-            Some(props) => {
-                let required: Vec<&str> = schema
-                    .get("required")
-                    .and_then(Value::as_array)
-                    .map(|r| r.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                let mut fields = Vec::with_capacity(props.len());
-                for (name, prop) in props {
-                    let child = if path.is_empty() {
-                        name.clone()
-                    } else {
-                        format!("{path}.{name}")
-                    };
-                    let (t, null) = convert(prop, root, &child, depth + 1)?;
-                    fields.push(StructField::new(
-                        name,
-                        t,
-                        null || !required.contains(&name.as_str()),
-                    ));
-                }
-                if fields.is_empty() {
-                    return Err(at("object without properties"));
-                }
-                DataType::Struct(Box::new(
-                    StructType::try_new(fields).map_err(|e| at(&e.to_string()))?,
-                ))
-            }
-            None => match schema.get("additionalProperties") {
-                Some(v @ Value::Object(_)) => {
-                    let (value, value_null) =
-                        convert(v, root, &format!("{path}.value"), depth + 1)?;
-                    DataType::Map(Box::new(MapType::new(DataType::STRING, value, value_null)))
-                }
-                _ => {
-                    return Err(at(
-                        "object without `properties` or an `additionalProperties` schema",
-                    ));
-                }
-            },
-        },
+        "object" => object_type(schema, root, path, depth)?,
         other => return Err(at(&format!("type `{other}` has no Delta equivalent"))),
     };
     Ok((data_type, nullable))
+}
+
+/// The reason, at the field `path` (the root when empty).
+fn at_path(path: &str, msg: &str) -> Reason {
+    Reason(if path.is_empty() {
+        msg.to_owned()
+    } else {
+        format!("field `{path}`: {msg}")
+    })
+}
+
+/// An `object` schema: a struct of its properties (required ones non-null), or a
+/// map of an `additionalProperties` schema.
+fn object_type(schema: &Value, root: &Value, path: &str, depth: usize) -> Result<DataType, Reason> {
+    let at = |msg: &str| at_path(path, msg);
+    Ok(match schema.get("properties").and_then(Value::as_object) {
+        Some(props) => {
+            let required: Vec<&str> = schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut fields = Vec::with_capacity(props.len());
+            for (name, prop) in props {
+                let child = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                let (t, null) = convert(prop, root, &child, depth + 1)?;
+                fields.push(StructField::new(
+                    name,
+                    t,
+                    null || !required.contains(&name.as_str()),
+                ));
+            }
+            if fields.is_empty() {
+                return Err(at("object without properties"));
+            }
+            DataType::Struct(Box::new(
+                StructType::try_new(fields).map_err(|e| at(&e.to_string()))?,
+            ))
+        }
+        None => match schema.get("additionalProperties") {
+            Some(v @ Value::Object(_)) => {
+                let (value, value_null) = convert(v, root, &format!("{path}.value"), depth + 1)?;
+                DataType::Map(Box::new(MapType::new(DataType::STRING, value, value_null)))
+            }
+            _ => {
+                return Err(at(
+                    "object without `properties` or an `additionalProperties` schema",
+                ));
+            }
+        },
+    })
 }
 
 /// Decoding state for one registered JSON Schema.

@@ -66,59 +66,76 @@ fn append_value(
                 Some(other) => return Err(Reason::from(format!("expected a list, got {other:?}"))),
             }
         }
-        (A::Map(entries, _), v) => {
-            let A::Struct(kv) = entries.data_type() else {
-                return Err(Reason::from("internal: map entries are not a struct"));
-            };
-            let Kind::Message(entry) = kind else {
-                return Err(Reason::from("internal: map without entry message"));
-            };
-            let (kf, vf) = (entry.map_entry_key_field(), entry.map_entry_value_field());
-            let m = builder::<MapBuilder<Box<dyn ArrayBuilder>, Box<dyn ArrayBuilder>>>(b, "map")?;
-            match v {
-                Some(Value::Map(map)) => {
-                    let mut sorted: Vec<(&MapKey, &Value)> = map.iter().collect();
-                    sorted.sort_by(|a, b| a.0.cmp(b.0));
-                    for (k, val) in sorted {
-                        let key: Value = k.clone().into();
-                        append_value(m.keys().as_mut(), &kv[0], &kf.kind(), Some(&key))?;
-                        append_value(m.values().as_mut(), &kv[1], &vf.kind(), Some(val))?;
-                    }
-                    m.append(true).map_err(|e| Reason::from(e.to_string()))?;
-                }
-                None => m.append(false).map_err(|e| Reason::from(e.to_string()))?,
-                Some(other) => return Err(Reason::from(format!("expected a map, got {other:?}"))),
-            }
-        }
-        (_, Some(Value::Message(wrapper))) => {
-            // Timestamp and the wrapper types.
-            let Kind::Message(md) = kind else {
-                return Err(Reason::from("internal: message without descriptor"));
-            };
-            if md.full_name() == "google.protobuf.Timestamp" {
-                let secs = wrapper
-                    .get_field_by_name("seconds")
-                    .and_then(|v| v.as_i64())
-                    .unwrap_or(0);
-                let nanos = wrapper
-                    .get_field_by_name("nanos")
-                    .and_then(|v| v.as_i32())
-                    .unwrap_or(0);
-                let micros = secs
-                    .checked_mul(1_000_000)
-                    .and_then(|m| m.checked_add(i64::from(nanos) / 1000))
-                    .ok_or("timestamp out of range")?;
-                builder::<TimestampMicrosecondBuilder>(b, "timestamp")?.append_value(micros);
-            } else {
-                let inner = wrapper.get_field_by_name("value");
-                let inner_kind = md
-                    .get_field_by_name("value")
-                    .map(|f| f.kind())
-                    .ok_or("internal: wrapper without value")?;
-                append_value(b, field, &inner_kind, inner.as_deref())?;
-            }
-        }
+        (A::Map(entries, _), v) => append_map(b, entries, kind, v)?,
+        (_, Some(Value::Message(wrapper))) => append_wrapper(b, field, kind, wrapper)?,
         (t, v) => append_scalar(b, t, kind, v)?,
+    }
+    Ok(())
+}
+
+/// A map field: entries sorted by key (Arrow maps keep order; Protobuf's do not).
+fn append_map(
+    b: &mut dyn ArrayBuilder,
+    entries: &Field,
+    kind: &Kind,
+    v: Option<&Value>,
+) -> Result<(), Reason> {
+    let A::Struct(kv) = entries.data_type() else {
+        return Err(Reason::from("internal: map entries are not a struct"));
+    };
+    let Kind::Message(entry) = kind else {
+        return Err(Reason::from("internal: map without entry message"));
+    };
+    let (kf, vf) = (entry.map_entry_key_field(), entry.map_entry_value_field());
+    let m = builder::<MapBuilder<Box<dyn ArrayBuilder>, Box<dyn ArrayBuilder>>>(b, "map")?;
+    match v {
+        Some(Value::Map(map)) => {
+            let mut sorted: Vec<(&MapKey, &Value)> = map.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, val) in sorted {
+                let key: Value = k.clone().into();
+                append_value(m.keys().as_mut(), &kv[0], &kf.kind(), Some(&key))?;
+                append_value(m.values().as_mut(), &kv[1], &vf.kind(), Some(val))?;
+            }
+            m.append(true).map_err(|e| Reason::from(e.to_string()))?;
+        }
+        None => m.append(false).map_err(|e| Reason::from(e.to_string()))?,
+        Some(other) => return Err(Reason::from(format!("expected a map, got {other:?}"))),
+    }
+    Ok(())
+}
+
+/// A message in a scalar column: `google.protobuf.Timestamp` or a wrapper type.
+fn append_wrapper(
+    b: &mut dyn ArrayBuilder,
+    field: &Field,
+    kind: &Kind,
+    wrapper: &DynamicMessage,
+) -> Result<(), Reason> {
+    let Kind::Message(md) = kind else {
+        return Err(Reason::from("internal: message without descriptor"));
+    };
+    if md.full_name() == "google.protobuf.Timestamp" {
+        let secs = wrapper
+            .get_field_by_name("seconds")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
+        let nanos = wrapper
+            .get_field_by_name("nanos")
+            .and_then(|v| v.as_i32())
+            .unwrap_or(0);
+        let micros = secs
+            .checked_mul(1_000_000)
+            .and_then(|m| m.checked_add(i64::from(nanos) / 1000))
+            .ok_or("timestamp out of range")?;
+        builder::<TimestampMicrosecondBuilder>(b, "timestamp")?.append_value(micros);
+    } else {
+        let inner = wrapper.get_field_by_name("value");
+        let inner_kind = md
+            .get_field_by_name("value")
+            .map(|f| f.kind())
+            .ok_or("internal: wrapper without value")?;
+        append_value(b, field, &inner_kind, inner.as_deref())?;
     }
     Ok(())
 }
