@@ -99,6 +99,9 @@ use table::{validate_storage, validate_table};
 // ---------------------------------------------------------------------------
 
 /// A validated configuration.
+// Built only by `RawConfig::validate` (the daemon, the demo and the tests alike):
+// code outside the crate cannot write a `Config` literal that skips validation.
+#[non_exhaustive]
 #[derive(Debug, Clone)]
 pub struct Config {
     /// See [`RawConfig::app_id`].

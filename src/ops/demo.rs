@@ -18,10 +18,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-use crate::config::{
-    CommitConfig, Compression, Config, DecodeConfig, FlushPolicy, Format, KafkaConfig,
-    MetadataColumns, OffsetReset, OnError, StorageConfig, Subscription, TableConfig,
-};
+use crate::config::{Config, RawConfig};
 use crate::pipeline::{self, PipelineError, RunOptions};
 use crate::record::TopicPartition;
 use crate::sink::table;
@@ -118,75 +115,64 @@ pub struct DemoReport {
     pub exactly_once: bool,
 }
 
+/// The demo's configuration, written as TOML and loaded through the same parsing
+/// and validation as any config file (the schema goes to a file next to the table
+/// directory, as `table.schema_file`).
 fn demo_config(
     brokers: String,
     dir: &Path,
     partitions: i32,
     max_age: Duration,
 ) -> Result<Config, DemoError> {
-    let schema = crate::schema::parse_schema_json(DEMO_SCHEMA)
-        .map_err(|e| DemoError::Options(e.to_string()))?;
-    let uri = url::Url::from_directory_path(dir)
-        .map_err(|()| DemoError::Options(format!("{} is not an absolute path", dir.display())))?;
-    let mut properties = BTreeMap::new();
-    properties.insert(
-        "session.timeout.ms".to_owned(),
-        crate::secret::Secret::new("6000"),
+    let schema_file = dir.with_extension("schema.json");
+    std::fs::write(&schema_file, DEMO_SCHEMA).map_err(|source| DemoError::Dir {
+        path: schema_file.clone(),
+        source,
+    })?;
+    let toml_str = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let text = format!(
+        r#"app_id = "tributary-demo"
+
+[kafka]
+brokers = {brokers}
+group_id = "tributary-demo"
+topics = ["{TOPIC}"]
+auto_offset_reset = "earliest"
+
+[kafka.properties]
+"session.timeout.ms" = "6000"
+
+[table]
+uri = {uri}
+schema_file = {schema_file}
+compression = "zstd(1)"
+
+[table.metadata_columns]
+topic = "_kafka_topic"
+partition = "_kafka_partition"
+offset = "_kafka_offset"
+timestamp = "_kafka_timestamp"
+key = "_kafka_key"
+
+[flush]
+max_rows = {max_rows}
+max_bytes = "64 MiB"
+max_age = "{max_age}ms"
+
+[commit]
+max_backoff = "5s"
+"#,
+        brokers = toml_str(&brokers),
+        uri = toml_str(&dir.display().to_string()),
+        schema_file = toml_str(&schema_file.display().to_string()),
+        max_rows = (partitions as u64 * MAX_RECORDS_PER_PARTITION / 4).max(1000),
+        max_age = max_age.as_millis(),
     );
-    Ok(Config {
-        app_id: "tributary-demo".into(),
-        kafka: KafkaConfig {
-            brokers,
-            group_id: "tributary-demo".into(),
-            subscription: Subscription::Topics(vec![TOPIC.into()]),
-            auto_offset_reset: OffsetReset::Earliest,
-            properties,
-            max_chunk_records: 4096,
-            channel_capacity: 16,
-        },
-        table: TableConfig {
-            uri,
-            uri_template: None,
-            schema: Some(schema),
-            schema_path: Some(PathBuf::from("schemas/demo_events.json")),
-            partition_by: vec![],
-            compression: Compression::Zstd(1),
-            properties: BTreeMap::new(),
-            metadata_columns: MetadataColumns {
-                topic: Some("_kafka_topic".into()),
-                partition: Some("_kafka_partition".into()),
-                offset: Some("_kafka_offset".into()),
-                timestamp: Some("_kafka_timestamp".into()),
-                key: Some("_kafka_key".into()),
-                headers: None,
-            },
-            row_group_rows: 128 * 1024,
-            transform: Default::default(),
-        },
-        storage: StorageConfig::default(),
-        flush: FlushPolicy {
-            max_rows: (partitions as u64 * MAX_RECORDS_PER_PARTITION / 4).max(1000),
-            max_bytes: 64 * 1024 * 1024,
-            max_age,
-        },
-        commit: CommitConfig {
-            max_conflict_retries: 100,
-            max_backoff: Duration::from_secs(5),
-        },
-        decode: DecodeConfig {
-            format: Format::Json,
-            on_error: OnError::Skip,
-            on_incompatible: OnError::Skip,
-            subject: "{topic}-value".into(),
-            registry: None,
-            max_record_bytes: 16 * 1024 * 1024,
-        },
-        routes: vec![],
-        dead_letters: None,
-        metrics_listen: None,
-        log_level: None,
-        log_json: false,
-    })
+    let no_env = |_: &str| None;
+    let cfg = RawConfig::parse(&text, None, &no_env)
+        .and_then(RawConfig::validate)
+        .map_err(|e| DemoError::Options(e.to_string()))?;
+    Ok(cfg)
 }
 
 /// A sample event; deterministic in `i`.
@@ -460,6 +446,30 @@ async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_config_goes_through_the_same_validation_as_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("table");
+        let cfg = demo_config("127.0.0.1:9092".into(), &table, 4, Duration::from_secs(2)).unwrap();
+        assert_eq!(cfg.kafka.group_id, "tributary-demo");
+        assert_eq!(cfg.flush.max_age, Duration::from_secs(2));
+        assert_eq!(
+            cfg.table.metadata_columns.offset.as_deref(),
+            Some("_kafka_offset")
+        );
+        assert!(
+            cfg.table.schema.is_some(),
+            "schema read from the file written"
+        );
+        assert!(
+            cfg.table.uri.as_str().starts_with("file://"),
+            "{}",
+            cfg.table.uri
+        );
+        // A broker list validation refuses is refused for the demo too.
+        assert!(demo_config("no-port".into(), &table, 4, Duration::from_secs(2)).is_err());
+    }
 
     #[test]
     fn sample_events_are_valid_json_with_utc_timestamps() {
