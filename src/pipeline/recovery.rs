@@ -114,7 +114,7 @@ impl Recovery {
             resume_at: None,
             initial,
             max,
-            next: initial.min(max),
+            next: initial,
         }
     }
 
@@ -163,7 +163,7 @@ impl Recovery {
 
     /// A commit landed: storage works, the next failure starts from the initial delay.
     pub(super) fn committed(&mut self) {
-        self.next = self.initial.min(self.max);
+        self.next = self.initial;
     }
 
     /// Whether records may be taken at `now` (not while a rewind is pending or
