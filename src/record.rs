@@ -140,6 +140,29 @@ impl RecordChunk {
         self.data.len()
     }
 
+    /// Append records of `tp` at `epoch` with the given offsets (each value `{}`),
+    /// for unit tests of what the pipeline admits and accounts.
+    #[cfg(test)]
+    pub(crate) fn push_offsets(
+        &mut self,
+        tp: &TopicPartition,
+        epoch: u64,
+        offsets: impl IntoIterator<Item = i64>,
+    ) {
+        let part = self.partition_index(tp, epoch);
+        for offset in offsets {
+            let value = Some(self.push_bytes(b"{}"));
+            self.records.push(RecordMeta {
+                part,
+                offset,
+                timestamp_ms: None,
+                key: None,
+                value,
+                headers: 0..0,
+            });
+        }
+    }
+
     /// Build a chunk from plain values, for tests and benchmarks.
     pub fn from_values<'a>(
         tp: &TopicPartition,

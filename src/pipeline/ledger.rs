@@ -170,18 +170,7 @@ mod tests {
 
     fn chunk(tp: &TopicPartition, epoch: u64, offsets: std::ops::Range<i64>) -> RecordChunk {
         let mut c = RecordChunk::default();
-        let part = c.partition_index(tp, epoch);
-        for offset in offsets {
-            let value = Some(c.push_bytes(b"{}"));
-            c.records.push(crate::record::RecordMeta {
-                part,
-                offset,
-                timestamp_ms: None,
-                key: None,
-                value,
-                headers: 0..0,
-            });
-        }
+        c.push_offsets(tp, epoch, offsets);
         c
     }
 

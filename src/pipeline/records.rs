@@ -213,11 +213,7 @@ impl Pipeline {
             }),
         );
         if !already_dead.is_empty() {
-            tracing::info!(
-                records = already_dead.len(),
-                "replayed records already in the dead-letter table: rejected again, not rows"
-            );
-            PipelineStats::add(&self.stats.records_rejected, already_dead.len() as u64);
+            events::dead_letters_replayed(&self.stats, already_dead.len());
             decoded
                 .rejected
                 .extend(already_dead.iter().map(|&index| Rejected {

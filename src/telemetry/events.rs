@@ -108,6 +108,16 @@ pub fn records_rejected<'a>(
     }
 }
 
+/// Replayed records whose dead letters already landed (their window's rows did
+/// not): rejected again and counted as rejected, not written a second time.
+pub fn dead_letters_replayed(stats: &PipelineStats, records: usize) {
+    PipelineStats::add(&stats.records_rejected, records as u64);
+    tracing::info!(
+        records,
+        "replayed records already in the dead-letter table: rejected again, not rows"
+    );
+}
+
 /// Every assigned partition was sought back to the offset stored in its table.
 pub fn rewound(stats: &PipelineStats, partitions: &[(TopicPartition, Option<i64>)]) {
     PipelineStats::add(&stats.rewinds, 1);
@@ -146,6 +156,7 @@ mod tests {
         let tp = TopicPartition::new("t", 0);
         window_stale(&stats, "t", &[(tp.clone(), Some(3))]);
         records_rejected(&stats, [(&tp, 4, "bad"), (&tp, 5, "worse")].into_iter());
+        dead_letters_replayed(&stats, 3);
         rewound(&stats, &[(tp, Some(3))]);
         rebalance(&stats, true, 1, false);
         let get = PipelineStats::get;
@@ -161,7 +172,7 @@ mod tests {
         assert_eq!(get(&stats.table_version), 7);
         assert_eq!(get(&stats.commit_retries), 2 + 1, "retries of both commits");
         assert_eq!(get(&stats.stale_commits), 1);
-        assert_eq!(get(&stats.records_rejected), 2);
+        assert_eq!(get(&stats.records_rejected), 2 + 3);
         assert_eq!((get(&stats.rewinds), get(&stats.rebalances)), (1, 1));
     }
 }

@@ -67,7 +67,7 @@ mod tests {
 
     use super::*;
 
-    /// Offsets `first..` of `tp` at `epoch`, then of `other` at `epoch`.
+    /// `offsets` of `tp`, then `more` of `other`, both at epoch 7.
     fn chunk(
         tp: &TopicPartition,
         offsets: &[i64],
@@ -75,20 +75,8 @@ mod tests {
         more: &[i64],
     ) -> RecordChunk {
         let mut c = RecordChunk::default();
-        for (t, offs) in [(tp, offsets), (other, more)] {
-            let part = c.partition_index(t, 7);
-            for &offset in offs {
-                let value = Some(c.push_bytes(b"{}"));
-                c.records.push(crate::record::RecordMeta {
-                    part,
-                    offset,
-                    timestamp_ms: None,
-                    key: None,
-                    value,
-                    headers: 0..0,
-                });
-            }
-        }
+        c.push_offsets(tp, 7, offsets.iter().copied());
+        c.push_offsets(other, 7, more.iter().copied());
         c
     }
 
