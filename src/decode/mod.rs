@@ -120,12 +120,6 @@ impl From<&str> for Reason {
     }
 }
 
-impl From<Mismatch> for Reason {
-    fn from(m: Mismatch) -> Self {
-        Self(m.0)
-    }
-}
-
 /// Errors that are not about one record: the decoder itself cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

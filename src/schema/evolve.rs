@@ -43,12 +43,6 @@ impl From<String> for Mismatch {
     }
 }
 
-impl From<&str> for Mismatch {
-    fn from(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-}
-
 /// The Delta type for an Arrow field a format decoder produced. `path` names the
 /// field in errors.
 pub fn delta_type(field: &Field, path: &str) -> Result<DataType, Mismatch> {
