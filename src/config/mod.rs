@@ -29,6 +29,7 @@ pub use crate::sink::{
 };
 pub use crate::source::{KafkaConfig, OffsetReset, Subscription};
 pub use crate::window::FlushPolicy;
+pub use crate::window::budget::MemoryBudget;
 
 /// Errors found while loading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +117,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Flush policy.
     pub flush: FlushPolicy,
+    /// What all tables' windows may hold together (`[flush] memory_budget`).
+    pub memory_budget: MemoryBudget,
     /// Commit behaviour.
     pub commit: CommitConfig,
     /// Decoding.
@@ -301,6 +304,10 @@ schema_file = "SCHEMA"
                 format!("{MINIMAL}[storage]\nendpoint = \"http://127.0.0.1:1\""),
                 "storage.endpoint",
             ),
+            (
+                format!("{MINIMAL}[flush]\nmemory_budget = \"512 KiB\""),
+                "flush.memory_budget",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err();
@@ -309,6 +316,25 @@ schema_file = "SCHEMA"
                 "expected error naming {key}, got: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_memory_budget_is_global_with_a_default() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().memory_budget,
+            MemoryBudget::default()
+        );
+        let c = parse(&format!("{MINIMAL}[flush]\nmemory_budget = \"64 MiB\"")).unwrap();
+        assert_eq!(c.memory_budget.limit(), 64 << 20);
+        let route = format!(
+            "{}[[routes]]\ntopics = [\"payments\"]\nuri = \"s3://b/pay\"\nschema_file = \"SCHEMA\"\n[routes.flush]\nmemory_budget = \"64 MiB\"\n",
+            MINIMAL.replace(
+                r#"topics = ["orders"]"#,
+                r#"topics = ["orders", "payments"]"#
+            )
+        );
+        let err = parse(&route).unwrap_err().to_string();
+        assert!(err.contains("top-level [flush]"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ impl RawConfig {
         let table = validate_table(self.table)?;
         let storage = validate_storage(self.storage, &table.uri)?;
         let flush = validate_flush(&self.flush)?;
+        let memory_budget = validate_memory_budget(&self.flush)?;
         let commit = CommitConfig {
             max_conflict_retries: self.commit.max_conflict_retries.unwrap_or(100),
             max_backoff: self.commit.max_backoff.unwrap_or(Duration::from_secs(30)),
@@ -35,6 +36,7 @@ impl RawConfig {
             table,
             storage,
             flush,
+            memory_budget,
             commit,
             decode,
             routes,
@@ -95,6 +97,20 @@ fn validate_flush(raw: &RawFlush) -> Result<FlushPolicy, ConfigError> {
         ));
     }
     Ok(flush)
+}
+
+/// `[flush] memory_budget`: at least [`MemoryBudget::MIN`].
+fn validate_memory_budget(raw: &RawFlush) -> Result<MemoryBudget, ConfigError> {
+    let limit = raw
+        .memory_budget
+        .map_or(MemoryBudget::DEFAULT, |b| b.as_u64());
+    if limit < MemoryBudget::MIN {
+        return Err(ConfigError::invalid(
+            "flush.memory_budget",
+            "must be at least 1 MiB (it bounds all tables' open windows together)",
+        ));
+    }
+    Ok(MemoryBudget::new(limit))
 }
 
 /// `[observability]` and `[log]`: where to serve metrics, and whether to log JSON.
@@ -424,6 +440,12 @@ fn validate_route(
     if decode.format == Format::Json && table.schema.is_none() {
         return Err(invalid(
             "schema_file is required for decode.format = \"json\"".into(),
+        ));
+    }
+    if r.flush.memory_budget.is_some() {
+        return Err(invalid(
+            "flush.memory_budget is one budget for all tables: set it in the top-level [flush]"
+                .into(),
         ));
     }
     let flush = FlushPolicy {

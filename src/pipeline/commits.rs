@@ -12,6 +12,7 @@ use crate::record::TopicPartition;
 use crate::sink::commit::CommitOutcome;
 use crate::source::SourceCommand;
 use crate::telemetry::events;
+use crate::window::budget::{Held, MemoryBudget};
 use crate::window::flush::{CommitDone, DeadCommit, TaskError, flush_and_commit};
 
 impl Pipeline {
@@ -41,6 +42,29 @@ impl Pipeline {
                 self.start_commit(i);
             }
         }
+        let held = self.held();
+        let budget = self.cfg.memory_budget;
+        for i in budget.flush_early(&held) {
+            events::flushed_early(
+                &self.stats,
+                self.sinks[i].tcfg.uri.as_str(),
+                held[i].open,
+                MemoryBudget::total(&held),
+                budget.limit(),
+            );
+            self.start_commit(i);
+        }
+    }
+
+    /// What each table's windows hold, for the memory budget.
+    pub(super) fn held(&self) -> Vec<Held> {
+        self.sinks
+            .iter()
+            .map(|s| Held {
+                open: s.window.encoded_bytes(),
+                committing: s.inflight.as_ref().map_or(0, |f| f.bytes),
+            })
+            .collect()
     }
 
     pub(super) fn start_commit(&mut self, sink: usize) {
@@ -48,6 +72,7 @@ impl Pipeline {
         if window.is_empty() {
             return;
         }
+        let bytes = window.encoded_bytes();
         let (partitions, parts) = ledger::plan_commit(&self.parts, window.parts);
         let dead = match &self.dead {
             Some(d) if !window.dead.is_empty() => Some(DeadCommit {
@@ -93,6 +118,7 @@ impl Pipeline {
             started: Instant::now(),
             parts,
             rows,
+            bytes,
         });
     }
 
@@ -191,6 +217,8 @@ pub(super) struct Inflight {
     /// (partition, epoch at flush, last offset)
     pub(super) parts: Flushed,
     pub(super) rows: u64,
+    /// Encoded bytes of the window, held until the commit is done.
+    pub(super) bytes: u64,
 }
 
 /// The next commit task of any sink to finish.

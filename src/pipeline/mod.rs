@@ -339,6 +339,10 @@ impl Pipeline {
         );
         s.assigned_partitions
             .store(self.parts.len() as u64, Ordering::Relaxed);
+        s.windows_held_bytes.store(
+            crate::window::budget::MemoryBudget::total(&self.held()),
+            Ordering::Relaxed,
+        );
     }
 
     /// The sink for `topic`'s records, opening (or creating) its table on first use.
@@ -440,11 +444,14 @@ impl Pipeline {
         if !self.recovery.takes_records(Instant::now()) {
             return false;
         }
-        // Back-pressure: a table's open window is due but its previous commit still runs.
+        // Back-pressure: a table's open window is due but its previous commit still
+        // runs, or all windows together hold the memory budget and none can be
+        // committed early.
         !self
             .sinks
             .iter()
             .any(|s| s.inflight.is_some() && s.flush_due())
+            && !self.cfg.memory_budget.exhausted(&self.held())
     }
 
     fn epoch(&mut self) -> u64 {

@@ -132,6 +132,19 @@ pub fn rebalance(stats: &PipelineStats, assigned: bool, partitions: usize, lost:
     tracing::debug!(assigned, partitions, lost, "rebalance served");
 }
 
+/// A table's window was committed before its flush policy said so: all tables'
+/// windows together held more than the memory budget.
+pub fn flushed_early(stats: &PipelineStats, table: &str, bytes: u64, held: u64, budget: u64) {
+    PipelineStats::add(&stats.windows_flushed_early, 1);
+    tracing::debug!(
+        table,
+        bytes,
+        held,
+        budget,
+        "memory budget reached: committing this window early"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

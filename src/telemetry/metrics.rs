@@ -135,6 +135,18 @@ pub static METRICS: &[MetricDef] = &[
         source: Source::Gauge(|s| PipelineStats::get(&s.window_bytes) as i64),
     },
     MetricDef {
+        name: "windows_held",
+        help: "Parquet bytes held by all tables' open and committing windows (bounded by flush.memory_budget)",
+        unit: Some("bytes"),
+        source: Source::Gauge(|s| PipelineStats::get(&s.windows_held_bytes) as i64),
+    },
+    MetricDef {
+        name: "windows_flushed_early",
+        help: "Windows committed early because all windows together reached flush.memory_budget",
+        unit: None,
+        source: Source::Counter(|s| &s.windows_flushed_early),
+    },
+    MetricDef {
         name: "assigned_partitions",
         help: "Kafka partitions assigned to this process",
         unit: None,

@@ -48,6 +48,11 @@ pub struct PipelineStats {
     pub window_bytes: AtomicU64,
     /// Partitions currently assigned.
     pub assigned_partitions: AtomicU64,
+    /// Encoded bytes held by every table's open and committing windows.
+    pub windows_held_bytes: AtomicU64,
+    /// Windows committed before their flush policy said so, to stay within the
+    /// memory budget.
+    pub windows_flushed_early: AtomicU64,
     /// Commit wall time, seconds.
     pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Where `/metrics` is served, once it is.
@@ -76,6 +81,8 @@ impl Default for PipelineStats {
             window_records: AtomicU64::default(),
             window_bytes: AtomicU64::default(),
             assigned_partitions: AtomicU64::default(),
+            windows_held_bytes: AtomicU64::default(),
+            windows_flushed_early: AtomicU64::default(),
             commit_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14),
             ),

@@ -1,6 +1,7 @@
 //! The open window: records accounted for and encoded, waiting for their commit.
 
 pub mod admission;
+pub mod budget;
 pub mod encoder;
 pub mod flush;
 
