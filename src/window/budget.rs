@@ -44,8 +44,9 @@ impl MemoryBudget {
     /// The smallest budget accepted: below it, every window would be cut to a few
     /// rows.
     pub const MIN: u64 = 1 << 20;
-    /// The default: 512 MiB of encoded windows.
-    pub const DEFAULT: u64 = 512 << 20;
+    /// The default: 256 MiB of encoded windows (two windows at the default
+    /// `max_bytes`, one open and one committing).
+    pub const DEFAULT: u64 = 256 << 20;
 
     /// A budget of `limit` encoded bytes.
     pub fn new(limit: u64) -> Self {
