@@ -157,6 +157,7 @@ impl Pipeline {
                             bytes,
                             partitions: inflight.parts.len(),
                             attempts: cstats.attempts,
+                            conflicts: cstats.conflicts,
                             duration: cstats.duration,
                         },
                     ),

@@ -147,6 +147,10 @@ pub struct CommitStats {
     pub attempts: u32,
     /// Wall time from the first attempt to the outcome.
     pub duration: Duration,
+    /// Other writers' commits this one was re-based over (delta-rs' conflict
+    /// retries, and our re-checks after a conflicting one): the price of several
+    /// writers on one table.
+    pub conflicts: u64,
 }
 
 /// Commit `req` to `table`, retrying transient failures with exponential backoff
@@ -163,15 +167,17 @@ pub async fn commit(
     let uri = table.table_url().to_string();
     let mut backoff = policy.initial_backoff;
     let mut attempts = 0u32;
+    let mut conflicts = 0u64;
     loop {
         attempts += 1;
-        match attempt(table, log, app_id, req, policy).await {
+        match attempt(table, log, app_id, req, policy, &mut conflicts).await {
             Ok(outcome) => {
                 return Ok((
                     outcome,
                     CommitStats {
                         attempts,
                         duration: start.elapsed(),
+                        conflicts,
                     },
                 ));
             }
@@ -283,6 +289,7 @@ async fn attempt(
     app_id: &str,
     req: &CommitRequest,
     policy: RetryPolicy,
+    conflicts: &mut u64,
 ) -> Result<CommitOutcome, DeltaTableError> {
     loop {
         table.update_state().await?;
@@ -305,6 +312,7 @@ async fn attempt(
             .await;
         match result {
             Ok(finalized) => {
+                *conflicts += finalized.metrics.num_retries;
                 let version = finalized.version();
                 log.offsets.record_commit(version, written).await;
                 table.state = Some(finalized.snapshot());
@@ -322,6 +330,7 @@ async fn attempt(
                     ),
             }) => {
                 tracing::info!(error = %c, "concurrent commit on one of our partitions; re-checking offsets");
+                *conflicts += 1;
                 continue;
             }
             // Another worker evolved the schema: our files (written with the columns
@@ -333,6 +342,7 @@ async fn attempt(
                     ),
             }) => {
                 tracing::info!(error = %c, "table metadata changed concurrently; re-checking and retrying");
+                *conflicts += 1;
                 continue;
             }
             Err(e) => return Err(e),

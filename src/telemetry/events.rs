@@ -33,6 +33,8 @@ pub struct CommitLanded<'a> {
     pub partitions: usize,
     /// Attempts it took (1: no retry).
     pub attempts: u32,
+    /// Other writers' commits it was re-based over.
+    pub conflicts: u64,
     /// Wall time of the commit.
     pub duration: Duration,
 }
@@ -47,6 +49,7 @@ pub fn commit_landed(stats: &PipelineStats, c: &CommitLanded<'_>) {
     PipelineStats::add(&stats.rows_committed, c.rows);
     PipelineStats::add(&stats.files_committed, c.files as u64);
     PipelineStats::add(&stats.bytes_committed, c.bytes);
+    PipelineStats::add(&stats.commit_conflicts, c.conflicts);
     tracing::info!(
         table = %c.table,
         version = c.version,
@@ -55,6 +58,7 @@ pub fn commit_landed(stats: &PipelineStats, c: &CommitLanded<'_>) {
         bytes = c.bytes,
         partitions = c.partitions,
         attempts = c.attempts,
+        conflicts = c.conflicts,
         ms = c.duration.as_millis() as u64,
         "committed"
     );
@@ -162,6 +166,7 @@ mod tests {
                 bytes: 300,
                 partitions: 1,
                 attempts: 3,
+                conflicts: 4,
                 duration: Duration::from_millis(5),
             },
         );
@@ -172,6 +177,7 @@ mod tests {
         dead_letters_replayed(&stats, 3);
         rewound(&stats, &[(tp, Some(3))]);
         rebalance(&stats, true, 1, false);
+        flushed_early(&stats, "t", 10, 20, 15);
         let get = PipelineStats::get;
         assert_eq!(
             (
@@ -185,7 +191,9 @@ mod tests {
         assert_eq!(get(&stats.table_version), 7);
         assert_eq!(get(&stats.commit_retries), 2 + 1, "retries of both commits");
         assert_eq!(get(&stats.stale_commits), 1);
+        assert_eq!(get(&stats.commit_conflicts), 4);
         assert_eq!(get(&stats.records_rejected), 2 + 3);
         assert_eq!((get(&stats.rewinds), get(&stats.rebalances)), (1, 1));
+        assert_eq!(get(&stats.windows_flushed_early), 1);
     }
 }

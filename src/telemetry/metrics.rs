@@ -105,6 +105,12 @@ pub static METRICS: &[MetricDef] = &[
         source: Source::Counter(|s| &s.commit_retries),
     },
     MetricDef {
+        name: "commit_conflicts",
+        help: "Other writers' commits that this process's commits were re-based over (several writers on one table)",
+        unit: None,
+        source: Source::Counter(|s| &s.commit_conflicts),
+    },
+    MetricDef {
         name: "stale_commits",
         help: "Commits dropped because another writer advanced the same partitions",
         unit: None,

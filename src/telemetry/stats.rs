@@ -42,6 +42,8 @@ pub struct PipelineStats {
     pub table_version: AtomicU64,
     /// Commit attempts beyond the first (transient storage errors).
     pub commit_retries: AtomicU64,
+    /// Other writers' commits that commits were re-based over.
+    pub commit_conflicts: AtomicU64,
     /// Records accounted for in the open window.
     pub window_records: AtomicU64,
     /// Parquet bytes written to the open window so far.
@@ -78,6 +80,7 @@ impl Default for PipelineStats {
             commit_since_ms: AtomicU64::default(),
             table_version: AtomicU64::default(),
             commit_retries: AtomicU64::default(),
+            commit_conflicts: AtomicU64::default(),
             window_records: AtomicU64::default(),
             window_bytes: AtomicU64::default(),
             assigned_partitions: AtomicU64::default(),
