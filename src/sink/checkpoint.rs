@@ -8,7 +8,8 @@
 //! written), and a failure that is not transient stopped the daemon. Here the
 //! checkpoint runs after a landed commit; a failure is logged and the checkpoint is
 //! tried again after the next commit. Expired log files are cleaned up only after a
-//! checkpoint was written, so the listing happens once per checkpoint interval.
+//! checkpoint was written, and that cleanup reads only the expired part of the log
+//! ([`super::cleanup`]), not all of it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +79,7 @@ async fn write(table: &DeltaTable, cleanup: bool) -> Result<usize, DeltaTableErr
         return Ok(0);
     }
     // A cleanup that fails leaves files for the next checkpoint to remove.
-    match deltalake::checkpoints::cleanup_metadata(table, None).await {
+    match super::cleanup::expired(table).await {
         Ok(n) => Ok(n),
         Err(e) => {
             tracing::warn!(table = %table.table_url(), error = %e, "expired log cleanup failed; retried after the next checkpoint");

@@ -2,6 +2,7 @@
 //! dead letters and checkpoints.
 
 pub mod checkpoint;
+pub mod cleanup;
 pub mod commit;
 pub mod dead_letter;
 pub mod options;

@@ -661,6 +661,8 @@ pub struct Outage {
     pub addr: std::net::SocketAddr,
     /// Object GETs of `_delta_log/` files that went through the proxy.
     pub log_reads: std::sync::Arc<AtomicU64>,
+    /// LIST requests (pages) under a `_delta_log/` prefix.
+    pub log_lists: std::sync::Arc<AtomicU64>,
     /// Requests whose path contains this are refused (the connection is cut).
     refuse: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// Requests whose path contains this are answered 403 AccessDenied, as S3
@@ -683,6 +685,8 @@ impl Outage {
         let (d, c) = (down.clone(), conns.clone());
         let log_reads = std::sync::Arc::new(AtomicU64::new(0));
         let reads = log_reads.clone();
+        let log_lists = std::sync::Arc::new(AtomicU64::new(0));
+        let lists = log_lists.clone();
         let refuse = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let refusing = refuse.clone();
         let deny = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
@@ -696,7 +700,7 @@ impl Outage {
                     continue; // dropped: the client sees the connection cut
                 }
                 let upstream = upstream.clone();
-                let reads = reads.clone();
+                let counts = (reads.clone(), lists.clone());
                 let refusing = refusing.clone();
                 let denying = denying.clone();
                 let h = tokio::spawn(async move {
@@ -707,7 +711,7 @@ impl Outage {
                         let up = count_log_reads(
                             &mut from_client,
                             &mut to_server,
-                            &reads,
+                            &counts,
                             &refusing,
                             &denying,
                         );
@@ -734,6 +738,7 @@ impl Outage {
         Self {
             addr,
             log_reads,
+            log_lists,
             refuse,
             deny,
             down,
@@ -758,6 +763,11 @@ impl Outage {
         self.log_reads.load(Ordering::SeqCst)
     }
 
+    /// The number of LIST pages requested under a `_delta_log/` prefix so far.
+    pub fn log_lists(&self) -> u64 {
+        self.log_lists.load(Ordering::SeqCst)
+    }
+
     /// The server goes away.
     pub fn take_down(&self) {
         self.down.store(true, Ordering::SeqCst);
@@ -773,13 +783,13 @@ impl Outage {
 }
 
 /// Copy an HTTP/1.1 client's bytes to the server, counting the requests that GET
-/// an object under `_delta_log/` (a LIST has the prefix URL-encoded and is not
-/// counted). Request lines are found at the start of the stream or after CRLF; a
+/// an object under `_delta_log/` and, apart, the LISTs of that prefix (URL-encoded
+/// in the query). Request lines are found at the start of the stream or after CRLF; a
 /// line split across reads is caught by keeping the last bytes of each read.
 async fn count_log_reads(
     from: &mut (impl tokio::io::AsyncRead + Unpin),
     to: &mut (impl tokio::io::AsyncWrite + Unpin),
-    reads: &AtomicU64,
+    (reads, lists): &(std::sync::Arc<AtomicU64>, std::sync::Arc<AtomicU64>),
     refuse: &std::sync::Mutex<Option<String>>,
     deny: &std::sync::Mutex<Option<String>>,
 ) -> std::io::Result<()> {
@@ -825,6 +835,12 @@ async fn count_log_reads(
             }
             if line.starts_with("GET ") && line[..end].contains("/_delta_log/") {
                 reads.fetch_add(1, Ordering::SeqCst);
+            }
+            if line.starts_with("GET ")
+                && line[..end].contains("list-type")
+                && line[..end].contains("_delta_log%2F")
+            {
+                lists.fetch_add(1, Ordering::SeqCst);
             }
             rest = &line[end..];
         }

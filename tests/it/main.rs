@@ -8,6 +8,7 @@ mod formats;
 mod harness;
 mod ingest;
 mod liveness;
+mod long_log;
 mod maintenance;
 mod observability;
 mod process;

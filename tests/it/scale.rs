@@ -242,3 +242,86 @@ async fn many_tables_hold_their_windows_within_the_memory_budget() {
         "the windows held {peak} B at their peak, over the {BUDGET} B budget"
     );
 }
+
+/// LIST pages requested by each of three commits to a table whose log was grown
+/// to `versions` first, with a checkpoint due at every commit; and how long the
+/// growing took.
+async fn list_pages_per_commit(versions: u64) -> (Vec<u64>, Duration) {
+    let s = Scenario::new("long-log", 1).await;
+    let proxy = s.storage_proxy().await;
+    let text = s.config_toml_via(
+        &proxy,
+        "[table.properties]\n\"delta.checkpointInterval\" = \"1\"\n",
+    );
+    let cfg = crate::harness::parse_config(&text);
+    let mut table = tributary::sink::table::open_or_create(&cfg.table, &cfg.storage, None)
+        .await
+        .unwrap()
+        .table;
+    let began = std::time::Instant::now();
+    if versions > 0 {
+        crate::long_log::grow_log(&mut table, versions).await;
+    }
+    let grown = began.elapsed();
+    let store = TableLog::default();
+    let never = || false;
+    let tp = TopicPartition::new(s.topic.as_str(), 0);
+    let mut lists = Vec::new();
+    for v in 0..3i64 {
+        let before = proxy.log_lists();
+        let req = CommitRequest {
+            adds: vec![],
+            partitions: vec![PartitionCommit {
+                tp: tp.clone(),
+                expected: (v > 0).then(|| v - 1),
+                last: v,
+            }],
+        };
+        let (o, _) = commit::commit(&mut table, &store, &s.app_id, &req, policy(), &never)
+            .await
+            .unwrap();
+        assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
+        lists.push(proxy.log_lists() - before);
+    }
+    // The table reads back at the last commit, its offset and checkpoint there.
+    let fresh = tributary::sink::table::load(&cfg.table.uri, &cfg.storage)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh.version(), Some(versions + 3));
+    let stored = tributary::sink::table::stored_offsets(&fresh, &s.app_id, &[tp.clone()])
+        .await
+        .unwrap();
+    assert_eq!(stored[&tp], Some(2));
+    use deltalake::logstore::object_store::ObjectStoreExt as _;
+    let checkpoint = fresh
+        .log_store()
+        .object_store(None)
+        .head(&deltalake::Path::from(format!(
+            "_delta_log/{:020}.checkpoint.parquet",
+            versions + 3
+        )))
+        .await;
+    assert!(checkpoint.is_ok(), "the checkpoint of the last commit");
+    (lists, grown)
+}
+
+/// A long log costs a commit no more listing than a fresh table. With a checkpoint
+/// due at every commit, the expired-log cleanup after it reads only the expired
+/// part of the log (none here: every file is new) and stops; delta-rs' cleanup
+/// listed all of it, a page per 1,000 files, after every checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_log_adds_no_listing_of_the_whole_log_to_a_commit() {
+    const LONG: u64 = 5_000;
+    let (short, _) = list_pages_per_commit(0).await;
+    let (long, grown) = list_pages_per_commit(LONG).await;
+    println!(
+        "LIST pages per commit with a checkpoint: fresh table {short:?}, \
+         a log of {LONG} versions (grown in {:.1} s) {long:?}",
+        grown.as_secs_f64()
+    );
+    assert_eq!(
+        long, short,
+        "LIST pages per commit grew with the {LONG}-version log"
+    );
+}
