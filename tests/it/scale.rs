@@ -289,9 +289,10 @@ async fn list_pages_per_commit(versions: u64) -> (Vec<u64>, Duration) {
         .unwrap()
         .unwrap();
     assert_eq!(fresh.version(), Some(versions + 3));
-    let stored = tributary::sink::table::stored_offsets(&fresh, &s.app_id, &[tp.clone()])
-        .await
-        .unwrap();
+    let stored =
+        tributary::sink::table::stored_offsets(&fresh, &s.app_id, std::slice::from_ref(&tp))
+            .await
+            .unwrap();
     assert_eq!(stored[&tp], Some(2));
     use deltalake::logstore::object_store::ObjectStoreExt as _;
     let checkpoint = fresh
