@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: starts the test servers (Tansu broker, moto S3) on
-# 127.0.0.1, builds the daemon and the bench driver in release mode, pre-fills a
-# topic and runs the daemon from an empty table until it has caught up.
-# Arguments go to the driver (examples/bench.rs), e.g.
+# 127.0.0.1, builds the daemon and the bench driver in release mode, and runs a
+# scenario (by default: pre-fill a topic, run one daemon from an empty table until
+# it has caught up). Prints the report; writes it with a chart (chart.svg) to the
+# run's directory. Arguments go to the driver (examples/bench/main.rs), e.g.
 #   benches/e2e.sh --records 1000000 --partitions 64
+#   benches/e2e.sh --partitions 4096 --rate 4096 --duration 180
+#   benches/e2e.sh --tables 200 --records 2000000
+#   benches/e2e.sh --replicas 4 --config fast.toml
+#   benches/e2e.sh --long-log 100000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/servers.sh
