@@ -61,7 +61,7 @@ impl Pipeline {
         self.sinks
             .iter()
             .map(|s| Held {
-                open: s.window.encoded_bytes(),
+                open: s.window.held_bytes(s.tcfg.row_group_rows as u64),
                 committing: s.inflight.as_ref().map_or(0, |f| f.bytes),
             })
             .collect()
@@ -72,7 +72,7 @@ impl Pipeline {
         if window.is_empty() {
             return;
         }
-        let bytes = window.encoded_bytes();
+        let bytes = window.held_bytes(self.sinks[sink].tcfg.row_group_rows as u64);
         let (partitions, parts) = ledger::plan_commit(&self.parts, window.parts);
         let dead = match &self.dead {
             Some(d) if !window.dead.is_empty() => Some(DeadCommit {
@@ -218,7 +218,8 @@ pub(super) struct Inflight {
     /// (partition, epoch at flush, last offset)
     pub(super) parts: Flushed,
     pub(super) rows: u64,
-    /// Encoded bytes of the window, held until the commit is done.
+    /// What the window held ([`crate::window::Window::held_bytes`]), until the
+    /// commit is done.
     pub(super) bytes: u64,
 }
 

@@ -262,6 +262,7 @@ impl Pipeline {
     /// the first rows); a storage error rewinds.
     async fn write_rows(&mut self, sink: usize, batch: RecordBatch) -> Result<(), PipelineError> {
         let rows = batch.num_rows() as u64;
+        let raw = batch.get_array_memory_size() as u64;
         let s = &mut self.sinks[sink];
         if s.window.writer.is_none() {
             let writer = table::new_writer(&s.table, s.props.clone(), s.flush.max_bytes).map_err(
@@ -285,6 +286,7 @@ impl Pipeline {
             });
         }
         s.window.rows += rows;
+        s.window.raw_bytes += raw;
         Ok(())
     }
 

@@ -142,7 +142,7 @@ pub static METRICS: &[MetricDef] = &[
     },
     MetricDef {
         name: "windows_held",
-        help: "Parquet bytes held by all tables' open and committing windows (bounded by flush.memory_budget)",
+        help: "Bytes held in memory by all tables' open and committing windows, estimated (bounded by flush.memory_budget)",
         unit: Some("bytes"),
         source: Source::Gauge(|s| PipelineStats::get(&s.windows_held_bytes) as i64),
     },

@@ -50,7 +50,7 @@ pub struct PipelineStats {
     pub window_bytes: AtomicU64,
     /// Partitions currently assigned.
     pub assigned_partitions: AtomicU64,
-    /// Encoded bytes held by every table's open and committing windows.
+    /// Bytes held by every table's open and committing windows (estimated).
     pub windows_held_bytes: AtomicU64,
     /// Windows committed before their flush policy said so, to stay within the
     /// memory budget.

@@ -44,6 +44,10 @@ impl Default for FlushPolicy {
     }
 }
 
+/// delta-rs streams a file to storage in parts of this size (its default): what a
+/// window's encoded bytes keep in memory at most, besides the open row group.
+const UPLOAD_PART: u64 = 5 << 20;
+
 /// A table's open window: the records accounted for since its last commit.
 #[derive(Default)]
 pub struct Window {
@@ -51,6 +55,8 @@ pub struct Window {
     pub writer: Option<WindowWriter>,
     /// Rows written.
     pub rows: u64,
+    /// Arrow bytes of the rows written (what they took decoded).
+    pub raw_bytes: u64,
     /// Records accounted for (rows and rejected).
     pub records: u64,
     /// When the first record was accounted for.
@@ -83,6 +89,28 @@ impl Window {
     /// Parquet bytes encoded so far.
     pub fn encoded_bytes(&self) -> u64 {
         self.writer.as_ref().map_or(0, WindowWriter::encoded_bytes)
+    }
+
+    /// What the window holds in memory, estimated for the memory budget: the
+    /// Arrow bytes of the rows in the Parquet row group being built (parquet keeps
+    /// a group's pages and dictionaries until the group closes, every
+    /// `row_group_rows` rows, and they take about what the rows took decoded),
+    /// the encoded bytes not yet uploaded (at most an upload part), and the dead
+    /// letters. Encoded bytes alone undercount well-compressed rows several times
+    /// over.
+    pub fn held_bytes(&self, row_group_rows: u64) -> u64 {
+        let in_group = self.rows % row_group_rows.max(1);
+        let raw = if self.rows == 0 {
+            0
+        } else {
+            (u128::from(self.raw_bytes) * u128::from(in_group) / u128::from(self.rows)) as u64
+        };
+        let dead: u64 = self
+            .dead
+            .iter()
+            .map(|b| b.get_array_memory_size() as u64)
+            .sum();
+        raw + self.encoded_bytes().min(UPLOAD_PART) + dead
     }
 
     /// Whether the window is to be committed at `now` under `policy` (an empty
@@ -126,6 +154,19 @@ mod tests {
         assert!(!w.due(&policy(), Instant::now()));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(w.due(&policy(), Instant::now()));
+    }
+
+    #[test]
+    fn a_window_holds_the_decoded_rows_of_its_open_row_group() {
+        let mut w = Window::default();
+        assert_eq!(w.held_bytes(128), 0);
+        w.rows = 100;
+        w.raw_bytes = 100_000;
+        assert_eq!(w.held_bytes(128), 100_000, "one open group: all of it");
+        w.rows = 300;
+        w.raw_bytes = 300_000;
+        // Groups of 128 rows closed twice: 44 rows are in the open one.
+        assert_eq!(w.held_bytes(128), 44_000);
     }
 
     #[tokio::test(start_paused = true)]
