@@ -40,6 +40,14 @@ impl JsonDecoder {
         })
     }
 
+    /// Give back the memory the decoder kept from the records it decoded (its tape
+    /// keeps the capacity of the largest run): a fresh decoder.
+    pub fn release(&mut self) {
+        if let Ok(fresh) = build_decoder(&self.schema.record_arrow, self.batch_size) {
+            self.decoder = fresh;
+        }
+    }
+
     /// Rows per decoded batch.
     pub fn batch_size(&self) -> usize {
         self.batch_size

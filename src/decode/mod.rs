@@ -156,6 +156,14 @@ pub enum Decoder {
 }
 
 impl Decoder {
+    /// Give back what decoding kept in memory (the JSON decoder's tape; the
+    /// registry decoders keep nothing that grows with the records).
+    pub fn release(&mut self) {
+        if let Decoder::Json(d) = self {
+            d.release();
+        }
+    }
+
     /// The decoder for `format`: JSON against the table schema, or a registry
     /// format through `registry` (which the config guarantees for those formats).
     pub fn for_format(

@@ -69,6 +69,9 @@ impl Pipeline {
 
     pub(super) fn start_commit(&mut self, sink: usize) {
         let window = std::mem::take(&mut self.sinks[sink].window);
+        // The decoder's memory goes with the window it decoded (with many tables,
+        // an idle table keeps nothing).
+        self.sinks[sink].decoder.release();
         if window.is_empty() {
             return;
         }

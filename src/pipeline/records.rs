@@ -135,7 +135,15 @@ impl Pipeline {
         if !self.prepare_schemas(sink, chunk, &in_segment).await? {
             return Ok(()); // rewinding
         }
+        // The decoder keeps about twice the values of its largest run (its tape
+        // holds the bytes and a token per value) until it is released at commit.
+        let values: usize = range
+            .clone()
+            .filter(|&i| in_segment(i))
+            .map(|i| chunk.records[i].value.as_ref().map_or(0, |v| v.len()))
+            .sum();
         let s = &mut self.sinks[sink];
+        s.window.decoder_bytes = s.window.decoder_bytes.max(2 * values as u64);
         let mut decoded = s.decoder.decode(chunk, &in_segment)?;
         if let Some(t) = &s.transform {
             decoded = t.apply(decoded);

@@ -57,6 +57,10 @@ pub struct Window {
     pub rows: u64,
     /// Arrow bytes of the rows written (what they took decoded).
     pub raw_bytes: u64,
+    /// What the table's decoder keeps from decoding this window's records (about
+    /// twice the values of the largest run it decoded), until it is released when
+    /// the window is committed.
+    pub decoder_bytes: u64,
     /// Records accounted for (rows and rejected).
     pub records: u64,
     /// When the first record was accounted for.
@@ -95,9 +99,9 @@ impl Window {
     /// Arrow bytes of the rows in the Parquet row group being built (parquet keeps
     /// a group's pages and dictionaries until the group closes, every
     /// `row_group_rows` rows, and they take about what the rows took decoded),
-    /// the encoded bytes not yet uploaded (at most an upload part), and the dead
-    /// letters. Encoded bytes alone undercount well-compressed rows several times
-    /// over.
+    /// the encoded bytes not yet uploaded (at most an upload part), the dead
+    /// letters, and what the decoder keeps. Encoded bytes alone undercount
+    /// well-compressed rows several times over.
     pub fn held_bytes(&self, row_group_rows: u64) -> u64 {
         let in_group = self.rows % row_group_rows.max(1);
         let raw = if self.rows == 0 {
@@ -110,7 +114,7 @@ impl Window {
             .iter()
             .map(|b| b.get_array_memory_size() as u64)
             .sum();
-        raw + self.encoded_bytes().min(UPLOAD_PART) + dead
+        raw + self.encoded_bytes().min(UPLOAD_PART) + dead + self.decoder_bytes
     }
 
     /// Whether the window is to be committed at `now` under `policy` (an empty
