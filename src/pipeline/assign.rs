@@ -2,6 +2,7 @@
 //! pinned once), and what a revoke commits or drops.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -196,6 +197,8 @@ impl Pipeline {
     ) -> Result<AssignReply, PipelineError> {
         let mut routed = Vec::with_capacity(partitions.len());
         let mut unopened = Vec::new();
+        let topics: Vec<Arc<str>> = partitions.iter().map(|tp| tp.topic.clone()).collect();
+        self.open_sinks(&topics).await;
         for tp in partitions {
             match self.sink_for(&tp.topic).await {
                 Ok(sink) => routed.push((tp, sink)),

@@ -37,6 +37,7 @@ mod commits;
 mod drain;
 mod error;
 mod ledger;
+mod open;
 mod records;
 mod recovery;
 
@@ -343,87 +344,6 @@ impl Pipeline {
             crate::window::budget::MemoryBudget::total(&self.held()),
             Ordering::Relaxed,
         );
-    }
-
-    /// The sink for `topic`'s records, opening (or creating) its table on first use.
-    async fn sink_for(&mut self, topic: &Arc<str>) -> Result<usize, PipelineError> {
-        if let Some(&i) = self.sink_of_topic.get(topic) {
-            return Ok(i);
-        }
-        let route = self
-            .routes
-            .iter()
-            .position(|r| r.topics.matches(topic))
-            .expect("the [table] route matches every topic");
-        let i = self.open_sink(route, topic).await?;
-        self.sink_of_topic.insert(topic.clone(), i);
-        Ok(i)
-    }
-
-    /// Open the table of route `route` for `topic` (or find it open already).
-    async fn open_sink(&mut self, route: usize, topic: &str) -> Result<usize, PipelineError> {
-        let r = &self.routes[route];
-        let tcfg = r
-            .table_for(topic)
-            .map_err(|e| PipelineError::Route(e.to_string()))?;
-        if let Some(i) = self.sinks.iter().position(|s| s.tcfg.uri == tcfg.uri) {
-            return Ok(i);
-        }
-        let flush = r.flush;
-        let cfg = self.cfg.clone();
-        // A registry format without a schema file creates the table from the
-        // subject's latest schema.
-        let existing = table::load(&tcfg.uri, &cfg.storage)
-            .await
-            .map_err(Box::new)?;
-        let mut fallback = None;
-        if tcfg.schema.is_none()
-            && existing.is_none()
-            && let Some(registry) = &self.registry
-        {
-            let subject = cfg.decode.subject_for(topic);
-            let latest = registry.latest(&subject).await?;
-            let imports = registry.references(&latest).await?;
-            let record = crate::decode::record_schema(&latest, &imports).map_err(|message| {
-                PipelineError::RegistrySchema {
-                    subject: subject.clone(),
-                    message,
-                }
-            })?;
-            tracing::info!(%subject, schema_id = latest.id, "creating the table from the registry schema");
-            fallback = Some(record);
-        }
-        let opened = table::open_or_create_loaded(&tcfg, &cfg.storage, existing, fallback.as_ref())
-            .await
-            .map_err(Box::new)?;
-        tracing::info!(
-            table = %tcfg.uri,
-            created = opened.created,
-            version = opened.table.version().map_or(-1, |v| v as i64),
-            "table open"
-        );
-        let decoder = Decoder::for_format(
-            cfg.decode.format,
-            self.registry.as_ref(),
-            opened.schema.clone(),
-            cfg.kafka.max_chunk_records,
-            cfg.decode.on_incompatible,
-        )?;
-        let transform =
-            Transform::new(&tcfg.transform, &opened.schema).map_err(PipelineError::Transform)?;
-        let props = table::writer_properties(tcfg.compression, tcfg.row_group_rows);
-        self.sinks.push(Sink {
-            tcfg,
-            flush,
-            table: opened.table,
-            log: TableLog::default(),
-            decoder,
-            transform,
-            props,
-            window: Window::default(),
-            inflight: None,
-        });
-        Ok(self.sinks.len() - 1)
     }
 
     /// Ready: partitions assigned, not recovering, and commits landing: a commit in

@@ -32,6 +32,8 @@ impl Pipeline {
             .filter(|(_, p)| p.sink.is_none())
             .map(|(tp, _)| tp.clone())
             .collect();
+        let topics: Vec<std::sync::Arc<str>> = waiting.iter().map(|tp| tp.topic.clone()).collect();
+        self.open_sinks(&topics).await;
         for tp in waiting {
             let sink = self.sink_for(&tp.topic).await?;
             tracing::info!(partition = %tp, table = %self.sinks[sink].tcfg.uri, "table open for an assigned partition");

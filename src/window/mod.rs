@@ -99,8 +99,8 @@ impl Window {
     /// Arrow bytes of the rows in the Parquet row group being built (parquet keeps
     /// a group's pages and dictionaries until the group closes, every
     /// `row_group_rows` rows, and they take about what the rows took decoded),
-    /// the encoded bytes not yet uploaded (at most an upload part), the dead
-    /// letters, and what the decoder keeps. Encoded bytes alone undercount
+    /// the encoded bytes of closed row groups not yet uploaded (at most an upload
+    /// part), the dead letters, and what the decoder keeps. Encoded bytes alone undercount
     /// well-compressed rows several times over.
     pub fn held_bytes(&self, row_group_rows: u64) -> u64 {
         let in_group = self.rows % row_group_rows.max(1);
@@ -114,7 +114,14 @@ impl Window {
             .iter()
             .map(|b| b.get_array_memory_size() as u64)
             .sum();
-        raw + self.encoded_bytes().min(UPLOAD_PART) + dead + self.decoder_bytes
+        // Until a row group has closed, its encoded pages are part of the open group
+        // (counted above, and known at once, where the encoder's count lags).
+        let uploading = if self.rows >= row_group_rows {
+            self.encoded_bytes().min(UPLOAD_PART)
+        } else {
+            0
+        };
+        raw + uploading + dead + self.decoder_bytes
     }
 
     /// Whether the window is to be committed at `now` under `policy` (an empty
