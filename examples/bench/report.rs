@@ -81,7 +81,7 @@ pub fn render(o: &Outcome) -> String {
         let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2} s"));
         let _ = writeln!(
             r,
-            "start-up {i:<4} tables open {}, assigned {} after start, stored offsets read {} after assignment",
+            "start-up {i:<4} since the start: tables open at {}, partitions assigned at {}; stored offsets read {} after the assignment",
             f(s.tables_open),
             f(s.assigned),
             f(s.offsets_read)
