@@ -202,8 +202,9 @@ pub struct RawFlush {
     /// whether or not more records arrive.
     #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
-    /// `[flush]` only (not a route's): encoded bytes all tables' windows may hold
-    /// together before the largest are committed early (e.g. `"512 MiB"`).
+    /// `[flush]` only (not a route's): the memory all tables' windows may hold
+    /// together (estimated, see `window::budget`) before the largest are committed
+    /// early (e.g. `"512 MiB"`).
     pub memory_budget: Option<ByteSize>,
 }
 

@@ -44,12 +44,13 @@ impl Pipeline {
         }
         let held = self.held();
         let budget = self.cfg.memory_budget;
+        let total = MemoryBudget::total(&held);
         for i in budget.flush_early(&held) {
             events::flushed_early(
                 &self.stats,
                 self.sinks[i].tcfg.uri.as_str(),
                 held[i].open,
-                MemoryBudget::total(&held),
+                total,
                 budget.limit(),
             );
             self.start_commit(i);

@@ -38,6 +38,20 @@ impl Pipeline {
             .expect("the [table] route matches every topic")
     }
 
+    /// The sink already writing the table `tcfg` names.
+    fn sink_of_table(&self, tcfg: &TableConfig) -> Option<usize> {
+        self.sinks.iter().position(|s| s.tcfg.uri == tcfg.uri)
+    }
+
+    /// What opening a table of route `route` needs.
+    fn opening(&self, route: usize) -> Opening {
+        Opening {
+            cfg: self.cfg.clone(),
+            registry: self.registry.clone(),
+            flush: self.routes[route].flush,
+        }
+    }
+
     /// Open the tables of `topics` that are not open yet, [`OPEN_CONCURRENCY`] at
     /// a time. A table that fails to open is left to [`Pipeline::sink_for`], which
     /// tries again and says what went wrong.
@@ -51,7 +65,7 @@ impl Pipeline {
             let Ok(tcfg) = self.routes[route].table_for(topic) else {
                 continue;
             };
-            let open = self.sinks.iter().any(|s| s.tcfg.uri == tcfg.uri);
+            let open = self.sink_of_table(&tcfg).is_some();
             if !open && !wanted.iter().any(|(_, t, _)| t.uri == tcfg.uri) {
                 wanted.push((route, tcfg, topic.clone()));
             }
@@ -59,17 +73,16 @@ impl Pipeline {
         if wanted.len() < 2 {
             return;
         }
-        let opened: Vec<(Arc<str>, Result<Sink, PipelineError>)> = futures::stream::iter(wanted)
-            .map(|(route, tcfg, topic)| {
-                let opening = Opening {
-                    cfg: self.cfg.clone(),
-                    registry: self.registry.clone(),
-                    flush: self.routes[route].flush,
-                };
-                async move {
-                    let sink = opening.sink(tcfg, &topic).await;
-                    (topic, sink)
-                }
+        // Owned before the stream starts: no borrow of the pipeline is held across
+        // its awaits (the pipeline is not Sync).
+        let openings: Vec<(Opening, TableConfig, Arc<str>)> = wanted
+            .into_iter()
+            .map(|(route, tcfg, topic)| (self.opening(route), tcfg, topic))
+            .collect();
+        let opened: Vec<(Arc<str>, Result<Sink, PipelineError>)> = futures::stream::iter(openings)
+            .map(|(opening, tcfg, topic)| async move {
+                let sink = opening.sink(tcfg, &topic).await;
+                (topic, sink)
             })
             .buffer_unordered(OPEN_CONCURRENCY)
             .collect()
@@ -91,15 +104,10 @@ impl Pipeline {
         let tcfg = self.routes[route]
             .table_for(topic)
             .map_err(|e| PipelineError::Route(e.to_string()))?;
-        if let Some(i) = self.sinks.iter().position(|s| s.tcfg.uri == tcfg.uri) {
+        if let Some(i) = self.sink_of_table(&tcfg) {
             return Ok(i);
         }
-        let opening = Opening {
-            cfg: self.cfg.clone(),
-            registry: self.registry.clone(),
-            flush: self.routes[route].flush,
-        };
-        let sink = opening.sink(tcfg, topic).await?;
+        let sink = self.opening(route).sink(tcfg, topic).await?;
         self.sinks.push(sink);
         Ok(self.sinks.len() - 1)
     }
