@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod cleanup;
 pub mod commit;
 pub mod dead_letter;
+pub mod log_cache;
 pub mod options;
 pub mod retry;
 pub mod table;

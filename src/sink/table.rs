@@ -23,6 +23,7 @@ use url::Url;
 use crate::offsets::store::OffsetStore;
 use crate::record::TopicPartition;
 use crate::schema::{SchemaError, TableSchema};
+use crate::sink::log_cache::LogCache;
 use crate::sink::retry;
 use crate::sink::{Compression, StorageConfig, TableConfig};
 
@@ -97,11 +98,28 @@ fn delta_err(uri: &Url) -> impl Fn(DeltaTableError) -> TableError + '_ {
     }
 }
 
-/// Build an unloaded handle.
+/// Build an unloaded handle. Its object store keeps the commit files it reads
+/// and writes ([`crate::sink::log_cache`]), so each is fetched once per process.
 pub fn table_handle(uri: &Url, storage: &StorageConfig) -> Result<DeltaTable, TableError> {
-    DeltaTableBuilder::from_url(uri.clone())
-        .and_then(|b| b.with_storage_options(storage.to_options()).build())
+    builder(uri, storage)
+        .and_then(DeltaTableBuilder::build)
         .map_err(delta_err(uri))
+}
+
+fn builder(uri: &Url, storage: &StorageConfig) -> Result<DeltaTableBuilder, DeltaTableError> {
+    let builder =
+        DeltaTableBuilder::from_url(uri.clone())?.with_storage_options(storage.to_options());
+    // What delta-rs' own lookup (`logstore_for`) does, with the root store wrapped.
+    let config = deltalake::logstore::StorageConfig::parse_options(builder.storage_options())?;
+    let scheme = Url::parse(&format!("{}://", uri.scheme()))
+        .map_err(|_| DeltaTableError::InvalidTableLocation(uri.to_string()))?;
+    let factories = deltalake::logstore::object_store_factories();
+    let Some(factory) = factories.get(&scheme) else {
+        return Err(DeltaTableError::InvalidTableLocation(uri.to_string()));
+    };
+    let (root, _) = factory.value().parse_url_opts(uri, &config)?;
+    let cached = std::sync::Arc::new(LogCache::wrap(root, uri));
+    Ok(builder.with_storage_backend(cached, uri.clone()))
 }
 
 /// Load the table at `uri`; `Ok(None)` when there is no table there yet.
@@ -186,9 +204,11 @@ async fn create(
     schema: &StructType,
 ) -> Result<DeltaTable, TableError> {
     tracing::info!(table = %cfg.uri, "table does not exist; creating it");
+    let log_store = builder(&cfg.uri, storage)
+        .and_then(|b| b.build_storage())
+        .map_err(delta_err(&cfg.uri))?;
     let mut builder = CreateBuilder::new()
-        .with_location(cfg.uri.as_str())
-        .with_storage_options(storage.to_options())
+        .with_log_store(log_store)
         .with_columns(schema.fields().cloned())
         .with_partition_columns(cfg.partition_by.clone())
         // No retries: when two workers create at once, delta-rs would otherwise

@@ -339,3 +339,89 @@ async fn a_long_log_adds_no_listing_of_the_whole_log_to_a_commit() {
         "a start's log requests grew with the {LONG}-version log"
     );
 }
+
+/// Several writers on one table: each reads the others' commits before its own
+/// (delta-rs' table update, then the offset store's compare). Each foreign commit
+/// file must cost one GET per writer, not one for the kernel, one for delta-rs'
+/// file list and one for the offset store; and a writer never reads back the
+/// commit it has just written. Writer A stands for another process: a plain
+/// delta-rs handle, outside this process's commit-file cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_reads_each_foreign_commit_once() {
+    const FOREIGN: i64 = 12;
+    let s = Scenario::new("two-writers", 1).await;
+    let proxy = s.storage_proxy().await;
+    let text = s.config_toml_via(&proxy, "");
+    let cfg = crate::harness::parse_config(&text);
+    let (mut b, b_log) = (
+        tributary::sink::table::open_or_create(&cfg.table, &cfg.storage, None)
+            .await
+            .unwrap()
+            .table,
+        TableLog::default(),
+    );
+    let mut a = deltalake::DeltaTableBuilder::from_url(cfg.table.uri.clone())
+        .unwrap()
+        .with_storage_options(cfg.storage.to_options())
+        .load()
+        .await
+        .unwrap();
+    let a_log = TableLog::default();
+    let never = || false;
+    let one = |p: i32, expected: Option<i64>, last: i64| CommitRequest {
+        adds: vec![],
+        partitions: vec![PartitionCommit {
+            tp: TopicPartition::new(s.topic.as_str(), p),
+            expected,
+            last,
+        }],
+    };
+    let landed = |o: CommitOutcome| assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
+    // B's first commits: the first replays the log, the others follow it.
+    let mut own = Vec::new();
+    for v in 0..4 {
+        let before = proxy.log_reads();
+        let req = one(1, (v > 0).then(|| v - 1), v);
+        let (o, _) = commit::commit(&mut b, &b_log, &s.app_id, &req, policy(), &never)
+            .await
+            .unwrap();
+        landed(o);
+        own.push(proxy.log_reads() - before);
+    }
+    for v in 0..FOREIGN {
+        let req = one(0, (v > 0).then(|| v - 1), v);
+        let (o, _) = commit::commit(&mut a, &a_log, &s.app_id, &req, policy(), &never)
+            .await
+            .unwrap();
+        landed(o);
+    }
+    let before = proxy.log_reads();
+    let (o, _) = commit::commit(
+        &mut b,
+        &b_log,
+        &s.app_id,
+        &one(1, Some(3), 4),
+        policy(),
+        &never,
+    )
+    .await
+    .unwrap();
+    landed(o);
+    let catch_up = proxy.log_reads() - before;
+    println!(
+        "log GETs: B's own commits {own:?}; B's commit after {FOREIGN} of A's: {catch_up} \
+         (B's store read {:?})",
+        b_log.offsets.reads()
+    );
+    // B's own commits after its first read one file only: `_last_checkpoint`,
+    // which the kernel checks at every table update (it can change; not kept).
+    assert!(
+        own[1..].iter().all(|&n| n <= 1),
+        "a writer read its own commits back: {own:?}"
+    );
+    // B reads each of A's commits once (and `_last_checkpoint`).
+    assert!(
+        catch_up <= FOREIGN as u64 + 1,
+        "B made {catch_up} log GETs to catch up on {FOREIGN} foreign commits"
+    );
+}
