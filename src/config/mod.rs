@@ -326,6 +326,11 @@ schema_file = "SCHEMA"
         );
         let c = parse(&format!("{MINIMAL}[flush]\nmemory_budget = \"64 MiB\"")).unwrap();
         assert_eq!(c.memory_budget.limit(), 64 << 20);
+        // librdkafka's prefetch follows the budget: a sixteenth, at least 1 MiB.
+        assert_eq!(parse(MINIMAL).unwrap().kafka.prefetch_bytes, 16 << 20);
+        assert_eq!(c.kafka.prefetch_bytes, 4 << 20);
+        let small = parse(&format!("{MINIMAL}[flush]\nmemory_budget = \"8 MiB\"")).unwrap();
+        assert_eq!(small.kafka.prefetch_bytes, 1 << 20);
         let route = format!(
             "{}[[routes]]\ntopics = [\"payments\"]\nuri = \"s3://b/pay\"\nschema_file = \"SCHEMA\"\n[routes.flush]\nmemory_budget = \"64 MiB\"\n",
             MINIMAL.replace(

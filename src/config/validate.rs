@@ -7,12 +7,13 @@ impl RawConfig {
     /// Check every value, read the schema file, and resolve defaults.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let app_id = validate_app_id(&self.app_id)?;
-        let kafka = validate_kafka(self.kafka, &app_id)?;
+        let mut kafka = validate_kafka(self.kafka, &app_id)?;
         let base_table = self.table.clone();
         let table = validate_table(self.table)?;
         let storage = validate_storage(self.storage, &table.uri)?;
         let flush = validate_flush(&self.flush)?;
         let memory_budget = validate_memory_budget(&self.flush)?;
+        kafka.prefetch_bytes = KafkaConfig::prefetch_for_budget(memory_budget.limit());
         let commit = CommitConfig {
             max_conflict_retries: self.commit.max_conflict_retries.unwrap_or(100),
             max_backoff: self.commit.max_backoff.unwrap_or(Duration::from_secs(30)),
@@ -178,6 +179,8 @@ fn validate_kafka(raw: RawKafka, app_id: &str) -> Result<KafkaConfig, ConfigErro
         ));
     }
     let channel_capacity = raw.channel_capacity.unwrap_or(16);
+    // Set from the memory budget once it is read.
+    let prefetch_bytes = KafkaConfig::prefetch_for_budget(MemoryBudget::DEFAULT);
     if channel_capacity == 0 {
         return Err(ConfigError::invalid(
             "kafka.channel_capacity",
@@ -196,6 +199,7 @@ fn validate_kafka(raw: RawKafka, app_id: &str) -> Result<KafkaConfig, ConfigErro
             .collect(),
         max_chunk_records,
         channel_capacity,
+        prefetch_bytes,
     })
 }
 

@@ -348,6 +348,7 @@ mod tests {
             properties: Default::default(),
             max_chunk_records: 1,
             channel_capacity: 1,
+            prefetch_bytes: 1 << 20,
         };
         let s = Duration::from_secs;
         // librdkafka's default session timeout, 45 s: half of it.

@@ -198,8 +198,15 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
                 OffsetReset::Latest => "latest",
             },
         )
-        // Bound what librdkafka prefetches; the pipeline holds the rest.
-        .set("queued.max.messages.kbytes", "16384")
+        // Bound what librdkafka prefetches; the pipeline holds the rest. Its
+        // queue, and the fetch response that may overshoot it: with librdkafka's
+        // default 50 MB responses, 200 partitions' fetches held ~300 MiB of RSS
+        // outside the memory budget.
+        .set(
+            "queued.max.messages.kbytes",
+            (cfg.prefetch_bytes / 1024).to_string(),
+        )
+        .set("fetch.max.bytes", cfg.prefetch_bytes.to_string())
         // Once that bound is reached librdkafka postpones the next fetch by this
         // long (default 1 s): with the default the pipeline drained the queue in a
         // fraction of that and then sat idle, capping ingestion near 110 k records/s
@@ -299,7 +306,20 @@ mod tests {
                 .collect(),
             max_chunk_records: 1024,
             channel_capacity: 4,
+            prefetch_bytes: 1 << 20,
         }
+    }
+
+    #[test]
+    fn the_prefetch_bound_reaches_librdkafka_and_properties_override_it() {
+        let mut cfg = kafka(&[]);
+        cfg.prefetch_bytes = 4 << 20;
+        let c = client_config(&cfg);
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("4096"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("4194304"));
+        let c = client_config(&kafka(&[("fetch.max.bytes", "52428800")]));
+        assert_eq!(c.get("fetch.max.bytes"), Some("52428800"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("1024"));
     }
 
     /// librdkafka refuses TLS and SCRAM at client creation when it was built

@@ -34,6 +34,17 @@ pub struct KafkaConfig {
     pub max_chunk_records: usize,
     /// Chunks queued before the poll thread pauses.
     pub channel_capacity: usize,
+    /// What librdkafka may prefetch: its queue of fetched records, and one fetch
+    /// response, each at most this many bytes (a sixteenth of
+    /// `[flush] memory_budget`, at least 1 MiB; `[kafka.properties]` overrides).
+    pub prefetch_bytes: u64,
+}
+
+impl KafkaConfig {
+    /// The prefetch bound that goes with a memory budget of `budget` bytes.
+    pub fn prefetch_for_budget(budget: u64) -> u64 {
+        (budget / 16).max(1 << 20)
+    }
 }
 
 /// The topics a pipeline reads.
