@@ -117,6 +117,9 @@ pub enum Command {
         #[command(subcommand)]
         action: OffsetsAction,
     },
+    /// Restore the table to an earlier version together with its stored offsets,
+    /// so the daemon replays exactly the records written after it.
+    Restore(RestoreArgs),
     /// Compare the table with the topic: report duplicates and gaps per partition.
     Verify {
         /// The TOML configuration file.
@@ -144,6 +147,35 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// `tributary restore`'s flags.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("restore_to").required(true)))]
+pub struct RestoreArgs {
+    /// The TOML configuration file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The table version to restore.
+    #[arg(long, group = "restore_to")]
+    pub to_version: Option<u64>,
+    /// Restore the last version committed at or before this time (RFC 3339,
+    /// e.g. 2025-03-01T00:00:00Z).
+    #[arg(long, group = "restore_to", value_parser = parse_rfc3339_ms)]
+    pub to_timestamp: Option<i64>,
+    /// Proceed even if the consumer group has active members.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the plan (files restored and removed, offsets per partition,
+    /// records to replay) without committing it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for the brokers.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -287,5 +319,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(bad.contains("RFC 3339"), "{bad}");
+    }
+
+    #[test]
+    fn restore_takes_a_version_or_a_time_not_both() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["tributary", "restore", "--config", "c.toml"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        let Command::Restore(a) = parse(&["--to-version", "7", "--dry-run"]).unwrap().command
+        else {
+            panic!("not restore");
+        };
+        assert_eq!(
+            (a.to_version, a.to_timestamp, a.dry_run, a.force),
+            (Some(7), None, true, false)
+        );
+        let Command::Restore(a) = parse(&["--to-timestamp", "2025-06-15T15:07:50Z", "--force"])
+            .unwrap()
+            .command
+        else {
+            panic!("not restore");
+        };
+        assert_eq!((a.to_timestamp, a.force), (Some(1_750_000_070_000), true));
+        assert!(parse(&[]).is_err(), "a target is required");
+        assert!(
+            parse(&[
+                "--to-version",
+                "1",
+                "--to-timestamp",
+                "2025-06-15T15:07:50Z"
+            ])
+            .is_err()
+        );
     }
 }

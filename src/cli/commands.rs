@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::args::{Command, ConfigAction, OffsetsAction, TableArgs};
+use super::args::{Command, ConfigAction, OffsetsAction, RestoreArgs, TableArgs};
 use super::{load_config, load_single_table_config, print_json, render, spinner, tempdir_path};
 use crate::ops::maintenance::{self, Compact, PartitionFilter, VacuumOptions};
 use crate::ops::offsets::Target;
+use crate::ops::restore::RestoreTarget;
 use crate::pipeline::{self, RunOptions};
 use crate::record::TopicPartition;
 use crate::source::probe;
@@ -76,6 +77,7 @@ pub async fn run(cli: super::Cli) -> anyhow::Result<ExitCode> {
             timeout,
         } => status(&config, json, timeout).await,
         Command::Offsets { action } => offsets(action).await,
+        Command::Restore(args) => restore(args).await,
         Command::Verify {
             config,
             json,
@@ -265,6 +267,23 @@ async fn demo(
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let target = match (args.to_version, args.to_timestamp) {
+        (Some(v), _) => RestoreTarget::Version(v),
+        (None, Some(ms)) => RestoreTarget::Timestamp(ms),
+        (None, None) => anyhow::bail!("pass --to-version or --to-timestamp"),
+    };
+    let cfg = load_single_table_config(&args.config)?;
+    let report =
+        crate::ops::restore::restore(&cfg, target, args.force, args.dry_run, args.timeout).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render::restore_report(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use crate::ops::demo::DemoReport;
 use crate::ops::maintenance::{CompactPlan, CompactReport, VacuumReport};
 use crate::ops::offsets::OffsetsReport;
+use crate::ops::restore::RestoreReport;
 
 /// One line: what a compaction would rewrite.
 pub fn compact_plan(plan: &CompactPlan) -> String {
@@ -75,6 +76,34 @@ pub fn offsets_report(report: &OffsetsReport) -> String {
         );
     }
     let _ = match report.version {
+        Some(v) => writeln!(out, "committed as table version {v}"),
+        None => writeln!(out, "dry run: nothing committed"),
+    };
+    out
+}
+
+/// The plan (or what was done): versions, files, a line per partition moved.
+pub fn restore_report(r: &RestoreReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "restore table version {} -> {}: {} file(s) restored, {} removed",
+        r.from_version, r.to_version, r.files_restored, r.files_removed
+    );
+    for m in &r.partitions {
+        let before = m.before.map_or("-".to_owned(), |b| b.to_string());
+        let _ = writeln!(
+            out,
+            "{:<40} stored offset {before:>10} -> {:>10}  ({} to replay)",
+            m.partition, m.after, m.replayed
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} record offset(s) will be read again after the restore",
+        r.replayed
+    );
+    let _ = match r.version {
         Some(v) => writeln!(out, "committed as table version {v}"),
         None => writeln!(out, "dry run: nothing committed"),
     };

@@ -1,3 +1,4 @@
 //! The offsets a table stores in its `txn` actions.
 
+pub mod restores;
 pub mod store;

@@ -25,6 +25,7 @@ use buoyant_kernel::schema::{ColumnNamesAndTypes, DataType};
 use deltalake::{DeltaTable, DeltaTableError};
 use serde::Deserialize;
 
+use crate::offsets::restores::{CommitInfo, ForeignRestore, Hole, Mark, WALK_BACK};
 use crate::record::TopicPartition;
 
 /// The txn app id under which a partition's offset is stored:
@@ -46,6 +47,14 @@ pub fn legacy_txn_app_id(app_id: &str, tp: &TopicPartition) -> String {
     format!("{app_id}-{}-{}", tp.topic, tp.partition)
 }
 
+/// `<topic>/<partition>` back to the partition (topics cannot contain `/`).
+fn partition_of(rest: &str) -> Option<TopicPartition> {
+    let (topic, p) = rest.rsplit_once('/')?;
+    (!topic.is_empty() && !topic.contains('/'))
+        .then_some(())
+        .and_then(|()| Some(TopicPartition::new(topic, p.parse().ok()?)))
+}
+
 /// Beyond this many new versions a full replay (checkpoint + commits since) reads
 /// less than one GET per version would.
 const MAX_INCREMENTAL_VERSIONS: u64 = 256;
@@ -62,6 +71,9 @@ struct State {
     /// The table version the map is current at; `None` before the first read.
     version: Option<u64>,
     txns: HashMap<String, Txn>,
+    /// The newest RESTORE made by another engine, until an operator command of
+    /// tributary follows it or it is found to have left no hole.
+    foreign: Option<ForeignRestore>,
 }
 
 /// How much log the store has read (for tests and metrics).
@@ -117,6 +129,25 @@ impl OffsetStore {
             .collect())
     }
 
+    /// Every partition with an offset stored under `app_id` (in the current app id
+    /// encoding) as of `table`'s loaded version, sorted.
+    pub async fn partitions(
+        &self,
+        table: &DeltaTable,
+        app_id: &str,
+    ) -> Result<Vec<TopicPartition>, DeltaTableError> {
+        let mut state = self.state.lock().await;
+        self.sync(&mut state, table).await?;
+        let prefix = format!("{app_id}/");
+        let mut tps: Vec<TopicPartition> = state
+            .txns
+            .keys()
+            .filter_map(|k| partition_of(k.strip_prefix(&prefix)?))
+            .collect();
+        tps.sort();
+        Ok(tps)
+    }
+
     /// Record the txns of a commit of ours that landed as `version`, so the next
     /// read need not fetch it. Ignored unless the store is at `version - 1`.
     pub async fn record_commit(&self, version: u64, txns: impl IntoIterator<Item = (String, i64)>) {
@@ -147,20 +178,19 @@ impl OffsetStore {
         };
         let store = table.log_store();
         let mut read = HashMap::new();
+        let mut foreign = state.foreign;
         for v in from..=target {
             self.reads.commits_read.fetch_add(1, Ordering::Relaxed);
             let Some(bytes) = store.read_commit_entry(v).await? else {
                 // Cleaned up (or never there): the checkpoint has what it held.
                 return self.replay(state, table, target).await;
             };
-            read.extend(commit_txns(&bytes).map_err(|e| {
-                DeltaTableError::Generic(format!(
-                    "reading txn actions of commit {v} of {}: {e}",
-                    table.table_url()
-                ))
-            })?);
+            let (txns, mark) = read_commit(&bytes).map_err(unreadable(table, v))?;
+            read.extend(txns);
+            foreign = after(foreign, v, mark);
         }
         state.txns.extend(read);
+        state.foreign = foreign;
         state.version = Some(target);
         Ok(())
     }
@@ -173,16 +203,122 @@ impl OffsetStore {
     ) -> Result<(), DeltaTableError> {
         self.reads.full_replays.fetch_add(1, Ordering::Relaxed);
         state.txns = replay_all(table, version).await?;
+        state.foreign = walk_back(table, version).await?;
         state.version = Some(version);
         Ok(())
     }
+
+    /// The hole a RESTORE made by another engine left in `app_id`'s offsets, as
+    /// of `table`'s loaded version: `None` when there was none, or the offsets
+    /// stored now are those of the restored version.
+    pub async fn hole(
+        &self,
+        table: &DeltaTable,
+        app_id: &str,
+    ) -> Result<Option<Hole>, DeltaTableError> {
+        let mut state = self.state.lock().await;
+        self.sync(&mut state, table).await?;
+        let Some(restore) = state.foreign else {
+            return Ok(None);
+        };
+        let then = match restore.restored_to {
+            Some(v) => replay_all(table, v).await?,
+            None => HashMap::new(),
+        };
+        let prefix = format!("{app_id}/");
+        let mut partitions: Vec<(TopicPartition, i64, Option<i64>)> = state
+            .txns
+            .iter()
+            .filter_map(|(id, now)| {
+                let tp = partition_of(id.strip_prefix(&prefix)?)?;
+                let before = then.get(id).map(|t| t.version);
+                (before != Some(now.version)).then_some((tp, now.version, before))
+            })
+            .collect();
+        if partitions.is_empty() {
+            state.foreign = None;
+            return Ok(None);
+        }
+        partitions.sort();
+        Ok(Some(Hole {
+            uri: table.table_url().to_string(),
+            restore,
+            partitions,
+        }))
+    }
+
+    /// [`OffsetStore::offsets`] for a writer: an error that will not go away by
+    /// retrying (it names the restore and what to run) when another engine's
+    /// RESTORE left the offsets ahead of the rows.
+    pub async fn offsets_for_writing(
+        &self,
+        table: &DeltaTable,
+        app_id: &str,
+        tps: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, Option<i64>>, DeltaTableError> {
+        let offsets = self.offsets(table, app_id, tps).await?;
+        if let Some(hole) = self.hole(table, app_id).await? {
+            tracing::error!(table = %hole.uri, restore_version = hole.restore.version, "{hole}");
+            return Err(DeltaTableError::Generic(hole.to_string()));
+        }
+        Ok(offsets)
+    }
 }
 
-/// The `txn` actions of one commit file (newline-delimited JSON actions), last wins.
-fn commit_txns(bytes: &[u8]) -> Result<HashMap<String, Txn>, serde_json::Error> {
+fn unreadable(table: &DeltaTable, v: u64) -> impl Fn(serde_json::Error) -> DeltaTableError + '_ {
+    move |e| {
+        DeltaTableError::Generic(format!(
+            "reading the actions of commit {v} of {}: {e}",
+            table.table_url()
+        ))
+    }
+}
+
+/// The newest foreign restore once commit `v`, marked `mark`, is read.
+fn after(foreign: Option<ForeignRestore>, v: u64, mark: Mark) -> Option<ForeignRestore> {
+    match mark {
+        Mark::ForeignRestore { restored_to } => Some(ForeignRestore {
+            version: v,
+            restored_to,
+        }),
+        Mark::Tributary { operator: true } => None,
+        Mark::Tributary { operator: false } | Mark::Other => foreign,
+    }
+}
+
+/// From `version` back to the last commit tributary made (at most
+/// [`WALK_BACK`] commits): the foreign restore in between, if any.
+async fn walk_back(
+    table: &DeltaTable,
+    version: u64,
+) -> Result<Option<ForeignRestore>, DeltaTableError> {
+    let store = table.log_store();
+    for v in (version.saturating_sub(WALK_BACK - 1)..=version).rev() {
+        let Some(bytes) = store.read_commit_entry(v).await? else {
+            return Ok(None); // cleaned up: older than any restore worth finding
+        };
+        match read_commit(&bytes).map_err(unreadable(table, v))?.1 {
+            Mark::ForeignRestore { restored_to } => {
+                return Ok(Some(ForeignRestore {
+                    version: v,
+                    restored_to,
+                }));
+            }
+            Mark::Tributary { .. } => return Ok(None),
+            Mark::Other => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The `txn` actions of one commit file (newline-delimited JSON actions), last
+/// wins, and what its `commitInfo` says about restores.
+fn read_commit(bytes: &[u8]) -> Result<(HashMap<String, Txn>, Mark), serde_json::Error> {
     #[derive(Deserialize)]
     struct Line {
         txn: Option<TxnAction>,
+        #[serde(rename = "commitInfo")]
+        commit_info: Option<CommitInfo>,
     }
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -192,11 +328,16 @@ fn commit_txns(bytes: &[u8]) -> Result<HashMap<String, Txn>, serde_json::Error> 
         last_updated: Option<i64>,
     }
     let mut out = HashMap::new();
+    let mut mark = Mark::Other;
     for line in bytes.split(|b| *b == b'\n') {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        if let Some(t) = serde_json::from_slice::<Line>(line)?.txn {
+        let line = serde_json::from_slice::<Line>(line)?;
+        if let Some(info) = line.commit_info {
+            mark = info.mark();
+        }
+        if let Some(t) = line.txn {
             out.insert(
                 t.app_id,
                 Txn {
@@ -206,7 +347,7 @@ fn commit_txns(bytes: &[u8]) -> Result<HashMap<String, Txn>, serde_json::Error> 
             );
         }
     }
-    Ok(out)
+    Ok((out, mark))
 }
 
 /// Every app id's newest `txn` at `version`, in one replay of the log segment
@@ -316,6 +457,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_app_ids_partition_is_read_back_from_the_right() {
+        let tp = TopicPartition::new("eu-orders.v2", 17);
+        let id = txn_app_id("orders/eu", &tp);
+        assert_eq!(
+            partition_of(id.strip_prefix("orders/eu/").unwrap()),
+            Some(tp)
+        );
+        for bad in ["", "t", "/3", "t/x", "a/b/3", "t/"] {
+            assert_eq!(partition_of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn a_commit_files_txns_are_read_and_the_last_one_wins() {
         let commit = br#"{"commitInfo":{"timestamp":1,"operation":"WRITE"}}
 {"add":{"path":"a.parquet","size":1,"partitionValues":{},"modificationTime":1,"dataChange":true,"stats":"{\"txn\":1}"}}
@@ -323,7 +477,8 @@ mod tests {
 {"txn":{"appId":"app-t-1","version":7}}
 {"txn":{"appId":"app-t-0","version":42,"lastUpdated":6}}
 "#;
-        let txns = commit_txns(commit).expect("parses");
+        let (txns, mark) = read_commit(commit).expect("parses");
+        assert_eq!(mark, Mark::Other);
         assert_eq!(txns.len(), 2);
         assert_eq!(
             txns["app-t-0"],
@@ -333,7 +488,7 @@ mod tests {
             }
         );
         assert_eq!(txns["app-t-1"].version, 7);
-        assert!(commit_txns(b"{\"txn\":{\"appId\":1}}").is_err());
+        assert!(read_commit(b"{\"txn\":{\"appId\":1}}").is_err());
     }
 
     #[test]

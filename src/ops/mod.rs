@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod maintenance;
 pub mod offsets;
+pub mod restore;
 pub mod status;
 pub mod validate;
 pub mod verify;

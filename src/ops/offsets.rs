@@ -151,7 +151,10 @@ pub async fn set(
 
 /// Moving offsets under a running consumer group races its commits: refuse
 /// unless the group is empty.
-async fn refuse_active_group(cfg: &Config, timeout: Duration) -> Result<(), OffsetsError> {
+pub(crate) async fn refuse_active_group(
+    cfg: &Config,
+    timeout: Duration,
+) -> Result<(), OffsetsError> {
     let members = probe::blocking(&cfg.kafka, move |k| probe::group_members(k, timeout)).await;
     match members {
         Ok(0) => {}

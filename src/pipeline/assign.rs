@@ -61,7 +61,7 @@ impl Pipeline {
             let stored = sink
                 .log
                 .offsets
-                .offsets(&sink.table, &self.cfg.app_id, &mine)
+                .offsets_for_writing(&sink.table, &self.cfg.app_id, &mine)
                 .await
                 .map_err(|e| read_error(&sink.table, e))?;
             out.extend(

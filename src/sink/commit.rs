@@ -294,7 +294,7 @@ async fn attempt(
     loop {
         table.update_state().await?;
         let tps: Vec<TopicPartition> = req.partitions.iter().map(|p| p.tp.clone()).collect();
-        let stored = log.offsets.offsets(table, app_id, &tps).await?;
+        let stored = log.offsets.offsets_for_writing(table, app_id, &tps).await?;
         if let Some(outcome) = compare(req, &stored) {
             return Ok(outcome);
         }

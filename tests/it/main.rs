@@ -14,6 +14,7 @@ mod observability;
 mod process;
 mod readers;
 mod registry;
+mod restore;
 mod scale;
 mod security;
 mod validate;
