@@ -210,7 +210,12 @@ async fn status(config: &Path, json: bool, timeout: Duration) -> anyhow::Result<
     } else {
         print!("{}", crate::ops::status::render(&report));
     }
-    Ok(ExitCode::SUCCESS)
+    // A foreign restore's hole is what a status check must not pass over.
+    Ok(if report.foreign_restore.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn verify(config: &Path, json: bool, timeout: Duration) -> anyhow::Result<ExitCode> {

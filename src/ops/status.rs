@@ -13,9 +13,9 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::config::Config;
+use crate::offsets::store::OffsetStore;
 use crate::ops::maintenance::{self, FileSummary, MaintenanceError};
 use crate::record::TopicPartition;
-use crate::sink::table;
 use crate::source::probe::{self, ProbeError};
 
 /// How many commits to search for per-partition commit times.
@@ -68,6 +68,9 @@ pub struct StatusReport {
     pub partitions: Vec<PartitionStatus>,
     /// Sum of the partitions' lag.
     pub total_lag: i64,
+    /// A RESTORE by another engine left the stored offsets ahead of the rows:
+    /// what happened and what to run (the daemon stops on it).
+    pub foreign_restore: Option<String>,
 }
 
 /// Build the report for a config.
@@ -78,12 +81,20 @@ pub async fn status(cfg: &Config, timeout: Duration) -> Result<StatusReport, Sta
     let files = maintenance::file_summary(&t, target).await?;
 
     let parts = probe::blocking(&cfg.kafka, move |k| probe::partitions(k, timeout)).await?;
-    let stored = table::stored_offsets(&t, &cfg.app_id, &parts)
+    let delta = |e| MaintenanceError::Delta {
+        uri: uri.clone(),
+        source: Box::new(e),
+    };
+    let store = OffsetStore::new();
+    let stored = store
+        .offsets(&t, &cfg.app_id, &parts)
         .await
-        .map_err(|e| MaintenanceError::Delta {
-            uri: uri.clone(),
-            source: Box::new(e),
-        })?;
+        .map_err(delta)?;
+    let foreign_restore = store
+        .hole(&t, &cfg.app_id)
+        .await
+        .map_err(delta)?
+        .map(|h| h.to_string());
     let starts: Vec<(TopicPartition, Option<i64>)> = parts
         .iter()
         .map(|tp| (tp.clone(), stored.get(tp).copied().flatten().map(|o| o + 1)))
@@ -119,6 +130,7 @@ pub async fn status(cfg: &Config, timeout: Duration) -> Result<StatusReport, Sta
         files,
         partitions,
         total_lag,
+        foreign_restore,
     })
 }
 
@@ -176,6 +188,9 @@ pub fn render(r: &StatusReport) -> String {
         r.files.files, r.files.bytes, r.files.small_files, r.target_file_size
     );
     let _ = writeln!(s, "total lag    {} records", r.total_lag);
+    if let Some(hole) = &r.foreign_restore {
+        let _ = writeln!(s, "ERROR        {hole}");
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,

@@ -1333,3 +1333,69 @@ async fn assign_errors_with_the_registry_unreachable_are_retried_until_the_table
     );
     assert_eq!((rows.len(), lost, duplicated), (20, 0, 0));
 }
+
+/// `tributary restore` past a schema change brings the old schema back with the
+/// old files; the replayed records of the newer producer schema then add their
+/// column again, as they did the first time, and fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_past_a_schema_change_evolves_the_table_again_on_replay() {
+    use tributary::ops::restore::{self, RestoreTarget};
+    let registry = TestRegistry::start(None).await;
+    let s = Scenario::new("avro-restore", 1).await;
+    let subject = format!("{}-value", s.topic);
+    let v1 = registry.register(&subject, "AVRO", ORDERS_V1);
+    let producer = producer(&s.servers.brokers);
+    let mut produced = produce(
+        &producer,
+        &s.topic,
+        (0..100).map(|i| (0, frame(ORDERS_V1, v1, order(i, false)))),
+    )
+    .await;
+    let cfg = avro_config(&s, &registry, "[flush]\nmax_age = \"1s\"");
+    let mut run = start(cfg.clone());
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let before_change = s.version().await.unwrap();
+    let v2 = registry.register(&subject, "AVRO", ORDERS_V2);
+    let more = produce(
+        &producer,
+        &s.topic,
+        (100..200).map(|i| (0, frame(ORDERS_V2, v2, order(i, true)))),
+    )
+    .await;
+    produced.get_mut(&0).unwrap().extend(&more[&0]);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await;
+    let has_email =
+        |t: &deltalake::DeltaTable| t.snapshot().unwrap().schema().field("email").is_some();
+    assert!(has_email(&s.table().await.unwrap()));
+
+    let timeout = Duration::from_secs(10);
+    restore::restore(
+        &cfg,
+        RestoreTarget::Version(before_change),
+        false,
+        false,
+        timeout,
+    )
+    .await
+    .unwrap();
+    assert!(!has_email(&s.table().await.unwrap()), "v1's schema is back");
+    assert_eq!(all_rows(&s).await.num_rows(), 100);
+
+    let mut run = start(cfg.clone());
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+    assert_eq!((summary.records, summary.rows), (100, 100));
+    assert!(
+        has_email(&s.table().await.unwrap()),
+        "evolved again on replay"
+    );
+    let b = all_rows(&s).await;
+    assert_eq!(b.num_rows(), 200);
+    let emails = col(&b, "email").as_string::<i32>();
+    for r in 0..b.num_rows() {
+        let i = r as i64;
+        assert_order(&b, r, i, i >= 100);
+        assert_eq!(!emails.is_null(r), i >= 100 && i % 2 == 0, "row {i}");
+    }
+}

@@ -214,6 +214,14 @@ async fn a_restore_by_another_engine_stops_the_daemon_until_offsets_follow() {
         "{}",
         tributary::ops::verify::render(&report)
     );
+    let said = report.foreign_restore.unwrap_or_default();
+    assert!(said.contains(want[1].as_str()), "verify: {said}");
+    // status says it too.
+    let status = tributary::ops::status::status(&cfg, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let said = status.foreign_restore.unwrap_or_default();
+    assert!(said.contains(want[2].as_str()), "status: {said}");
 
     // A daemon started now finds it in the log and stops too.
     let mut again = Daemon::start(&path, s.dir.path());
@@ -235,4 +243,8 @@ async fn a_restore_by_another_engine_stops_the_daemon_until_offsets_follow() {
     let (lost, duplicated) = diff(&s.rows().await, &produced);
     assert_eq!((lost, duplicated), (0, 0));
     verify_clean(&cfg, 3 * PER_WINDOW as usize).await;
+    let status = tributary::ops::status::status(&cfg, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(status.foreign_restore, None);
 }

@@ -135,8 +135,11 @@ pub struct VerifyReport {
     /// Per partition.
     pub partitions: Vec<PartitionReport>,
     /// Whether no partition has duplicates, gaps, records in both tables or rows
-    /// beyond its stored offset.
+    /// beyond its stored offset, and no foreign restore left a hole.
     pub clean: bool,
+    /// A RESTORE by another engine left the stored offsets ahead of the rows:
+    /// what happened and what to run.
+    pub foreign_restore: Option<String>,
 }
 
 /// (topic, partition) -> sorted offsets.
@@ -193,9 +196,16 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
         }
     }
     parts.sort();
-    let stored = table::stored_offsets(&t, &cfg.app_id, &parts)
+    let store = crate::offsets::store::OffsetStore::new();
+    let stored = store
+        .offsets(&t, &cfg.app_id, &parts)
         .await
         .map_err(|e| query_error(&uri, &e))?;
+    let foreign_restore = store
+        .hole(&t, &cfg.app_id)
+        .await
+        .map_err(|e| query_error(&uri, &e))?
+        .map(|h| h.to_string());
     let (in_table, kafka_counts, mut missing) =
         missing_from_table(cfg, &parts, &stored, in_table, timeout).await?;
     let mut judge = judge_for(cfg, &t, &uri)?;
@@ -219,7 +229,8 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
     Ok(VerifyReport {
         table: uri,
         partitions: reports,
-        clean,
+        clean: clean && foreign_restore.is_none(),
+        foreign_restore,
     })
 }
 
@@ -366,6 +377,9 @@ pub fn render(r: &VerifyReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "table {}", r.table);
+    if let Some(hole) = &r.foreign_restore {
+        let _ = writeln!(s, "ERROR {hole}");
+    }
     let _ = writeln!(
         s,
         "{:<36} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
