@@ -208,7 +208,7 @@ pub async fn commit(
 
 /// The compare half of the compare-and-swap: what the offsets stored now say
 /// about `req`. `None`: every partition is at its expected offset, commit.
-fn compare(
+pub(crate) fn compare(
     req: &CommitRequest,
     stored: &HashMap<TopicPartition, Option<i64>>,
 ) -> Option<CommitOutcome> {
@@ -241,7 +241,7 @@ fn compare(
 /// The commit's properties: a txn per partition (and the same offsets in
 /// commitInfo), the conflict retries, no checkpoint or log cleanup inside it.
 /// Also the (app id, offset) pairs written, for the offset store.
-fn commit_properties(
+pub(crate) fn commit_properties(
     app_id: &str,
     req: &CommitRequest,
     policy: RetryPolicy,

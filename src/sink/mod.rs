@@ -9,6 +9,7 @@ pub mod log_cache;
 pub mod options;
 pub mod retry;
 pub mod table;
+pub mod upsert;
 
 pub use options::{
     CommitConfig, Compression, StorageConfig, TableConfig, TableUriError, parse_table_uri,

@@ -17,4 +17,5 @@ mod registry;
 mod restore;
 mod scale;
 mod security;
+mod upsert;
 mod validate;

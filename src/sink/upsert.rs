@@ -1,0 +1,401 @@
+//! Upsert: apply a window of keyed changes to a Delta table with one MERGE that
+//! carries the window's offsets, exactly once.
+//!
+//! A window is first reduced to one change per key, the last one read (a key
+//! lives in one Kafka partition, whose records arrive in offset order). Then one
+//! delta-rs MERGE on the key: a matched key is deleted or updated, an unmatched
+//! one inserted (a deletion of an absent key does nothing). The window's `txn`
+//! actions ride in the MERGE's own commit, under the same compare-and-swap as an
+//! append: the stored offsets are checked first, and delta-rs' conflict checker
+//! fails the commit if a racing one holds one of our app ids. A MERGE that
+//! changes nothing writes no commit, so its offsets are then committed alone.
+//!
+//! This is the sink half of the upsert mode (issue 14); the pipeline does not
+//! route windows here yet.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use deltalake::arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array};
+use deltalake::arrow::compute::{take, take_record_batch};
+use deltalake::arrow::datatypes::{DataType, Field, Schema};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::row::{RowConverter, SortField};
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+use deltalake::{DeltaTable, DeltaTableError};
+
+use crate::record::TopicPartition;
+use crate::sink::commit::{
+    self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
+    TableLog, commit_properties, compare,
+};
+use crate::sink::retry::is_retryable;
+
+/// The source column that marks a change as a deletion.
+pub const DELETED: &str = "__tributary_deleted";
+
+/// A window's changes: rows with the table's columns, and which of them delete
+/// their key (the other columns of a deletion are ignored but for the key).
+#[derive(Debug, Clone)]
+pub struct Changes {
+    /// One row per change, in the order read.
+    pub rows: RecordBatch,
+    /// Whether each row deletes its key.
+    pub deleted: BooleanArray,
+}
+
+/// What one window asks of an upsert table.
+#[derive(Debug, Clone)]
+pub struct UpsertWindow {
+    /// The key columns.
+    pub key: Vec<String>,
+    /// The window's changes.
+    pub changes: Changes,
+    /// The offsets they account for, per partition.
+    pub partitions: Vec<PartitionCommit>,
+}
+
+/// Errors of an upsert that retrying will not fix.
+#[derive(Debug, thiserror::Error)]
+pub enum UpsertError {
+    /// The changes cannot be keyed (a key column missing or null).
+    #[error("upsert into table {uri}: {source}")]
+    Key {
+        /// The table.
+        uri: String,
+        /// What is wrong.
+        #[source]
+        source: ArrowError,
+    },
+    /// The commit failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
+
+/// The last change of each key, in the order first read; an error when a key
+/// column is missing or holds a null.
+pub fn reduce(key: &[String], changes: &Changes) -> Result<Changes, ArrowError> {
+    let rows = &changes.rows;
+    let columns = key
+        .iter()
+        .map(|k| {
+            let c = rows.column_by_name(k).ok_or_else(|| {
+                ArrowError::SchemaError(format!("key column `{k}` is not in the changes"))
+            })?;
+            if c.null_count() > 0 {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "key column `{k}` is null in {} change(s)",
+                    c.null_count()
+                )));
+            }
+            Ok(c.clone())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields = columns
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
+    let converted = RowConverter::new(fields)?.convert_columns(&columns)?;
+    let mut last = HashMap::with_capacity(rows.num_rows());
+    for i in 0..rows.num_rows() {
+        last.insert(converted.row(i), i as u32);
+    }
+    let mut keep: Vec<u32> = last.into_values().collect();
+    keep.sort_unstable();
+    let keep = UInt32Array::from(keep);
+    let deleted = take(&changes.deleted, &keep, None)?;
+    Ok(Changes {
+        rows: take_record_batch(rows, &keep)?,
+        deleted: deleted
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .cloned()
+            .ok_or_else(|| ArrowError::CastError("deleted flags".into()))?,
+    })
+}
+
+/// Apply `changes` and move `partitions`' offsets, in one commit; retried like
+/// [`commit::commit`] until it lands, turns out stale, or `cancelled()`.
+pub async fn apply(
+    table: &mut DeltaTable,
+    log: &TableLog,
+    app_id: &str,
+    window: &UpsertWindow,
+    policy: RetryPolicy,
+    cancelled: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<(CommitOutcome, CommitStats), UpsertError> {
+    let uri = table.table_url().to_string();
+    let key = window.key.as_slice();
+    let reduced = reduce(key, &window.changes).map_err(|source| UpsertError::Key {
+        uri: uri.clone(),
+        source,
+    })?;
+    let req = CommitRequest {
+        adds: Vec::new(),
+        partitions: window.partitions.clone(),
+    };
+    if reduced.rows.num_rows() == 0 {
+        return Ok(commit::commit(table, log, app_id, &req, policy, cancelled).await?);
+    }
+    let start = Instant::now();
+    let mut backoff = policy.initial_backoff;
+    let (mut attempts, mut conflicts) = (0u32, 0u64);
+    loop {
+        attempts += 1;
+        let stats = |attempts, conflicts| CommitStats {
+            attempts,
+            duration: start.elapsed(),
+            conflicts,
+        };
+        match attempt(table, log, app_id, key, &reduced, &req, policy).await {
+            Ok(Some(outcome)) => return Ok((outcome, stats(attempts, conflicts))),
+            // The MERGE changed nothing and wrote no commit: the offsets alone.
+            Ok(None) => {
+                let (o, s) = commit::commit(table, log, app_id, &req, policy, cancelled).await?;
+                return Ok((o, stats(attempts + s.attempts, conflicts + s.conflicts)));
+            }
+            Err(e) if is_conflict(&e) && conflicts < policy.max_conflict_retries as u64 => {
+                // Another writer's commit touched what the MERGE read: plan it
+                // again on the new version (a racing txn shows up as stale).
+                conflicts += 1;
+                tracing::info!(table = %uri, error = %e, "upsert conflicted; merging again");
+            }
+            Err(e) if is_retryable(&e) && !cancelled() => {
+                tracing::warn!(table = %uri, attempt = attempts, error = %e, "upsert failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+            Err(e) if is_retryable(&e) => {
+                let last_error = e.to_string();
+                return Err(CommitError::Abandoned {
+                    uri,
+                    attempts,
+                    last_error,
+                }
+                .into());
+            }
+            Err(e) => {
+                return Err(CommitError::Delta {
+                    uri,
+                    source: Box::new(e),
+                }
+                .into());
+            }
+        }
+    }
+}
+
+fn is_conflict(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(c)
+        } if !matches!(c, CommitConflictError::ConcurrentTransaction)
+    )
+}
+
+/// One attempt: `Some(outcome)` when decided, `None` when the MERGE changed
+/// nothing (no commit written).
+async fn attempt(
+    table: &mut DeltaTable,
+    log: &TableLog,
+    app_id: &str,
+    key: &[String],
+    changes: &Changes,
+    req: &CommitRequest,
+    policy: RetryPolicy,
+) -> Result<Option<CommitOutcome>, DeltaTableError> {
+    loop {
+        table.update_state().await?;
+        let tps: Vec<TopicPartition> = req.partitions.iter().map(|p| p.tp.clone()).collect();
+        let stored = log.offsets.offsets_for_writing(table, app_id, &tps).await?;
+        if let Some(outcome) = compare(req, &stored) {
+            return Ok(Some(outcome));
+        }
+        let before = table.version();
+        let (properties, written) = commit_properties(app_id, req, policy);
+        let merged = merge(table, key, changes)?
+            .with_commit_properties(properties)
+            .await;
+        match merged {
+            Ok((merged, _metrics)) if merged.version() == before => return Ok(None),
+            Ok((merged, _metrics)) => {
+                let version = merged.version().unwrap_or_default();
+                *table = merged;
+                log.offsets.record_commit(version, written).await;
+                log.checkpoints.after_commit(table).await;
+                return Ok(Some(CommitOutcome::Committed {
+                    version: version as i64,
+                }));
+            }
+            // A racing commit holds one of our app ids: re-read, it is stale.
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
+            }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The MERGE of `changes` into `table` on `key`.
+fn merge(
+    table: &DeltaTable,
+    key: &[String],
+    changes: &Changes,
+) -> Result<deltalake::operations::merge::MergeBuilder, DeltaTableError> {
+    let source = with_deleted(changes).map_err(DeltaTableError::from)?;
+    let df = SessionContext::new().read_batch(source)?;
+    let on = key
+        .iter()
+        .map(|k| format!("t.{q} = s.{q}", q = quote(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let columns: Vec<String> = table
+        .snapshot()?
+        .schema()
+        .fields()
+        .map(|f| f.name().clone())
+        .collect();
+    let deleted = format!("s.{}", quote(DELETED));
+    let kept = format!("NOT s.{}", quote(DELETED));
+    table
+        .clone()
+        .merge(df, on)
+        .with_source_alias("s")
+        .with_target_alias("t")
+        .when_matched_delete(|d| d.predicate(deleted))?
+        .when_matched_update(|u| {
+            columns.iter().fold(u.predicate(kept.clone()), |u, c| {
+                u.update(c.as_str(), format!("s.{}", quote(c)))
+            })
+        })?
+        .when_not_matched_insert(|i| {
+            columns.iter().fold(i.predicate(kept.clone()), |i, c| {
+                i.set(c.as_str(), format!("s.{}", quote(c)))
+            })
+        })
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The changes with the deletion flag as a column of their own.
+fn with_deleted(changes: &Changes) -> Result<RecordBatch, ArrowError> {
+    let rows = &changes.rows;
+    let mut fields: Vec<Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(DELETED, DataType::Boolean, false));
+    let mut columns = rows.columns().to_vec();
+    columns.push(std::sync::Arc::new(changes.deleted.clone()));
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::{Int64Array, StringArray};
+    use std::sync::Arc;
+
+    fn changes(ids: &[i64], vals: &[&str], deleted: &[bool]) -> Changes {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(vals.to_vec())),
+            ],
+        )
+        .unwrap();
+        Changes {
+            rows,
+            deleted: BooleanArray::from(deleted.to_vec()),
+        }
+    }
+
+    fn as_tuples(c: &Changes) -> Vec<(i64, String, bool)> {
+        let ids = c
+            .rows
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let vs = c
+            .rows
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        (0..c.rows.num_rows())
+            .map(|i| (ids.value(i), vs.value(i).to_owned(), c.deleted.value(i)))
+            .collect()
+    }
+
+    #[test]
+    fn a_window_reduces_to_the_last_change_of_each_key() {
+        let c = changes(
+            &[1, 2, 1, 3, 2, 1],
+            &["a", "b", "a2", "c", "b-del", "a3"],
+            &[false, false, false, false, true, false],
+        );
+        let r = reduce(&["id".into()], &c).unwrap();
+        assert_eq!(
+            as_tuples(&r),
+            vec![
+                (3, "c".into(), false),
+                (2, "b-del".into(), true),
+                (1, "a3".into(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_that_is_missing_or_null_is_refused() {
+        let c = changes(&[1], &["a"], &[false]);
+        let err = reduce(&["nope".into()], &c).unwrap_err().to_string();
+        assert!(err.contains("`nope`"), "{err}");
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+        )
+        .unwrap();
+        let c = Changes {
+            rows,
+            deleted: BooleanArray::from(vec![false, false]),
+        };
+        let err = reduce(&["id".into()], &c).unwrap_err().to_string();
+        assert!(err.contains("null in 1 change"), "{err}");
+    }
+
+    #[test]
+    fn a_compound_key_is_one_key() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8, false),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 1, 1])),
+                Arc::new(StringArray::from(vec!["x", "y", "x"])),
+            ],
+        )
+        .unwrap();
+        let c = Changes {
+            rows,
+            deleted: BooleanArray::from(vec![false, false, true]),
+        };
+        let r = reduce(&["a".into(), "b".into()], &c).unwrap();
+        assert_eq!(r.rows.num_rows(), 2);
+        assert_eq!(r.deleted, BooleanArray::from(vec![false, true]));
+    }
+}
