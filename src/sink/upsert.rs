@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use deltalake::arrow::array::{Array, BooleanArray, RecordBatch, UInt32Array};
+use deltalake::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{take, take_record_batch};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::arrow::error::ArrowError;
@@ -50,6 +50,9 @@ pub struct Changes {
 pub struct UpsertWindow {
     /// The key columns.
     pub key: Vec<String>,
+    /// A column ordering the changes of a key (a source LSN, a change time): a
+    /// change never replaces a newer one, in the window or in the table.
+    pub order_by: Option<String>,
     /// The window's changes.
     pub changes: Changes,
     /// The offsets they account for, per partition.
@@ -73,33 +76,37 @@ pub enum UpsertError {
     Commit(#[from] CommitError),
 }
 
-/// The last change of each key, in the order first read; an error when a key
+/// The last change of each key (the one with the greatest `order_by` value,
+/// the last read among equals), in the order read; an error when a key or order
 /// column is missing or holds a null.
-pub fn reduce(key: &[String], changes: &Changes) -> Result<Changes, ArrowError> {
+pub fn reduce(
+    key: &[String],
+    order_by: Option<&str>,
+    changes: &Changes,
+) -> Result<Changes, ArrowError> {
     let rows = &changes.rows;
-    let columns = key
-        .iter()
-        .map(|k| {
-            let c = rows.column_by_name(k).ok_or_else(|| {
-                ArrowError::SchemaError(format!("key column `{k}` is not in the changes"))
-            })?;
-            if c.null_count() > 0 {
-                return Err(ArrowError::InvalidArgumentError(format!(
-                    "key column `{k}` is null in {} change(s)",
-                    c.null_count()
-                )));
-            }
-            Ok(c.clone())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let fields = columns
-        .iter()
-        .map(|c| SortField::new(c.data_type().clone()))
-        .collect();
-    let converted = RowConverter::new(fields)?.convert_columns(&columns)?;
-    let mut last = HashMap::with_capacity(rows.num_rows());
+    let keys = RowConverter::new(sort_fields(rows, key)?)?
+        .convert_columns(&non_null_columns(rows, key)?)?;
+    let order = match order_by {
+        Some(o) => {
+            let o = [o.to_owned()];
+            Some(
+                RowConverter::new(sort_fields(rows, &o)?)?
+                    .convert_columns(&non_null_columns(rows, &o)?)?,
+            )
+        }
+        None => None,
+    };
+    let mut last: HashMap<_, u32> = HashMap::with_capacity(rows.num_rows());
     for i in 0..rows.num_rows() {
-        last.insert(converted.row(i), i as u32);
+        let k = keys.row(i);
+        let newer = match (&order, last.get(&k)) {
+            (Some(o), Some(&j)) => o.row(i) >= o.row(j as usize),
+            _ => true,
+        };
+        if newer {
+            last.insert(k, i as u32);
+        }
     }
     let mut keep: Vec<u32> = last.into_values().collect();
     keep.sort_unstable();
@@ -127,9 +134,11 @@ pub async fn apply(
 ) -> Result<(CommitOutcome, CommitStats), UpsertError> {
     let uri = table.table_url().to_string();
     let key = window.key.as_slice();
-    let reduced = reduce(key, &window.changes).map_err(|source| UpsertError::Key {
-        uri: uri.clone(),
-        source,
+    let reduced = reduce(key, window.order_by.as_deref(), &window.changes).map_err(|source| {
+        UpsertError::Key {
+            uri: uri.clone(),
+            source,
+        }
     })?;
     let req = CommitRequest {
         adds: Vec::new(),
@@ -148,7 +157,12 @@ pub async fn apply(
             duration: start.elapsed(),
             conflicts,
         };
-        match attempt(table, log, app_id, key, &reduced, &req, policy).await {
+        let how = Merge {
+            key,
+            order_by: window.order_by.as_deref(),
+            changes: &reduced,
+        };
+        match attempt(table, log, app_id, &how, &req, policy).await {
             Ok(Some(outcome)) => return Ok((outcome, stats(attempts, conflicts))),
             // The MERGE changed nothing and wrote no commit: the offsets alone.
             Ok(None) => {
@@ -186,6 +200,31 @@ pub async fn apply(
     }
 }
 
+fn non_null_columns(rows: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>, ArrowError> {
+    names
+        .iter()
+        .map(|k| {
+            let c = rows.column_by_name(k).ok_or_else(|| {
+                ArrowError::SchemaError(format!("column `{k}` is not in the changes"))
+            })?;
+            if c.null_count() > 0 {
+                return Err(ArrowError::InvalidArgumentError(format!(
+                    "column `{k}` is null in {} change(s)",
+                    c.null_count()
+                )));
+            }
+            Ok(c.clone())
+        })
+        .collect()
+}
+
+fn sort_fields(rows: &RecordBatch, names: &[String]) -> Result<Vec<SortField>, ArrowError> {
+    Ok(non_null_columns(rows, names)?
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect())
+}
+
 fn is_conflict(e: &DeltaTableError) -> bool {
     matches!(
         e,
@@ -201,8 +240,7 @@ async fn attempt(
     table: &mut DeltaTable,
     log: &TableLog,
     app_id: &str,
-    key: &[String],
-    changes: &Changes,
+    how: &Merge<'_>,
     req: &CommitRequest,
     policy: RetryPolicy,
 ) -> Result<Option<CommitOutcome>, DeltaTableError> {
@@ -215,9 +253,7 @@ async fn attempt(
         }
         let before = table.version();
         let (properties, written) = commit_properties(app_id, req, policy);
-        let merged = merge(table, key, changes)?
-            .with_commit_properties(properties)
-            .await;
+        let merged = merge(table, how)?.with_commit_properties(properties).await;
         match merged {
             Ok((merged, _metrics)) if merged.version() == before => return Ok(None),
             Ok((merged, _metrics)) => {
@@ -238,13 +274,21 @@ async fn attempt(
     }
 }
 
-/// The MERGE of `changes` into `table` on `key`.
+/// What to merge, and how.
+struct Merge<'a> {
+    key: &'a [String],
+    order_by: Option<&'a str>,
+    changes: &'a Changes,
+}
+
+/// The MERGE of the changes into `table` on the key. With `order_by`, a matched
+/// row is replaced or deleted only by a change at least as new as it.
 fn merge(
     table: &DeltaTable,
-    key: &[String],
-    changes: &Changes,
+    how: &Merge<'_>,
 ) -> Result<deltalake::operations::merge::MergeBuilder, DeltaTableError> {
-    let source = with_deleted(changes).map_err(DeltaTableError::from)?;
+    let key = how.key;
+    let source = with_deleted(how.changes).map_err(DeltaTableError::from)?;
     let df = SessionContext::new().read_batch(source)?;
     let on = key
         .iter()
@@ -257,7 +301,12 @@ fn merge(
         .fields()
         .map(|f| f.name().clone())
         .collect();
-    let deleted = format!("s.{}", quote(DELETED));
+    let newer = how.order_by.map_or(String::new(), |o| {
+        let o = quote(o);
+        format!(" AND (t.{o} IS NULL OR s.{o} >= t.{o})")
+    });
+    let deleted = format!("s.{}{newer}", quote(DELETED));
+    let replaced = format!("NOT s.{}{newer}", quote(DELETED));
     let kept = format!("NOT s.{}", quote(DELETED));
     table
         .clone()
@@ -266,7 +315,7 @@ fn merge(
         .with_target_alias("t")
         .when_matched_delete(|d| d.predicate(deleted))?
         .when_matched_update(|u| {
-            columns.iter().fold(u.predicate(kept.clone()), |u, c| {
+            columns.iter().fold(u.predicate(replaced), |u, c| {
                 u.update(c.as_str(), format!("s.{}", quote(c)))
             })
         })?
@@ -346,7 +395,7 @@ mod tests {
             &["a", "b", "a2", "c", "b-del", "a3"],
             &[false, false, false, false, true, false],
         );
-        let r = reduce(&["id".into()], &c).unwrap();
+        let r = reduce(&["id".into()], None, &c).unwrap();
         assert_eq!(
             as_tuples(&r),
             vec![
@@ -360,7 +409,7 @@ mod tests {
     #[test]
     fn a_key_that_is_missing_or_null_is_refused() {
         let c = changes(&[1], &["a"], &[false]);
-        let err = reduce(&["nope".into()], &c).unwrap_err().to_string();
+        let err = reduce(&["nope".into()], None, &c).unwrap_err().to_string();
         assert!(err.contains("`nope`"), "{err}");
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
         let rows = RecordBatch::try_new(
@@ -372,7 +421,7 @@ mod tests {
             rows,
             deleted: BooleanArray::from(vec![false, false]),
         };
-        let err = reduce(&["id".into()], &c).unwrap_err().to_string();
+        let err = reduce(&["id".into()], None, &c).unwrap_err().to_string();
         assert!(err.contains("null in 1 change"), "{err}");
     }
 
@@ -394,8 +443,40 @@ mod tests {
             rows,
             deleted: BooleanArray::from(vec![false, false, true]),
         };
-        let r = reduce(&["a".into(), "b".into()], &c).unwrap();
+        let r = reduce(&["a".into(), "b".into()], None, &c).unwrap();
         assert_eq!(r.rows.num_rows(), 2);
         assert_eq!(r.deleted, BooleanArray::from(vec![false, true]));
+    }
+
+    #[test]
+    fn with_an_order_the_newest_change_of_a_key_wins_wherever_it_was_read() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("lsn", DataType::Int64, false),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 1, 2, 2, 2])),
+                Arc::new(StringArray::from(vec!["new", "old", "a", "b", "b-again"])),
+                Arc::new(Int64Array::from(vec![10, 5, 1, 7, 7])),
+            ],
+        )
+        .unwrap();
+        let c = Changes {
+            rows,
+            deleted: BooleanArray::from(vec![false; 5]),
+        };
+        let r = reduce(&["id".into()], Some("lsn"), &c).unwrap();
+        // id 1: the change at lsn 10 though read first; id 2: the last of the equals.
+        assert_eq!(
+            as_tuples(&r),
+            vec![(1, "new".into(), false), (2, "b-again".into(), false)]
+        );
+        let err = reduce(&["id".into()], Some("nope"), &c)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`nope`"), "{err}");
     }
 }

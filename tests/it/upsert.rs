@@ -61,6 +61,7 @@ fn window(
     .unwrap();
     UpsertWindow {
         key: vec!["id".into()],
+        order_by: None,
         changes: Changes {
             rows,
             deleted: BooleanArray::from_iter(changes.iter().map(|c| Some(c.1.is_none()))),
@@ -201,4 +202,89 @@ async fn a_zombie_upsert_writer_is_stale_and_changes_nothing() {
         .unwrap();
     assert!(matches!(o, CommitOutcome::Stale { .. }), "{o:?}");
     assert_eq!(state(&s).await, rows(&[(1, "new"), (2, "a")]));
+}
+
+/// With `order_by`, an older change never replaces a newer one: not in the
+/// window, and not in the table (a replay, or a source that sent it late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_order_an_older_change_never_overwrites_a_newer_one() {
+    let s = Scenario::new("upsert-order", 1).await;
+    let cfg = s.config("");
+    deltalake::operations::create::CreateBuilder::new()
+        .with_location(cfg.table.uri.as_str())
+        .with_storage_options(cfg.storage.to_options())
+        .with_columns([
+            StructField::new("id", DeltaType::LONG, false),
+            StructField::new("v", DeltaType::STRING, true),
+            StructField::new("lsn", DeltaType::LONG, false),
+        ])
+        .await
+        .unwrap();
+    let mut t = tributary::sink::table::load(&cfg.table.uri, &cfg.storage)
+        .await
+        .unwrap()
+        .unwrap();
+    let log = TableLog::default();
+    let never = || false;
+    let ordered = |changes: &[(i64, Option<&str>, i64)], expected: Option<i64>, last: i64| {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("lsn", DataType::Int64, false),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(changes.iter().map(|c| c.0))),
+                Arc::new(StringArray::from_iter(changes.iter().map(|c| c.1))),
+                Arc::new(Int64Array::from_iter_values(changes.iter().map(|c| c.2))),
+            ],
+        )
+        .unwrap();
+        UpsertWindow {
+            key: vec!["id".into()],
+            order_by: Some("lsn".into()),
+            changes: Changes {
+                rows,
+                deleted: BooleanArray::from_iter(changes.iter().map(|c| Some(c.1.is_none()))),
+            },
+            partitions: vec![PartitionCommit {
+                tp: TopicPartition::new(s.topic.as_str(), 0),
+                expected,
+                last,
+            }],
+        }
+    };
+    let windows = [
+        ordered(
+            &[
+                (1, Some("v10"), 10),
+                (2, Some("v20"), 20),
+                (3, Some("v30"), 30),
+            ],
+            None,
+            2,
+        ),
+        // Older changes of 1 (an update) and 2 (a delete) come late: ignored.
+        // Newer ones of 3 win, whatever their order in the window.
+        ordered(
+            &[
+                (1, Some("v5"), 5),
+                (2, None, 15),
+                (3, Some("v40"), 40),
+                (3, Some("v35"), 35),
+            ],
+            Some(2),
+            6,
+        ),
+        // A delete newer than the row deletes it.
+        ordered(&[(1, None, 11)], Some(6), 7),
+    ];
+    for w in &windows {
+        let (o, _) = upsert::apply(&mut t, &log, &s.app_id, w, policy(), &never)
+            .await
+            .unwrap();
+        assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
+    }
+    assert_eq!(state(&s).await, rows(&[(2, "v20"), (3, "v40")]));
 }
