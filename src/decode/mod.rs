@@ -11,6 +11,8 @@
 //! Every record handed in comes out either as a row or as a [`Rejected`] entry with
 //! a reason: nothing is dropped silently.
 
+pub mod changes;
+pub mod debezium;
 mod json;
 mod metadata;
 pub mod options;

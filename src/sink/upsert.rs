@@ -35,15 +35,7 @@ use crate::sink::retry::is_retryable;
 /// The source column that marks a change as a deletion.
 pub const DELETED: &str = "__tributary_deleted";
 
-/// A window's changes: rows with the table's columns, and which of them delete
-/// their key (the other columns of a deletion are ignored but for the key).
-#[derive(Debug, Clone)]
-pub struct Changes {
-    /// One row per change, in the order read.
-    pub rows: RecordBatch,
-    /// Whether each row deletes its key.
-    pub deleted: BooleanArray,
-}
+pub use crate::decode::changes::Changes;
 
 /// What one window asks of an upsert table.
 #[derive(Debug, Clone)]

@@ -1,0 +1,311 @@
+//! Debezium change events to keyed changes, in Arrow.
+//!
+//! A Debezium envelope holds `before` and `after` (rows of the source table,
+//! null where they do not apply), `op` (`c` create, `r` snapshot read, `u`
+//! update, `d` delete) and `source` (connector metadata: `lsn`, `ts_ms`, ...).
+//! A decoded batch of envelopes becomes the rows an upsert applies: `after` for
+//! c/r/u, `before` (its key) for d, each marked deleted or not; chosen `source`
+//! fields ride along as columns (for `order_by`). The JSON converter's embedded
+//! schema form (`{"schema": ..., "payload": {envelope}}`) is the same once its
+//! `payload` column is taken. `ExtractNewRecordState`'s flattened rows carry
+//! `__deleted` (`"true"`) or `__op`; [`flattened`] reads those.
+//!
+//! An event that cannot be applied (an unknown op, or no row on the side the
+//! op needs) is rejected with the reason, like any record that does not decode.
+//!
+//! This is the decoding half of the CDC mode (issue 14); the pipeline does not
+//! use it yet.
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StructArray,
+};
+use deltalake::arrow::compute::kernels::zip::zip;
+use deltalake::arrow::compute::{cast, filter, filter_record_batch};
+use deltalake::arrow::datatypes::{DataType, Field, Schema};
+use deltalake::arrow::error::ArrowError;
+
+use super::changes::Changes;
+
+/// The changes of a batch of envelopes, and the rows (of the input batch) that
+/// were rejected, with why.
+#[derive(Debug)]
+pub struct Flattened {
+    /// The applicable events' rows, in input order.
+    pub changes: Changes,
+    /// Input rows that are not applicable changes.
+    pub rejected: Vec<(usize, String)>,
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ArrowError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| ArrowError::SchemaError(format!("no `{name}` in the change events")))
+}
+
+fn strings(a: &ArrayRef) -> Result<StringArray, ArrowError> {
+    let s = cast(a, &DataType::Utf8)?;
+    s.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| ArrowError::CastError("not a string column".into()))
+}
+
+/// Debezium envelopes (`before`, `after`, `op`, `source`; or a `payload` column
+/// holding them) to changes. `source_fields` are copied from `source` into
+/// columns of the same name (e.g. `lsn` for `order_by`).
+pub fn envelopes(batch: &RecordBatch, source_fields: &[&str]) -> Result<Flattened, ArrowError> {
+    if let Some(payload) = batch.column_by_name("payload") {
+        let payload = payload
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| ArrowError::SchemaError("`payload` is not a struct".into()))?;
+        return envelopes(&rows_of(payload)?, source_fields);
+    }
+    let op = strings(column(batch, "op")?)?;
+    let before = column(batch, "before")?;
+    let after = column(batch, "after")?;
+    let mut rejected = Vec::new();
+    let mut keep = Vec::with_capacity(batch.num_rows());
+    let mut deleted = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let (ok, del) = match op.is_valid(i).then(|| op.value(i)) {
+            Some("c" | "r" | "u") if after.is_valid(i) => (true, false),
+            Some("d") if before.is_valid(i) => (true, true),
+            Some("c" | "r" | "u") => {
+                rejected.push((i, "change event has no `after` row".to_owned()));
+                (false, false)
+            }
+            Some("d") => {
+                rejected.push((i, "delete event has no `before` row (its key)".to_owned()));
+                (false, false)
+            }
+            Some(other) => {
+                rejected.push((i, format!("unknown Debezium op `{other}`")));
+                (false, false)
+            }
+            None => {
+                rejected.push((i, "change event has no `op`".to_owned()));
+                (false, false)
+            }
+        };
+        keep.push(ok);
+        deleted.push(del);
+    }
+    let is_delete = BooleanArray::from(deleted);
+    let row = zip(&is_delete, before, after)?;
+    let row = row
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| ArrowError::SchemaError("`before`/`after` are not rows".into()))?;
+    let mut rows = rows_of(row)?;
+    if !source_fields.is_empty() {
+        rows = with_source(rows, batch, source_fields)?;
+    }
+    let keep = BooleanArray::from(keep);
+    Ok(Flattened {
+        changes: Changes {
+            rows: filter_record_batch(&rows, &keep)?,
+            deleted: filter_bool(&is_delete, &keep)?,
+        },
+        rejected,
+    })
+}
+
+/// A struct column's rows as a batch, every field nullable (a null row's fields
+/// read null; such rows are filtered out afterwards). `RecordBatch::from`
+/// panics on a struct column with nulls.
+fn rows_of(a: &StructArray) -> Result<RecordBatch, ArrowError> {
+    let (fields, columns, _nulls) = a.clone().into_parts();
+    let fields: Vec<Field> = fields
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+fn filter_bool(a: &BooleanArray, keep: &BooleanArray) -> Result<BooleanArray, ArrowError> {
+    filter(a, keep)?
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .ok_or_else(|| ArrowError::CastError("deleted flags".into()))
+}
+
+fn with_source(
+    rows: RecordBatch,
+    batch: &RecordBatch,
+    fields: &[&str],
+) -> Result<RecordBatch, ArrowError> {
+    let source = column(batch, "source")?
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| ArrowError::SchemaError("`source` is not a struct".into()))?;
+    let mut schema_fields: Vec<Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns = rows.columns().to_vec();
+    for name in fields {
+        let c = source.column_by_name(name).ok_or_else(|| {
+            ArrowError::SchemaError(format!("no `source.{name}` in the change events"))
+        })?;
+        schema_fields.push(Field::new(*name, c.data_type().clone(), true));
+        columns.push(c.clone());
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(schema_fields)), columns)
+}
+
+/// Rows flattened by `ExtractNewRecordState`: deleted where `__deleted` is
+/// `"true"` or `__op` is `d`; both columns are dropped from the rows.
+pub fn flattened(batch: &RecordBatch) -> Result<Changes, ArrowError> {
+    let flag = |name: &str, yes: &str| -> Result<Option<Vec<bool>>, ArrowError> {
+        batch
+            .column_by_name(name)
+            .map(|c| {
+                let s = strings(c)?;
+                Ok((0..s.len())
+                    .map(|i| s.is_valid(i) && s.value(i).eq_ignore_ascii_case(yes))
+                    .collect())
+            })
+            .transpose()
+    };
+    let by_deleted = flag("__deleted", "true")?;
+    let by_op = flag("__op", "d")?;
+    let deleted: Vec<bool> = (0..batch.num_rows())
+        .map(|i| by_deleted.as_ref().is_some_and(|d| d[i]) || by_op.as_ref().is_some_and(|o| o[i]))
+        .collect();
+    let keep: Vec<usize> = batch
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.name().starts_with("__"))
+        .map(|(i, _)| i)
+        .collect();
+    Ok(Changes {
+        rows: batch.project(&keep)?,
+        deleted: BooleanArray::from(deleted),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::{AsArray, Int64Array};
+    use deltalake::arrow::datatypes::Int64Type;
+    use deltalake::arrow::json::ReaderBuilder;
+
+    fn row_type() -> DataType {
+        DataType::Struct(
+            vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("name", DataType::Utf8, true),
+            ]
+            .into(),
+        )
+    }
+
+    fn decode(schema: Schema, lines: &str) -> RecordBatch {
+        ReaderBuilder::new(Arc::new(schema))
+            .build(lines.as_bytes())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    fn envelope_schema() -> Schema {
+        Schema::new(vec![
+            Field::new("before", row_type(), true),
+            Field::new("after", row_type(), true),
+            Field::new("op", DataType::Utf8, true),
+            Field::new(
+                "source",
+                DataType::Struct(vec![Field::new("lsn", DataType::Int64, true)].into()),
+                true,
+            ),
+        ])
+    }
+
+    const EVENTS: &str = r#"{"before":null,"after":{"id":1,"name":"a"},"op":"c","source":{"lsn":10}}
+{"before":null,"after":{"id":2,"name":"b"},"op":"r","source":{"lsn":11}}
+{"before":{"id":1,"name":"a"},"after":{"id":1,"name":"a2"},"op":"u","source":{"lsn":12}}
+{"before":{"id":2,"name":"b"},"after":null,"op":"d","source":{"lsn":13}}
+{"before":null,"after":{"id":3,"name":"c"},"op":"t","source":{"lsn":14}}
+{"before":null,"after":null,"op":"d","source":{"lsn":15}}
+{"before":null,"after":null,"op":"u","source":{"lsn":16}}
+"#;
+
+    fn ids(c: &Changes) -> Vec<(i64, bool)> {
+        let id = c.rows.column(0).as_primitive::<Int64Type>();
+        (0..c.rows.num_rows())
+            .map(|i| (id.value(i), c.deleted.value(i)))
+            .collect()
+    }
+
+    #[test]
+    fn envelopes_become_rows_marked_deleted_or_not_and_bad_events_are_rejected() {
+        let f = envelopes(&decode(envelope_schema(), EVENTS), &["lsn"]).unwrap();
+        assert_eq!(
+            ids(&f.changes),
+            vec![(1, false), (2, false), (1, false), (2, true)]
+        );
+        let names = f.changes.rows.column(1).as_string::<i32>();
+        assert_eq!(names.value(2), "a2", "an update takes `after`");
+        let lsn = f.changes.rows.column_by_name("lsn").unwrap();
+        let lsn = lsn.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(lsn.values().to_vec(), vec![10, 11, 12, 13]);
+        let reasons: Vec<(usize, &str)> =
+            f.rejected.iter().map(|(i, r)| (*i, r.as_str())).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (4, "unknown Debezium op `t`"),
+                (5, "delete event has no `before` row (its key)"),
+                (6, "change event has no `after` row"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_embedded_schema_form_is_read_from_its_payload() {
+        let schema = Schema::new(vec![Field::new(
+            "payload",
+            DataType::Struct(envelope_schema().fields().clone()),
+            true,
+        )]);
+        let lines: String = EVENTS
+            .lines()
+            .take(4)
+            .map(|l| format!("{{\"schema\":{{}},\"payload\":{l}}}\n"))
+            .collect();
+        let f = envelopes(&decode(schema, &lines), &[]).unwrap();
+        assert_eq!(
+            ids(&f.changes),
+            vec![(1, false), (2, false), (1, false), (2, true)]
+        );
+        assert!(f.rejected.is_empty());
+    }
+
+    #[test]
+    fn flattened_rows_are_deleted_by_their_marker_columns() {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("__deleted", DataType::Utf8, true),
+            Field::new("__op", DataType::Utf8, true),
+        ]);
+        let lines = r#"{"id":1,"name":"a","__deleted":"false","__op":"c"}
+{"id":2,"name":null,"__deleted":"true","__op":"d"}
+{"id":3,"name":"c","__op":"d"}
+{"id":4,"name":"d"}
+"#;
+        let c = flattened(&decode(schema, lines)).unwrap();
+        assert_eq!(ids(&c), vec![(1, false), (2, true), (3, true), (4, false)]);
+        assert_eq!(c.rows.num_columns(), 2, "the marker columns are dropped");
+    }
+}
