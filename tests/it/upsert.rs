@@ -288,3 +288,146 @@ async fn with_an_order_an_older_change_never_overwrites_a_newer_one() {
     }
     assert_eq!(state(&s).await, rows(&[(2, "v20"), (3, "v40")]));
 }
+
+/// The scale-out rule: replicas own disjoint Kafka partitions, the table is
+/// partitioned by an ownership column, and that column is part of the key (so
+/// of the MERGE's join). delta-rs then reads only the window's own partitions,
+/// and a replica's MERGE does not conflict with another's that landed first in
+/// other partitions. On an unpartitioned table the same pair conflicts, and
+/// the second MERGE has to be planned again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
+    async fn conflicts(s: &Scenario, partitioned: bool) -> (bool, Vec<(i64, String)>) {
+        let cfg = s.config("");
+        let mut create = deltalake::operations::create::CreateBuilder::new()
+            .with_location(cfg.table.uri.as_str())
+            .with_storage_options(cfg.storage.to_options())
+            .with_columns([
+                StructField::new("owner", DeltaType::INTEGER, false),
+                StructField::new("id", DeltaType::LONG, false),
+                StructField::new("v", DeltaType::STRING, true),
+            ]);
+        if partitioned {
+            create = create.with_partition_columns(["owner"]);
+        }
+        create.await.unwrap();
+        let open = || async {
+            tributary::sink::table::load(&cfg.table.uri, &cfg.storage)
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let never = || false;
+        let owned = |owners: &[i32], ids: &[i64], v: &str, expected: Option<i64>, last: i64| {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("owner", DataType::Int32, false),
+                Field::new("id", DataType::Int64, false),
+                Field::new("v", DataType::Utf8, true),
+            ]));
+            let rows = RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(deltalake::arrow::array::Int32Array::from(owners.to_vec())),
+                    Arc::new(Int64Array::from(ids.to_vec())),
+                    Arc::new(StringArray::from(vec![v; ids.len()])),
+                ],
+            )
+            .unwrap();
+            UpsertWindow {
+                key: vec!["owner".into(), "id".into()],
+                order_by: None,
+                changes: Changes {
+                    rows,
+                    deleted: BooleanArray::from(vec![false; ids.len()]),
+                },
+                partitions: vec![PartitionCommit {
+                    tp: TopicPartition::new(s.topic.as_str(), owners[0]),
+                    expected,
+                    last,
+                }],
+            }
+        };
+        // The first rows of both owners arrive in one commit (written before the
+        // owners were split between replicas): one file on the unpartitioned
+        // table, a file per owner on the partitioned one.
+        let (mut a, mut b) = (open().await, open().await);
+        let (la, lb) = (TableLog::default(), TableLog::default());
+        let first = owned(&[0, 0, 0, 1, 1, 1], &[1, 2, 3, 1, 2, 3], "first", None, 2);
+        upsert::apply(&mut a, &la, &s.app_id, &first, policy(), &never)
+            .await
+            .unwrap();
+        b.update_state().await.unwrap();
+        // Each updates its own owner's rows from the same table version: A lands
+        // first, then B's MERGE, planned on the version before A's, meets A's
+        // commit (delta-rs' own MERGE, so that it starts from B's stale
+        // snapshot; `upsert::apply` refreshes first).
+        let (_, sa) = upsert::apply(
+            &mut a,
+            &la,
+            &s.app_id,
+            &owned(&[0, 0], &[1, 2], "second", Some(2), 4),
+            policy(),
+            &never,
+        )
+        .await
+        .unwrap();
+        let mine = owned(&[1, 1], &[2, 3], "second", None, 4);
+        let df = deltalake::datafusion::prelude::SessionContext::new()
+            .read_batch(mine.changes.rows.clone())
+            .unwrap();
+        let stale = b
+            .clone()
+            .merge(df, "t.owner = s.owner AND t.id = s.id")
+            .with_source_alias("s")
+            .with_target_alias("t")
+            .when_matched_update(|u| u.update("v", "s.v"))
+            .unwrap()
+            .await;
+        let conflicted = match stale {
+            Ok(_) => false,
+            Err(deltalake::DeltaTableError::Transaction {
+                source: deltalake::kernel::transaction::TransactionError::CommitConflict(_),
+            }) => true,
+            Err(e) => panic!("{e}"),
+        };
+        // B's own path re-reads the table and lands either way.
+        let (o, _) = upsert::apply(&mut b, &lb, &s.app_id, &mine, policy(), &never)
+            .await
+            .unwrap();
+        assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
+        let t = s.table().await.unwrap();
+        let mut rows = Vec::new();
+        for batch in query(&t, "SELECT owner, id, v FROM t ORDER BY owner, id").await {
+            let owner = batch
+                .column(0)
+                .as_primitive::<deltalake::arrow::datatypes::Int32Type>();
+            let id = batch.column(1).as_primitive::<Int64Type>();
+            let v = deltalake::arrow::compute::cast(batch.column(2), &DataType::Utf8).unwrap();
+            let v = v.as_string::<i32>();
+            rows.extend((0..batch.num_rows()).map(|i| {
+                (
+                    i64::from(owner.value(i)) * 100 + id.value(i),
+                    v.value(i).to_owned(),
+                )
+            }));
+        }
+        assert_eq!(sa.conflicts, 0);
+        (conflicted, rows)
+    }
+    let want = rows(&[
+        (1, "second"),
+        (2, "second"),
+        (3, "first"),
+        (101, "first"),
+        (102, "second"),
+        (103, "second"),
+    ]);
+    let partitioned = Scenario::new("upsert-owned", 2).await;
+    let (conflicted, state) = conflicts(&partitioned, true).await;
+    assert!(!conflicted, "partitioned by owner: no conflict");
+    assert_eq!(state, want);
+    let flat = Scenario::new("upsert-flat", 2).await;
+    let (conflicted, state) = conflicts(&flat, false).await;
+    assert!(conflicted, "unpartitioned: the second MERGE conflicts");
+    assert_eq!(state, want);
+}
