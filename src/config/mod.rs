@@ -25,7 +25,8 @@ use crate::secret::Secret;
 pub use crate::decode::{DecodeConfig, Format, OnError};
 pub use crate::schema::MetadataColumns;
 pub use crate::sink::{
-    CommitConfig, Compression, StorageConfig, TableConfig, TableUriError, parse_table_uri,
+    CommitConfig, Compression, StorageConfig, TableConfig, TableUriError, UpsertSpec,
+    parse_table_uri,
 };
 pub use crate::source::{KafkaConfig, OffsetReset, Subscription};
 pub use crate::window::FlushPolicy;
@@ -239,6 +240,43 @@ schema_file = "SCHEMA"
                 .expose(),
             "etag"
         );
+    }
+
+    #[test]
+    fn upsert_needs_a_key_it_has_and_no_filter() {
+        let table = |extra: &str| parse(&MINIMAL.replace("[table]", &format!("[table]\n{extra}")));
+        let c = table("mode = \"upsert\"\nkey = [\"id\"]").unwrap();
+        assert_eq!(
+            c.table.upsert,
+            Some(UpsertSpec {
+                key: vec!["id".into()],
+                order_by: None
+            })
+        );
+        assert_eq!(parse(MINIMAL).unwrap().table.upsert, None);
+        for (extra, key, says) in [
+            ("mode = \"upsert\"", "table.key", "needs the key columns"),
+            (
+                "mode = \"upsert\"\nkey = [\"nope\"]",
+                "table.key",
+                "`nope` is not",
+            ),
+            ("mode = \"merge\"", "table.mode", "`merge` is not a mode"),
+            ("key = [\"id\"]", "table.key", "for mode = \"upsert\""),
+            (
+                "mode = \"upsert\"\nkey = [\"id\"]\norder_by = \"id\"",
+                "table.order_by",
+                "is a key column",
+            ),
+            (
+                "mode = \"upsert\"\nkey = [\"id\"]\nfilter = \"id > 1\"",
+                "table.filter",
+                "deletion",
+            ),
+        ] {
+            let err = table(extra).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{extra}: {err}");
+        }
     }
 
     #[test]

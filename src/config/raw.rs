@@ -130,6 +130,13 @@ pub struct RawTable {
     /// Derived columns: name = DataFusion SQL expression over the decoded columns.
     #[serde(default)]
     pub derived_columns: BTreeMap<String, String>,
+    /// `append` (default) or `upsert` (the table holds the latest change per key).
+    pub mode: Option<String>,
+    /// Upsert: the key columns.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Upsert: a column ordering a key's changes.
+    pub order_by: Option<String>,
 }
 
 /// `[[routes]]`: some topics into a table of their own. Compression, table
@@ -157,6 +164,13 @@ pub struct RawRoute {
     /// Flush policy for this route's tables (unset keys: `[flush]`).
     #[serde(default)]
     pub flush: RawFlush,
+    /// `append` (default) or `upsert`, for this route's tables.
+    pub mode: Option<String>,
+    /// Upsert: the key columns.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Upsert: a column ordering a key's changes.
+    pub order_by: Option<String>,
 }
 
 /// `[storage]`

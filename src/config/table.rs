@@ -15,6 +15,7 @@ pub(super) fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> 
         .parse::<Compression>()
         .map_err(|m| ConfigError::invalid("table.compression", m.to_string()))?;
     check_column_names(&raw, &raw.metadata_columns, schema.as_ref())?;
+    let upsert = upsert_spec(&raw, schema.as_ref())?;
     let metadata_columns = raw.metadata_columns;
     let row_group_rows = raw.row_group_rows.unwrap_or(128 * 1024);
     if row_group_rows < 1024 {
@@ -37,7 +38,71 @@ pub(super) fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> 
             columns: raw.derived_columns.into_iter().collect(),
             filter: raw.filter.filter(|f| !f.trim().is_empty()),
         },
+        upsert,
     })
+}
+
+/// `mode`, `key` and `order_by`: an upsert table needs a key of columns it
+/// has, and no filter (which could drop a deletion without saying so).
+fn upsert_spec(
+    raw: &RawTable,
+    schema: Option<&deltalake::kernel::StructType>,
+) -> Result<Option<UpsertSpec>, ConfigError> {
+    match raw.mode.as_deref().map(str::trim) {
+        None | Some("append") => {
+            if !raw.key.is_empty() || raw.order_by.is_some() {
+                return Err(ConfigError::invalid(
+                    "table.key",
+                    "key and order_by are for mode = \"upsert\"; set it, or remove them",
+                ));
+            }
+            return Ok(None);
+        }
+        Some("upsert") => {}
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "table.mode",
+                format!("`{other}` is not a mode: use \"append\" or \"upsert\""),
+            ));
+        }
+    }
+    if raw.key.is_empty() {
+        return Err(ConfigError::invalid(
+            "table.key",
+            "mode = \"upsert\" needs the key columns, e.g. key = [\"id\"] (a record field, \
+             or the Kafka key's metadata column)",
+        ));
+    }
+    if raw.filter.as_deref().is_some_and(|f| !f.trim().is_empty()) {
+        return Err(ConfigError::invalid(
+            "table.filter",
+            "a filter could drop the deletion of a key without saying so; upsert tables take \
+             every change (filter the topic upstream instead)",
+        ));
+    }
+    let known = |c: &str| {
+        schema.is_none_or(|s| s.fields().any(|f| f.name() == c))
+            || raw.metadata_columns.names().any(|n| n == c)
+            || raw.derived_columns.contains_key(c)
+    };
+    for c in raw.key.iter().chain(&raw.order_by) {
+        if !known(c) {
+            return Err(ConfigError::invalid(
+                "table.key",
+                format!("`{c}` is not a record field, metadata column or derived column"),
+            ));
+        }
+    }
+    if let Some(o) = raw.order_by.as_ref().filter(|o| raw.key.contains(o)) {
+        return Err(ConfigError::invalid(
+            "table.order_by",
+            format!("`{o}` is a key column: order_by must be another column"),
+        ));
+    }
+    Ok(Some(UpsertSpec {
+        key: raw.key.clone(),
+        order_by: raw.order_by.clone(),
+    }))
 }
 
 /// Read and parse a Delta/Spark schema file.

@@ -439,6 +439,9 @@ fn validate_route(
         row_group_rows: base.row_group_rows,
         filter: r.filter,
         derived_columns: r.derived_columns,
+        mode: r.mode,
+        key: r.key,
+        order_by: r.order_by,
     })
     .map_err(|e| invalid(e.to_string()))?;
     if decode.format == Format::Json && table.schema.is_none() {

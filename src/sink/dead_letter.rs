@@ -73,6 +73,7 @@ pub fn table_config(uri: &Url) -> TableConfig {
         metadata_columns: metadata(),
         row_group_rows: 128 * 1024,
         transform: Default::default(),
+        upsert: None,
     }
 }
 

@@ -12,5 +12,6 @@ pub mod table;
 pub mod upsert;
 
 pub use options::{
-    CommitConfig, Compression, StorageConfig, TableConfig, TableUriError, parse_table_uri,
+    CommitConfig, Compression, StorageConfig, TableConfig, TableUriError, UpsertSpec,
+    parse_table_uri,
 };

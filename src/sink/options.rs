@@ -45,6 +45,18 @@ pub struct TableConfig {
     pub row_group_rows: usize,
     /// Derived columns and the row filter.
     pub transform: crate::decode::transform::TransformSpec,
+    /// `mode = "upsert"`: the table holds the latest change per key.
+    pub upsert: Option<UpsertSpec>,
+}
+
+/// How an upsert table is keyed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpsertSpec {
+    /// The key columns (record fields, metadata or derived columns).
+    pub key: Vec<String>,
+    /// A column ordering a key's changes: an older change never replaces a
+    /// newer one.
+    pub order_by: Option<String>,
 }
 
 /// Parquet compression codec.

@@ -280,6 +280,13 @@ pub fn check_schema(table: &DeltaTable, cfg: &TableConfig) -> Result<TableSchema
     for name in derived_missing(cfg, &table_schema) {
         problems.push(format!("derived column `{name}` is missing from the table"));
     }
+    if let Some(u) = &cfg.upsert {
+        for c in u.key.iter().chain(&u.order_by) {
+            if table_schema.field(c).is_none() {
+                problems.push(format!("upsert column `{c}` is missing from the table"));
+            }
+        }
+    }
     for f in wanted.delta.fields() {
         match table_schema.field(f.name()) {
             None => problems.push(format!("column `{}` is missing from the table", f.name())),

@@ -31,6 +31,7 @@ async fn local_table(dir: &std::path::Path) -> deltalake::DeltaTable {
         metadata_columns: MetadataColumns::default(),
         row_group_rows: 4096,
         transform: Default::default(),
+        upsert: None,
     };
     tributary::sink::table::open_or_create(&cfg, &StorageConfig::default(), None)
         .await
