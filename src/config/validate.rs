@@ -30,6 +30,14 @@ impl RawConfig {
             routes.push(validate_route(i, r, &base_table, &flush, &kafka, &decode)?);
         }
 
+        let upsert = table.upsert.is_some() || routes.iter().any(|r| r.table.upsert.is_some());
+        if upsert && decode.format != Format::Json {
+            return Err(ConfigError::invalid(
+                "table.mode",
+                "mode = \"upsert\" takes decode.format = \"json\" in this version; registry \
+                 formats (and Debezium envelopes) come next",
+            ));
+        }
         let (metrics_listen, log_json) = validate_observability(&self.observability, &self.log)?;
         Ok(Config {
             app_id,

@@ -10,10 +10,11 @@ use super::ledger::{self, Flushed, dead_letter_commit};
 use super::{Pipeline, PipelineError, Sink};
 use crate::record::TopicPartition;
 use crate::sink::commit::CommitOutcome;
+use crate::sink::upsert::UpsertError;
 use crate::source::SourceCommand;
 use crate::telemetry::events;
 use crate::window::budget::{Held, MemoryBudget};
-use crate::window::flush::{CommitDone, DeadCommit, TaskError, flush_and_commit};
+use crate::window::flush::{CommitDone, DeadCommit, TaskError, WindowRows, flush_and_commit};
 
 impl Pipeline {
     pub(super) async fn await_inflight(
@@ -100,7 +101,13 @@ impl Pipeline {
         let app_id = self.cfg.app_id.clone();
         let policy = self.policy;
         let abandon = self.abandon.clone();
-        let writer = window.writer;
+        let writer = match &self.sinks[sink].tcfg.upsert {
+            Some(spec) if !window.changes.is_empty() => WindowRows::Changes {
+                spec: spec.clone(),
+                changes: window.changes,
+            },
+            _ => WindowRows::Files(window.writer),
+        };
         let stats = self.stats.clone();
         let handle = tokio::spawn(async move {
             // With several tables, overlapping commits share the slot; the
@@ -191,7 +198,13 @@ impl Pipeline {
                 uri,
                 source: Box::new(source),
             }),
-            Err(TaskError::Commit(e)) => Err(Box::new(e).into()),
+            Err(TaskError::Commit(e) | TaskError::Upsert(UpsertError::Commit(e))) => {
+                Err(Box::new(e).into())
+            }
+            Err(TaskError::Upsert(e)) => Err(PipelineError::Write {
+                uri,
+                source: Box::new(deltalake::DeltaTableError::Generic(e.to_string())),
+            }),
         }
     }
 

@@ -33,6 +33,7 @@
 //! fits, a rejected record in strict mode) stop the daemon with an error.
 
 mod assign;
+mod changes;
 mod commits;
 mod drain;
 mod error;

@@ -148,6 +148,7 @@ impl Pipeline {
         if let Some(t) = &s.transform {
             decoded = t.apply(decoded);
         }
+        let changes = self.take_changes(sink, chunk, &mut decoded)?;
         self.reject(chunk, &mut decoded, too_large, &already_dead)?;
         self.keep_dead_letters(sink, chunk, &decoded.rejected, &already_dead)?;
         // Account for every kept record, good or rejected: the window's offset for a
@@ -158,6 +159,11 @@ impl Pipeline {
         PipelineStats::add(&self.stats.records_accounted, accounted);
         window.records += accounted;
         window.opened_at.get_or_insert_with(Instant::now);
+        if let Some(c) = changes {
+            // Held as they are (`Window::held_bytes` counts them), not encoded.
+            window.rows += c.rows.num_rows() as u64;
+            window.changes.push(c);
+        }
         match decoded.batch {
             Some(batch) => self.write_rows(sink, batch).await,
             None => Ok(()),

@@ -243,6 +243,15 @@ fn wanted_schema(cfg: &TableConfig, record: &StructType) -> Result<TableSchema, 
     base.with_derived(derived).map_err(schema_err)
 }
 
+fn upsert_missing(cfg: &TableConfig, table: &StructType) -> Vec<String> {
+    cfg.upsert
+        .iter()
+        .flat_map(|u| u.key.iter().chain(&u.order_by))
+        .filter(|c| table.field(c).is_none())
+        .map(|c| format!("upsert column `{c}` is missing from the table"))
+        .collect()
+}
+
 fn derived_missing<'a>(cfg: &'a TableConfig, table: &StructType) -> Vec<&'a str> {
     cfg.transform
         .columns
@@ -280,13 +289,7 @@ pub fn check_schema(table: &DeltaTable, cfg: &TableConfig) -> Result<TableSchema
     for name in derived_missing(cfg, &table_schema) {
         problems.push(format!("derived column `{name}` is missing from the table"));
     }
-    if let Some(u) = &cfg.upsert {
-        for c in u.key.iter().chain(&u.order_by) {
-            if table_schema.field(c).is_none() {
-                problems.push(format!("upsert column `{c}` is missing from the table"));
-            }
-        }
-    }
+    problems.extend(upsert_missing(cfg, &table_schema));
     for f in wanted.delta.fields() {
         match table_schema.field(f.name()) {
             None => problems.push(format!("column `{}` is missing from the table", f.name())),

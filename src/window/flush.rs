@@ -10,13 +10,19 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::writer::DeltaWriter;
 use deltalake::{DeltaTable, DeltaTableError};
 
+use crate::decode::changes::Changes;
 use crate::record::TopicPartition;
+use crate::sink::UpsertSpec;
 use crate::sink::commit::{
     self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
     TableLog,
 };
 use crate::sink::table;
+use crate::sink::upsert::{self, UpsertError, UpsertWindow};
 use crate::window::encoder::WindowWriter;
+use deltalake::arrow::array::{Array, BooleanArray};
+use deltalake::arrow::compute::{concat, concat_batches};
+use deltalake::arrow::error::ArrowError;
 
 /// A window's dead letters, committed to the dead-letter table before its rows.
 #[derive(Debug)]
@@ -33,9 +39,32 @@ pub struct DeadCommit {
     pub props: WriterProperties,
 }
 
-/// Commit the window: dead letters first, then its files with its offsets.
+/// What a window writes: Parquet files (appends), or an upsert table's changes.
+pub enum WindowRows {
+    /// The window's Parquet files, once a row was written.
+    Files(Option<WindowWriter>),
+    /// The changes, applied with one MERGE.
+    Changes {
+        /// The table's key.
+        spec: UpsertSpec,
+        /// The changes in offset order.
+        changes: Vec<Changes>,
+    },
+}
+
+impl std::fmt::Debug for WindowRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WindowRows::Files(w) => write!(f, "Files({})", w.is_some()),
+            WindowRows::Changes { changes, .. } => write!(f, "Changes({} batches)", changes.len()),
+        }
+    }
+}
+
+/// Commit the window: dead letters first, then its files (or changes) with its
+/// offsets.
 pub async fn flush_and_commit(
-    writer: Option<WindowWriter>,
+    rows: WindowRows,
     (mut table, log): (DeltaTable, TableLog),
     app_id: String,
     partitions: Vec<PartitionCommit>,
@@ -71,6 +100,20 @@ pub async fn flush_and_commit(
             }
         }
     }
+    let writer = match rows {
+        WindowRows::Files(w) => w,
+        WindowRows::Changes { spec, changes } => {
+            let result = apply_changes(
+                &mut table, &log, &app_id, spec, changes, partitions, policy, &cancelled,
+            )
+            .await;
+            return CommitDone {
+                table,
+                dead_committed,
+                result,
+            };
+        }
+    };
     let adds = match writer {
         Some(w) => match w.finish().await {
             Ok(adds) => adds,
@@ -96,6 +139,48 @@ pub async fn flush_and_commit(
         dead_committed,
         result,
     }
+}
+
+/// An upsert table's window: its changes as one MERGE with its offsets.
+#[allow(clippy::too_many_arguments)]
+async fn apply_changes(
+    table: &mut DeltaTable,
+    log: &TableLog,
+    app_id: &str,
+    spec: UpsertSpec,
+    changes: Vec<Changes>,
+    partitions: Vec<PartitionCommit>,
+    policy: RetryPolicy,
+    cancelled: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<(CommitOutcome, CommitStats, usize, u64), TaskError> {
+    let window = UpsertWindow {
+        key: spec.key,
+        order_by: spec.order_by,
+        changes: concat_changes(changes).map_err(|e| TaskError::Write(e.into()))?,
+        partitions,
+    };
+    let (o, s) = upsert::apply(table, log, app_id, &window, policy, cancelled)
+        .await
+        .map_err(TaskError::Upsert)?;
+    Ok((o, s, 0, 0))
+}
+
+/// One batch of a window's changes.
+fn concat_changes(changes: Vec<Changes>) -> Result<Changes, ArrowError> {
+    let Some(first) = changes.first() else {
+        return Err(ArrowError::InvalidArgumentError(
+            "a window without changes".into(),
+        ));
+    };
+    let schema = first.rows.schema();
+    let rows = concat_batches(&schema, changes.iter().map(|c| &c.rows))?;
+    let flags: Vec<&dyn Array> = changes.iter().map(|c| &c.deleted as &dyn Array).collect();
+    let deleted = concat(&flags)?
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .ok_or_else(|| ArrowError::CastError("deleted flags".into()))?;
+    Ok(Changes { rows, deleted })
 }
 
 async fn commit_dead_letters(
@@ -149,6 +234,9 @@ pub enum TaskError {
     /// The commit failed.
     #[error(transparent)]
     Commit(CommitError),
+    /// An upsert's MERGE failed.
+    #[error(transparent)]
+    Upsert(UpsertError),
 }
 
 impl TaskError {
@@ -157,6 +245,8 @@ impl TaskError {
         match self {
             TaskError::Write(e) => crate::sink::retry::is_retryable(e),
             TaskError::Commit(e) => e.is_retryable(),
+            TaskError::Upsert(UpsertError::Commit(e)) => e.is_retryable(),
+            TaskError::Upsert(UpsertError::Key { .. }) => false,
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct Window {
     pub parts: HashMap<TopicPartition, i64>,
     /// Dead letters of this window, for the dead-letter table.
     pub dead: Vec<RecordBatch>,
+    /// An upsert table's changes (instead of Parquet files), in offset order.
+    pub changes: Vec<crate::decode::changes::Changes>,
     /// The partitions they come from.
     pub dead_parts: HashSet<TopicPartition>,
 }
@@ -112,6 +114,7 @@ impl Window {
         let dead: u64 = self
             .dead
             .iter()
+            .chain(self.changes.iter().map(|c| &c.rows))
             .map(|b| b.get_array_memory_size() as u64)
             .sum();
         // Until a row group has closed, its encoded pages are part of the open group

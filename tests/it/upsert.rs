@@ -2,6 +2,7 @@
 //! changes lands as one MERGE carrying the window's offsets, under the same
 //! compare-and-swap as an append.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -430,4 +431,136 @@ async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
     let (conflicted, state) = conflicts(&flat, false).await;
     assert!(conflicted, "unpartitioned: the second MERGE conflicts");
     assert_eq!(state, want);
+}
+
+/// Records with explicit Kafka keys; `None` values are tombstones.
+async fn produce_keyed(
+    s: &Scenario,
+    records: &[(i32, &str, Option<String>)],
+) -> BTreeMap<i32, Vec<i64>> {
+    use rdkafka::producer::FutureRecord;
+    let producer = producer(&s.servers.brokers);
+    let mut out: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (p, key, value) in records {
+        let mut r = FutureRecord::<str, str>::to(&s.topic)
+            .partition(*p)
+            .key(key);
+        if let Some(v) = value {
+            r = r.payload(v.as_str());
+        }
+        let d = producer
+            .send(r, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let (part, offset) = (d.partition, d.offset);
+        out.entry(part).or_default().push(offset);
+    }
+    out
+}
+
+fn merge_offsets(into: &mut BTreeMap<i32, Vec<i64>>, more: BTreeMap<i32, Vec<i64>>) {
+    for (p, o) in more {
+        into.entry(p).or_default().extend(o);
+    }
+}
+
+/// event_id -> kind, from the table.
+async fn kinds(s: &Scenario) -> BTreeMap<i64, String> {
+    let t = s.table().await.unwrap();
+    let mut out = BTreeMap::new();
+    for b in query(&t, "SELECT event_id, kind FROM t").await {
+        let ids = b.column(0).as_primitive::<Int64Type>();
+        let kinds = deltalake::arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
+        let kinds = kinds.as_string::<i32>();
+        for i in 0..b.num_rows() {
+            assert!(
+                out.insert(ids.value(i), kinds.value(i).to_owned())
+                    .is_none(),
+                "event {} twice in an upsert table",
+                ids.value(i)
+            );
+        }
+    }
+    out
+}
+
+/// The scenario's config with `mode = "upsert"` and `keys` in `[table]`.
+fn upsert_config(s: &Scenario, keys: &str) -> tributary::config::Config {
+    let text = s.config_toml("[flush]\nmax_age = \"1s\"").replace(
+        "[table]\n",
+        &format!("[table]\nmode = \"upsert\"\n{keys}\n"),
+    );
+    parse_config(&text)
+}
+
+fn event_of_kind(i: u64, kind: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&event(i)).unwrap();
+    v["kind"] = kind.into();
+    v.to_string()
+}
+
+/// The daemon's pipeline on an upsert table keyed by a record field: each
+/// window lands as one MERGE, later changes of a key replace earlier ones, and
+/// records that cannot be changes (a tombstone, which cannot name a key from
+/// the value) are rejected and accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_upserts_by_a_record_key() {
+    let s = Scenario::new("upsert-pipe", 2).await;
+    let cfg = upsert_config(&s, "key = [\"event_id\"]");
+    let mut run = crate::ingest::start(cfg.clone());
+    let first: Vec<(i32, &str, Option<String>)> = (0..40u64)
+        .map(|i| ((i % 2) as i32, "k", Some(event_of_kind(i, "first"))))
+        .collect();
+    let mut produced = produce_keyed(&s, &first).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let mut second: Vec<(i32, &str, Option<String>)> = (0..10u64)
+        .map(|i| ((i % 2) as i32, "k", Some(event_of_kind(i, "second"))))
+        .collect();
+    second.push((0, "k", None)); // a tombstone: no key to delete by
+    merge_offsets(&mut produced, produce_keyed(&s, &second).await);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.rejected, 1, "the tombstone");
+    let got = kinds(&s).await;
+    assert_eq!(got.len(), 40);
+    for (id, kind) in &got {
+        assert_eq!(
+            kind,
+            if *id < 10 { "second" } else { "first" },
+            "event {id}"
+        );
+    }
+    assert!(s.operations().await.iter().any(|o| o == "MERGE"));
+}
+
+/// Keyed by the Kafka key: a tombstone deletes its key, a later record brings it
+/// back, and a tombstone of a key never seen changes nothing; the offsets of
+/// every record are accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_upserts_by_the_kafka_key_and_tombstones_delete() {
+    let s = Scenario::new("upsert-kkey", 1).await;
+    let cfg = upsert_config(&s, "key = [\"_key\"]");
+    let mut run = crate::ingest::start(cfg.clone());
+    let first = [
+        (0, "a", Some(event_of_kind(1, "a1"))),
+        (0, "b", Some(event_of_kind(2, "b1"))),
+        (0, "c", Some(event_of_kind(3, "c1"))),
+    ];
+    let mut produced = produce_keyed(&s, &first).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let second = [
+        (0, "a", Some(event_of_kind(1, "a2"))),
+        (0, "b", None),
+        (0, "zz", None),
+        (0, "c", None),
+        (0, "c", Some(event_of_kind(3, "c2"))),
+    ];
+    merge_offsets(&mut produced, produce_keyed(&s, &second).await);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.rejected, 0);
+    let got: Vec<(i64, String)> = kinds(&s).await.into_iter().collect();
+    assert_eq!(got, rows(&[(1, "a2"), (3, "c2")]));
+    assert_eq!(s.stored_offsets(1).await[&0], Some(7));
 }
