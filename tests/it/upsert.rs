@@ -532,6 +532,11 @@ async fn the_pipeline_upserts_by_a_record_key() {
         );
     }
     assert!(s.operations().await.iter().any(|o| o == "MERGE"));
+    // verify compares rows with records: it says it cannot judge an upsert table.
+    let err = tributary::ops::verify::verify(&cfg, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is an upsert table"), "{err}");
 }
 
 /// Keyed by the Kafka key: a tombstone deletes its key, a later record brings it

@@ -78,6 +78,12 @@ pub enum VerifyError {
     /// A derived column or the filter cannot be planned.
     #[error("table transform: {0}")]
     Transform(crate::decode::Reason),
+    /// An upsert table holds a row per key, not per record.
+    #[error(
+        "table {0} is an upsert table (one row per key, not per record): verify compares rows \
+         with records and cannot judge it yet; `status` shows its stored offsets"
+    )]
+    Upsert(String),
 }
 
 impl VerifyError {
@@ -89,7 +95,9 @@ impl VerifyError {
             VerifyError::Decode(e) => e.is_retryable(),
             VerifyError::Registry(e) => e.is_retryable(),
             VerifyError::Table(_) | VerifyError::Query { .. } => true,
-            VerifyError::NoMetadataColumns | VerifyError::Transform(_) => false,
+            VerifyError::NoMetadataColumns | VerifyError::Transform(_) | VerifyError::Upsert(_) => {
+                false
+            }
         }
     }
 }
@@ -178,6 +186,9 @@ type Missing = HashMap<TopicPartition, Vec<probe::RawRecord>>;
 
 /// Verify the table of `cfg` against its topics.
 pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, VerifyError> {
+    if cfg.table.upsert.is_some() {
+        return Err(VerifyError::Upsert(cfg.table.uri.to_string()));
+    }
     let m = &cfg.table.metadata_columns;
     let (Some(tcol), Some(pcol), Some(ocol)) = (&m.topic, &m.partition, &m.offset) else {
         return Err(VerifyError::NoMetadataColumns);
