@@ -569,3 +569,90 @@ async fn the_pipeline_upserts_by_the_kafka_key_and_tombstones_delete() {
     assert_eq!(got, rows(&[(1, "a2"), (3, "c2")]));
     assert_eq!(s.stored_offsets(1).await[&0], Some(7));
 }
+
+/// kill -9 at random points with 3 daemons on one upsert table, partitioned by
+/// the Kafka partition (which is in the key, so replicas' MERGEs stay apart):
+/// every key ends with its last change, none lost, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_three_daemons_on_one_upsert_table_ends_exact() {
+    use rand::{Rng as _, SeedableRng as _};
+    const KEYS: u64 = 300;
+    const TOTAL: u64 = 6_000;
+    let s = Scenario::new("upsert-kill", 6).await;
+    let text = s
+        .config_toml("[flush]\nmax_rows = 300\nmax_age = \"500ms\"")
+        .replace(
+            "[table]\n",
+            "[table]\nmode = \"upsert\"\nkey = [\"_partition\", \"_key\"]\npartition_by = [\"_partition\"]\n",
+        );
+    let cfg = s.dir.path().join("upsert.toml");
+    std::fs::write(&cfg, text).unwrap();
+    // Key k always goes to partition k % 6; change j of key j % KEYS carries
+    // event_id j, so a key's last change has the greatest event_id.
+    let topic = s.topic.clone();
+    let brokers = s.servers.brokers.clone();
+    let producing = tokio::spawn(async move {
+        use rdkafka::producer::FutureRecord;
+        let producer = producer(&brokers);
+        let mut all: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for batch in (0..TOTAL).collect::<Vec<_>>().chunks(10) {
+            for &j in batch {
+                let k = j % KEYS;
+                let value = event_of_kind(j, "v");
+                let key = format!("k{k}");
+                let d = producer
+                    .send(
+                        FutureRecord::to(&topic)
+                            .partition((k % 6) as i32)
+                            .key(&key)
+                            .payload(&value),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+                all.entry(d.partition).or_default().push(d.offset);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        all
+    });
+    let mut daemons: Vec<Daemon> = (0..3).map(|_| Daemon::start(&cfg, s.dir.path())).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..8 {
+        let wait = rng.random_range(1500..4000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let victim = rng.random_range(0..daemons.len());
+        daemons[victim].kill9();
+        daemons[victim] = Daemon::start(&cfg, s.dir.path());
+    }
+    let produced = producing.await.unwrap();
+    s.wait_caught_up(&produced, 6, Duration::from_secs(180))
+        .await;
+    for d in &mut daemons {
+        d.stop_cleanly().await;
+    }
+    let t = s.table().await.unwrap();
+    let mut got: BTreeMap<String, i64> = BTreeMap::new();
+    for b in query(&t, "SELECT _key, event_id FROM t").await {
+        let keys = deltalake::arrow::compute::cast(b.column(0), &DataType::Binary).unwrap();
+        let keys = keys.as_binary::<i32>();
+        let ids = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let k = String::from_utf8_lossy(keys.value(i)).into_owned();
+            assert!(
+                got.insert(k.clone(), ids.value(i)).is_none(),
+                "key {k} twice"
+            );
+        }
+    }
+    let want: BTreeMap<String, i64> = (0..KEYS)
+        .map(|k| (format!("k{k}"), (TOTAL - KEYS + k) as i64))
+        .collect();
+    assert_eq!(got.len(), KEYS as usize);
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .collect();
+    assert!(wrong.is_empty(), "keys not at their last change: {wrong:?}");
+}
