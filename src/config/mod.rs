@@ -250,7 +250,8 @@ schema_file = "SCHEMA"
             c.table.upsert,
             Some(UpsertSpec {
                 key: vec!["id".into()],
-                order_by: None
+                order_by: None,
+                debezium: false,
             })
         );
         assert_eq!(parse(MINIMAL).unwrap().table.upsert, None);
@@ -272,6 +273,16 @@ schema_file = "SCHEMA"
                 "mode = \"upsert\"\nkey = [\"id\"]\nfilter = \"id > 1\"",
                 "table.filter",
                 "deletion",
+            ),
+            (
+                "mode = \"upsert\"\nkey = [\"id\"]\nenvelope = \"maxwell\"",
+                "table.envelope",
+                "not an envelope",
+            ),
+            (
+                "envelope = \"debezium\"",
+                "table.key",
+                "for mode = \"upsert\"",
             ),
         ] {
             let err = table(extra).unwrap_err().to_string();

@@ -137,6 +137,8 @@ pub struct RawTable {
     pub key: Vec<String>,
     /// Upsert: a column ordering a key's changes.
     pub order_by: Option<String>,
+    /// Upsert: `debezium` when records are Debezium change events.
+    pub envelope: Option<String>,
 }
 
 /// `[[routes]]`: some topics into a table of their own. Compression, table
@@ -171,6 +173,8 @@ pub struct RawRoute {
     pub key: Vec<String>,
     /// Upsert: a column ordering a key's changes.
     pub order_by: Option<String>,
+    /// Upsert: `debezium` when records are Debezium change events.
+    pub envelope: Option<String>,
 }
 
 /// `[storage]`

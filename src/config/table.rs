@@ -50,10 +50,10 @@ fn upsert_spec(
 ) -> Result<Option<UpsertSpec>, ConfigError> {
     match raw.mode.as_deref().map(str::trim) {
         None | Some("append") => {
-            if !raw.key.is_empty() || raw.order_by.is_some() {
+            if !raw.key.is_empty() || raw.order_by.is_some() || raw.envelope.is_some() {
                 return Err(ConfigError::invalid(
                     "table.key",
-                    "key and order_by are for mode = \"upsert\"; set it, or remove them",
+                    "key, order_by and envelope are for mode = \"upsert\"; set it, or remove them",
                 ));
             }
             return Ok(None);
@@ -99,9 +99,26 @@ fn upsert_spec(
             format!("`{o}` is a key column: order_by must be another column"),
         ));
     }
+    let debezium = match raw.envelope.as_deref().map(str::trim) {
+        None => false,
+        Some("debezium") if raw.derived_columns.is_empty() => true,
+        Some("debezium") => {
+            return Err(ConfigError::invalid(
+                "table.derived_columns",
+                "derived columns are not computed for Debezium change events yet; remove them",
+            ));
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "table.envelope",
+                format!("`{other}` is not an envelope: use \"debezium\", or leave it out"),
+            ));
+        }
+    };
     Ok(Some(UpsertSpec {
         key: raw.key.clone(),
         order_by: raw.order_by.clone(),
+        debezium,
     }))
 }
 

@@ -34,8 +34,8 @@ impl RawConfig {
         if upsert && decode.format != Format::Json {
             return Err(ConfigError::invalid(
                 "table.mode",
-                "mode = \"upsert\" takes decode.format = \"json\" in this version; registry \
-                 formats (and Debezium envelopes) come next",
+                "mode = \"upsert\" takes decode.format = \"json\" in this version (Debezium \
+                 events too, with envelope = \"debezium\"); registry formats come next",
             ));
         }
         let (metrics_listen, log_json) = validate_observability(&self.observability, &self.log)?;
@@ -450,6 +450,7 @@ fn validate_route(
         mode: r.mode,
         key: r.key,
         order_by: r.order_by,
+        envelope: r.envelope,
     })
     .map_err(|e| invalid(e.to_string()))?;
     if decode.format == Format::Json && table.schema.is_none() {

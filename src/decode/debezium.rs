@@ -26,6 +26,8 @@ use deltalake::arrow::compute::{cast, filter, filter_record_batch};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::arrow::error::ArrowError;
 
+use deltalake::kernel::{DataType as DeltaType, StructField, StructType};
+
 use super::changes::Changes;
 
 /// The changes of a batch of envelopes, and the rows (of the input batch) that
@@ -52,17 +54,77 @@ fn strings(a: &ArrayRef) -> Result<StringArray, ArrowError> {
         .ok_or_else(|| ArrowError::CastError("not a string column".into()))
 }
 
-/// Debezium envelopes (`before`, `after`, `op`, `source`; or a `payload` column
-/// holding them) to changes. `source_fields` are copied from `source` into
-/// columns of the same name (e.g. `lsn` for `order_by`).
-pub fn envelopes(batch: &RecordBatch, source_fields: &[&str]) -> Result<Flattened, ArrowError> {
-    if let Some(payload) = batch.column_by_name("payload") {
-        let payload = payload
-            .as_any()
-            .downcast_ref::<StructArray>()
-            .ok_or_else(|| ArrowError::SchemaError("`payload` is not a struct".into()))?;
-        return envelopes(&rows_of(payload)?, source_fields);
+/// The record schema to decode Debezium events with, for a table whose rows
+/// have `record`'s fields: `before`, `after` and `op`, at the top or in
+/// `payload` (the JSON converter with its schema embedded).
+pub fn envelope_record(record: &StructType) -> Result<StructType, ArrowError> {
+    let row = StructType::try_new(
+        record
+            .fields()
+            .map(|f| StructField::new(f.name(), f.data_type().clone(), true)),
+    )
+    .map_err(|e| ArrowError::SchemaError(e.to_string()))?;
+    let envelope = || {
+        vec![
+            StructField::new("before", DeltaType::Struct(Box::new(row.clone())), true),
+            StructField::new("after", DeltaType::Struct(Box::new(row.clone())), true),
+            StructField::new("op", DeltaType::STRING, true),
+        ]
+    };
+    let payload =
+        StructType::try_new(envelope()).map_err(|e| ArrowError::SchemaError(e.to_string()))?;
+    let mut fields = envelope();
+    fields.push(StructField::new(
+        "payload",
+        DeltaType::Struct(Box::new(payload)),
+        true,
+    ));
+    StructType::try_new(fields).map_err(|e| ArrowError::SchemaError(e.to_string()))
+}
+
+/// The envelope columns each row has: from `payload` where it has one.
+fn unwrap_payload(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let Some(payload) = batch.column_by_name("payload") else {
+        return Ok(batch.clone());
+    };
+    let payload = payload
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| ArrowError::SchemaError("`payload` is not a struct".into()))?;
+    let inside: Vec<bool> = (0..payload.len()).map(|i| payload.is_valid(i)).collect();
+    let inside = BooleanArray::from(inside);
+    let schema = batch.schema();
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if f.name() == "payload" {
+            continue;
+        }
+        let column = match payload.column_by_name(f.name()) {
+            Some(p) => zip(&inside, p, c)?,
+            None => c.clone(),
+        };
+        fields.push(f.as_ref().clone().with_nullable(true));
+        columns.push(column);
     }
+    for (name, p) in ["before", "after", "op", "source"]
+        .iter()
+        .filter_map(|n| payload.column_by_name(n).map(|p| (n, p)))
+    {
+        if schema.column_with_name(name).is_none() {
+            fields.push(Field::new(*name, p.data_type().clone(), true));
+            columns.push(p.clone());
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// Debezium envelopes (`before`, `after`, `op`, `source`; at the top or in a
+/// `payload` column) to changes. `source_fields` are copied from `source` into
+/// columns of the same name (e.g. `lsn` for `order_by`); other top-level
+/// columns (the Kafka metadata) ride along.
+pub fn envelopes(batch: &RecordBatch, source_fields: &[&str]) -> Result<Flattened, ArrowError> {
+    let batch = &unwrap_payload(batch)?;
     let op = strings(column(batch, "op")?)?;
     let before = column(batch, "before")?;
     let after = column(batch, "after")?;
@@ -103,6 +165,7 @@ pub fn envelopes(batch: &RecordBatch, source_fields: &[&str]) -> Result<Flattene
     if !source_fields.is_empty() {
         rows = with_source(rows, batch, source_fields)?;
     }
+    rows = with_others(rows, batch)?;
     let keep = BooleanArray::from(keep);
     Ok(Flattened {
         changes: Changes {
@@ -131,6 +194,26 @@ fn filter_bool(a: &BooleanArray, keep: &BooleanArray) -> Result<BooleanArray, Ar
         .downcast_ref::<BooleanArray>()
         .cloned()
         .ok_or_else(|| ArrowError::CastError("deleted flags".into()))
+}
+
+/// `rows` with `batch`'s columns that are not part of the envelope.
+fn with_others(rows: RecordBatch, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    const ENVELOPE: [&str; 6] = ["before", "after", "op", "source", "payload", "ts_ms"];
+    let mut fields: Vec<Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns = rows.columns().to_vec();
+    let schema = batch.schema();
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        if !ENVELOPE.contains(&f.name().as_str()) && rows.column_by_name(f.name()).is_none() {
+            fields.push(f.as_ref().clone().with_nullable(true));
+            columns.push(c.clone());
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 fn with_source(
@@ -198,6 +281,7 @@ mod tests {
     use deltalake::arrow::array::{AsArray, Int64Array};
     use deltalake::arrow::datatypes::Int64Type;
     use deltalake::arrow::json::ReaderBuilder;
+    use deltalake::kernel::engine::arrow_conversion::TryIntoArrow as _;
 
     fn row_type() -> DataType {
         DataType::Struct(
@@ -307,5 +391,28 @@ mod tests {
         let c = flattened(&decode(schema, lines)).unwrap();
         assert_eq!(ids(&c), vec![(1, false), (2, true), (3, true), (4, false)]);
         assert_eq!(c.rows.num_columns(), 2, "the marker columns are dropped");
+    }
+
+    #[test]
+    fn the_decoding_schema_takes_both_forms_and_other_columns_ride_along() {
+        let record = StructType::try_new(vec![
+            StructField::new("id", DeltaType::LONG, false),
+            StructField::new("name", DeltaType::STRING, true),
+        ])
+        .unwrap();
+        let envelope = envelope_record(&record).unwrap();
+        let arrow: Schema = (&envelope).try_into_arrow().unwrap();
+        let mut fields: Vec<Field> = arrow.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("_offset", DataType::Int64, true));
+        let lines = r#"{"before":null,"after":{"id":1,"name":"a"},"op":"c","_offset":7}
+{"schema":{"type":"struct"},"payload":{"before":{"id":1},"after":null,"op":"d"},"_offset":8}
+{"schema":{},"payload":{"before":null,"after":{"id":2,"name":"b"},"op":"u"},"_offset":9}
+"#;
+        let f = envelopes(&decode(Schema::new(fields), lines), &[]).unwrap();
+        assert!(f.rejected.is_empty(), "{:?}", f.rejected);
+        assert_eq!(ids(&f.changes), vec![(1, false), (1, true), (2, false)]);
+        let offsets = f.changes.rows.column_by_name("_offset").expect("carried");
+        let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(offsets.values().to_vec(), vec![7, 8, 9]);
     }
 }

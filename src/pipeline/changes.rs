@@ -20,6 +20,55 @@ use crate::decode::{Decoded, RejectKind, Rejected, append_metadata};
 use crate::record::RecordChunk;
 use crate::schema::TableSchema;
 
+/// The decoder of Debezium change events for a table of `schema`: its record
+/// fields inside `before`/`after` (or a `payload`), the metadata columns beside.
+pub(super) fn envelope_decoder(
+    schema: &TableSchema,
+    batch_size: usize,
+) -> Result<crate::decode::JsonDecoder, PipelineError> {
+    let record = deltalake::kernel::StructType::try_new(
+        schema
+            .delta
+            .fields()
+            .filter(|f| {
+                !schema.metadata.names().any(|m| m == f.name())
+                    && !schema.derived.iter().any(|d| d == f.name())
+            })
+            .cloned(),
+    )
+    .map_err(|e| {
+        PipelineError::Decode(crate::decode::DecodeError::Schema(ArrowError::SchemaError(
+            e.to_string(),
+        )))
+    })?;
+    let envelope = crate::decode::debezium::envelope_record(&record)
+        .map_err(|e| PipelineError::Decode(crate::decode::DecodeError::Schema(e)))?;
+    let table = TableSchema::new(&envelope, &schema.metadata).map_err(|e| {
+        PipelineError::Decode(crate::decode::DecodeError::Schema(ArrowError::SchemaError(
+            e.to_string(),
+        )))
+    })?;
+    Ok(crate::decode::JsonDecoder::new(table, batch_size)?)
+}
+
+/// A Debezium table's decoder of change events, (re)built for the table's
+/// current schema.
+pub(super) fn sink_envelope_decoder(
+    s: &mut super::Sink,
+    batch_size: usize,
+) -> Result<&mut crate::decode::JsonDecoder, PipelineError> {
+    let schema = s.decoder.schema();
+    if s.envelope
+        .as_ref()
+        .is_none_or(|(built, _)| *built != schema.delta)
+    {
+        let decoder = envelope_decoder(schema, batch_size)?;
+        s.envelope = Some((schema.delta.clone(), decoder));
+    }
+    let (_, decoder) = s.envelope.as_mut().expect("just built");
+    Ok(decoder)
+}
+
 impl Pipeline {
     /// For an upsert table: take the segment's rows and tombstones out of
     /// `decoded` as changes (rows whose key has a null become rejections).
@@ -39,30 +88,14 @@ impl Pipeline {
             uri: s.uri(),
             source: Box::new(e.into()),
         };
-        let by_kafka_key = spec
-            .key
-            .iter()
-            .all(|k| schema.metadata.names().any(|m| m == k));
-        let tombstones: Vec<usize> = if by_kafka_key {
-            let t: Vec<usize> = decoded
-                .rejected
-                .iter()
-                .filter(|r| r.kind == RejectKind::Empty)
-                .map(|r| r.index)
-                .collect();
-            decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
-            t
+        let combined = if spec.debezium {
+            debezium_rows(schema, decoded)
         } else {
-            Vec::new()
+            keyed_rows(schema, &spec.key, chunk, decoded)
         };
-        let rows = decoded.batch.take();
-        let row_indices = std::mem::take(&mut decoded.rows);
-        if rows.is_none() && tombstones.is_empty() {
+        let Some((combined, indices, deleted)) = combined.map_err(arrow_err)? else {
             return Ok(None);
-        }
-        let target = nullable(rows.as_ref().map_or(&schema.arrow, |b| b.schema_ref()));
-        let (combined, indices, deleted) =
-            combine(schema, &target, chunk, rows, &row_indices, &tombstones).map_err(arrow_err)?;
+        };
         let (changes, keyless) = keep_keyed(&spec.key, combined, deleted).map_err(arrow_err)?;
         decoded
             .rejected
@@ -74,6 +107,72 @@ impl Pipeline {
         decoded.rejected.sort_by_key(|r| r.index);
         Ok((changes.rows.num_rows() > 0).then_some(changes))
     }
+}
+
+/// Rows: the segment's decoded rows and, keyed by the Kafka key, its tombstones
+/// (deletions), in chunk order; with the chunk index of each and which delete.
+type Rows = Option<(RecordBatch, Vec<usize>, Vec<bool>)>;
+
+fn keyed_rows(
+    schema: &TableSchema,
+    key: &[String],
+    chunk: &RecordChunk,
+    decoded: &mut Decoded,
+) -> Result<Rows, ArrowError> {
+    let by_kafka_key = key.iter().all(|k| schema.metadata.names().any(|m| m == k));
+    let tombstones: Vec<usize> = if by_kafka_key {
+        let t: Vec<usize> = decoded
+            .rejected
+            .iter()
+            .filter(|r| r.kind == RejectKind::Empty)
+            .map(|r| r.index)
+            .collect();
+        decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
+        t
+    } else {
+        Vec::new()
+    };
+    let rows = decoded.batch.take();
+    let row_indices = std::mem::take(&mut decoded.rows);
+    if rows.is_none() && tombstones.is_empty() {
+        return Ok(None);
+    }
+    let target = nullable(rows.as_ref().map_or(&schema.arrow, |b| b.schema_ref()));
+    combine(schema, &target, chunk, rows, &row_indices, &tombstones).map(Some)
+}
+
+/// Debezium change events: `after` or `before` per op, the events that cannot
+/// be applied rejected with why. The tombstone Debezium sends after a delete is
+/// accounted for and nothing else (the delete event did the work).
+fn debezium_rows(schema: &TableSchema, decoded: &mut Decoded) -> Result<Rows, ArrowError> {
+    decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
+    let Some(batch) = decoded.batch.take() else {
+        return Ok(None);
+    };
+    let row_indices = std::mem::take(&mut decoded.rows);
+    let flat = crate::decode::debezium::envelopes(&batch, &[])?;
+    let bad: std::collections::HashSet<usize> = flat.rejected.iter().map(|(r, _)| *r).collect();
+    decoded
+        .rejected
+        .extend(flat.rejected.into_iter().map(|(r, reason)| Rejected {
+            index: row_indices[r],
+            kind: RejectKind::Decode,
+            reason,
+        }));
+    let indices: Vec<usize> = row_indices
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| !bad.contains(r))
+        .map(|(_, i)| *i)
+        .collect();
+    let rows = conform(&flat.changes.rows, &nullable(&schema.arrow))?;
+    let deleted = flat
+        .changes
+        .deleted
+        .iter()
+        .map(|d| d == Some(true))
+        .collect();
+    Ok(Some((rows, indices, deleted)))
 }
 
 /// `schema` with every field nullable: the rows of a window's changes (a

@@ -229,6 +229,9 @@ struct Sink {
     props: WriterProperties,
     window: Window,
     inflight: Option<Inflight>,
+    /// Debezium tables: the decoder of change events, and the table schema it
+    /// was built for.
+    envelope: Option<(deltalake::kernel::StructType, crate::decode::JsonDecoder)>,
 }
 
 impl Sink {

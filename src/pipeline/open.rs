@@ -179,6 +179,7 @@ impl Opening {
             props,
             window: Window::default(),
             inflight: None,
+            envelope: None,
         })
     }
 }

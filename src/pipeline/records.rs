@@ -144,7 +144,12 @@ impl Pipeline {
             .sum();
         let s = &mut self.sinks[sink];
         s.window.decoder_bytes = s.window.decoder_bytes.max(2 * values as u64);
-        let mut decoded = s.decoder.decode(chunk, &in_segment)?;
+        let mut decoded = if s.tcfg.upsert.as_ref().is_some_and(|u| u.debezium) {
+            super::changes::sink_envelope_decoder(s, self.cfg.kafka.max_chunk_records)?
+                .decode(chunk, in_segment)?
+        } else {
+            s.decoder.decode(chunk, &in_segment)?
+        };
         if let Some(t) = &s.transform {
             decoded = t.apply(decoded);
         }

@@ -57,6 +57,8 @@ pub struct UpsertSpec {
     /// A column ordering a key's changes: an older change never replaces a
     /// newer one.
     pub order_by: Option<String>,
+    /// Records are Debezium change events (`envelope = "debezium"`), not rows.
+    pub debezium: bool,
 }
 
 /// Parquet compression codec.

@@ -656,3 +656,61 @@ async fn kill_9_with_three_daemons_on_one_upsert_table_ends_exact() {
         .collect();
     assert!(wrong.is_empty(), "keys not at their last change: {wrong:?}");
 }
+
+fn dbz(op: &str, before: Option<String>, after: Option<String>, with_schema: bool) -> String {
+    let parse = |s: Option<String>| {
+        s.map_or(serde_json::Value::Null, |s| {
+            serde_json::from_str(&s).unwrap()
+        })
+    };
+    let envelope = serde_json::json!({
+        "before": parse(before),
+        "after": parse(after),
+        "op": op,
+        "source": {"connector": "postgresql", "lsn": 1},
+        "ts_ms": 1,
+    });
+    if with_schema {
+        serde_json::json!({"schema": {"type": "struct", "optional": false}, "payload": envelope})
+            .to_string()
+    } else {
+        envelope.to_string()
+    }
+}
+
+/// Debezium change events (the JSON converter with and without its schema):
+/// creates, snapshot reads and updates take `after`, deletes remove the key
+/// named by `before`, the tombstone after a delete is accounted for, and an
+/// event that cannot be applied is rejected with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_applies_debezium_change_events() {
+    let s = Scenario::new("upsert-dbz", 1).await;
+    let cfg = upsert_config(&s, "key = [\"event_id\"]\nenvelope = \"debezium\"");
+    let mut run = crate::ingest::start(cfg.clone());
+    let ev = |i: u64, kind: &str| Some(event_of_kind(i, kind));
+    let first = [
+        (0, "1", Some(dbz("c", None, ev(1, "c1"), false))),
+        (0, "2", Some(dbz("r", None, ev(2, "r2"), true))),
+        (0, "3", Some(dbz("c", None, ev(3, "c3"), false))),
+    ];
+    let mut produced = produce_keyed(&s, &first).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let second = [
+        (0, "1", Some(dbz("u", ev(1, "c1"), ev(1, "u1"), true))),
+        (
+            0,
+            "2",
+            Some(dbz("d", Some(r#"{"event_id":2}"#.into()), None, false)),
+        ),
+        (0, "2", None), // Debezium's tombstone after the delete
+        (0, "9", Some(dbz("t", None, ev(9, "t9"), false))),
+        (0, "4", Some(dbz("c", None, ev(4, "c4"), true))),
+    ];
+    merge_offsets(&mut produced, produce_keyed(&s, &second).await);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.rejected, 1, "the truncate event");
+    let got: Vec<(i64, String)> = kinds(&s).await.into_iter().collect();
+    assert_eq!(got, rows(&[(1, "u1"), (3, "c3"), (4, "c4")]));
+    assert_eq!(s.stored_offsets(1).await[&0], Some(7));
+}
