@@ -28,7 +28,7 @@ use deltalake::arrow::error::ArrowError;
 
 use deltalake::kernel::{DataType as DeltaType, StructField, StructType};
 
-use super::changes::Changes;
+use super::changes::{Changes, with_columns};
 
 /// The changes of a batch of envelopes, and the rows (of the input batch) that
 /// were rejected, with why.
@@ -199,21 +199,16 @@ fn filter_bool(a: &BooleanArray, keep: &BooleanArray) -> Result<BooleanArray, Ar
 /// `rows` with `batch`'s columns that are not part of the envelope.
 fn with_others(rows: RecordBatch, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
     const ENVELOPE: [&str; 6] = ["before", "after", "op", "source", "payload", "ts_ms"];
-    let mut fields: Vec<Field> = rows
-        .schema()
+    let schema = batch.schema();
+    let extra = schema
         .fields()
         .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    let mut columns = rows.columns().to_vec();
-    let schema = batch.schema();
-    for (f, c) in schema.fields().iter().zip(batch.columns()) {
-        if !ENVELOPE.contains(&f.name().as_str()) && rows.column_by_name(f.name()).is_none() {
-            fields.push(f.as_ref().clone().with_nullable(true));
-            columns.push(c.clone());
-        }
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .zip(batch.columns())
+        .filter(|(f, _)| {
+            !ENVELOPE.contains(&f.name().as_str()) && rows.column_by_name(f.name()).is_none()
+        })
+        .map(|(f, c)| (f.as_ref().clone().with_nullable(true), c.clone()));
+    with_columns(&rows, extra)
 }
 
 fn with_source(
@@ -225,21 +220,16 @@ fn with_source(
         .as_any()
         .downcast_ref::<StructArray>()
         .ok_or_else(|| ArrowError::SchemaError("`source` is not a struct".into()))?;
-    let mut schema_fields: Vec<Field> = rows
-        .schema()
-        .fields()
+    let extra = fields
         .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    let mut columns = rows.columns().to_vec();
-    for name in fields {
-        let c = source.column_by_name(name).ok_or_else(|| {
-            ArrowError::SchemaError(format!("no `source.{name}` in the change events"))
-        })?;
-        schema_fields.push(Field::new(*name, c.data_type().clone(), true));
-        columns.push(c.clone());
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(schema_fields)), columns)
+        .map(|name| {
+            let c = source.column_by_name(name).ok_or_else(|| {
+                ArrowError::SchemaError(format!("no `source.{name}` in the change events"))
+            })?;
+            Ok((Field::new(*name, c.data_type().clone(), true), c.clone()))
+        })
+        .collect::<Result<Vec<_>, ArrowError>>()?;
+    with_columns(&rows, extra)
 }
 
 /// Rows flattened by `ExtractNewRecordState`: deleted where `__deleted` is

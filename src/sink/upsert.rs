@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use deltalake::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{take, take_record_batch};
-use deltalake::arrow::datatypes::{DataType, Field, Schema};
+use deltalake::arrow::datatypes::{DataType, Field};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::row::{RowConverter, SortField};
 use deltalake::datafusion::prelude::SessionContext;
@@ -324,23 +324,16 @@ fn quote(name: &str) -> String {
 
 /// The changes with the deletion flag as a column of their own.
 fn with_deleted(changes: &Changes) -> Result<RecordBatch, ArrowError> {
-    let rows = &changes.rows;
-    let mut fields: Vec<Field> = rows
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new(DELETED, DataType::Boolean, false));
-    let mut columns = rows.columns().to_vec();
-    columns.push(std::sync::Arc::new(changes.deleted.clone()));
-    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+    let flag = Field::new(DELETED, DataType::Boolean, false);
+    let deleted: ArrayRef = std::sync::Arc::new(changes.deleted.clone());
+    crate::decode::changes::with_columns(&changes.rows, [(flag, deleted)])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use deltalake::arrow::array::{Int64Array, StringArray};
+    use deltalake::arrow::datatypes::Schema;
     use std::sync::Arc;
 
     fn changes(ids: &[i64], vals: &[&str], deleted: &[bool]) -> Changes {
