@@ -255,8 +255,22 @@ schema_file = "SCHEMA"
             })
         );
         assert_eq!(parse(MINIMAL).unwrap().table.upsert, None);
+        // Without `key`: the Kafka key, when its metadata column is stored.
+        let by_kafka_key = parse(&format!(
+            "{}\n[table.metadata_columns]\nkey = \"_k\"\n",
+            MINIMAL.replace("[table]", "[table]\nmode = \"upsert\"")
+        ))
+        .unwrap();
+        assert_eq!(
+            by_kafka_key.table.upsert.map(|u| u.key),
+            Some(vec!["_k".to_owned()])
+        );
         for (extra, key, says) in [
-            ("mode = \"upsert\"", "table.key", "needs the key columns"),
+            (
+                "mode = \"upsert\"",
+                "table.key",
+                "keyed by the Kafka key unless",
+            ),
             (
                 "mode = \"upsert\"\nkey = [\"nope\"]",
                 "table.key",

@@ -66,13 +66,18 @@ fn upsert_spec(
             ));
         }
     }
-    if raw.key.is_empty() {
-        return Err(ConfigError::invalid(
-            "table.key",
-            "mode = \"upsert\" needs the key columns, e.g. key = [\"id\"] (a record field, \
-             or the Kafka key's metadata column)",
-        ));
-    }
+    // The default key is the Kafka key, stored in its metadata column.
+    let key = match (&raw.key[..], &raw.metadata_columns.key) {
+        ([], Some(kafka_key)) => vec![kafka_key.clone()],
+        ([], None) => {
+            return Err(ConfigError::invalid(
+                "table.key",
+                "mode = \"upsert\" is keyed by the Kafka key unless `key` names columns: set \
+                 [table.metadata_columns] key = \"_kafka_key\" to store it, or key = [\"id\"]",
+            ));
+        }
+        (named, _) => named.to_vec(),
+    };
     if raw.filter.as_deref().is_some_and(|f| !f.trim().is_empty()) {
         return Err(ConfigError::invalid(
             "table.filter",
@@ -85,7 +90,7 @@ fn upsert_spec(
             || raw.metadata_columns.names().any(|n| n == c)
             || raw.derived_columns.contains_key(c)
     };
-    for c in raw.key.iter().chain(&raw.order_by) {
+    for c in key.iter().chain(&raw.order_by) {
         if !known(c) {
             return Err(ConfigError::invalid(
                 "table.key",
@@ -93,33 +98,34 @@ fn upsert_spec(
             ));
         }
     }
-    if let Some(o) = raw.order_by.as_ref().filter(|o| raw.key.contains(o)) {
+    if let Some(o) = raw.order_by.as_ref().filter(|o| key.contains(o)) {
         return Err(ConfigError::invalid(
             "table.order_by",
             format!("`{o}` is a key column: order_by must be another column"),
         ));
     }
-    let debezium = match raw.envelope.as_deref().map(str::trim) {
-        None => false,
-        Some("debezium") if raw.derived_columns.is_empty() => true,
-        Some("debezium") => {
-            return Err(ConfigError::invalid(
-                "table.derived_columns",
-                "derived columns are not computed for Debezium change events yet; remove them",
-            ));
-        }
-        Some(other) => {
-            return Err(ConfigError::invalid(
-                "table.envelope",
-                format!("`{other}` is not an envelope: use \"debezium\", or leave it out"),
-            ));
-        }
-    };
+    let debezium = debezium_envelope(raw)?;
     Ok(Some(UpsertSpec {
-        key: raw.key.clone(),
+        key,
         order_by: raw.order_by.clone(),
         debezium,
     }))
+}
+
+/// `envelope`: none, or `debezium` (without derived columns).
+fn debezium_envelope(raw: &RawTable) -> Result<bool, ConfigError> {
+    match raw.envelope.as_deref().map(str::trim) {
+        None => Ok(false),
+        Some("debezium") if raw.derived_columns.is_empty() => Ok(true),
+        Some("debezium") => Err(ConfigError::invalid(
+            "table.derived_columns",
+            "derived columns are not computed for Debezium change events yet; remove them",
+        )),
+        Some(other) => Err(ConfigError::invalid(
+            "table.envelope",
+            format!("`{other}` is not an envelope: use \"debezium\", or leave it out"),
+        )),
+    }
 }
 
 /// Read and parse a Delta/Spark schema file.

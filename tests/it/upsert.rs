@@ -545,7 +545,12 @@ async fn the_pipeline_upserts_by_a_record_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_upserts_by_the_kafka_key_and_tombstones_delete() {
     let s = Scenario::new("upsert-kkey", 1).await;
-    let cfg = upsert_config(&s, "key = [\"_key\"]");
+    // No `key`: the Kafka key (the scenario stores it as `_key`) is the default.
+    let cfg = upsert_config(&s, "");
+    assert_eq!(
+        cfg.table.upsert.as_ref().map(|u| u.key.clone()),
+        Some(vec!["_key".to_owned()])
+    );
     let mut run = crate::ingest::start(cfg.clone());
     let first = [
         (0, "a", Some(event_of_kind(1, "a1"))),
