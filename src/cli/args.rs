@@ -68,6 +68,10 @@ pub enum Command {
         /// Do nothing unless at least this many small files can be merged.
         #[arg(long, default_value_t = 2)]
         min_files: u64,
+        /// Attempts per partition when other writers' commits (upserts) touch
+        /// its files first; a partition still losing is left for the next run.
+        #[arg(long, default_value_t = 10)]
+        max_attempts: u32,
         /// Print the plan without writing.
         #[arg(long)]
         dry_run: bool,

@@ -33,6 +33,7 @@ pub async fn run(cli: super::Cli) -> anyhow::Result<ExitCode> {
             zorder,
             filters,
             min_files,
+            max_attempts,
             dry_run,
             json,
         } => {
@@ -43,7 +44,8 @@ pub async fn run(cli: super::Cli) -> anyhow::Result<ExitCode> {
             let compact = Compact::new(table.open().await?, target_size.map(|b| b.as_u64()))
                 .with_zorder(zorder)
                 .with_filters(filters)
-                .with_min_files(min_files);
+                .with_min_files(min_files)
+                .with_max_attempts(max_attempts);
             self::compact(compact, dry_run, json).await
         }
         Command::Vacuum {
@@ -185,7 +187,11 @@ async fn compact(compact: Compact, dry_run: bool, json: bool) -> anyhow::Result<
     } else {
         println!("{}", render::compact_report(&report));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if report.gave_up == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn vacuum(table: &TableArgs, options: VacuumOptions, json: bool) -> anyhow::Result<ExitCode> {

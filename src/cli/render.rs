@@ -26,20 +26,54 @@ pub fn compact_plan(plan: &CompactPlan) -> String {
     )
 }
 
-/// One line: what a compaction did.
+/// What a compaction did: a line per partition when there are several or one
+/// lost to other writers, then the totals.
 pub fn compact_report(report: &CompactReport) -> String {
-    match &report.plan.skip_reason {
-        Some(reason) => format!("nothing to do: {reason}"),
-        None => format!(
-            "compacted {}: removed {} files ({} bytes), added {} files ({} bytes), version {}",
-            report.plan.table,
-            report.files_removed,
-            report.bytes_removed,
-            report.files_added,
-            report.bytes_added,
-            report.version.map_or("-".to_owned(), |v| v.to_string())
-        ),
+    if let Some(reason) = &report.plan.skip_reason {
+        return format!("nothing to do: {reason}");
     }
+    let mut out = String::new();
+    let several = report.partitions.len() > 1 || report.conflicts > 0;
+    for p in report.partitions.iter().filter(|_| several) {
+        let _ = write!(
+            out,
+            "  {}: removed {} files, added {} files",
+            if p.partition.is_empty() {
+                "table"
+            } else {
+                &p.partition
+            },
+            p.files_removed,
+            p.files_added
+        );
+        if p.conflicts > 0 {
+            let _ = write!(out, ", {} attempt(s) lost to other commits", p.conflicts);
+        }
+        if let Some(e) = &p.gave_up {
+            let _ = write!(out, "; LEFT AS IT WAS after {} attempts: {e}", p.attempts);
+        }
+        out.push('\n');
+    }
+    let _ = write!(
+        out,
+        "compacted {}: removed {} files ({} bytes), added {} files ({} bytes) in {} partition(s), version {}",
+        report.plan.table,
+        report.files_removed,
+        report.bytes_removed,
+        report.files_added,
+        report.bytes_added,
+        report.partitions.len(),
+        report.version.map_or("-".to_owned(), |v| v.to_string())
+    );
+    if report.gave_up > 0 {
+        let _ = write!(
+            out,
+            "\n{} partition(s) not compacted: other writers' commits kept touching their files; \
+             run compact again (or with a higher --max-attempts)",
+            report.gave_up
+        );
+    }
+    out
 }
 
 /// A line per file deleted (or to be), then a summary.

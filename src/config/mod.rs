@@ -251,7 +251,7 @@ schema_file = "SCHEMA"
             Some(UpsertSpec {
                 key: vec!["id".into()],
                 order_by: None,
-                debezium: false,
+                envelope: crate::decode::changes::Envelope::Rows,
             })
         );
         assert_eq!(parse(MINIMAL).unwrap().table.upsert, None);
@@ -297,6 +297,12 @@ schema_file = "SCHEMA"
                 "envelope = \"debezium\"",
                 "table.key",
                 "for mode = \"upsert\"",
+            ),
+            (
+                "mode = \"upsert\"\nkey = [\"id\"]\nenvelope = \"debezium-flattened\"\n\
+                 derived_columns = { day = \"CAST(ts AS DATE)\" }",
+                "table.derived_columns",
+                "not computed for Debezium",
             ),
         ] {
             let err = table(extra).unwrap_err().to_string();

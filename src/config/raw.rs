@@ -137,7 +137,8 @@ pub struct RawTable {
     pub key: Vec<String>,
     /// Upsert: a column ordering a key's changes.
     pub order_by: Option<String>,
-    /// Upsert: `debezium` when records are Debezium change events.
+    /// Upsert: `debezium` when records are Debezium change events,
+    /// `debezium-flattened` when `ExtractNewRecordState` flattened them.
     pub envelope: Option<String>,
 }
 
@@ -173,7 +174,8 @@ pub struct RawRoute {
     pub key: Vec<String>,
     /// Upsert: a column ordering a key's changes.
     pub order_by: Option<String>,
-    /// Upsert: `debezium` when records are Debezium change events.
+    /// Upsert: `debezium` when records are Debezium change events,
+    /// `debezium-flattened` when `ExtractNewRecordState` flattened them.
     pub envelope: Option<String>,
 }
 

@@ -2,6 +2,7 @@
 //! and the one path from storage settings to object-store options.
 
 use super::*;
+use crate::decode::changes::Envelope;
 
 pub(super) fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
     let uri_template = raw.uri.contains("{topic}").then(|| raw.uri.clone());
@@ -104,28 +105,38 @@ fn upsert_spec(
             format!("`{o}` is a key column: order_by must be another column"),
         ));
     }
-    let debezium = debezium_envelope(raw)?;
+    let envelope = envelope(raw)?;
     Ok(Some(UpsertSpec {
         key,
         order_by: raw.order_by.clone(),
-        debezium,
+        envelope,
     }))
 }
 
-/// `envelope`: none, or `debezium` (without derived columns).
-fn debezium_envelope(raw: &RawTable) -> Result<bool, ConfigError> {
-    match raw.envelope.as_deref().map(str::trim) {
-        None => Ok(false),
-        Some("debezium") if raw.derived_columns.is_empty() => Ok(true),
-        Some("debezium") => Err(ConfigError::invalid(
+/// `envelope`: none, `debezium` or `debezium-flattened` (without derived
+/// columns).
+fn envelope(raw: &RawTable) -> Result<Envelope, ConfigError> {
+    let envelope = match raw.envelope.as_deref().map(str::trim) {
+        None => return Ok(Envelope::Rows),
+        Some("debezium") => Envelope::Debezium,
+        Some("debezium-flattened") => Envelope::DebeziumFlattened,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "table.envelope",
+                format!(
+                    "`{other}` is not an envelope: use \"debezium\" (change events), \
+                     \"debezium-flattened\" (ExtractNewRecordState rows), or leave it out"
+                ),
+            ));
+        }
+    };
+    if !raw.derived_columns.is_empty() {
+        return Err(ConfigError::invalid(
             "table.derived_columns",
             "derived columns are not computed for Debezium change events yet; remove them",
-        )),
-        Some(other) => Err(ConfigError::invalid(
-            "table.envelope",
-            format!("`{other}` is not an envelope: use \"debezium\", or leave it out"),
-        )),
+        ));
     }
+    Ok(envelope)
 }
 
 /// Read and parse a Delta/Spark schema file.

@@ -1,11 +1,24 @@
-//! Keyed changes: what an upsert applies (decoded from keyed records or change
-//! events, see [`super::debezium`]).
+//! Keyed changes: what an upsert applies, taken from a decoded segment (keyed
+//! records, or change events, see [`super::debezium`]), in offset order; a
+//! change without a key is rejected.
+//!
+//! A tombstone (a record with no value) deletes its key when the key is the
+//! Kafka key (every key column a metadata column): its row holds the metadata
+//! columns and nulls. With a key from the value, a tombstone cannot name what it
+//! deletes and stays rejected (`empty`), as in an append table.
 
 use std::sync::Arc;
 
-use deltalake::arrow::array::{ArrayRef, BooleanArray, RecordBatch};
-use deltalake::arrow::datatypes::{Field, Schema};
+use deltalake::arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, new_null_array,
+};
+use deltalake::arrow::compute::{filter_record_batch, interleave_record_batch};
+use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::arrow::error::ArrowError;
+
+use super::{DecodeError, Decoded, JsonDecoder, RejectKind, Rejected, append_metadata};
+use crate::record::RecordChunk;
+use crate::schema::TableSchema;
 
 /// Changes: rows with the table's columns, and which of them delete their key
 /// (the other columns of a deletion are ignored but for the key).
@@ -34,4 +47,305 @@ pub fn with_columns(
         columns.push(c);
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// What an upsert table's records hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Envelope {
+    /// Rows: each record is its key's new row; a tombstone deletes the Kafka key.
+    #[default]
+    Rows,
+    /// Debezium change events (`before`, `after`, `op`).
+    Debezium,
+    /// Rows flattened by Debezium's `ExtractNewRecordState`: the row, and
+    /// `__deleted` (`"true"`) or `__op` (`d`) marking deletions.
+    DebeziumFlattened,
+}
+
+/// How an upsert table's records become changes.
+#[derive(Debug, Clone, Copy)]
+pub struct Keying<'a> {
+    /// The key columns.
+    pub key: &'a [String],
+    /// What the records hold.
+    pub envelope: Envelope,
+}
+
+/// Take the segment's rows and tombstones out of `decoded` as changes, with the
+/// chunk index of each; rows whose key has a null become rejections in
+/// `decoded`. `None` when nothing is left to change.
+pub fn take(
+    schema: &TableSchema,
+    keying: Keying<'_>,
+    chunk: &RecordChunk,
+    decoded: &mut Decoded,
+) -> Result<Option<(Changes, Vec<usize>)>, ArrowError> {
+    let combined = match keying.envelope {
+        Envelope::Rows => keyed_rows(schema, keying.key, chunk, decoded, false)?,
+        Envelope::DebeziumFlattened => keyed_rows(schema, keying.key, chunk, decoded, true)?,
+        Envelope::Debezium => debezium_rows(schema, decoded)?,
+    };
+    let Some((combined, indices, deleted)) = combined else {
+        return Ok(None);
+    };
+    let (changes, keyless) = keep_keyed(keying.key, combined, deleted)?;
+    let bad: std::collections::HashSet<usize> = keyless.iter().map(|(row, _)| *row).collect();
+    let kept: Vec<usize> = (0..indices.len())
+        .filter(|r| !bad.contains(r))
+        .map(|r| indices[r])
+        .collect();
+    decoded
+        .rejected
+        .extend(keyless.into_iter().map(|(row, column)| Rejected {
+            index: indices[row],
+            kind: RejectKind::Decode,
+            reason: format!("upsert key column `{column}` is null"),
+        }));
+    decoded.rejected.sort_by_key(|r| r.index);
+    Ok((changes.rows.num_rows() > 0).then_some((changes, kept)))
+}
+
+/// The decoder of an envelope's records for a table of `schema` (`None` for
+/// rows, which the table's own decoder reads): Debezium's record fields inside
+/// `before`/`after` (or a `payload`), or the flattened row with its `__deleted`
+/// and `__op`; the metadata columns beside.
+pub fn envelope_decoder(
+    schema: &TableSchema,
+    envelope: Envelope,
+    batch_size: usize,
+) -> Result<Option<JsonDecoder>, DecodeError> {
+    let schema_err =
+        |e: &dyn std::fmt::Display| DecodeError::Schema(ArrowError::SchemaError(e.to_string()));
+    let record_fields = schema.delta.fields().filter(|f| {
+        !schema.metadata.names().any(|m| m == f.name())
+            && !schema.derived.iter().any(|d| d == f.name())
+    });
+    let decoded = match envelope {
+        Envelope::Rows => return Ok(None),
+        Envelope::Debezium => {
+            let record = deltalake::kernel::StructType::try_new(record_fields.cloned())
+                .map_err(|e| schema_err(&e))?;
+            super::debezium::envelope_record(&record).map_err(DecodeError::Schema)?
+        }
+        Envelope::DebeziumFlattened => {
+            let markers = ["__deleted", "__op"].map(|m| {
+                deltalake::kernel::StructField::new(m, deltalake::kernel::DataType::STRING, true)
+            });
+            deltalake::kernel::StructType::try_new(record_fields.cloned().chain(markers))
+                .map_err(|e| schema_err(&e))?
+        }
+    };
+    let table = TableSchema::new(&decoded, &schema.metadata).map_err(|e| schema_err(&e))?;
+    JsonDecoder::new(table, batch_size).map(Some)
+}
+
+/// Rows: the segment's decoded rows and, keyed by the Kafka key, its tombstones
+/// (deletions), in chunk order; with the chunk index of each and which delete.
+type Rows = Option<(RecordBatch, Vec<usize>, Vec<bool>)>;
+
+/// Rows (flattened: with their deletion markers) and tombstones. Keyed by the
+/// Kafka key, a tombstone deletes it; otherwise it cannot name a key and is
+/// rejected (`empty`), except after a flattened Debezium delete, where it is
+/// Debezium's own tombstone and is only accounted for.
+fn keyed_rows(
+    schema: &TableSchema,
+    key: &[String],
+    chunk: &RecordChunk,
+    decoded: &mut Decoded,
+    flattened: bool,
+) -> Result<Rows, ArrowError> {
+    let by_kafka_key = key.iter().all(|k| schema.metadata.names().any(|m| m == k));
+    let tombstones: Vec<usize> = if by_kafka_key || flattened {
+        let t: Vec<usize> = decoded
+            .rejected
+            .iter()
+            .filter(|r| r.kind == RejectKind::Empty)
+            .map(|r| r.index)
+            .collect();
+        decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
+        if by_kafka_key { t } else { Vec::new() }
+    } else {
+        Vec::new()
+    };
+    let rows = decoded.batch.take();
+    let row_indices = std::mem::take(&mut decoded.rows);
+    if rows.is_none() && tombstones.is_empty() {
+        return Ok(None);
+    }
+    let (rows, row_deleted) = match rows {
+        Some(b) if flattened => {
+            let c = super::debezium::flattened(&b)?;
+            let deleted = c.deleted.iter().map(|d| d == Some(true)).collect();
+            (Some(c.rows), deleted)
+        }
+        Some(b) => {
+            let n = b.num_rows();
+            (Some(b), vec![false; n])
+        }
+        None => (None, Vec::new()),
+    };
+    let target = nullable(rows.as_ref().map_or(&schema.arrow, |b| b.schema_ref()));
+    let rows = Deletions {
+        rows,
+        row_indices: &row_indices,
+        row_deleted: &row_deleted,
+        tombstones: &tombstones,
+    };
+    combine(schema, &target, chunk, rows).map(Some)
+}
+
+/// Debezium change events: `after` or `before` per op, the events that cannot
+/// be applied rejected with why. The tombstone Debezium sends after a delete is
+/// accounted for and nothing else (the delete event did the work).
+fn debezium_rows(schema: &TableSchema, decoded: &mut Decoded) -> Result<Rows, ArrowError> {
+    decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
+    let Some(batch) = decoded.batch.take() else {
+        return Ok(None);
+    };
+    let row_indices = std::mem::take(&mut decoded.rows);
+    let flat = super::debezium::envelopes(&batch, &[])?;
+    let bad: std::collections::HashSet<usize> = flat.rejected.iter().map(|(r, _)| *r).collect();
+    decoded
+        .rejected
+        .extend(flat.rejected.into_iter().map(|(r, reason)| Rejected {
+            index: row_indices[r],
+            kind: RejectKind::Decode,
+            reason,
+        }));
+    let indices: Vec<usize> = row_indices
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| !bad.contains(r))
+        .map(|(_, i)| *i)
+        .collect();
+    let rows = conform(&flat.changes.rows, &nullable(&schema.arrow))?;
+    let deleted = flat
+        .changes
+        .deleted
+        .iter()
+        .map(|d| d == Some(true))
+        .collect();
+    Ok(Some((rows, indices, deleted)))
+}
+
+/// `schema` with every field nullable: the rows of a window's changes (a
+/// deletion's non-key columns are null).
+fn nullable(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<Field>>(),
+    ))
+}
+
+/// `batch`'s columns by name in `target`'s order, nulls where it has none.
+fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let columns: Vec<ArrayRef> = target
+        .fields()
+        .iter()
+        .map(|f| {
+            batch
+                .column_by_name(f.name())
+                .cloned()
+                .unwrap_or_else(|| new_null_array(f.data_type(), batch.num_rows()))
+        })
+        .collect();
+    RecordBatch::try_new(target.clone(), columns)
+}
+
+/// The decoded rows and the tombstones' deletion rows, interleaved in chunk
+/// order: the rows, the chunk index of each, and which delete.
+/// A segment's rows (and which of them delete) and its tombstones.
+struct Deletions<'a> {
+    rows: Option<RecordBatch>,
+    row_indices: &'a [usize],
+    row_deleted: &'a [bool],
+    tombstones: &'a [usize],
+}
+
+fn combine(
+    schema: &TableSchema,
+    target: &SchemaRef,
+    chunk: &RecordChunk,
+    d: Deletions<'_>,
+) -> Result<(RecordBatch, Vec<usize>, Vec<bool>), ArrowError> {
+    let (row_indices, tombstones) = (d.row_indices, d.tombstones);
+    let rows = match d.rows {
+        Some(b) => conform(&b, target)?,
+        None => RecordBatch::new_empty(target.clone()),
+    };
+    let values = RecordBatch::try_new_with_options(
+        nullable(&schema.record_arrow),
+        schema
+            .record_arrow
+            .fields()
+            .iter()
+            .map(|f| new_null_array(f.data_type(), tombstones.len()))
+            .collect(),
+        &RecordBatchOptions::new().with_row_count(Some(tombstones.len())),
+    )?;
+    // The metadata columns of the tombstones, in a table schema whose columns
+    // may be null (a deletion has no values).
+    let mut loose = schema.clone();
+    loose.decoded_arrow = nullable(&schema.decoded_arrow);
+    let tombs = append_metadata(&loose, values, chunk, tombstones)
+        .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+    let tombs = conform(&tombs, target)?;
+    // Both sides are in chunk order: merge them.
+    let (mut i, mut j) = (0, 0);
+    let mut order = Vec::with_capacity(row_indices.len() + tombstones.len());
+    let (mut indices, mut deleted) = (Vec::new(), Vec::new());
+    while i < row_indices.len() || j < tombstones.len() {
+        if j == tombstones.len() || (i < row_indices.len() && row_indices[i] < tombstones[j]) {
+            order.push((0, i));
+            indices.push(row_indices[i]);
+            deleted.push(d.row_deleted[i]);
+            i += 1;
+        } else {
+            order.push((1, j));
+            indices.push(tombstones[j]);
+            deleted.push(true);
+            j += 1;
+        }
+    }
+    let combined = interleave_record_batch(&[&rows, &tombs], &order)?;
+    Ok((combined, indices, deleted))
+}
+
+/// The changes whose key columns all have a value, and the (row, column) of
+/// each that has not.
+fn keep_keyed(
+    key: &[String],
+    rows: RecordBatch,
+    deleted: Vec<bool>,
+) -> Result<(Changes, Vec<(usize, String)>), ArrowError> {
+    let mut keyless = Vec::new();
+    let mut keep = vec![true; rows.num_rows()];
+    for k in key {
+        let c = rows
+            .column_by_name(k)
+            .ok_or_else(|| ArrowError::SchemaError(format!("key column `{k}` is not decoded")))?;
+        for (row, kept) in keep.iter_mut().enumerate() {
+            if *kept && c.is_null(row) {
+                *kept = false;
+                keyless.push((row, k.clone()));
+            }
+        }
+    }
+    let mask = BooleanArray::from(keep.clone());
+    let deleted: Vec<bool> = deleted
+        .into_iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(d, _)| d)
+        .collect();
+    Ok((
+        Changes {
+            rows: filter_record_batch(&rows, &mask)?,
+            deleted: BooleanArray::from(deleted),
+        },
+        keyless,
+    ))
 }

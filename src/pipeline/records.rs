@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::ledger::{self, PartState};
 use super::{DUE_WINDOW_WAIT, Pipeline, PipelineError};
 use crate::config::OnError;
+use crate::decode::changes::Envelope;
 use crate::decode::transform::Transform;
 use crate::decode::{Decoded, Evolution, RejectKind, Rejected};
 use crate::record::{RecordChunk, TopicPartition};
@@ -144,11 +145,16 @@ impl Pipeline {
             .sum();
         let s = &mut self.sinks[sink];
         s.window.decoder_bytes = s.window.decoder_bytes.max(2 * values as u64);
-        let mut decoded = if s.tcfg.upsert.as_ref().is_some_and(|u| u.debezium) {
-            super::changes::sink_envelope_decoder(s, self.cfg.kafka.max_chunk_records)?
-                .decode(chunk, in_segment)?
-        } else {
+        let envelope = s
+            .tcfg
+            .upsert
+            .as_ref()
+            .map_or(Envelope::Rows, |u| u.envelope);
+        let mut decoded = if envelope == Envelope::Rows {
             s.decoder.decode(chunk, &in_segment)?
+        } else {
+            super::changes::sink_envelope_decoder(s, envelope, self.cfg.kafka.max_chunk_records)?
+                .decode(chunk, in_segment)?
         };
         if let Some(t) = &s.transform {
             decoded = t.apply(decoded);

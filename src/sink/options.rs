@@ -57,8 +57,9 @@ pub struct UpsertSpec {
     /// A column ordering a key's changes: an older change never replaces a
     /// newer one.
     pub order_by: Option<String>,
-    /// Records are Debezium change events (`envelope = "debezium"`), not rows.
-    pub debezium: bool,
+    /// What the records hold: rows, or Debezium change events (whole, or
+    /// flattened by `ExtractNewRecordState`).
+    pub envelope: crate::decode::changes::Envelope,
 }
 
 /// Parquet compression codec.

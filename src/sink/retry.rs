@@ -9,6 +9,19 @@
 
 use deltalake::DeltaTableError;
 
+/// Whether a commit lost to another writer's commit that touched what it read
+/// or removed (planning it again on the new version may succeed). A racing
+/// commit holding one of our app ids is not one: that makes the commit stale.
+pub fn is_conflict(e: &DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+    matches!(
+        e,
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(c)
+        } if !matches!(c, CommitConflictError::ConcurrentTransaction)
+    )
+}
+
 /// Whether a delta-rs error is transient: storage or network trouble rather than
 /// a problem with the table or the data.
 pub fn is_retryable(e: &DeltaTableError) -> bool {

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use deltalake::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use deltalake::arrow::compute::{take, take_record_batch};
+use deltalake::arrow::compute::{SortOptions, take, take_record_batch};
 use deltalake::arrow::datatypes::{DataType, Field};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::row::{RowConverter, SortField};
@@ -30,7 +30,7 @@ use crate::sink::commit::{
     self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
     TableLog, commit_properties, compare,
 };
-use crate::sink::retry::is_retryable;
+use crate::sink::retry::{is_conflict, is_retryable};
 
 /// The source column that marks a change as a deletion.
 pub const DELETED: &str = "__tributary_deleted";
@@ -69,8 +69,9 @@ pub enum UpsertError {
 }
 
 /// The last change of each key (the one with the greatest `order_by` value,
-/// the last read among equals), in the order read; an error when a key or order
-/// column is missing or holds a null.
+/// a change without one counting as the newest, the last read among equals),
+/// in the order read; an error when a key column is missing or holds a null,
+/// or the order column is missing.
 pub fn reduce(
     key: &[String],
     order_by: Option<&str>,
@@ -79,13 +80,18 @@ pub fn reduce(
     let rows = &changes.rows;
     let keys = RowConverter::new(sort_fields(rows, key)?)?
         .convert_columns(&non_null_columns(rows, key)?)?;
+    // A change with no order value (a tombstone has none) sorts last: the newest.
     let order = match order_by {
         Some(o) => {
-            let o = [o.to_owned()];
-            Some(
-                RowConverter::new(sort_fields(rows, &o)?)?
-                    .convert_columns(&non_null_columns(rows, &o)?)?,
-            )
+            let c = rows.column_by_name(o).ok_or_else(|| {
+                ArrowError::SchemaError(format!("column `{o}` is not in the changes"))
+            })?;
+            let options = SortOptions {
+                descending: false,
+                nulls_first: false,
+            };
+            let field = SortField::new_with_options(c.data_type().clone(), options);
+            Some(RowConverter::new(vec![field])?.convert_columns(&[c.clone()])?)
         }
         None => None,
     };
@@ -217,15 +223,6 @@ fn sort_fields(rows: &RecordBatch, names: &[String]) -> Result<Vec<SortField>, A
         .collect())
 }
 
-fn is_conflict(e: &DeltaTableError) -> bool {
-    matches!(
-        e,
-        DeltaTableError::Transaction {
-            source: TransactionError::CommitConflict(c)
-        } if !matches!(c, CommitConflictError::ConcurrentTransaction)
-    )
-}
-
 /// One attempt: `Some(outcome)` when decided, `None` when the MERGE changed
 /// nothing (no commit written).
 async fn attempt(
@@ -274,7 +271,8 @@ struct Merge<'a> {
 }
 
 /// The MERGE of the changes into `table` on the key. With `order_by`, a matched
-/// row is replaced or deleted only by a change at least as new as it.
+/// row is replaced or deleted only by a change at least as new as it (or one
+/// with no order value).
 fn merge(
     table: &DeltaTable,
     how: &Merge<'_>,
@@ -293,9 +291,10 @@ fn merge(
         .fields()
         .map(|f| f.name().clone())
         .collect();
+    // A change without an order value (a tombstone) is the newest.
     let newer = how.order_by.map_or(String::new(), |o| {
         let o = quote(o);
-        format!(" AND (t.{o} IS NULL OR s.{o} >= t.{o})")
+        format!(" AND (t.{o} IS NULL OR s.{o} IS NULL OR s.{o} >= t.{o})")
     });
     let deleted = format!("s.{}{newer}", quote(DELETED));
     let replaced = format!("NOT s.{}{newer}", quote(DELETED));
@@ -463,5 +462,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`nope`"), "{err}");
+    }
+
+    /// A change with no order value (a tombstone has none) is the newest of
+    /// its key: it is applied, not refused.
+    #[test]
+    fn a_change_without_an_order_value_is_the_newest() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+            Field::new("lsn", DataType::Int64, true),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 1, 2, 2])),
+                Arc::new(StringArray::from(vec!["a", "gone", "b-none", "b-3"])),
+                Arc::new(Int64Array::from(vec![Some(5), None, None, Some(3)])),
+            ],
+        )
+        .unwrap();
+        let c = Changes {
+            rows,
+            deleted: BooleanArray::from(vec![false, true, false, false]),
+        };
+        let r = reduce(&["id".into()], Some("lsn"), &c).unwrap();
+        assert_eq!(
+            as_tuples(&r),
+            vec![(1, "gone".into(), true), (2, "b-none".into(), false)]
+        );
     }
 }

@@ -1,7 +1,12 @@
-//! `compact`: bin-pack small files (optionally z-ordered), planned then executed,
-//! committed with `dataChange = false` so that concurrent appends do not conflict.
+//! `compact`: bin-pack small files (optionally z-ordered), planned then executed
+//! one partition at a time (see [`units`]), committed with `dataChange = false`
+//! so that concurrent appends do not conflict.
 
 use super::*;
+
+mod units;
+
+pub use units::PartitionCompaction;
 
 /// A parsed `--where` partition filter: `col = v`, `col != v`, `col < v` (and
 /// `<=`, `>`, `>=`), `col in (a, b)`, `col not in (a, b)`.
@@ -99,8 +104,14 @@ pub struct CompactReport {
     pub bytes_removed: u64,
     /// Bytes added.
     pub bytes_added: u64,
-    /// The new table version, when something was committed.
+    /// The newest table version it committed, when it committed.
     pub version: Option<i64>,
+    /// Per partition with work (one entry for an unpartitioned table).
+    pub partitions: Vec<PartitionCompaction>,
+    /// Attempts lost to other writers' commits, over all partitions.
+    pub conflicts: u64,
+    /// Partitions left as they were (every attempt lost to another commit).
+    pub gave_up: u64,
 }
 
 /// Compaction of one table: build with [`Compact::new`], inspect [`Compact::plan`],
@@ -112,6 +123,7 @@ pub struct Compact {
     zorder: Vec<String>,
     filters: Vec<PartitionFilter>,
     min_files: u64,
+    max_attempts: u32,
 }
 
 impl Compact {
@@ -124,7 +136,15 @@ impl Compact {
             zorder: Vec::new(),
             filters: Vec::new(),
             min_files: 2,
+            max_attempts: 10,
         }
+    }
+
+    /// Attempts per partition before it is left for the next run (when other
+    /// writers' commits keep touching its files).
+    pub fn with_max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
     }
 
     /// Z-order by these columns instead of plain bin-packing.
@@ -191,62 +211,55 @@ impl Compact {
         })
     }
 
-    /// Run delta-rs' optimize. Safe while `ingest` appends.
+    /// Run delta-rs' optimize, one partition (one commit) at a time. Safe
+    /// while `ingest` appends or upserts: a partition whose files another
+    /// commit touched first is planned again.
     pub async fn execute(self, plan: CompactPlan) -> Result<CompactReport, MaintenanceError> {
-        if plan.skip_reason.is_some() {
-            return Ok(CompactReport {
-                plan,
-                files_removed: 0,
-                files_added: 0,
-                bytes_removed: 0,
-                bytes_added: 0,
-                version: None,
-            });
+        let mut report = CompactReport {
+            plan,
+            files_removed: 0,
+            files_added: 0,
+            bytes_removed: 0,
+            bytes_added: 0,
+            version: None,
+            partitions: Vec::new(),
+            conflicts: 0,
+            gave_up: 0,
+        };
+        if report.plan.skip_reason.is_some() {
+            return Ok(report);
         }
         let uri = self.table.table_url().clone();
-        let filters: Vec<deltalake::FilterLiteral<'_>> = self
-            .filters
-            .iter()
-            .map(|f| {
-                let value = if f.op == "in" || f.op == "not in" {
-                    FilterValue::Set(f.values.iter().map(String::as_str).collect())
-                } else {
-                    FilterValue::Scalar(f.values[0].as_str())
-                };
-                deltalake::filter_literal(&f.column, &f.op, value)
-            })
-            .collect::<Result<_, _>>()
-            .map_err(MaintenanceError::delta(&uri))?;
-        let optimize_type = if self.zorder.is_empty() {
-            OptimizeType::Compact
-        } else {
-            OptimizeType::ZOrder(self.zorder.clone())
+        let how = units::How {
+            zorder: self.zorder.clone(),
+            target: NonZeroU64::new(self.target).unwrap_or(NonZeroU64::MIN),
+            max_attempts: self.max_attempts,
         };
-        let target = NonZeroU64::new(self.target).unwrap_or(NonZeroU64::MIN);
+        let todo = units::units(
+            &self.table,
+            &self.filters,
+            self.target,
+            !self.zorder.is_empty(),
+        )
+        .await?;
         tracing::info!(
-            table = %uri, files = plan.files_in, bytes = plan.bytes_in,
-            target = self.target, zorder = ?self.zorder, "compaction started"
+            table = %uri, files = report.plan.files_in, bytes = report.plan.bytes_in,
+            partitions = todo.len(), target = self.target, zorder = ?self.zorder,
+            "compaction started"
         );
-        let (table, metrics) = self
-            .table
-            .clone()
-            .optimize()
-            .with_type(optimize_type)
-            .with_filters(&filters)
-            .with_target_size(target)
-            .with_commit_properties(CommitProperties::default().with_max_retries(100))
-            .await
-            .map_err(MaintenanceError::delta(&uri))?;
-        let version =
-            (metrics.num_files_added > 0).then(|| table.version().map_or(-1, |v| v as i64));
-        Ok(CompactReport {
-            plan,
-            files_removed: metrics.num_files_removed,
-            files_added: metrics.num_files_added,
-            bytes_removed: metrics.files_removed.total_size.max(0) as u64,
-            bytes_added: metrics.files_added.total_size.max(0) as u64,
-            version,
-        })
+        let mut table = self.table;
+        for unit in &todo {
+            let done = units::compact_unit(&mut table, unit, &how).await?;
+            report.files_removed += done.files_removed;
+            report.files_added += done.files_added;
+            report.bytes_removed += done.bytes_removed;
+            report.bytes_added += done.bytes_added;
+            report.version = done.version.or(report.version);
+            report.conflicts += u64::from(done.conflicts);
+            report.gave_up += u64::from(done.gave_up.is_some());
+            report.partitions.push(done);
+        }
+        Ok(report)
     }
 }
 

@@ -28,11 +28,9 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::{Clock, VacuumMode};
 use deltalake::table::config::TablePropertiesExt as _;
-use deltalake::{DeltaTable, DeltaTableError, FilterValue};
+use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 use url::Url;
 

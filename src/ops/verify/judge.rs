@@ -13,9 +13,9 @@ pub(super) enum Fate {
 
 /// Judges records with the pipeline's own decoder, size limit and transform.
 pub(super) struct Judge {
-    decoder: Decoder,
-    transform: Option<Transform>,
-    max_record_bytes: u64,
+    pub(super) decoder: Decoder,
+    pub(super) transform: Option<Transform>,
+    pub(super) max_record_bytes: u64,
 }
 
 impl Judge {
@@ -27,7 +27,7 @@ impl Judge {
         if rec.value.as_ref().map_or(0, Vec::len) as u64 > self.max_record_bytes {
             return Ok(Fate::Rejected);
         }
-        let chunk = one_record_chunk(tp, rec);
+        let chunk = records_chunk(tp, std::slice::from_ref(rec));
         if self.decoder.prepare(&chunk, &|_| true).await?.is_some() {
             // Its schema needs a table change first: the daemon would have made it
             // and written the row.
@@ -51,26 +51,30 @@ impl Judge {
     }
 }
 
-pub(super) fn one_record_chunk(tp: &TopicPartition, rec: &probe::RawRecord) -> RecordChunk {
+/// A chunk of `records`, all of partition `tp`.
+pub(super) fn records_chunk(tp: &TopicPartition, records: &[probe::RawRecord]) -> RecordChunk {
     let mut chunk = RecordChunk::default();
     let part = chunk.partition_index(tp, 0);
-    let value = rec.value.as_deref().map(|v| chunk.push_bytes(v));
-    let key = rec.key.as_deref().map(|k| chunk.push_bytes(k));
-    for (k, v) in &rec.headers {
-        let value = v.as_deref().map(|v| chunk.push_bytes(v));
-        chunk.headers.push(HeaderMeta {
-            key: k.clone(),
+    for rec in records {
+        let value = rec.value.as_deref().map(|v| chunk.push_bytes(v));
+        let key = rec.key.as_deref().map(|k| chunk.push_bytes(k));
+        let first_header = chunk.headers.len();
+        for (k, v) in &rec.headers {
+            let value = v.as_deref().map(|v| chunk.push_bytes(v));
+            chunk.headers.push(HeaderMeta {
+                key: k.clone(),
+                value,
+            });
+        }
+        chunk.records.push(RecordMeta {
+            part,
+            offset: rec.offset,
+            timestamp_ms: rec.timestamp_ms,
+            key,
             value,
+            headers: first_header..chunk.headers.len(),
         });
     }
-    chunk.records.push(RecordMeta {
-        part,
-        offset: rec.offset,
-        timestamp_ms: rec.timestamp_ms,
-        key,
-        value,
-        headers: 0..rec.headers.len(),
-    });
     chunk
 }
 

@@ -20,6 +20,9 @@
 //!
 //! The table's offsets are held in memory (8 bytes per row), and so are the Kafka
 //! records missing from it; run it on a table of up to some hundred million rows.
+//!
+//! An upsert table holds a row per key, not per record: it is compared key by
+//! key with the last change of each key instead (see [`keys`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,10 +42,13 @@ use crate::record::{HeaderMeta, RecordChunk, RecordMeta, TopicPartition};
 use crate::sink::table;
 use crate::source::probe::{self, ProbeError};
 
-/// How many offsets to list per problem.
 mod judge;
+mod keys;
 
 use judge::{Fate, Judge, judge_for};
+pub use keys::{KeyedPartitionReport, UpsertReport};
+
+/// How many offsets to list per problem.
 
 const SAMPLE: usize = 20;
 
@@ -78,12 +84,6 @@ pub enum VerifyError {
     /// A derived column or the filter cannot be planned.
     #[error("table transform: {0}")]
     Transform(crate::decode::Reason),
-    /// An upsert table holds a row per key, not per record.
-    #[error(
-        "table {0} is an upsert table (one row per key, not per record): verify compares rows \
-         with records and cannot judge it yet; `status` shows its stored offsets"
-    )]
-    Upsert(String),
 }
 
 impl VerifyError {
@@ -95,9 +95,7 @@ impl VerifyError {
             VerifyError::Decode(e) => e.is_retryable(),
             VerifyError::Registry(e) => e.is_retryable(),
             VerifyError::Table(_) | VerifyError::Query { .. } => true,
-            VerifyError::NoMetadataColumns | VerifyError::Transform(_) | VerifyError::Upsert(_) => {
-                false
-            }
+            VerifyError::NoMetadataColumns | VerifyError::Transform(_) => false,
         }
     }
 }
@@ -148,6 +146,9 @@ pub struct VerifyReport {
     /// A RESTORE by another engine left the stored offsets ahead of the rows:
     /// what happened and what to run.
     pub foreign_restore: Option<String>,
+    /// An upsert table's findings, key by key (`partitions` is then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upsert: Option<UpsertReport>,
 }
 
 /// (topic, partition) -> sorted offsets.
@@ -186,8 +187,8 @@ type Missing = HashMap<TopicPartition, Vec<probe::RawRecord>>;
 
 /// Verify the table of `cfg` against its topics.
 pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, VerifyError> {
-    if cfg.table.upsert.is_some() {
-        return Err(VerifyError::Upsert(cfg.table.uri.to_string()));
+    if let Some(spec) = &cfg.table.upsert {
+        return keys::verify_keys(cfg, spec, timeout).await;
     }
     let m = &cfg.table.metadata_columns;
     let (Some(tcol), Some(pcol), Some(ocol)) = (&m.topic, &m.partition, &m.offset) else {
@@ -242,6 +243,7 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
         partitions: reports,
         clean: clean && foreign_restore.is_none(),
         foreign_restore,
+        upsert: None,
     })
 }
 
@@ -390,6 +392,19 @@ pub fn render(r: &VerifyReport) -> String {
     let _ = writeln!(s, "table {}", r.table);
     if let Some(hole) = &r.foreign_restore {
         let _ = writeln!(s, "ERROR {hole}");
+    }
+    if let Some(u) = &r.upsert {
+        keys::render(u, &mut s);
+        let _ = writeln!(
+            s,
+            "{}",
+            if r.clean {
+                "OK: every key holds its last change, no key missing, extra or twice"
+            } else {
+                "PROBLEMS FOUND"
+            }
+        );
+        return s;
     }
     let _ = writeln!(
         s,

@@ -1,0 +1,285 @@
+//! The state an upsert table should hold (every key's last change), and its
+//! comparison with the table's rows.
+
+use std::collections::{HashMap, HashSet};
+
+use deltalake::DeltaTable;
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use deltalake::arrow::compute::{SortOptions, cast, concat, concat_batches};
+use deltalake::arrow::datatypes::{DataType, Int32Type, UInt32Type};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use futures::TryStreamExt as _;
+
+use super::report::{Finding, Tally, render_key};
+use super::{OFFSET, PART};
+use crate::decode::changes::Changes;
+use crate::record::TopicPartition;
+
+/// Every key's candidates for the row the table should hold.
+pub(super) struct Expected {
+    rows: RecordBatch,
+    deleted: BooleanArray,
+    key: Vec<String>,
+    keys: RowConverter,
+    compared: Vec<String>,
+    values: RowConverter,
+    value_rows: Rows,
+    /// Key -> rows of `rows` that may be its state (more than one only for a
+    /// key changed in several partitions).
+    by_key: HashMap<OwnedRow, Vec<u32>>,
+    pub(super) not_compared: Vec<String>,
+}
+
+fn fields_of(rows: &RecordBatch, names: &[String]) -> Result<Vec<SortField>, ArrowError> {
+    names
+        .iter()
+        .map(|n| {
+            let c = rows
+                .column_by_name(n)
+                .ok_or_else(|| ArrowError::SchemaError(format!("no column `{n}`")))?;
+            Ok(SortField::new(c.data_type().clone()))
+        })
+        .collect()
+}
+
+fn columns_of(batch: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>, ArrowError> {
+    names
+        .iter()
+        .map(|n| {
+            batch
+                .column_by_name(n)
+                .cloned()
+                .ok_or_else(|| ArrowError::SchemaError(format!("the table has no column `{n}`")))
+        })
+        .collect()
+}
+
+impl Expected {
+    /// From each partition's last changes (with the carried columns).
+    pub(super) fn new(
+        key: &[String],
+        order_by: Option<&str>,
+        last: &[Changes],
+    ) -> Result<Self, ArrowError> {
+        let schema = last[0].rows.schema();
+        let rows = concat_batches(&schema, last.iter().map(|c| &c.rows))?;
+        let deleted = concat(
+            &last
+                .iter()
+                .map(|c| &c.deleted as &dyn Array)
+                .collect::<Vec<_>>(),
+        )?
+        .as_boolean()
+        .clone();
+        let keys = RowConverter::new(fields_of(&rows, key)?)?;
+        let key_rows = keys.convert_columns(&columns_of(&rows, key)?)?;
+        let order = match order_by {
+            Some(o) => {
+                let c = columns_of(&rows, &[o.to_owned()])?;
+                let options = SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                };
+                let f = SortField::new_with_options(c[0].data_type().clone(), options);
+                Some(RowConverter::new(vec![f])?.convert_columns(&c)?)
+            }
+            None => None,
+        };
+        let mut by_key: HashMap<OwnedRow, Vec<u32>> = HashMap::with_capacity(rows.num_rows());
+        for i in 0..rows.num_rows() {
+            let c = by_key.entry(key_rows.row(i).owned()).or_default();
+            match (&order, c.first().copied()) {
+                (Some(o), Some(j)) if o.row(i) > o.row(j as usize) => *c = vec![i as u32],
+                (Some(o), Some(j)) if o.row(i) < o.row(j as usize) => {}
+                _ => c.push(i as u32),
+            }
+        }
+        let (mut compared, mut not_compared) = (Vec::new(), Vec::new());
+        for f in schema.fields() {
+            let name = f.name();
+            if name == PART || name == OFFSET {
+                continue;
+            }
+            if RowConverter::supports_fields(&[SortField::new(f.data_type().clone())]) {
+                compared.push(name.clone());
+            } else {
+                not_compared.push(name.clone());
+            }
+        }
+        let values = RowConverter::new(fields_of(&rows, &compared)?)?;
+        let value_rows = values.convert_columns(&columns_of(&rows, &compared)?)?;
+        Ok(Self {
+            rows,
+            deleted,
+            key: key.to_vec(),
+            keys,
+            compared,
+            values,
+            value_rows,
+            by_key,
+            not_compared,
+        })
+    }
+
+    fn part_of(&self, row: u32) -> usize {
+        self.rows.column_by_name(PART).map_or(usize::MAX, |c| {
+            c.as_primitive::<UInt32Type>().value(row as usize) as usize
+        })
+    }
+
+    fn is_deleted(&self, row: u32) -> bool {
+        self.deleted.value(row as usize)
+    }
+
+    /// `batch`'s columns `names`, cast to the types of the expected rows.
+    fn conform(&self, batch: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>, ArrowError> {
+        let mine = columns_of(&self.rows, names)?;
+        columns_of(batch, names)?
+            .iter()
+            .zip(&mine)
+            .map(|(c, m)| {
+                if c.data_type() == m.data_type() {
+                    Ok(c.clone())
+                } else {
+                    cast(c, m.data_type())
+                }
+            })
+            .collect()
+    }
+
+    /// Compare the table's rows with the expected state, into `tally`.
+    pub(super) async fn compare(
+        &self,
+        table: &DeltaTable,
+        partition_of: &PartitionOf<'_>,
+        tally: &mut Tally,
+    ) -> Result<(), ArrowError> {
+        tally.compared = self.compared.clone();
+        tally.not_compared = self.not_compared.clone();
+        tally.several = self.by_key.values().filter(|c| c.len() > 1).count() as u64;
+        let mut seen: HashSet<OwnedRow> = HashSet::with_capacity(self.by_key.len());
+        let mut stream = scan(table).await?;
+        while let Some(batch) = stream.try_next().await.map_err(external)? {
+            let key_cols = self.conform(&batch, &self.key)?;
+            let keys = self.keys.convert_columns(&key_cols)?;
+            let values = self
+                .values
+                .convert_columns(&self.conform(&batch, &self.compared)?)?;
+            for i in 0..batch.num_rows() {
+                let k = keys.row(i).owned();
+                let shown = || render_key(&self.key, &key_cols, i);
+                let candidates = self.by_key.get(&k).map_or(&[][..], Vec::as_slice);
+                let live: Vec<u32> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|&c| !self.is_deleted(c))
+                    .collect();
+                let part = live
+                    .first()
+                    .map_or_else(|| partition_of.row(&batch, i), |&c| self.part_of(c));
+                if !seen.insert(k) {
+                    tally.note(part, Finding::Duplicate, shown);
+                } else if live.is_empty() {
+                    tally.note(part, Finding::Extra, shown);
+                } else if !live
+                    .iter()
+                    .any(|&c| self.value_rows.row(c as usize) == values.row(i))
+                {
+                    tally.note(part, Finding::Wrong, shown);
+                }
+            }
+        }
+        self.missing(&seen, tally)
+    }
+
+    /// Keys whose last change leaves a row that the table lacks.
+    fn missing(&self, seen: &HashSet<OwnedRow>, tally: &mut Tally) -> Result<(), ArrowError> {
+        let key_cols = columns_of(&self.rows, &self.key)?;
+        for (k, candidates) in &self.by_key {
+            // A key with a deleting candidate may rightly be absent.
+            if candidates.iter().any(|&c| self.is_deleted(c)) {
+                continue;
+            }
+            let part = self.part_of(candidates[0]);
+            tally.note(part, Finding::Key, String::new);
+            if !seen.contains(k) {
+                let row = candidates[0] as usize;
+                tally.note(part, Finding::Missing, || {
+                    render_key(&self.key, &key_cols, row)
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which partition a table row came from: by its topic and partition metadata
+/// columns when the table has them.
+pub(super) struct PartitionOf<'a> {
+    pub(super) parts: &'a [TopicPartition],
+    pub(super) topic: Option<&'a str>,
+    pub(super) partition: Option<&'a str>,
+}
+
+impl PartitionOf<'_> {
+    /// The index of the row's partition; out of range when it cannot be told.
+    pub(super) fn row(&self, batch: &RecordBatch, i: usize) -> usize {
+        let (Some(t), Some(p)) = (self.topic, self.partition) else {
+            return usize::MAX;
+        };
+        let (Some(t), Some(p)) = (batch.column_by_name(t), batch.column_by_name(p)) else {
+            return usize::MAX;
+        };
+        let (Ok(t), Ok(p)) = (cast(t, &DataType::Utf8), cast(p, &DataType::Int32)) else {
+            return usize::MAX;
+        };
+        if t.is_null(i) || p.is_null(i) {
+            return usize::MAX;
+        }
+        let tp = TopicPartition::new(
+            t.as_string::<i32>().value(i),
+            p.as_primitive::<Int32Type>().value(i),
+        );
+        self.parts
+            .iter()
+            .position(|x| *x == tp)
+            .unwrap_or(usize::MAX)
+    }
+}
+
+/// Every row of a table none of whose keys has a change: all extra.
+pub(super) async fn all_extra(
+    table: &DeltaTable,
+    key: &[String],
+    partition_of: &PartitionOf<'_>,
+    tally: &mut Tally,
+) -> Result<(), ArrowError> {
+    let mut stream = scan(table).await?;
+    while let Some(batch) = stream.try_next().await.map_err(external)? {
+        let key_cols = columns_of(&batch, key)?;
+        for i in 0..batch.num_rows() {
+            let part = partition_of.row(&batch, i);
+            tally.note(part, Finding::Extra, || render_key(key, &key_cols, i));
+        }
+    }
+    Ok(())
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> ArrowError {
+    ArrowError::ExternalError(Box::new(e))
+}
+
+/// The table's rows, streamed.
+async fn scan(
+    table: &DeltaTable,
+) -> Result<deltalake::datafusion::physical_plan::SendableRecordBatchStream, ArrowError> {
+    let ctx = deltalake::datafusion::prelude::SessionContext::new();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(external)?;
+    let provider = table.table_provider().await.map_err(external)?;
+    ctx.register_table("t", provider).map_err(external)?;
+    let df = ctx.sql("SELECT * FROM t").await.map_err(external)?;
+    df.execute_stream().await.map_err(external)
+}
