@@ -91,7 +91,7 @@ pub fn reduce(
                 nulls_first: false,
             };
             let field = SortField::new_with_options(c.data_type().clone(), options);
-            Some(RowConverter::new(vec![field])?.convert_columns(&[c.clone()])?)
+            Some(RowConverter::new(vec![field])?.convert_columns(std::slice::from_ref(c))?)
         }
         None => None,
     };

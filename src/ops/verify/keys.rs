@@ -202,7 +202,7 @@ impl<'k> Replay<'k> {
         let chunk = records_chunk(tp, records);
         let in_segment = |i: usize| keep[i];
         let mut decoded = match &mut self.envelope {
-            Some(d) => d.decode(&chunk, &in_segment)?,
+            Some(d) => d.decode(&chunk, in_segment)?,
             None => self.judge.decoder.decode(&chunk, &in_segment)?,
         };
         if let Some(t) = &self.judge.transform {

@@ -49,7 +49,6 @@ use judge::{Fate, Judge, judge_for};
 pub use keys::{KeyedPartitionReport, UpsertReport};
 
 /// How many offsets to list per problem.
-
 const SAMPLE: usize = 20;
 
 /// Errors from `verify`.
