@@ -489,6 +489,26 @@ schema_file = "SCHEMA"
     }
 
     #[test]
+    fn upsert_through_the_registry_takes_rows_not_envelopes() {
+        let base = "app_id = \"a\"\n[kafka]\nbrokers = \"h:1\"\ntopics = [\"t\"]\n[table]\n\
+                    uri = \"s3://b/t\"\nmode = \"upsert\"\nkey = [\"id\"]\nENVELOPE\n\
+                    [decode]\nformat = \"avro\"\n[schema_registry]\nurl = \"http://r:8081\"\n";
+        let parse = |text: &str| RawConfig::parse(text, None, &|_| None).unwrap().validate();
+        let rows = parse(&base.replace("ENVELOPE", "")).unwrap();
+        assert_eq!(
+            rows.table.upsert.map(|u| u.key),
+            Some(vec!["id".to_owned()])
+        );
+        let err = parse(&base.replace("ENVELOPE", "envelope = \"debezium\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("table.envelope") && err.contains("json"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn routes_are_validated_and_templates_resolve_per_topic() {
         let base = "app_id = \"a\"\n[kafka]\nbrokers = \"h:1\"\ntopics = [\"orders\", \"payments\"]\n[table]\nuri = \"s3://b/t/{topic}\"\nschema_file = \"SCHEMA\"\n";
         let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/demo_events.json");

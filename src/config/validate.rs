@@ -2,6 +2,7 @@
 //! resolved, and an error that names the key and says what to fix.
 
 use super::*;
+use crate::decode::changes::Envelope;
 
 impl RawConfig {
     /// Check every value, read the schema file, and resolve defaults.
@@ -30,12 +31,19 @@ impl RawConfig {
             routes.push(validate_route(i, r, &base_table, &flush, &kafka, &decode)?);
         }
 
-        let upsert = table.upsert.is_some() || routes.iter().any(|r| r.table.upsert.is_some());
-        if upsert && decode.format != Format::Json {
+        let enveloped = std::iter::once(&table)
+            .chain(routes.iter().map(|r| &r.table))
+            .any(|t| {
+                t.upsert
+                    .as_ref()
+                    .is_some_and(|u| u.envelope != Envelope::Rows)
+            });
+        if enveloped && decode.format != Format::Json {
             return Err(ConfigError::invalid(
-                "table.mode",
-                "mode = \"upsert\" takes decode.format = \"json\" in this version (Debezium \
-                 events too, with envelope = \"debezium\"); registry formats come next",
+                "table.envelope",
+                "Debezium envelopes take decode.format = \"json\" in this version; through the \
+                 registry, upsert the rows (no envelope, e.g. Debezium's ExtractNewRecordState \
+                 without __deleted) or use the JSON converter",
             ));
         }
         let (metrics_listen, log_json) = validate_observability(&self.observability, &self.log)?;

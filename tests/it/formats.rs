@@ -1399,3 +1399,62 @@ async fn restore_past_a_schema_change_evolves_the_table_again_on_replay() {
         assert_eq!(!emails.is_null(r), i >= 100 && i % 2 == 0, "row {i}");
     }
 }
+
+/// An upsert table through the registry: created from the subject's Avro schema,
+/// keyed by the record's `id`; the producer moves to v2 mid-stream (a column is
+/// added), later changes of a key replace its row, and `verify` replays the
+/// topic through the registry and finds every key at its last change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_upserts_through_the_registry_take_an_added_column() {
+    let registry = TestRegistry::start(Some(("sr-user", "sr-pass"))).await;
+    let s = Scenario::new("avro-upsert", 1).await;
+    let subject = format!("{}-value", s.topic);
+    let v1 = registry.register(&subject, "AVRO", ORDERS_V1);
+    let producer = producer(&s.servers.brokers);
+    let mut produced = produce(
+        &producer,
+        &s.topic,
+        (0..50).map(|i| (0, frame(ORDERS_V1, v1, order(i, false)))),
+    )
+    .await;
+    let mut cfg = avro_config(&s, &registry, "[flush]\nmax_age = \"1s\"");
+    cfg.table.upsert = Some(tributary::config::UpsertSpec {
+        key: vec!["id".into()],
+        order_by: None,
+        envelope: Default::default(),
+    });
+    let mut run = start(cfg.clone());
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+
+    // v2 adds `email`: the first 20 orders change, 10 new ones arrive.
+    let v2 = registry.register(&subject, "AVRO", ORDERS_V2);
+    let changes: Vec<(i32, Vec<u8>)> = (0..20)
+        .chain(50..60)
+        .map(|i| (0, frame(ORDERS_V2, v2, order(i, true))))
+        .collect();
+    produced = produce(&producer, &s.topic, changes).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.rejected, 0);
+    assert!(s.operations().await.iter().any(|o| o == "MERGE"));
+
+    let b = all_rows(&s).await;
+    assert_eq!(b.num_rows(), 60, "one row per id");
+    let emails = col(&b, "email").as_string::<i32>();
+    for r in 0..b.num_rows() {
+        let i = col(&b, "id").as_primitive::<Int64Type>().value(r);
+        let v2 = !(20..50).contains(&i);
+        assert_order(&b, r, i, v2);
+        assert_eq!(emails.is_null(r), !v2 || i % 2 == 1, "row {i}");
+    }
+    let report = tributary::ops::verify::verify(&cfg, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let keys = report.upsert.as_ref().unwrap();
+    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
+    assert_eq!(keys.partitions.iter().map(|p| p.keys).sum::<u64>(), 60);
+    assert!(
+        keys.compared_columns.iter().any(|c| c == "email"),
+        "{keys:?}"
+    );
+}

@@ -174,7 +174,7 @@ impl<'k> Replay<'k> {
         });
         let decoding = async {
             while let Some((tp, records)) = rx.recv().await {
-                self.add(&tp, &records)?;
+                self.add(&tp, &records).await?;
             }
             Ok::<(), VerifyError>(())
         };
@@ -184,7 +184,7 @@ impl<'k> Replay<'k> {
     }
 
     /// Decode `records` of `tp` into changes, as the daemon would.
-    fn add(
+    async fn add(
         &mut self,
         tp: &TopicPartition,
         records: &[probe::RawRecord],
@@ -201,6 +201,9 @@ impl<'k> Replay<'k> {
             .collect();
         let chunk = records_chunk(tp, records);
         let in_segment = |i: usize| keep[i];
+        // Registry formats: fetch the records' schemas (the table has already
+        // taken every change they needed).
+        self.judge.decoder.prepare(&chunk, &in_segment).await?;
         let mut decoded = match &mut self.envelope {
             Some(d) => d.decode(&chunk, in_segment)?,
             None => self.judge.decoder.decode(&chunk, &in_segment)?,
