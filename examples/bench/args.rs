@@ -39,12 +39,18 @@ pub struct Args {
     /// The daemon to run (default: the `tributary` built beside this example), for
     /// comparing two builds on the same servers.
     pub daemon: Option<PathBuf>,
+    /// The upsert scenario: a table of this many keys loaded first, then
+    /// `records` changes applied in upsert mode.
+    pub upsert: Option<u64>,
+    /// Upsert: the table partitioned by the Kafka partition (an ownership column).
+    pub owned: bool,
 }
 
 const USAGE: &str = "usage: bench --brokers HOST:PORT --s3 URL [--moto-log FILE] \
     [--records N] [--partitions P] [--tables T] [--replicas R] [--rate REC_PER_S --duration S] \
     [--long-log VERSIONS] [--format json|avro] [--compression C] [--config EXTRA.toml] \
-    [--kafka 'KEY = VALUE'] [--broker-pid PID] [--s3-pid PID] [--daemon PATH]";
+    [--kafka 'KEY = VALUE'] [--broker-pid PID] [--s3-pid PID] [--daemon PATH] \
+    [--upsert KEYS [--owned]]";
 
 pub fn parse() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -65,6 +71,8 @@ pub fn parse() -> anyhow::Result<Args> {
         broker_pid: None,
         s3_pid: None,
         daemon: None,
+        upsert: None,
+        owned: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -97,6 +105,8 @@ pub fn parse() -> anyhow::Result<Args> {
             "--broker-pid" => a.broker_pid = Some(value()?.parse()?),
             "--s3-pid" => a.s3_pid = Some(value()?.parse()?),
             "--daemon" => a.daemon = Some(value()?.into()),
+            "--upsert" => a.upsert = Some(value()?.parse().context("--upsert")?),
+            "--owned" => a.owned = true,
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
@@ -111,6 +121,16 @@ pub fn parse() -> anyhow::Result<Args> {
     if a.long_log > 0 && (a.format != Format::Json || a.tables > 1) {
         bail!("--long-log grows one JSON table's log: use it with --format json and one table");
     }
+    if a.upsert.is_some()
+        && (a.format != Format::Json || a.tables > 1 || a.rate.is_some() || a.long_log > 0)
+    {
+        bail!(
+            "--upsert loads one JSON table and catches up on changes: no --format avro, --tables, --rate or --long-log"
+        );
+    }
+    if a.owned && a.upsert.is_none() {
+        bail!("--owned is for --upsert");
+    }
     Ok(a)
 }
 
@@ -118,6 +138,17 @@ impl Args {
     /// One line naming the scenario.
     pub fn scenario(&self) -> String {
         let mut parts = Vec::new();
+        if let Some(keys) = self.upsert {
+            parts.push(format!(
+                "upsert of {} changes (80% on 5% of the keys, 5% deletes) over a table of {keys} keys{}",
+                self.records,
+                if self.owned {
+                    ", partitioned by the Kafka partition"
+                } else {
+                    ""
+                }
+            ));
+        }
         match self.rate {
             Some(r) => parts.push(format!("{r} records/s for {} s", self.duration)),
             None => parts.push(format!("catch-up of {} records", self.records)),

@@ -44,6 +44,7 @@ pub fn config(
     topics: &[String],
     registry_url: Option<&str>,
     port: u16,
+    upsert_mode: bool,
 ) -> String {
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/bench_events.json");
     let schema_line = match args.format {
@@ -76,7 +77,7 @@ auto_offset_reset = "earliest"
 uri = "{uri}"
 {schema_line}
 compression = "{compression}"
-
+{upsert}
 {decode}
 [storage]
 endpoint = "{s3}"
@@ -99,6 +100,9 @@ format = "json"
         kafka_keys = args.kafka_keys,
         s3 = args.s3,
         extra = args.extra_config,
+        upsert = args.upsert.map_or(String::new(), |_| {
+            crate::upsert::table_lines(args.owned, upsert_mode)
+        }),
     )
 }
 

@@ -45,6 +45,7 @@ mod registry;
 mod report;
 #[path = "../common/send.rs"]
 mod send;
+mod upsert;
 
 use args::Format;
 use kafka::{Producing, Targets};
@@ -91,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
             r.register(&format!("{t}-value"), "AVRO", events::BENCH_AVRO)
         })
     });
-    let config = |port| {
+    let config_of = |port, upsert_mode| {
         daemons::config(
             &args,
             run_id,
@@ -99,8 +100,10 @@ async fn main() -> anyhow::Result<()> {
             &topics,
             registry.as_ref().map(|r| r.url()).as_deref(),
             port,
+            upsert_mode,
         )
     };
+    let config = |port| config_of(port, args.upsert.is_some());
     let grown = if args.long_log > 0 {
         eprintln!(
             "bench: growing the table's log by {} versions",
@@ -116,7 +119,29 @@ async fn main() -> anyhow::Result<()> {
         partitions: args.partitions,
     };
     let mut producing = Producing::new(&args.brokers, avro_id)?;
-    if args.rate.is_none() {
+    // Upsert: load the table, then produce the changes (their bytes count).
+    let loaded = match args.upsert {
+        Some(keys) => {
+            let load_dir = dir.join("load");
+            std::fs::create_dir_all(&load_dir)?;
+            let start = || daemons::start(&daemon_bin, &load_dir, 1, |p| config_of(p, false));
+            let version = upsert::load(&args, &targets, keys, start, &config_of(0, false)).await?;
+            let (t, brokers, n) = (targets.clone(), args.brokers.clone(), args.records);
+            let began = Instant::now();
+            producing.bytes = tokio::task::spawn_blocking(move || {
+                upsert::Keyed::new(&brokers)?.changes(&t, keys, n)
+            })
+            .await??;
+            eprintln!(
+                "bench: produced {n} changes ({:.1} MB) in {:.1}s",
+                producing.bytes as f64 / 1e6,
+                began.elapsed().as_secs_f64()
+            );
+            Some(version)
+        }
+        None => None,
+    };
+    if args.rate.is_none() && loaded.is_none() {
         eprintln!(
             "bench: producing {} events to {} topic(s) of {} partitions",
             args.records,
@@ -219,7 +244,11 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_default(),
         grown,
     };
-    let text = report::render(&outcome);
+    let mut text = report::render(&outcome);
+    if let Some(from) = loaded {
+        let w = upsert::written(&config(0), from).await?;
+        text.push_str(&upsert::render(&w, outcome.payload_bytes));
+    }
     print!("{text}");
     std::fs::write(dir.join("report.txt"), &text)?;
     chart::write(&dir.join("chart.svg"), &outcome)?;

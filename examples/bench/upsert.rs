@@ -1,0 +1,245 @@
+//! The upsert scenario (`--upsert KEYS`): a table of KEYS rows is loaded first
+//! (an append daemon over KEYS keyed records: an initial snapshot), then
+//! `--records` changes are produced over it, skewed (80% of the changes on 5%
+//! of the keys) with 5% deletes (tombstones), and the daemons apply them in
+//! upsert mode, keyed by the Kafka key (and, with `--owned`, partitioned by the
+//! Kafka partition, which is then part of the key).
+//!
+//! Write amplification: the Parquet bytes the upsert commits wrote, per byte of
+//! change ingested; read from the table's log (`add` sizes of every commit after
+//! the load).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::events;
+use crate::kafka::Targets;
+use crate::send;
+
+/// Share of changes on the hot keys, and the hot keys' share of all keys, in %.
+const HOT_CHANGES: u64 = 80;
+const HOT_KEYS: u64 = 5;
+/// Share of changes that delete their key, in %.
+const DELETES: u64 = 5;
+
+/// A 64-bit mix (splitmix64): the change stream is the same on every run.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Change `j` over `keys` keys: (its key, whether it deletes it).
+pub fn change(j: u64, keys: u64) -> (u64, bool) {
+    let r = mix(j);
+    let hot = (keys * HOT_KEYS / 100).max(1);
+    let key = if r % 100 < HOT_CHANGES {
+        mix(r) % hot
+    } else {
+        mix(r ^ 1) % keys
+    };
+    (key, mix(r ^ 2) % 100 < DELETES)
+}
+
+/// The producer of keyed records: key `k` always goes to partition
+/// `k % partitions`, as a key-hashing producer keeps a key in one partition.
+pub struct Keyed {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    json: String,
+    pub bytes: u64,
+}
+
+impl Keyed {
+    pub fn new(brokers: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "20")
+                .set("batch.size", "1000000")
+                .set("queue.buffering.max.kbytes", "262144")
+                .set("compression.type", "lz4")
+                .create()?,
+            json: String::with_capacity(320),
+            bytes: 0,
+        })
+    }
+
+    fn send(&mut self, t: &Targets, key: u64, value: Option<u64>) -> anyhow::Result<()> {
+        let k = key.to_string();
+        let partition = (key % t.partitions as u64) as i32;
+        let mut record = BaseRecord::<str, [u8]>::to(&t.topics[0])
+            .partition(partition)
+            .key(&k);
+        if let Some(v) = value {
+            events::json(v, &mut self.json);
+            record = record.payload(self.json.as_bytes());
+        }
+        self.bytes += value.map_or(0, |_| self.json.len() as u64) + k.len() as u64;
+        send::send_waiting(&self.producer, record)?;
+        Ok(())
+    }
+
+    /// One record per key `0..keys` (the row: event `key`).
+    pub fn load(&mut self, t: &Targets, keys: u64) -> anyhow::Result<()> {
+        for k in 0..keys {
+            self.send(t, k, Some(k))?;
+        }
+        self.producer.flush(Duration::from_secs(600))?;
+        Ok(())
+    }
+
+    /// `n` changes over `keys` keys (change `j` carries event `keys + j`, or is
+    /// a tombstone); returns the bytes produced.
+    pub fn changes(&mut self, t: &Targets, keys: u64, n: u64) -> anyhow::Result<u64> {
+        let before = self.bytes;
+        for j in 0..n {
+            let (key, delete) = change(j, keys);
+            self.send(t, key, (!delete).then_some(keys + j))?;
+        }
+        self.producer.flush(Duration::from_secs(600))?;
+        Ok(self.bytes - before)
+    }
+}
+
+/// The `[table]` lines of the upsert scenario: the Kafka key (and partition)
+/// stored; in upsert mode keyed by them.
+pub fn table_lines(owned: bool, upsert: bool) -> String {
+    let mut lines = String::new();
+    if upsert {
+        lines.push_str("mode = \"upsert\"\n");
+        if owned {
+            lines.push_str("key = [\"_partition\", \"_key\"]\n");
+        }
+    }
+    if owned {
+        lines.push_str("partition_by = [\"_partition\"]\n");
+    }
+    lines.push_str("\n[table.metadata_columns]\nkey = \"_key\"\npartition = \"_partition\"\n");
+    lines
+}
+
+/// What the upsert commits wrote, from the table's log after `from`.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub commits: u64,
+    pub added_bytes: u64,
+    pub removed_bytes: u64,
+    pub files_added: u64,
+    pub table_bytes: u64,
+}
+
+/// Sum the `add` and `remove` sizes of the commits after version `from`.
+pub async fn written(config_text: &str, from: u64) -> anyhow::Result<Written> {
+    let cfg = tributary::config::RawConfig::parse(config_text, None, &|_| None)?.validate()?;
+    let table = tributary::sink::table::load(&cfg.table.uri, &cfg.storage)
+        .await?
+        .context("the table exists after the run")?;
+    let last = table.version().context("a loaded table has a version")?;
+    let mut w = Written::default();
+    let store = table.log_store();
+    for v in (from + 1)..=last {
+        let Some(bytes) = store.read_commit_entry(v).await? else {
+            continue;
+        };
+        w.commits += 1;
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let a: serde_json::Value = serde_json::from_slice(line)?;
+            if let Some(add) = a.get("add") {
+                w.added_bytes += add["size"].as_u64().unwrap_or(0);
+                w.files_added += 1;
+            }
+            if let Some(rm) = a.get("remove") {
+                w.removed_bytes += rm["size"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    let summary = tributary::ops::maintenance::file_summary(&table, u64::MAX).await?;
+    w.table_bytes = summary.bytes;
+    Ok(w)
+}
+
+/// The report's upsert lines.
+pub fn render(w: &Written, change_bytes: u64) -> String {
+    let mb = |b: u64| b as f64 / 1e6;
+    format!(
+        "upsert        {} commits wrote {:.1} MB of Parquet in {} files and removed {:.1} MB; \
+         the table is {:.1} MB\n\
+         write amp.    {:.1}x (Parquet bytes written per byte of change ingested, {:.1} MB of changes)\n",
+        w.commits,
+        mb(w.added_bytes),
+        w.files_added,
+        mb(w.removed_bytes),
+        mb(w.table_bytes),
+        w.added_bytes as f64 / change_bytes.max(1) as f64,
+        mb(change_bytes)
+    )
+}
+
+/// The load phase: produce a row per key, run one append daemon until they
+/// are all committed; returns the table version after the load.
+pub async fn load(
+    args: &crate::args::Args,
+    targets: &Targets,
+    keys: u64,
+    start: impl Fn() -> anyhow::Result<Vec<crate::daemons::Daemon>>,
+    config_text: &str,
+) -> anyhow::Result<u64> {
+    let t = Instant::now();
+    let (t2, brokers) = (targets.clone(), args.brokers.clone());
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut p = Keyed::new(&brokers)?;
+        p.load(&t2, keys).map(|()| p.bytes)
+    })
+    .await??;
+    eprintln!(
+        "bench: loaded {keys} keys ({:.1} MB) into Kafka in {:.1}s",
+        bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let mut group = start()?;
+    crate::daemons::watch(&mut group, Duration::from_secs(3600), |s| {
+        s.rows >= keys as f64
+    })?;
+    for d in &mut group {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &d.child.id().to_string()])
+            .status();
+        let _ = d.child.wait();
+    }
+    let cfg = tributary::config::RawConfig::parse(config_text, None, &|_| None)?.validate()?;
+    let table = tributary::sink::table::load(&cfg.table.uri, &cfg.storage)
+        .await?
+        .context("the loaded table exists")?;
+    let version = table.version().context("a loaded table has a version")?;
+    eprintln!(
+        "bench: table of {keys} rows written by an append daemon in {:.1}s (version {version})",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_skewed_and_some_delete() {
+        let keys = 100_000;
+        let n = 200_000;
+        let (mut hot, mut deletes) = (0u64, 0u64);
+        for j in 0..n {
+            let (k, d) = change(j, keys);
+            assert!(k < keys);
+            hot += u64::from(k < keys * HOT_KEYS / 100);
+            deletes += u64::from(d);
+        }
+        // 80% by choice, plus the uniform draws that land on hot keys.
+        let share = hot * 100 / n;
+        assert!((80..=82).contains(&share), "{share}% on hot keys");
+        assert!((4..=6).contains(&(deletes * 100 / n)), "{deletes} deletes");
+    }
+}
