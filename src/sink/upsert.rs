@@ -120,6 +120,15 @@ pub fn reduce(
     })
 }
 
+/// What a MERGE commit wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Parquet files added (new rows, and the rows of every rewritten file).
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// Apply `changes` and move `partitions`' offsets, in one commit; retried like
 /// [`commit::commit`] until it lands, turns out stale, or `cancelled()`.
 pub async fn apply(
@@ -129,7 +138,7 @@ pub async fn apply(
     window: &UpsertWindow,
     policy: RetryPolicy,
     cancelled: &(dyn Fn() -> bool + Send + Sync),
-) -> Result<(CommitOutcome, CommitStats), UpsertError> {
+) -> Result<(CommitOutcome, CommitStats, Written), UpsertError> {
     let uri = table.table_url().to_string();
     let key = window.key.as_slice();
     let reduced = reduce(key, window.order_by.as_deref(), &window.changes).map_err(|source| {
@@ -143,7 +152,8 @@ pub async fn apply(
         partitions: window.partitions.clone(),
     };
     if reduced.rows.num_rows() == 0 {
-        return Ok(commit::commit(table, log, app_id, &req, policy, cancelled).await?);
+        let (o, s) = commit::commit(table, log, app_id, &req, policy, cancelled).await?;
+        return Ok((o, s, Written::default()));
     }
     let start = Instant::now();
     let mut backoff = policy.initial_backoff;
@@ -161,11 +171,12 @@ pub async fn apply(
             changes: &reduced,
         };
         match attempt(table, log, app_id, &how, &req, policy).await {
-            Ok(Some(outcome)) => return Ok((outcome, stats(attempts, conflicts))),
+            Ok(Some((outcome, w))) => return Ok((outcome, stats(attempts, conflicts), w)),
             // The MERGE changed nothing and wrote no commit: the offsets alone.
             Ok(None) => {
                 let (o, s) = commit::commit(table, log, app_id, &req, policy, cancelled).await?;
-                return Ok((o, stats(attempts + s.attempts, conflicts + s.conflicts)));
+                let s = stats(attempts + s.attempts, conflicts + s.conflicts);
+                return Ok((o, s, Written::default()));
             }
             Err(e) if is_conflict(&e) && conflicts < policy.max_conflict_retries as u64 => {
                 // Another writer's commit touched what the MERGE read: plan it
@@ -223,8 +234,8 @@ fn sort_fields(rows: &RecordBatch, names: &[String]) -> Result<Vec<SortField>, A
         .collect())
 }
 
-/// One attempt: `Some(outcome)` when decided, `None` when the MERGE changed
-/// nothing (no commit written).
+/// One attempt: `Some(outcome)` when decided (with what a landed MERGE
+/// wrote), `None` when the MERGE changed nothing (no commit written).
 async fn attempt(
     table: &mut DeltaTable,
     log: &TableLog,
@@ -232,27 +243,41 @@ async fn attempt(
     how: &Merge<'_>,
     req: &CommitRequest,
     policy: RetryPolicy,
-) -> Result<Option<CommitOutcome>, DeltaTableError> {
+) -> Result<Option<(CommitOutcome, Written)>, DeltaTableError> {
     loop {
         table.update_state().await?;
         let tps: Vec<TopicPartition> = req.partitions.iter().map(|p| p.tp.clone()).collect();
         let stored = log.offsets.offsets_for_writing(table, app_id, &tps).await?;
         if let Some(outcome) = compare(req, &stored) {
-            return Ok(Some(outcome));
+            return Ok(Some((outcome, Written::default())));
         }
         let before = table.version();
         let (properties, written) = commit_properties(app_id, req, policy);
         let merged = merge(table, how)?.with_commit_properties(properties).await;
         match merged {
-            Ok((merged, _metrics)) if merged.version() == before => return Ok(None),
-            Ok((merged, _metrics)) => {
+            Ok((merged, _)) if merged.version() == before => return Ok(None),
+            Ok((merged, m)) => {
                 let version = merged.version().unwrap_or_default();
                 *table = merged;
                 log.offsets.record_commit(version, written).await;
                 log.checkpoints.after_commit(table).await;
-                return Ok(Some(CommitOutcome::Committed {
+                let w = Written {
+                    files: m.num_target_files_added as u64,
+                    bytes: added_bytes(table, version).await,
+                };
+                tracing::info!(
+                    table = %table.table_url(), version,
+                    inserted = m.num_target_rows_inserted, updated = m.num_target_rows_updated,
+                    deleted = m.num_target_rows_deleted, copied = m.num_target_rows_copied,
+                    files_scanned = m.num_target_files_scanned,
+                    files_removed = m.num_target_files_removed,
+                    files_added = w.files, bytes_added = w.bytes,
+                    "merged"
+                );
+                let outcome = CommitOutcome::Committed {
                     version: version as i64,
-                }));
+                };
+                return Ok(Some((outcome, w)));
             }
             // A racing commit holds one of our app ids: re-read, it is stale.
             Err(DeltaTableError::Transaction {
@@ -261,6 +286,24 @@ async fn attempt(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The bytes of the files commit `version` added (0 when its entry cannot be
+/// read: a count for the metrics, not worth failing a landed commit for).
+async fn added_bytes(table: &DeltaTable, version: u64) -> u64 {
+    let entry = match table.log_store().read_commit_entry(version).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return 0,
+        Err(e) => {
+            tracing::debug!(version, error = %e, "reading the MERGE's commit for its size");
+            return 0;
+        }
+    };
+    entry
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .filter_map(|a| a.get("add").and_then(|add| add["size"].as_u64()))
+        .sum()
 }
 
 /// What to merge, and how.

@@ -159,10 +159,10 @@ async fn apply_changes(
         changes: concat_changes(changes).map_err(|e| TaskError::Write(e.into()))?,
         partitions,
     };
-    let (o, s) = upsert::apply(table, log, app_id, &window, policy, cancelled)
+    let (o, s, w) = upsert::apply(table, log, app_id, &window, policy, cancelled)
         .await
         .map_err(TaskError::Upsert)?;
-    Ok((o, s, 0, 0))
+    Ok((o, s, w.files as usize, w.bytes))
 }
 
 /// One batch of a window's changes.

@@ -101,11 +101,13 @@ async fn upsert_windows_insert_update_and_delete_by_key_with_their_offsets() {
     let mut t = keyed_table(&s).await;
     let log = TableLog::default();
     let never = || false;
+    let mut written = Vec::new();
     let mut apply = async |w: UpsertWindow| {
-        upsert::apply(&mut t, &log, &s.app_id, &w, policy(), &never)
+        let (o, _, w) = upsert::apply(&mut t, &log, &s.app_id, &w, policy(), &never)
             .await
-            .unwrap()
-            .0
+            .unwrap();
+        written.push(w);
+        o
     };
     let committed = |o: &CommitOutcome| matches!(o, CommitOutcome::Committed { .. });
 
@@ -170,6 +172,16 @@ async fn upsert_windows_insert_update_and_delete_by_key_with_their_offsets() {
         state(&s).await,
         rows(&[(1, "c1"), (2, "b2"), (4, "d4"), (5, "e5"), (6, "a6")])
     );
+    // What each MERGE wrote is counted (the daemon logs and exports it); the
+    // offsets-only commit, the stale replay and the retry wrote nothing.
+    assert!(written[0].files >= 1 && written[0].bytes > 0, "{written:?}");
+    assert!(written[1].files >= 1 && written[1].bytes > 0, "{written:?}");
+    assert!(
+        written[2..5]
+            .iter()
+            .all(|w| *w == upsert::Written::default()),
+        "{written:?}"
+    );
 }
 
 /// Two writers holding the same partition (a zombie after a rebalance): the
@@ -187,18 +199,18 @@ async fn a_zombie_upsert_writer_is_stale_and_changes_nothing() {
     let (la, lb) = (TableLog::default(), TableLog::default());
     let never = || false;
     let first = window(&s, &[(1, Some("a")), (2, Some("a"))], None, 1);
-    let (o, _) = upsert::apply(&mut a, &la, &s.app_id, &first, policy(), &never)
+    let (o, _, _) = upsert::apply(&mut a, &la, &s.app_id, &first, policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { .. }));
     // Both read offset 1 and both try the next range with different changes.
     let new_owner = window(&s, &[(1, Some("new"))], Some(1), 3);
     let zombie = window(&s, &[(2, Some("zombie")), (3, Some("zombie"))], Some(1), 2);
-    let (o, _) = upsert::apply(&mut a, &la, &s.app_id, &new_owner, policy(), &never)
+    let (o, _, _) = upsert::apply(&mut a, &la, &s.app_id, &new_owner, policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { .. }));
-    let (o, _) = upsert::apply(&mut b, &lb, &s.app_id, &zombie, policy(), &never)
+    let (o, _, _) = upsert::apply(&mut b, &lb, &s.app_id, &zombie, policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Stale { .. }), "{o:?}");
@@ -285,7 +297,7 @@ async fn with_an_order_an_older_change_never_overwrites_a_newer_one() {
         ordered(&[(3, None, None)], Some(7), 8),
     ];
     for w in &windows {
-        let (o, _) = upsert::apply(&mut t, &log, &s.app_id, w, policy(), &never)
+        let (o, _, _) = upsert::apply(&mut t, &log, &s.app_id, w, policy(), &never)
             .await
             .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
@@ -470,7 +482,7 @@ async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
         // first, then B's MERGE, planned on the version before A's, meets A's
         // commit (delta-rs' own MERGE, so that it starts from B's stale
         // snapshot; `upsert::apply` refreshes first).
-        let (_, sa) = upsert::apply(
+        let (_, sa, _) = upsert::apply(
             &mut a,
             &la,
             &s.app_id,
@@ -500,7 +512,7 @@ async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
             Err(e) => panic!("{e}"),
         };
         // B's own path re-reads the table and lands either way.
-        let (o, _) = upsert::apply(&mut b, &lb, &s.app_id, &mine, policy(), &never)
+        let (o, _, _) = upsert::apply(&mut b, &lb, &s.app_id, &mine, policy(), &never)
             .await
             .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
