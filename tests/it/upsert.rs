@@ -864,7 +864,16 @@ fn dbz(op: &str, before: Option<String>, after: Option<String>, with_schema: boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_applies_debezium_change_events() {
     let s = Scenario::new("upsert-dbz", 1).await;
-    let cfg = upsert_config(&s, "key = [\"event_id\"]\nenvelope = \"debezium\"");
+    let dead_uri = format!("s3://{}/dead_letters", s.bucket);
+    let text = s
+        .config_toml(&format!(
+            "[dead_letters]\nuri = \"{dead_uri}\"\n[flush]\nmax_age = \"1s\""
+        ))
+        .replace(
+            "[table]\n",
+            "[table]\nmode = \"upsert\"\nkey = [\"event_id\"]\nenvelope = \"debezium\"\n",
+        );
+    let cfg = parse_config(&text);
     let mut run = crate::ingest::start(cfg.clone());
     let ev = |i: u64, kind: &str| Some(event_of_kind(i, kind));
     let first = [
@@ -884,19 +893,41 @@ async fn the_pipeline_applies_debezium_change_events() {
         (0, "2", None), // Debezium's tombstone after the delete
         (0, "9", Some(dbz("t", None, ev(9, "t9"), false))),
         (0, "4", Some(dbz("c", None, ev(4, "c4"), true))),
+        (0, "5", Some(dbz("u", None, None, false))),
+        (
+            0,
+            "6",
+            Some(dbz("c", None, Some(r#"{"kind":"k6"}"#.into()), true)),
+        ),
     ];
     merge_offsets(&mut produced, produce_keyed(&s, &second).await);
     run.committed(&s.topic, &last_offsets(&produced)).await;
     let summary = run.stop().await;
-    assert_eq!(summary.rejected, 1, "the truncate event");
+    assert_eq!(
+        summary.rejected, 3,
+        "the truncate, a row-less and a key-less event"
+    );
     let got: Vec<(i64, String)> = kinds(&s).await.into_iter().collect();
     assert_eq!(got, rows(&[(1, "u1"), (3, "c3"), (4, "c4")]));
-    assert_eq!(s.stored_offsets(1).await[&0], Some(7));
+    assert_eq!(s.stored_offsets(1).await[&0], Some(9));
+    // Each rejected event is a dead letter with its reason.
+    let dead: Vec<(i64, String)> = crate::ingest::dead_letters(&s, &dead_uri)
+        .await
+        .into_iter()
+        .map(|d| (d.1, d.4))
+        .collect();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert_eq!(dead[0].0, 6);
+    assert!(dead[0].1.contains("unknown Debezium op `t`"), "{dead:?}");
+    assert_eq!(dead[1].0, 8);
+    assert!(dead[1].1.contains("no `after` row"), "{dead:?}");
+    assert_eq!(dead[2].0, 9);
+    assert!(dead[2].1.contains("`event_id` is null"), "{dead:?}");
     let report = verify_keys(&cfg).await;
     let keys = report.upsert.as_ref().unwrap();
     assert!(report.clean, "{}", tributary::ops::verify::render(&report));
     assert_eq!(total(keys, |p| p.keys), 3);
-    assert_eq!(total(keys, |p| p.rejected), 1, "the truncate event");
+    assert_eq!(total(keys, |p| p.rejected), 3, "the dead letters");
 }
 
 /// Rows flattened by Debezium's `ExtractNewRecordState`
