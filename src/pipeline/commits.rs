@@ -102,10 +102,17 @@ impl Pipeline {
         let policy = self.policy;
         let abandon = self.abandon.clone();
         let writer = match &self.sinks[sink].tcfg.upsert {
-            Some(spec) if !window.changes.is_empty() => WindowRows::Changes {
-                spec: spec.clone(),
-                changes: window.changes,
-            },
+            Some(spec) if !window.changes.is_empty() => {
+                let tcfg = &self.sinks[sink].tcfg;
+                WindowRows::Changes {
+                    spec: spec.clone(),
+                    changes: window.changes,
+                    parquet: crate::sink::table::writer_properties(
+                        tcfg.compression,
+                        tcfg.row_group_rows,
+                    ),
+                }
+            }
             _ => WindowRows::Files(window.writer),
         };
         let stats = self.stats.clone();

@@ -23,6 +23,7 @@ use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::row::{RowConverter, SortField};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::record::TopicPartition;
@@ -49,6 +50,9 @@ pub struct UpsertWindow {
     pub changes: Changes,
     /// The offsets they account for, per partition.
     pub partitions: Vec<PartitionCommit>,
+    /// Parquet settings of the files the MERGE writes (the table's compression
+    /// and row groups); delta-rs' defaults when `None`.
+    pub parquet: Option<WriterProperties>,
 }
 
 /// Errors of an upsert that retrying will not fix.
@@ -169,6 +173,7 @@ pub async fn apply(
             key,
             order_by: window.order_by.as_deref(),
             changes: &reduced,
+            parquet: window.parquet.as_ref(),
         };
         match attempt(table, log, app_id, &how, &req, policy).await {
             Ok(Some((outcome, w))) => return Ok((outcome, stats(attempts, conflicts), w)),
@@ -311,6 +316,7 @@ struct Merge<'a> {
     key: &'a [String],
     order_by: Option<&'a str>,
     changes: &'a Changes,
+    parquet: Option<&'a WriterProperties>,
 }
 
 /// The MERGE of the changes into `table` on the key. With `order_by`, a matched
@@ -342,11 +348,15 @@ fn merge(
     let deleted = format!("s.{}{newer}", quote(DELETED));
     let replaced = format!("NOT s.{}{newer}", quote(DELETED));
     let kept = format!("NOT s.{}", quote(DELETED));
-    table
+    let mut builder = table
         .clone()
         .merge(df, on)
         .with_source_alias("s")
-        .with_target_alias("t")
+        .with_target_alias("t");
+    if let Some(p) = how.parquet {
+        builder = builder.with_writer_properties(p.clone());
+    }
+    builder
         .when_matched_delete(|d| d.predicate(deleted))?
         .when_matched_update(|u| {
             columns.iter().fold(u.predicate(replaced), |u, c| {

@@ -49,6 +49,8 @@ pub enum WindowRows {
         spec: UpsertSpec,
         /// The changes in offset order.
         changes: Vec<Changes>,
+        /// The table's Parquet settings, for the files the MERGE writes.
+        parquet: WriterProperties,
     },
 }
 
@@ -102,11 +104,24 @@ pub async fn flush_and_commit(
     }
     let writer = match rows {
         WindowRows::Files(w) => w,
-        WindowRows::Changes { spec, changes } => {
-            let result = apply_changes(
-                &mut table, &log, &app_id, spec, changes, partitions, policy, &cancelled,
-            )
-            .await;
+        WindowRows::Changes {
+            spec,
+            changes,
+            parquet,
+        } => {
+            let result = match concat_changes(changes) {
+                Ok(changes) => {
+                    let window = UpsertWindow {
+                        key: spec.key,
+                        order_by: spec.order_by,
+                        changes,
+                        partitions,
+                        parquet: Some(parquet),
+                    };
+                    apply_changes(&mut table, &log, &app_id, &window, policy, &cancelled).await
+                }
+                Err(e) => Err(TaskError::Write(e.into())),
+            };
             return CommitDone {
                 table,
                 dead_committed,
@@ -142,24 +157,15 @@ pub async fn flush_and_commit(
 }
 
 /// An upsert table's window: its changes as one MERGE with its offsets.
-#[allow(clippy::too_many_arguments)]
 async fn apply_changes(
     table: &mut DeltaTable,
     log: &TableLog,
     app_id: &str,
-    spec: UpsertSpec,
-    changes: Vec<Changes>,
-    partitions: Vec<PartitionCommit>,
+    window: &UpsertWindow,
     policy: RetryPolicy,
     cancelled: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<(CommitOutcome, CommitStats, usize, u64), TaskError> {
-    let window = UpsertWindow {
-        key: spec.key,
-        order_by: spec.order_by,
-        changes: concat_changes(changes).map_err(|e| TaskError::Write(e.into()))?,
-        partitions,
-    };
-    let (o, s, w) = upsert::apply(table, log, app_id, &window, policy, cancelled)
+    let (o, s, w) = upsert::apply(table, log, app_id, window, policy, cancelled)
         .await
         .map_err(TaskError::Upsert)?;
     Ok((o, s, w.files as usize, w.bytes))

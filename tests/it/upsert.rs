@@ -72,7 +72,45 @@ fn window(
             expected,
             last,
         }],
+        parquet: Some(tributary::sink::table::writer_properties(
+            tributary::sink::Compression::Zstd(1),
+            1024,
+        )),
     }
+}
+
+/// The compression codecs of the table's files' columns.
+async fn codecs(s: &Scenario) -> std::collections::BTreeSet<String> {
+    use deltalake::logstore::object_store::ObjectStoreExt as _;
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    use futures::TryStreamExt as _;
+    let t = s.table().await.unwrap();
+    let paths: Vec<String> = t
+        .get_active_add_actions_by_partitions(&[])
+        .map_ok(|f| f.path().to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    let store = t.object_store();
+    let mut out = std::collections::BTreeSet::new();
+    for p in paths {
+        let bytes = store
+            .get(&deltalake::Path::from(p.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = SerializedFileReader::new(bytes).unwrap();
+        for rg in reader.metadata().row_groups() {
+            out.extend(
+                rg.columns()
+                    .iter()
+                    .map(|c| format!("{:?}", c.compression())),
+            );
+        }
+    }
+    out
 }
 
 /// The table's rows as (id, v), by id.
@@ -182,6 +220,13 @@ async fn upsert_windows_insert_update_and_delete_by_key_with_their_offsets() {
             .all(|w| *w == upsert::Written::default()),
         "{written:?}"
     );
+    // The MERGEs write with the table's Parquet settings (here zstd), not
+    // delta-rs' defaults.
+    let codecs = codecs(&s).await;
+    assert!(
+        !codecs.is_empty() && codecs.iter().all(|c| c.starts_with("ZSTD")),
+        "{codecs:?}"
+    );
 }
 
 /// Two writers holding the same partition (a zombie after a rebalance): the
@@ -267,6 +312,7 @@ async fn with_an_order_an_older_change_never_overwrites_a_newer_one() {
                     expected,
                     last,
                 }],
+                parquet: None,
             }
         };
     let windows = [
@@ -358,6 +404,7 @@ fn owned(
             expected,
             last,
         }],
+        parquet: None,
     }
 }
 
