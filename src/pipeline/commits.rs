@@ -107,10 +107,10 @@ impl Pipeline {
                 WindowRows::Changes {
                     spec: spec.clone(),
                     changes: window.changes,
-                    parquet: crate::sink::table::writer_properties(
+                    parquet: Box::new(crate::sink::table::writer_properties(
                         tcfg.compression,
                         tcfg.row_group_rows,
-                    ),
+                    )),
                 }
             }
             _ => WindowRows::Files(window.writer),

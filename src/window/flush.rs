@@ -50,7 +50,7 @@ pub enum WindowRows {
         /// The changes in offset order.
         changes: Vec<Changes>,
         /// The table's Parquet settings, for the files the MERGE writes.
-        parquet: WriterProperties,
+        parquet: Box<WriterProperties>,
     },
 }
 
@@ -116,7 +116,7 @@ pub async fn flush_and_commit(
                         order_by: spec.order_by,
                         changes,
                         partitions,
-                        parquet: Some(parquet),
+                        parquet: Some(*parquet),
                     };
                     apply_changes(&mut table, &log, &app_id, &window, policy, &cancelled).await
                 }
