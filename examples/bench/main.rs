@@ -247,7 +247,12 @@ async fn main() -> anyhow::Result<()> {
     let mut text = report::render(&outcome);
     if let Some(from) = loaded {
         let w = upsert::written(&config(0), from).await?;
-        text.push_str(&upsert::render(&w, outcome.payload_bytes));
+        let lines: Vec<serde_json::Value> = group
+            .iter()
+            .flat_map(|d| measure::log_lines(&d.log))
+            .collect();
+        let m = upsert::merged(&lines);
+        text.push_str(&upsert::render(&w, outcome.payload_bytes, m));
     }
     print!("{text}");
     std::fs::write(dir.join("report.txt"), &text)?;

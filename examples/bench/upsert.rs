@@ -161,10 +161,34 @@ pub async fn written(config_text: &str, from: u64) -> anyhow::Result<Written> {
     Ok(w)
 }
 
+/// The MERGEs' row counts, summed from the daemons' "merged" log lines:
+/// inserted, updated, deleted, copied (rewritten unchanged), files scanned.
+pub fn merged(lines: &[serde_json::Value]) -> [u64; 5] {
+    let mut sums = [0u64; 5];
+    for l in lines {
+        let f = &l["fields"];
+        if f["message"].as_str() != Some("merged") {
+            continue;
+        }
+        for (i, k) in ["inserted", "updated", "deleted", "copied", "files_scanned"]
+            .iter()
+            .enumerate()
+        {
+            sums[i] += f[*k].as_u64().unwrap_or(0);
+        }
+    }
+    sums
+}
+
 /// The report's upsert lines.
-pub fn render(w: &Written, change_bytes: u64) -> String {
+pub fn render(w: &Written, change_bytes: u64, m: [u64; 5]) -> String {
     let mb = |b: u64| b as f64 / 1e6;
-    format!(
+    let rows = format!(
+        "merged rows   {} inserted, {} updated, {} deleted, {} copied unchanged into rewritten \
+         files; {} files scanned\n",
+        m[0], m[1], m[2], m[3], m[4]
+    );
+    rows + &format!(
         "upsert        {} commits wrote {:.1} MB of Parquet in {} files and removed {:.1} MB; \
          the table is {:.1} MB\n\
          write amp.    {:.1}x (Parquet bytes written per byte of change ingested, {:.1} MB of changes)\n",
