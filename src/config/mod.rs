@@ -252,6 +252,7 @@ schema_file = "SCHEMA"
                 key: vec!["id".into()],
                 order_by: None,
                 envelope: crate::decode::changes::Envelope::Rows,
+                source_order: None,
             })
         );
         assert_eq!(parse(MINIMAL).unwrap().table.upsert, None);
@@ -297,6 +298,16 @@ schema_file = "SCHEMA"
                 "envelope = \"debezium\"",
                 "table.key",
                 "for mode = \"upsert\"",
+            ),
+            (
+                "mode = \"upsert\"\nkey = [\"id\"]\norder_by = \"source.lsn\"",
+                "table.order_by",
+                "needs envelope = \"debezium\"",
+            ),
+            (
+                "mode = \"upsert\"\nkey = [\"id\"]\nenvelope = \"debezium\"\norder_by = \"source.\"",
+                "table.order_by",
+                "name one field of `source`",
             ),
             (
                 "mode = \"upsert\"\nkey = [\"id\"]\nenvelope = \"debezium-flattened\"\n\

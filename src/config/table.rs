@@ -91,7 +91,12 @@ fn upsert_spec(
             || raw.metadata_columns.names().any(|n| n == c)
             || raw.derived_columns.contains_key(c)
     };
-    for c in key.iter().chain(&raw.order_by) {
+    let envelope = envelope(raw)?;
+    let (order_by, source_order) = order_by(raw, envelope)?;
+    for c in key
+        .iter()
+        .chain(order_by.iter().filter(|_| source_order.is_none()))
+    {
         if !known(c) {
             return Err(ConfigError::invalid(
                 "table.key",
@@ -99,18 +104,48 @@ fn upsert_spec(
             ));
         }
     }
-    if let Some(o) = raw.order_by.as_ref().filter(|o| key.contains(o)) {
+    if let Some(o) = order_by.as_ref().filter(|o| key.contains(o)) {
         return Err(ConfigError::invalid(
             "table.order_by",
             format!("`{o}` is a key column: order_by must be another column"),
         ));
     }
-    let envelope = envelope(raw)?;
     Ok(Some(UpsertSpec {
         key,
-        order_by: raw.order_by.clone(),
+        order_by,
         envelope,
+        source_order,
     }))
+}
+
+/// `order_by`: a column, or `source.FIELD` of Debezium events (kept in the
+/// table's column `_source_FIELD`): the column, and the source field.
+fn order_by(
+    raw: &RawTable,
+    envelope: Envelope,
+) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let Some(o) = raw.order_by.as_deref().map(str::trim) else {
+        return Ok((None, None));
+    };
+    let Some(field) = o.strip_prefix("source.") else {
+        return Ok((Some(o.to_owned()), None));
+    };
+    if envelope != Envelope::Debezium {
+        return Err(ConfigError::invalid(
+            "table.order_by",
+            format!("`{o}` is a field of Debezium's `source`: it needs envelope = \"debezium\""),
+        ));
+    }
+    if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(ConfigError::invalid(
+            "table.order_by",
+            format!("`{o}`: name one field of `source`, e.g. source.lsn or source.ts_ms"),
+        ));
+    }
+    Ok((
+        Some(crate::decode::debezium::source_column(field)),
+        Some(field.to_owned()),
+    ))
 }
 
 /// `envelope`: none, `debezium` or `debezium-flattened` (without derived

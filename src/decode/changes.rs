@@ -69,6 +69,9 @@ pub struct Keying<'a> {
     pub key: &'a [String],
     /// What the records hold.
     pub envelope: Envelope,
+    /// Debezium: the `source` field kept for `order_by` (in the column
+    /// [`super::debezium::source_column`] names).
+    pub source_order: Option<&'a str>,
 }
 
 /// Take the segment's rows and tombstones out of `decoded` as changes, with the
@@ -83,7 +86,7 @@ pub fn take(
     let combined = match keying.envelope {
         Envelope::Rows => keyed_rows(schema, keying.key, chunk, decoded, false)?,
         Envelope::DebeziumFlattened => keyed_rows(schema, keying.key, chunk, decoded, true)?,
-        Envelope::Debezium => debezium_rows(schema, decoded)?,
+        Envelope::Debezium => debezium_rows(schema, decoded, keying.source_order)?,
     };
     let Some((combined, indices, deleted)) = combined else {
         return Ok(None);
@@ -111,21 +114,27 @@ pub fn take(
 /// and `__op`; the metadata columns beside.
 pub fn envelope_decoder(
     schema: &TableSchema,
-    envelope: Envelope,
+    keying: Keying<'_>,
     batch_size: usize,
 ) -> Result<Option<JsonDecoder>, DecodeError> {
+    let source: Vec<&str> = keying.source_order.into_iter().collect();
+    let kept: Vec<String> = source
+        .iter()
+        .map(|f| super::debezium::source_column(f))
+        .collect();
     let schema_err =
         |e: &dyn std::fmt::Display| DecodeError::Schema(ArrowError::SchemaError(e.to_string()));
     let record_fields = schema.delta.fields().filter(|f| {
         !schema.metadata.names().any(|m| m == f.name())
             && !schema.derived.iter().any(|d| d == f.name())
+            && !kept.contains(f.name())
     });
-    let decoded = match envelope {
+    let decoded = match keying.envelope {
         Envelope::Rows => return Ok(None),
         Envelope::Debezium => {
             let record = deltalake::kernel::StructType::try_new(record_fields.cloned())
                 .map_err(|e| schema_err(&e))?;
-            super::debezium::envelope_record(&record).map_err(DecodeError::Schema)?
+            super::debezium::envelope_record(&record, &source).map_err(DecodeError::Schema)?
         }
         Envelope::DebeziumFlattened => {
             let markers = ["__deleted", "__op"].map(|m| {
@@ -197,13 +206,18 @@ fn keyed_rows(
 /// Debezium change events: `after` or `before` per op, the events that cannot
 /// be applied rejected with why. The tombstone Debezium sends after a delete is
 /// accounted for and nothing else (the delete event did the work).
-fn debezium_rows(schema: &TableSchema, decoded: &mut Decoded) -> Result<Rows, ArrowError> {
+fn debezium_rows(
+    schema: &TableSchema,
+    decoded: &mut Decoded,
+    source_order: Option<&str>,
+) -> Result<Rows, ArrowError> {
     decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
     let Some(batch) = decoded.batch.take() else {
         return Ok(None);
     };
     let row_indices = std::mem::take(&mut decoded.rows);
-    let flat = super::debezium::envelopes(&batch, &[])?;
+    let source: Vec<&str> = source_order.into_iter().collect();
+    let flat = super::debezium::envelopes(&batch, &source)?;
     let bad: std::collections::HashSet<usize> = flat.rejected.iter().map(|(r, _)| *r).collect();
     decoded
         .rejected

@@ -54,22 +54,45 @@ fn strings(a: &ArrayRef) -> Result<StringArray, ArrowError> {
         .ok_or_else(|| ArrowError::CastError("not a string column".into()))
 }
 
+/// The table column that keeps a `source` field (for `order_by`).
+pub fn source_column(field: &str) -> String {
+    format!("_source_{field}")
+}
+
 /// The record schema to decode Debezium events with, for a table whose rows
-/// have `record`'s fields: `before`, `after` and `op`, at the top or in
-/// `payload` (the JSON converter with its schema embedded).
-pub fn envelope_record(record: &StructType) -> Result<StructType, ArrowError> {
+/// have `record`'s fields: `before`, `after` and `op`, and `source` with the
+/// (integer) `source_fields`, at the top or in `payload` (the JSON converter
+/// with its schema embedded).
+pub fn envelope_record(
+    record: &StructType,
+    source_fields: &[&str],
+) -> Result<StructType, ArrowError> {
     let row = StructType::try_new(
         record
             .fields()
             .map(|f| StructField::new(f.name(), f.data_type().clone(), true)),
     )
     .map_err(|e| ArrowError::SchemaError(e.to_string()))?;
+    let source = StructType::try_new(
+        source_fields
+            .iter()
+            .map(|f| StructField::new(*f, DeltaType::LONG, true)),
+    )
+    .map_err(|e| ArrowError::SchemaError(e.to_string()))?;
     let envelope = || {
-        vec![
+        let mut fields = vec![
             StructField::new("before", DeltaType::Struct(Box::new(row.clone())), true),
             StructField::new("after", DeltaType::Struct(Box::new(row.clone())), true),
             StructField::new("op", DeltaType::STRING, true),
-        ]
+        ];
+        if !source_fields.is_empty() {
+            fields.push(StructField::new(
+                "source",
+                DeltaType::Struct(Box::new(source.clone())),
+                true,
+            ));
+        }
+        fields
     };
     let payload =
         StructType::try_new(envelope()).map_err(|e| ArrowError::SchemaError(e.to_string()))?;
@@ -121,8 +144,8 @@ fn unwrap_payload(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
 
 /// Debezium envelopes (`before`, `after`, `op`, `source`; at the top or in a
 /// `payload` column) to changes. `source_fields` are copied from `source` into
-/// columns of the same name (e.g. `lsn` for `order_by`); other top-level
-/// columns (the Kafka metadata) ride along.
+/// columns named by [`source_column`] (e.g. `_source_lsn` for `order_by`);
+/// other top-level columns (the Kafka metadata) ride along.
 pub fn envelopes(batch: &RecordBatch, source_fields: &[&str]) -> Result<Flattened, ArrowError> {
     let batch = &unwrap_payload(batch)?;
     let op = strings(column(batch, "op")?)?;
@@ -226,7 +249,8 @@ fn with_source(
             let c = source.column_by_name(name).ok_or_else(|| {
                 ArrowError::SchemaError(format!("no `source.{name}` in the change events"))
             })?;
-            Ok((Field::new(*name, c.data_type().clone(), true), c.clone()))
+            let column = source_column(name);
+            Ok((Field::new(column, c.data_type().clone(), true), c.clone()))
         })
         .collect::<Result<Vec<_>, ArrowError>>()?;
     with_columns(&rows, extra)
@@ -330,7 +354,7 @@ mod tests {
         );
         let names = f.changes.rows.column(1).as_string::<i32>();
         assert_eq!(names.value(2), "a2", "an update takes `after`");
-        let lsn = f.changes.rows.column_by_name("lsn").unwrap();
+        let lsn = f.changes.rows.column_by_name("_source_lsn").unwrap();
         let lsn = lsn.as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(lsn.values().to_vec(), vec![10, 11, 12, 13]);
         let reasons: Vec<(usize, &str)> =
@@ -390,7 +414,7 @@ mod tests {
             StructField::new("name", DeltaType::STRING, true),
         ])
         .unwrap();
-        let envelope = envelope_record(&record).unwrap();
+        let envelope = envelope_record(&record, &[]).unwrap();
         let arrow: Schema = (&envelope).try_into_arrow().unwrap();
         let mut fields: Vec<Field> = arrow.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new("_offset", DataType::Int64, true));

@@ -13,7 +13,6 @@ use crate::record::RecordChunk;
 /// flattened), (re)built for the table's current schema.
 pub(super) fn sink_envelope_decoder(
     s: &mut super::Sink,
-    envelope: Envelope,
     batch_size: usize,
 ) -> Result<&mut JsonDecoder, PipelineError> {
     let schema = s.decoder.schema();
@@ -22,12 +21,24 @@ pub(super) fn sink_envelope_decoder(
         .as_ref()
         .is_none_or(|(built, _)| *built != schema.delta);
     if stale {
-        let decoder =
-            changes::envelope_decoder(schema, envelope, batch_size)?.ok_or_else(|| {
-                DecodeError::Schema(ArrowError::InvalidArgumentError(
-                    "rows have no envelope to decode".into(),
-                ))
-            })?;
+        let keying = Keying {
+            key: &[],
+            envelope: s
+                .tcfg
+                .upsert
+                .as_ref()
+                .map_or(Envelope::Rows, |u| u.envelope),
+            source_order: s
+                .tcfg
+                .upsert
+                .as_ref()
+                .and_then(|u| u.source_order.as_deref()),
+        };
+        let decoder = changes::envelope_decoder(schema, keying, batch_size)?.ok_or_else(|| {
+            DecodeError::Schema(ArrowError::InvalidArgumentError(
+                "rows have no envelope to decode".into(),
+            ))
+        })?;
         s.envelope = Some((schema.delta.clone(), decoder));
     }
     s.envelope.as_mut().map(|(_, d)| d).ok_or_else(|| {
@@ -54,6 +65,7 @@ impl Pipeline {
         let keying = Keying {
             key: &spec.key,
             envelope: spec.envelope,
+            source_order: spec.source_order.as_deref(),
         };
         let taken = changes::take(s.decoder.schema(), keying, chunk, decoded).map_err(
             |e: ArrowError| PipelineError::Write {

@@ -153,7 +153,7 @@ impl Pipeline {
         let mut decoded = if envelope == Envelope::Rows {
             s.decoder.decode(chunk, &in_segment)?
         } else {
-            super::changes::sink_envelope_decoder(s, envelope, self.cfg.kafka.max_chunk_records)?
+            super::changes::sink_envelope_decoder(s, self.cfg.kafka.max_chunk_records)?
                 .decode(chunk, in_segment)?
         };
         if let Some(t) = &s.transform {

@@ -60,6 +60,9 @@ pub struct UpsertSpec {
     /// What the records hold: rows, or Debezium change events (whole, or
     /// flattened by `ExtractNewRecordState`).
     pub envelope: crate::decode::changes::Envelope,
+    /// `order_by = "source.FIELD"`: the field of Debezium's `source` whose
+    /// value orders a key's changes (kept in the column `order_by` names).
+    pub source_order: Option<String>,
 }
 
 /// Parquet compression codec.

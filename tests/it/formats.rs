@@ -1422,6 +1422,7 @@ async fn avro_upserts_through_the_registry_take_an_added_column() {
         key: vec!["id".into()],
         order_by: None,
         envelope: Default::default(),
+        source_order: None,
     });
     let mut run = start(cfg.clone());
     run.committed(&s.topic, &last_offsets(&produced)).await;

@@ -73,6 +73,7 @@ pub(super) async fn verify_keys(
     let keying = Keying {
         key: &spec.key,
         envelope: spec.envelope,
+        source_order: spec.source_order.as_deref(),
     };
     let order_by = spec.order_by.as_deref();
     let mut replay = Replay::new(judge_for(cfg, &t, &uri)?, keying, order_by, &parts, dead)?;
@@ -130,7 +131,7 @@ impl<'k> Replay<'k> {
         parts: &[TopicPartition],
         dead: Offsets,
     ) -> Result<Self, VerifyError> {
-        let envelope = changes::envelope_decoder(judge.decoder.schema(), keying.envelope, CHUNK)?;
+        let envelope = changes::envelope_decoder(judge.decoder.schema(), keying, CHUNK)?;
         Ok(Self {
             judge,
             envelope,
