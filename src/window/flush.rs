@@ -102,58 +102,56 @@ pub async fn flush_and_commit(
             }
         }
     }
-    let writer = match rows {
-        WindowRows::Files(w) => w,
+    let result = match rows {
+        WindowRows::Files(w) => {
+            commit_files(w, &mut table, &log, &app_id, partitions, policy, &cancelled).await
+        }
         WindowRows::Changes {
             spec,
             changes,
             parquet,
-        } => {
-            let result = match concat_changes(changes) {
-                Ok(changes) => {
-                    let window = UpsertWindow {
-                        key: spec.key,
-                        order_by: spec.order_by,
-                        changes,
-                        partitions,
-                        parquet: Some(*parquet),
-                    };
-                    apply_changes(&mut table, &log, &app_id, &window, policy, &cancelled).await
-                }
-                Err(e) => Err(TaskError::Write(e.into())),
-            };
-            return CommitDone {
-                table,
-                dead_committed,
-                result,
-            };
-        }
-    };
-    let adds = match writer {
-        Some(w) => match w.finish().await {
-            Ok(adds) => adds,
-            Err(e) => {
-                return CommitDone {
-                    table,
-                    dead_committed,
-                    result: Err(TaskError::Write(e)),
+        } => match concat_changes(changes) {
+            Ok(changes) => {
+                let window = UpsertWindow {
+                    key: spec.key,
+                    order_by: spec.order_by,
+                    changes,
+                    partitions,
+                    parquet: Some(*parquet),
                 };
+                apply_changes(&mut table, &log, &app_id, &window, policy, &cancelled).await
             }
+            Err(e) => Err(TaskError::Write(e.into())),
         },
-        None => Vec::new(),
     };
-    let files = adds.len();
-    let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
-    let req = CommitRequest { adds, partitions };
-    let result = commit::commit(&mut table, &log, &app_id, &req, policy, &cancelled)
-        .await
-        .map(|(o, s)| (o, s, files, bytes))
-        .map_err(TaskError::Commit);
     CommitDone {
         table,
         dead_committed,
         result,
     }
+}
+
+/// An append table's window: its files with its offsets.
+async fn commit_files(
+    writer: Option<WindowWriter>,
+    table: &mut DeltaTable,
+    log: &TableLog,
+    app_id: &str,
+    partitions: Vec<PartitionCommit>,
+    policy: RetryPolicy,
+    cancelled: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<(CommitOutcome, CommitStats, usize, u64), TaskError> {
+    let adds = match writer {
+        Some(w) => w.finish().await.map_err(TaskError::Write)?,
+        None => Vec::new(),
+    };
+    let files = adds.len();
+    let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
+    let req = CommitRequest { adds, partitions };
+    commit::commit(table, log, app_id, &req, policy, cancelled)
+        .await
+        .map(|(o, s)| (o, s, files, bytes))
+        .map_err(TaskError::Commit)
 }
 
 /// An upsert table's window: its changes as one MERGE with its offsets.
