@@ -12,7 +12,9 @@ use std::sync::Arc;
 use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, new_null_array,
 };
-use deltalake::arrow::compute::{filter_record_batch, interleave_record_batch};
+use deltalake::arrow::compute::{
+    concat, concat_batches, filter_record_batch, interleave_record_batch,
+};
 use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::arrow::error::ArrowError;
 
@@ -28,6 +30,25 @@ pub struct Changes {
     pub rows: RecordBatch,
     /// Whether each row deletes its key.
     pub deleted: BooleanArray,
+}
+
+impl Changes {
+    /// `list` as one batch of changes, in order; an error for an empty list.
+    pub fn concat(list: &[Changes]) -> Result<Changes, ArrowError> {
+        let Some(first) = list.first() else {
+            return Err(ArrowError::InvalidArgumentError(
+                "no changes to join".into(),
+            ));
+        };
+        let rows = concat_batches(first.rows.schema_ref(), list.iter().map(|c| &c.rows))?;
+        let flags: Vec<&dyn Array> = list.iter().map(|c| &c.deleted as &dyn Array).collect();
+        let deleted = concat(&flags)?
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .cloned()
+            .ok_or_else(|| ArrowError::CastError("deleted flags".into()))?;
+        Ok(Changes { rows, deleted })
+    }
 }
 
 /// `rows` with `extra` columns after its own.

@@ -20,7 +20,7 @@ use deltalake::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32
 use deltalake::arrow::compute::{SortOptions, take, take_record_batch};
 use deltalake::arrow::datatypes::{DataType, Field};
 use deltalake::arrow::error::ArrowError;
-use deltalake::arrow::row::{RowConverter, SortField};
+use deltalake::arrow::row::{RowConverter, Rows, SortField};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
 use deltalake::parquet::file::properties::WriterProperties;
@@ -84,21 +84,7 @@ pub fn reduce(
     let rows = &changes.rows;
     let keys = RowConverter::new(sort_fields(rows, key)?)?
         .convert_columns(&non_null_columns(rows, key)?)?;
-    // A change with no order value (a tombstone has none) sorts last: the newest.
-    let order = match order_by {
-        Some(o) => {
-            let c = rows.column_by_name(o).ok_or_else(|| {
-                ArrowError::SchemaError(format!("column `{o}` is not in the changes"))
-            })?;
-            let options = SortOptions {
-                descending: false,
-                nulls_first: false,
-            };
-            let field = SortField::new_with_options(c.data_type().clone(), options);
-            Some(RowConverter::new(vec![field])?.convert_columns(std::slice::from_ref(c))?)
-        }
-        None => None,
-    };
+    let order = order_by.map(|o| order_rows(rows, o)).transpose()?;
     let mut last: HashMap<_, u32> = HashMap::with_capacity(rows.num_rows());
     for i in 0..rows.num_rows() {
         let k = keys.row(i);
@@ -122,6 +108,20 @@ pub fn reduce(
             .cloned()
             .ok_or_else(|| ArrowError::CastError("deleted flags".into()))?,
     })
+}
+
+/// The order of each row's `order_by` value, comparable as rows; a row with
+/// no value (a tombstone has none) sorts last: the newest.
+pub fn order_rows(rows: &RecordBatch, order_by: &str) -> Result<Rows, ArrowError> {
+    let c = rows.column_by_name(order_by).ok_or_else(|| {
+        ArrowError::SchemaError(format!("column `{order_by}` is not in the changes"))
+    })?;
+    let options = SortOptions {
+        descending: false,
+        nulls_first: false,
+    };
+    let field = SortField::new_with_options(c.data_type().clone(), options);
+    RowConverter::new(vec![field])?.convert_columns(std::slice::from_ref(c))
 }
 
 /// What a MERGE commit wrote.

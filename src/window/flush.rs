@@ -20,9 +20,6 @@ use crate::sink::commit::{
 use crate::sink::table;
 use crate::sink::upsert::{self, UpsertError, UpsertWindow};
 use crate::window::encoder::WindowWriter;
-use deltalake::arrow::array::{Array, BooleanArray};
-use deltalake::arrow::compute::{concat, concat_batches};
-use deltalake::arrow::error::ArrowError;
 
 /// A window's dead letters, committed to the dead-letter table before its rows.
 #[derive(Debug)]
@@ -110,7 +107,7 @@ pub async fn flush_and_commit(
             spec,
             changes,
             parquet,
-        } => match concat_changes(changes) {
+        } => match Changes::concat(&changes) {
             Ok(changes) => {
                 let window = UpsertWindow {
                     key: spec.key,
@@ -167,24 +164,6 @@ async fn apply_changes(
         .await
         .map_err(TaskError::Upsert)?;
     Ok((o, s, w.files as usize, w.bytes))
-}
-
-/// One batch of a window's changes.
-fn concat_changes(changes: Vec<Changes>) -> Result<Changes, ArrowError> {
-    let Some(first) = changes.first() else {
-        return Err(ArrowError::InvalidArgumentError(
-            "a window without changes".into(),
-        ));
-    };
-    let schema = first.rows.schema();
-    let rows = concat_batches(&schema, changes.iter().map(|c| &c.rows))?;
-    let flags: Vec<&dyn Array> = changes.iter().map(|c| &c.deleted as &dyn Array).collect();
-    let deleted = concat(&flags)?
-        .as_any()
-        .downcast_ref::<BooleanArray>()
-        .cloned()
-        .ok_or_else(|| ArrowError::CastError("deleted flags".into()))?;
-    Ok(Changes { rows, deleted })
 }
 
 async fn commit_dead_letters(

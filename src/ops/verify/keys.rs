@@ -21,8 +21,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use deltalake::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array};
-use deltalake::arrow::compute::concat_batches;
+use deltalake::arrow::array::{ArrayRef, Int64Array, UInt32Array};
 use deltalake::arrow::datatypes::{DataType, Field};
 use deltalake::arrow::error::ArrowError;
 use tokio::sync::mpsc;
@@ -59,16 +58,7 @@ pub(super) async fn verify_keys(
     let uri = cfg.table.uri.to_string();
     let qerr = |e: &dyn std::fmt::Display| query_error(&uri, e);
     let parts = probe::blocking(&cfg.kafka, move |k| probe::partitions(k, timeout)).await?;
-    let store = crate::offsets::store::OffsetStore::new();
-    let stored = store
-        .offsets(&t, &cfg.app_id, &parts)
-        .await
-        .map_err(|e| qerr(&e))?;
-    let foreign_restore = store
-        .hole(&t, &cfg.app_id)
-        .await
-        .map_err(|e| qerr(&e))?
-        .map(|h| h.to_string());
+    let (stored, foreign_restore) = stored_offsets(&t, cfg, &parts, &uri).await?;
     let dead = dead_letter_offsets(cfg, &uri).await?.unwrap_or_default();
     let keying = Keying {
         key: &spec.key,
@@ -291,16 +281,5 @@ fn reduce_all(
     order_by: Option<&str>,
     list: &[Changes],
 ) -> Result<Changes, ArrowError> {
-    let Some(first) = list.first() else {
-        return Err(ArrowError::InvalidArgumentError("no changes".into()));
-    };
-    let rows = concat_batches(first.rows.schema_ref(), list.iter().map(|c| &c.rows))?;
-    let deleted = deltalake::arrow::compute::concat(
-        &list
-            .iter()
-            .map(|c| &c.deleted as &dyn Array)
-            .collect::<Vec<_>>(),
-    )?;
-    let deleted = deleted.as_boolean().clone();
-    reduce(key, order_by, &Changes { rows, deleted })
+    reduce(key, order_by, &Changes::concat(list)?)
 }

@@ -207,16 +207,7 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
         }
     }
     parts.sort();
-    let store = crate::offsets::store::OffsetStore::new();
-    let stored = store
-        .offsets(&t, &cfg.app_id, &parts)
-        .await
-        .map_err(|e| query_error(&uri, &e))?;
-    let foreign_restore = store
-        .hole(&t, &cfg.app_id)
-        .await
-        .map_err(|e| query_error(&uri, &e))?
-        .map(|h| h.to_string());
+    let (stored, foreign_restore) = stored_offsets(&t, cfg, &parts, &uri).await?;
     let (in_table, kafka_counts, mut missing) =
         missing_from_table(cfg, &parts, &stored, in_table, timeout).await?;
     let mut judge = judge_for(cfg, &t, &uri)?;
@@ -244,6 +235,27 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
         foreign_restore,
         upsert: None,
     })
+}
+
+/// The offsets stored for `parts`, and what a RESTORE by another engine left
+/// (a hole below them), if one did.
+async fn stored_offsets(
+    t: &DeltaTable,
+    cfg: &Config,
+    parts: &[TopicPartition],
+    uri: &str,
+) -> Result<(HashMap<TopicPartition, Option<i64>>, Option<String>), VerifyError> {
+    let store = crate::offsets::store::OffsetStore::new();
+    let stored = store
+        .offsets(t, &cfg.app_id, parts)
+        .await
+        .map_err(|e| query_error(uri, &e))?;
+    let foreign_restore = store
+        .hole(t, &cfg.app_id)
+        .await
+        .map_err(|e| query_error(uri, &e))?
+        .map(|h| h.to_string());
+    Ok((stored, foreign_restore))
 }
 
 fn query_error(uri: &str, e: &dyn std::fmt::Display) -> VerifyError {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use deltalake::arrow::compute::{SortOptions, cast, concat, concat_batches};
+use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Int32Type, UInt32Type};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
@@ -15,6 +15,7 @@ use super::report::{Finding, Tally, render_key};
 use super::{OFFSET, PART};
 use crate::decode::changes::Changes;
 use crate::record::TopicPartition;
+use crate::sink::upsert::order_rows;
 
 /// Every key's candidates for the row the table should hold.
 pub(super) struct Expected {
@@ -62,30 +63,12 @@ impl Expected {
         order_by: Option<&str>,
         last: &[Changes],
     ) -> Result<Self, ArrowError> {
-        let schema = last[0].rows.schema();
-        let rows = concat_batches(&schema, last.iter().map(|c| &c.rows))?;
-        let deleted = concat(
-            &last
-                .iter()
-                .map(|c| &c.deleted as &dyn Array)
-                .collect::<Vec<_>>(),
-        )?
-        .as_boolean()
-        .clone();
+        let Changes { rows, deleted } = Changes::concat(last)?;
+        let schema = rows.schema();
         let keys = RowConverter::new(fields_of(&rows, key)?)?;
         let key_rows = keys.convert_columns(&columns_of(&rows, key)?)?;
-        let order = match order_by {
-            Some(o) => {
-                let c = columns_of(&rows, &[o.to_owned()])?;
-                let options = SortOptions {
-                    descending: false,
-                    nulls_first: false,
-                };
-                let f = SortField::new_with_options(c[0].data_type().clone(), options);
-                Some(RowConverter::new(vec![f])?.convert_columns(&c)?)
-            }
-            None => None,
-        };
+        // The daemon's order: a change without an order value is the newest.
+        let order = order_by.map(|o| order_rows(&rows, o)).transpose()?;
         let mut by_key: HashMap<OwnedRow, Vec<u32>> = HashMap::with_capacity(rows.num_rows());
         for i in 0..rows.num_rows() {
             let c = by_key.entry(key_rows.row(i).owned()).or_default();
