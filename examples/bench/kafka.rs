@@ -64,6 +64,17 @@ impl Targets {
     }
 }
 
+/// The bench's producer: large lz4 batches, as a bulk loader would send them.
+pub fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("compression.type", "lz4")
+        .create()?)
+}
+
 /// The producer and the encoder of event payloads.
 pub struct Producing {
     producer: ThreadedProducer<DefaultProducerContext>,
@@ -80,13 +91,7 @@ impl Producing {
             None => None,
         };
         Ok(Self {
-            producer: ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("linger.ms", "20")
-                .set("batch.size", "1000000")
-                .set("queue.buffering.max.kbytes", "262144")
-                .set("compression.type", "lz4")
-                .create()?,
+            producer: producer(brokers)?,
             avro,
             json: String::with_capacity(320),
             framed: Vec::with_capacity(320),

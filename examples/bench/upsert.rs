@@ -55,13 +55,7 @@ pub struct Keyed {
 impl Keyed {
     pub fn new(brokers: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            producer: rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", brokers)
-                .set("linger.ms", "20")
-                .set("batch.size", "1000000")
-                .set("queue.buffering.max.kbytes", "262144")
-                .set("compression.type", "lz4")
-                .create()?,
+            producer: crate::kafka::producer(brokers)?,
             json: String::with_capacity(320),
             bytes: 0,
         })
