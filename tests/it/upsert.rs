@@ -660,19 +660,14 @@ fn event_of_kind(i: u64, kind: &str) -> String {
 async fn the_pipeline_upserts_by_a_record_key() {
     let s = Scenario::new("upsert-pipe", 2).await;
     let cfg = upsert_config(&s, "key = [\"event_id\"]");
-    let mut run = crate::ingest::start(cfg.clone());
     let first: Vec<(i32, &str, Option<String>)> = (0..40u64)
         .map(|i| ((i % 2) as i32, "k", Some(event_of_kind(i, "first"))))
         .collect();
-    let mut produced = produce_keyed(&s, &first).await;
-    run.committed(&s.topic, &last_offsets(&produced)).await;
     let mut second: Vec<(i32, &str, Option<String>)> = (0..10u64)
         .map(|i| ((i % 2) as i32, "k", Some(event_of_kind(i, "second"))))
         .collect();
     second.push((0, "k", None)); // a tombstone: no key to delete by
-    merge_offsets(&mut produced, produce_keyed(&s, &second).await);
-    run.committed(&s.topic, &last_offsets(&produced)).await;
-    let summary = run.stop().await;
+    let summary = two_rounds(&s, &cfg, &first, &second).await;
     assert_eq!(summary.rejected, 1, "the tombstone");
     let got = kinds(&s).await;
     assert_eq!(got.len(), 40);
@@ -685,12 +680,10 @@ async fn the_pipeline_upserts_by_a_record_key() {
     }
     assert!(s.operations().await.iter().any(|o| o == "MERGE"));
     // verify replays the topic and finds every key at its last change.
-    let report = verify_keys(&cfg).await;
-    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
-    let keys = report.upsert.as_ref().unwrap();
-    assert_eq!(total(keys, |p| p.keys), 40);
-    assert_eq!(total(keys, |p| p.changes), 50);
-    assert_eq!(total(keys, |p| p.rejected), 1, "the tombstone");
+    let keys = verified_clean(&cfg).await;
+    assert_eq!(total(&keys, |p| p.keys), 40);
+    assert_eq!(total(&keys, |p| p.changes), 50);
+    assert_eq!(total(&keys, |p| p.rejected), 1, "the tombstone");
 
     // Another writer breaks the table: a key deleted, a value changed, a key
     // renamed (one missing, one extra). verify names each and fails.
@@ -737,6 +730,29 @@ async fn verify_keys(cfg: &tributary::config::Config) -> tributary::ops::verify:
         .unwrap()
 }
 
+/// The pipeline over two rounds of keyed records, each committed before the
+/// next is produced; its summary.
+async fn two_rounds(
+    s: &Scenario,
+    cfg: &tributary::config::Config,
+    first: &[(i32, &str, Option<String>)],
+    second: &[(i32, &str, Option<String>)],
+) -> tributary::pipeline::RunSummary {
+    let mut run = crate::ingest::start(cfg.clone());
+    let mut produced = produce_keyed(s, first).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    merge_offsets(&mut produced, produce_keyed(s, second).await);
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await
+}
+
+/// `verify` finds the upsert table clean; its key report.
+async fn verified_clean(cfg: &tributary::config::Config) -> tributary::ops::verify::UpsertReport {
+    let report = verify_keys(cfg).await;
+    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
+    report.upsert.expect("an upsert table's report")
+}
+
 /// A count summed over the upsert report's partitions.
 fn total(
     r: &tributary::ops::verify::UpsertReport,
@@ -757,14 +773,11 @@ async fn the_pipeline_upserts_by_the_kafka_key_and_tombstones_delete() {
         cfg.table.upsert.as_ref().map(|u| u.key.clone()),
         Some(vec!["_key".to_owned()])
     );
-    let mut run = crate::ingest::start(cfg.clone());
     let first = [
         (0, "a", Some(event_of_kind(1, "a1"))),
         (0, "b", Some(event_of_kind(2, "b1"))),
         (0, "c", Some(event_of_kind(3, "c1"))),
     ];
-    let mut produced = produce_keyed(&s, &first).await;
-    run.committed(&s.topic, &last_offsets(&produced)).await;
     let second = [
         (0, "a", Some(event_of_kind(1, "a2"))),
         (0, "b", None),
@@ -772,16 +785,12 @@ async fn the_pipeline_upserts_by_the_kafka_key_and_tombstones_delete() {
         (0, "c", None),
         (0, "c", Some(event_of_kind(3, "c2"))),
     ];
-    merge_offsets(&mut produced, produce_keyed(&s, &second).await);
-    run.committed(&s.topic, &last_offsets(&produced)).await;
-    let summary = run.stop().await;
+    let summary = two_rounds(&s, &cfg, &first, &second).await;
     assert_eq!(summary.rejected, 0);
     let got: Vec<(i64, String)> = kinds(&s).await.into_iter().collect();
     assert_eq!(got, rows(&[(1, "a2"), (3, "c2")]));
     assert_eq!(s.stored_offsets(1).await[&0], Some(7));
-    let report = verify_keys(&cfg).await;
-    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
-    assert_eq!(total(report.upsert.as_ref().unwrap(), |p| p.keys), 2);
+    assert_eq!(total(&verified_clean(&cfg).await, |p| p.keys), 2);
 }
 
 /// kill -9 at random points with 3 daemons on one upsert table, partitioned by
@@ -871,11 +880,9 @@ async fn kill_9_with_three_daemons_on_one_upsert_table_ends_exact() {
     assert!(wrong.is_empty(), "keys not at their last change: {wrong:?}");
     // verify agrees, partition by partition.
     let cfg = parse_config(&std::fs::read_to_string(&cfg).unwrap());
-    let report = verify_keys(&cfg).await;
-    let keys = report.upsert.as_ref().unwrap();
-    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
-    assert_eq!(total(keys, |p| p.keys), KEYS);
-    assert_eq!(total(keys, |p| p.changes), TOTAL);
+    let keys = verified_clean(&cfg).await;
+    assert_eq!(total(&keys, |p| p.keys), KEYS);
+    assert_eq!(total(&keys, |p| p.changes), TOTAL);
     assert_eq!(keys.keys_in_several_partitions, 0);
     assert!(
         keys.partitions.iter().all(|p| p.keys == KEYS / 6),
@@ -921,15 +928,12 @@ async fn the_pipeline_applies_debezium_change_events() {
             "[table]\nmode = \"upsert\"\nkey = [\"event_id\"]\nenvelope = \"debezium\"\n",
         );
     let cfg = parse_config(&text);
-    let mut run = crate::ingest::start(cfg.clone());
     let ev = |i: u64, kind: &str| Some(event_of_kind(i, kind));
     let first = [
         (0, "1", Some(dbz("c", None, ev(1, "c1"), false))),
         (0, "2", Some(dbz("r", None, ev(2, "r2"), true))),
         (0, "3", Some(dbz("c", None, ev(3, "c3"), false))),
     ];
-    let mut produced = produce_keyed(&s, &first).await;
-    run.committed(&s.topic, &last_offsets(&produced)).await;
     let second = [
         (0, "1", Some(dbz("u", ev(1, "c1"), ev(1, "u1"), true))),
         (
@@ -947,9 +951,7 @@ async fn the_pipeline_applies_debezium_change_events() {
             Some(dbz("c", None, Some(r#"{"kind":"k6"}"#.into()), true)),
         ),
     ];
-    merge_offsets(&mut produced, produce_keyed(&s, &second).await);
-    run.committed(&s.topic, &last_offsets(&produced)).await;
-    let summary = run.stop().await;
+    let summary = two_rounds(&s, &cfg, &first, &second).await;
     assert_eq!(
         summary.rejected, 3,
         "the truncate, a row-less and a key-less event"
@@ -970,11 +972,9 @@ async fn the_pipeline_applies_debezium_change_events() {
     assert!(dead[1].1.contains("no `after` row"), "{dead:?}");
     assert_eq!(dead[2].0, 9);
     assert!(dead[2].1.contains("`event_id` is null"), "{dead:?}");
-    let report = verify_keys(&cfg).await;
-    let keys = report.upsert.as_ref().unwrap();
-    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
-    assert_eq!(total(keys, |p| p.keys), 3);
-    assert_eq!(total(keys, |p| p.rejected), 3, "the dead letters");
+    let keys = verified_clean(&cfg).await;
+    assert_eq!(total(&keys, |p| p.keys), 3);
+    assert_eq!(total(&keys, |p| p.rejected), 3, "the dead letters");
 }
 
 /// Rows flattened by Debezium's `ExtractNewRecordState`
@@ -988,7 +988,6 @@ async fn the_pipeline_applies_flattened_debezium_rows() {
         &s,
         "key = [\"event_id\"]\nenvelope = \"debezium-flattened\"",
     );
-    let mut run = crate::ingest::start(cfg.clone());
     let flat = |i: u64, kind: &str, marker: (&str, &str)| {
         let mut v: serde_json::Value = serde_json::from_str(&event_of_kind(i, kind)).unwrap();
         v[marker.0] = marker.1.into();
@@ -1000,24 +999,18 @@ async fn the_pipeline_applies_flattened_debezium_rows() {
         (0, "3", flat(3, "c3", ("__op", "r"))),
         (0, "4", Some(event_of_kind(4, "c4"))), // no marker: a row
     ];
-    let mut produced = produce_keyed(&s, &first).await;
-    run.committed(&s.topic, &last_offsets(&produced)).await;
     let second = [
         (0, "1", flat(1, "u1", ("__op", "u"))),
         (0, "2", flat(2, "gone", ("__deleted", "true"))),
         (0, "2", None), // Debezium's tombstone after the delete
         (0, "3", flat(3, "gone", ("__op", "d"))),
     ];
-    merge_offsets(&mut produced, produce_keyed(&s, &second).await);
-    run.committed(&s.topic, &last_offsets(&produced)).await;
-    let summary = run.stop().await;
+    let summary = two_rounds(&s, &cfg, &first, &second).await;
     assert_eq!(summary.rejected, 0);
     let got: Vec<(i64, String)> = kinds(&s).await.into_iter().collect();
     assert_eq!(got, rows(&[(1, "u1"), (4, "c4")]));
     assert_eq!(s.stored_offsets(1).await[&0], Some(7));
-    let report = verify_keys(&cfg).await;
-    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
-    assert_eq!(total(report.upsert.as_ref().unwrap(), |p| p.keys), 2);
+    assert_eq!(total(&verified_clean(&cfg).await, |p| p.keys), 2);
 }
 
 /// `order_by = "source.lsn"`: Debezium's own order, kept in the table's
@@ -1043,13 +1036,10 @@ async fn debezium_changes_ordered_by_the_source_lsn_never_go_back() {
         v["source"]["lsn"] = lsn.into();
         Some(v.to_string())
     };
-    let mut run = crate::ingest::start(cfg.clone());
     let first = [
         (0, "1", at("c", 1, "a10", 10)),
         (0, "2", at("c", 2, "b20", 20)),
     ];
-    let mut produced = produce_keyed(&s, &first).await;
-    run.committed(&s.topic, &last_offsets(&produced)).await;
     let second = [
         (0, "1", at("u", 1, "old", 5)),  // older than the row: ignored
         (0, "1", at("d", 1, "old", 3)),  // an older delete: ignored
@@ -1057,9 +1047,7 @@ async fn debezium_changes_ordered_by_the_source_lsn_never_go_back() {
         (0, "3", at("u", 3, "c50", 50)), // read first, but the newest of 3
         (0, "3", at("u", 3, "c40", 40)),
     ];
-    merge_offsets(&mut produced, produce_keyed(&s, &second).await);
-    run.committed(&s.topic, &last_offsets(&produced)).await;
-    let summary = run.stop().await;
+    let summary = two_rounds(&s, &cfg, &first, &second).await;
     assert_eq!(summary.rejected, 0);
     let got: Vec<(i64, String)> = kinds(&s).await.into_iter().collect();
     assert_eq!(got, rows(&[(1, "a10"), (2, "b30"), (3, "c50")]));
@@ -1070,7 +1058,5 @@ async fn debezium_changes_ordered_by_the_source_lsn_never_go_back() {
         lsns.extend((0..b.num_rows()).map(|i| l.value(i)));
     }
     assert_eq!(lsns, [10, 30, 50]);
-    let report = verify_keys(&cfg).await;
-    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
-    assert_eq!(total(report.upsert.as_ref().unwrap(), |p| p.keys), 3);
+    assert_eq!(total(&verified_clean(&cfg).await, |p| p.keys), 3);
 }
