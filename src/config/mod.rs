@@ -500,7 +500,7 @@ schema_file = "SCHEMA"
     }
 
     #[test]
-    fn upsert_through_the_registry_takes_rows_not_envelopes() {
+    fn upsert_through_the_registry_takes_rows_and_envelopes() {
         let base = "app_id = \"a\"\n[kafka]\nbrokers = \"h:1\"\ntopics = [\"t\"]\n[table]\n\
                     uri = \"s3://b/t\"\nmode = \"upsert\"\nkey = [\"id\"]\nENVELOPE\n\
                     [decode]\nformat = \"avro\"\n[schema_registry]\nurl = \"http://r:8081\"\n";
@@ -510,13 +510,16 @@ schema_file = "SCHEMA"
             rows.table.upsert.map(|u| u.key),
             Some(vec!["id".to_owned()])
         );
-        let err = parse(&base.replace("ENVELOPE", "envelope = \"debezium\""))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("table.envelope") && err.contains("json"),
-            "{err}"
-        );
+        let dbz = parse(&base.replace(
+            "ENVELOPE",
+            "envelope = \"debezium\"\norder_by = \"source.lsn\"",
+        ))
+        .unwrap()
+        .table
+        .upsert
+        .unwrap();
+        assert_eq!(dbz.envelope, crate::decode::changes::Envelope::Debezium);
+        assert_eq!(dbz.source_order.as_deref(), Some("lsn"));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! resolved, and an error that names the key and says what to fix.
 
 use super::*;
-use crate::decode::changes::Envelope;
 
 impl RawConfig {
     /// Check every value, read the schema file, and resolve defaults.
@@ -31,21 +30,6 @@ impl RawConfig {
             routes.push(validate_route(i, r, &base_table, &flush, &kafka, &decode)?);
         }
 
-        let enveloped = std::iter::once(&table)
-            .chain(routes.iter().map(|r| &r.table))
-            .any(|t| {
-                t.upsert
-                    .as_ref()
-                    .is_some_and(|u| u.envelope != Envelope::Rows)
-            });
-        if enveloped && decode.format != Format::Json {
-            return Err(ConfigError::invalid(
-                "table.envelope",
-                "Debezium envelopes take decode.format = \"json\" in this version; through the \
-                 registry, upsert the rows (no envelope, e.g. Debezium's ExtractNewRecordState \
-                 without __deleted) or use the JSON converter",
-            ));
-        }
         let (metrics_listen, log_json) = validate_observability(&self.observability, &self.log)?;
         Ok(Config {
             app_id,

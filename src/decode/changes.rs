@@ -129,16 +129,31 @@ pub fn take(
     Ok((changes.rows.num_rows() > 0).then_some((changes, kept)))
 }
 
-/// The decoder of an envelope's records for a table of `schema` (`None` for
-/// rows, which the table's own decoder reads): Debezium's record fields inside
-/// `before`/`after` (or a `payload`), or the flattened row with its `__deleted`
-/// and `__op`; the metadata columns beside.
-pub fn envelope_decoder(
+impl Envelope {
+    /// The table's record fields in a producer's (registry) schema of records
+    /// that hold this envelope; the reason when the schema does not hold it.
+    pub fn rows_of(
+        self,
+        producer: &deltalake::kernel::StructType,
+    ) -> Result<deltalake::kernel::StructType, super::Reason> {
+        match self {
+            Envelope::Rows => Ok(producer.clone()),
+            Envelope::Debezium => super::debezium::row_fields(producer),
+            Envelope::DebeziumFlattened => super::debezium::flattened_row_fields(producer),
+        }
+    }
+}
+
+/// What an envelope's records decode into for a table of `schema` (`None` for
+/// rows, which decode into the table's own columns): Debezium's `before`/`after`
+/// holding the table's record fields (or a `payload` holding them), or the
+/// flattened row with its `__deleted` and `__op`; the metadata columns beside.
+pub fn envelope_schema(
     schema: &TableSchema,
-    keying: Keying<'_>,
-    batch_size: usize,
-) -> Result<Option<JsonDecoder>, DecodeError> {
-    let source: Vec<&str> = keying.source_order.into_iter().collect();
+    envelope: Envelope,
+    source_order: Option<&str>,
+) -> Result<Option<TableSchema>, DecodeError> {
+    let source: Vec<&str> = source_order.into_iter().collect();
     let kept: Vec<String> = source
         .iter()
         .map(|f| super::debezium::source_column(f))
@@ -150,7 +165,7 @@ pub fn envelope_decoder(
             && !schema.derived.iter().any(|d| d == f.name())
             && !kept.contains(f.name())
     });
-    let decoded = match keying.envelope {
+    let decoded = match envelope {
         Envelope::Rows => return Ok(None),
         Envelope::Debezium => {
             let record = deltalake::kernel::StructType::try_new(record_fields.cloned())
@@ -165,8 +180,21 @@ pub fn envelope_decoder(
                 .map_err(|e| schema_err(&e))?
         }
     };
-    let table = TableSchema::new(&decoded, &schema.metadata).map_err(|e| schema_err(&e))?;
-    JsonDecoder::new(table, batch_size).map(Some)
+    TableSchema::new(&decoded, &schema.metadata)
+        .map(Some)
+        .map_err(|e| schema_err(&e))
+}
+
+/// The JSON decoder of an envelope's records for a table of `schema` (`None`
+/// for rows, which the table's own decoder reads); see [`envelope_schema`].
+pub fn envelope_decoder(
+    schema: &TableSchema,
+    keying: Keying<'_>,
+    batch_size: usize,
+) -> Result<Option<JsonDecoder>, DecodeError> {
+    envelope_schema(schema, keying.envelope, keying.source_order)?
+        .map(|table| JsonDecoder::new(table, batch_size))
+        .transpose()
 }
 
 /// Rows: the segment's decoded rows and, keyed by the Kafka key, its tombstones

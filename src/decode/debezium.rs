@@ -13,8 +13,9 @@
 //! An event that cannot be applied (an unknown op, or no row on the side the
 //! op needs) is rejected with the reason, like any record that does not decode.
 //!
-//! This is the decoding half of the CDC mode (issue 14); the pipeline does not
-//! use it yet.
+//! Through a schema registry the envelope's schema is the producer's:
+//! [`row_fields`] and [`flattened_row_fields`] give the source table's row in
+//! it, which is what the Delta table holds.
 
 use std::sync::Arc;
 
@@ -103,6 +104,39 @@ pub fn envelope_record(
         true,
     ));
     StructType::try_new(fields).map_err(|e| ArrowError::SchemaError(e.to_string()))
+}
+
+/// The source table's row in a Debezium envelope schema: the `after` record
+/// (or `before`'s, where the schema has no `after`), fields as the source
+/// declares them. The reason when `envelope` is not a Debezium envelope.
+pub fn row_fields(envelope: &StructType) -> Result<StructType, super::Reason> {
+    let side = |name: &str| match envelope.field(name).map(|f| f.data_type()) {
+        Some(DeltaType::Struct(row)) => Some(row.as_ref().clone()),
+        _ => None,
+    };
+    match (
+        envelope.field("op"),
+        side("after").or_else(|| side("before")),
+    ) {
+        (Some(_), Some(row)) => Ok(row),
+        (None, _) => Err("not a Debezium envelope: the schema has no `op` field".into()),
+        (Some(_), None) => {
+            Err("not a Debezium envelope: the schema has no `after` or `before` record".into())
+        }
+    }
+}
+
+/// The row of a flattened (`ExtractNewRecordState`) schema: its fields but
+/// the markers Debezium adds (`__deleted`, `__op`, every `__` field), which
+/// [`flattened`] reads and drops.
+pub fn flattened_row_fields(record: &StructType) -> Result<StructType, super::Reason> {
+    StructType::try_new(
+        record
+            .fields()
+            .filter(|f| !f.name().starts_with("__"))
+            .cloned(),
+    )
+    .map_err(|e| super::Reason(e.to_string()))
 }
 
 /// The envelope columns each row has: from `payload` where it has one.
@@ -428,5 +462,47 @@ mod tests {
         let offsets = f.changes.rows.column_by_name("_offset").expect("carried");
         let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(offsets.values().to_vec(), vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn a_registry_schema_gives_the_row_inside_its_envelope_or_says_why_not() {
+        let kernel = |s: Schema| -> StructType {
+            deltalake::kernel::engine::arrow_conversion::TryIntoKernel::try_into_kernel(&s).unwrap()
+        };
+        let row = row_fields(&kernel(envelope_schema())).unwrap();
+        let names: Vec<&str> = row.fields().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["id", "name"]);
+        assert!(!row.field("id").unwrap().is_nullable());
+
+        let only_before = Schema::new(vec![
+            Field::new("before", row_type(), true),
+            Field::new("op", DataType::Utf8, true),
+        ]);
+        assert_eq!(
+            row_fields(&kernel(only_before)).unwrap().fields().count(),
+            2
+        );
+        let no_op = Schema::new(vec![Field::new("after", row_type(), true)]);
+        let why = row_fields(&kernel(no_op)).unwrap_err().0;
+        assert!(why.contains("no `op`"), "{why}");
+        let no_row = Schema::new(vec![
+            Field::new("after", DataType::Utf8, true),
+            Field::new("op", DataType::Utf8, true),
+        ]);
+        let why = row_fields(&kernel(no_row)).unwrap_err().0;
+        assert!(why.contains("no `after` or `before` record"), "{why}");
+
+        let flat = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("__deleted", DataType::Utf8, true),
+            Field::new("__op", DataType::Utf8, true),
+            Field::new("__source_ts_ms", DataType::Int64, true),
+        ]);
+        let names: Vec<String> = flattened_row_fields(&kernel(flat))
+            .unwrap()
+            .fields()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["id"]);
     }
 }

@@ -194,6 +194,28 @@ impl Decoder {
         })
     }
 
+    /// Records hold `envelope`: a registry decoder reads the envelopes itself
+    /// (see [`RegistryDecoder::with_envelope`]); JSON envelopes are read by a
+    /// decoder of their own ([`changes::envelope_decoder`]).
+    pub fn with_envelope(
+        self,
+        envelope: changes::Envelope,
+        source_order: Option<&str>,
+    ) -> Result<Self, DecodeError> {
+        Ok(match self {
+            Decoder::Registry(d) => {
+                Decoder::Registry(Box::new(d.with_envelope(envelope, source_order)?))
+            }
+            json => json,
+        })
+    }
+
+    /// Whether [`Self::decode`] reads the records' envelopes (a registry
+    /// format) rather than rows only.
+    pub fn reads_envelopes(&self) -> bool {
+        matches!(self, Decoder::Registry(_))
+    }
+
     /// The table schema batches come out in.
     pub fn schema(&self) -> &TableSchema {
         match self {
@@ -221,10 +243,7 @@ impl Decoder {
                 **d = JsonDecoder::new(schema, d.batch_size())?;
                 Ok(())
             }
-            Decoder::Registry(d) => {
-                d.set_schema(schema);
-                Ok(())
-            }
+            Decoder::Registry(d) => d.set_schema(schema),
         }
     }
 

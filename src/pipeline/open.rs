@@ -141,12 +141,16 @@ impl Opening {
             let subject = cfg.decode.subject_for(topic);
             let latest = registry.latest(&subject).await?;
             let imports = registry.references(&latest).await?;
-            let record = crate::decode::record_schema(&latest, &imports).map_err(|message| {
-                PipelineError::RegistrySchema {
+            let envelope = tcfg
+                .upsert
+                .as_ref()
+                .map_or_else(Default::default, |u| u.envelope);
+            let record = crate::decode::record_schema(&latest, &imports)
+                .and_then(|envelope_schema| envelope.rows_of(&envelope_schema))
+                .map_err(|message| PipelineError::RegistrySchema {
                     subject: subject.clone(),
                     message,
-                }
-            })?;
+                })?;
             tracing::info!(%subject, schema_id = latest.id, "creating the table from the registry schema");
             fallback = Some(record);
         }
@@ -165,6 +169,12 @@ impl Opening {
             opened.schema.clone(),
             cfg.kafka.max_chunk_records,
             cfg.decode.on_incompatible,
+        )?
+        .with_envelope(
+            tcfg.upsert
+                .as_ref()
+                .map_or_else(Default::default, |u| u.envelope),
+            tcfg.upsert.as_ref().and_then(|u| u.source_order.as_deref()),
         )?;
         let transform =
             Transform::new(&tcfg.transform, &opened.schema).map_err(PipelineError::Transform)?;

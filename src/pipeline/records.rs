@@ -150,7 +150,7 @@ impl Pipeline {
             .upsert
             .as_ref()
             .map_or(Envelope::Rows, |u| u.envelope);
-        let mut decoded = if envelope == Envelope::Rows {
+        let mut decoded = if envelope == Envelope::Rows || s.decoder.reads_envelopes() {
             s.decoder.decode(chunk, &in_segment)?
         } else {
             super::changes::sink_envelope_decoder(s, self.cfg.kafka.max_chunk_records)?

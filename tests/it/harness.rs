@@ -152,6 +152,31 @@ pub fn producer_via(mut client: ClientConfig) -> FutureProducer {
 }
 
 /// Produce `(partition, payload)` records; returns the offsets per partition in order.
+/// Records with explicit Kafka keys, one at a time in order; `None` values are
+/// tombstones. Each partition's offsets.
+pub async fn produce_keyed<B: AsRef<[u8]>>(
+    s: &Scenario,
+    records: &[(i32, &str, Option<B>)],
+) -> BTreeMap<i32, Vec<i64>> {
+    let producer = producer(&s.servers.brokers);
+    let mut out: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (p, key, value) in records {
+        let mut r = FutureRecord::<str, [u8]>::to(&s.topic)
+            .partition(*p)
+            .key(key);
+        if let Some(v) = value {
+            r = r.payload(v.as_ref());
+        }
+        let d = producer
+            .send(r, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        out.entry(d.partition).or_default().push(d.offset);
+    }
+    out
+}
+
 pub async fn produce<B: AsRef<[u8]>>(
     producer: &FutureProducer,
     topic: &str,

@@ -2,6 +2,7 @@
 //! `tests/run.sh`. Every test uses its own topic, bucket, table and app id, so they
 //! run in parallel.
 
+mod cdc;
 mod commit;
 mod faults;
 mod formats;

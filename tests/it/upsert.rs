@@ -585,32 +585,6 @@ async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
     assert_eq!(state, want);
 }
 
-/// Records with explicit Kafka keys; `None` values are tombstones.
-async fn produce_keyed(
-    s: &Scenario,
-    records: &[(i32, &str, Option<String>)],
-) -> BTreeMap<i32, Vec<i64>> {
-    use rdkafka::producer::FutureRecord;
-    let producer = producer(&s.servers.brokers);
-    let mut out: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-    for (p, key, value) in records {
-        let mut r = FutureRecord::<str, str>::to(&s.topic)
-            .partition(*p)
-            .key(key);
-        if let Some(v) = value {
-            r = r.payload(v.as_str());
-        }
-        let d = producer
-            .send(r, Duration::from_secs(30))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        let (part, offset) = (d.partition, d.offset);
-        out.entry(part).or_default().push(offset);
-    }
-    out
-}
-
 fn merge_offsets(into: &mut BTreeMap<i32, Vec<i64>>, more: BTreeMap<i32, Vec<i64>>) {
     for (p, o) in more {
         into.entry(p).or_default().extend(o);

@@ -1,6 +1,12 @@
 //! Records framed with a registry schema id: fetch each writer schema once,
 //! evolve the table when one needs it, and decode runs of records of one schema.
+//!
+//! Records that hold an envelope (Debezium change events, whole or flattened)
+//! are judged by the row inside it: the table takes the `after` record's
+//! fields, and the records decode into the envelope around the table's row
+//! (see [`crate::decode::changes::envelope_schema`]).
 
+use crate::decode::changes::Envelope;
 use crate::decode::*;
 
 /// A table schema change a producer schema needs before its records can be written.
@@ -33,12 +39,39 @@ impl Writer {
     }
 }
 
+/// Records that hold change events: what their rows are wrapped in.
+#[derive(Debug)]
+struct Enveloped {
+    envelope: Envelope,
+    /// Debezium's `source` field kept for `order_by`.
+    source_order: Option<String>,
+    /// What the envelopes decode into, for the table's current schema.
+    decoded: TableSchema,
+}
+
+impl Enveloped {
+    fn new(
+        schema: &TableSchema,
+        envelope: Envelope,
+        source_order: Option<String>,
+    ) -> Result<Option<Self>, DecodeError> {
+        let decoded =
+            crate::decode::changes::envelope_schema(schema, envelope, source_order.as_deref())?;
+        Ok(decoded.map(|decoded| Self {
+            envelope,
+            source_order,
+            decoded,
+        }))
+    }
+}
+
 /// Decodes Confluent-framed records of a registry format, one decoder per schema
 /// id, and reshapes every batch into the table's schema.
 pub struct RegistryDecoder {
     registry: Registry,
     kind: SchemaKind,
     schema: TableSchema,
+    envelope: Option<Enveloped>,
     batch_size: usize,
     on_incompatible: OnError,
     writers: HashMap<u32, Writer>,
@@ -68,10 +101,36 @@ impl RegistryDecoder {
             registry,
             kind,
             schema,
+            envelope: None,
             batch_size: batch_size.max(1),
             on_incompatible,
             writers: HashMap::new(),
             fits: HashSet::new(),
+        }
+    }
+
+    /// Records hold `envelope` (with `source_order` kept for `order_by`): the
+    /// table is judged by, and takes, the row inside it.
+    pub fn with_envelope(
+        mut self,
+        envelope: Envelope,
+        source_order: Option<&str>,
+    ) -> Result<Self, DecodeError> {
+        self.envelope = Enveloped::new(&self.schema, envelope, source_order.map(str::to_owned))?;
+        Ok(self)
+    }
+
+    /// What records decode into: the table's columns, or the envelope around them.
+    fn target(&self) -> &TableSchema {
+        self.envelope.as_ref().map_or(&self.schema, |e| &e.decoded)
+    }
+
+    /// The table's record fields in a producer schema (the row inside an
+    /// envelope); the reason when the schema does not hold the envelope.
+    fn rows_of(&self, producer: &StructType) -> Result<StructType, Reason> {
+        match &self.envelope {
+            Some(e) => e.envelope.rows_of(producer),
+            None => Ok(producer.clone()),
         }
     }
 
@@ -102,14 +161,23 @@ impl RegistryDecoder {
             let Some(producer) = self.writers[&id].delta() else {
                 continue;
             };
-            match fit(&self.schema.delta, producer, &self.schema.reserved()) {
+            let producer = match self.rows_of(producer) {
+                Ok(rows) => rows,
+                Err(reason) => {
+                    let reason = format!("schema id {id}: {reason}");
+                    tracing::error!(schema_id = id, %reason, "records with this schema go to dead letters");
+                    self.writers.insert(id, Writer::Rejected(reason));
+                    continue;
+                }
+            };
+            match fit(&self.schema.delta, &producer, &self.schema.reserved()) {
                 Fit::Fits => {
                     self.fits.insert(id);
                 }
                 Fit::Evolve { changes, .. } => {
                     return Ok(Some(Evolution {
                         schema_id: id,
-                        producer: producer.clone(),
+                        producer,
                         changes,
                     }));
                 }
@@ -163,9 +231,13 @@ impl RegistryDecoder {
 
     /// The table schema changed (this worker or another evolved it): decode into
     /// `schema` from now on.
-    pub fn set_schema(&mut self, schema: TableSchema) {
+    pub fn set_schema(&mut self, schema: TableSchema) -> Result<(), DecodeError> {
+        if let Some(e) = self.envelope.take() {
+            self.envelope = Enveloped::new(&schema, e.envelope, e.source_order)?;
+        }
         self.schema = schema;
         self.fits.clear();
+        Ok(())
     }
 
     /// Decode the kept records of `chunk`. [`Self::prepare`] must have run for them.
@@ -219,9 +291,10 @@ impl RegistryDecoder {
                 rejected,
             });
         }
+        let target = self.target();
         let values =
-            concat_batches(&self.schema.record_arrow, &batches).map_err(DecodeError::Assemble)?;
-        let batch = append_metadata(&self.schema, values, chunk, &rows)?;
+            concat_batches(&target.record_arrow, &batches).map_err(DecodeError::Assemble)?;
+        let batch = append_metadata(target, values, chunk, &rows)?;
         Ok(Decoded {
             batch: Some(batch),
             rows,
@@ -283,7 +356,7 @@ impl RegistryDecoder {
             kind: RejectKind::Decode,
             reason,
         }));
-        let target = self.schema.record_arrow.clone();
+        let target = self.target().record_arrow.clone();
         align_run(
             &target,
             (out.batches, out.good),

@@ -105,14 +105,20 @@ pub(super) fn judge_for(
         .transpose()?;
     let transform =
         Transform::new(&cfg.table.transform, &schema).map_err(VerifyError::Transform)?;
+    let upsert = cfg.table.upsert.as_ref();
+    let decoder = Decoder::for_format(
+        cfg.decode.format,
+        registry.as_ref(),
+        schema,
+        1,
+        cfg.decode.on_incompatible,
+    )?
+    .with_envelope(
+        upsert.map_or_else(Default::default, |u| u.envelope),
+        upsert.and_then(|u| u.source_order.as_deref()),
+    )?;
     Ok(Judge {
-        decoder: Decoder::for_format(
-            cfg.decode.format,
-            registry.as_ref(),
-            schema,
-            1,
-            cfg.decode.on_incompatible,
-        )?,
+        decoder,
         transform,
         max_record_bytes: cfg.decode.max_record_bytes,
     })

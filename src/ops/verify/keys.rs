@@ -121,7 +121,11 @@ impl<'k> Replay<'k> {
         parts: &[TopicPartition],
         dead: Offsets,
     ) -> Result<Self, VerifyError> {
-        let envelope = changes::envelope_decoder(judge.decoder.schema(), keying, CHUNK)?;
+        let envelope = if judge.decoder.reads_envelopes() {
+            None
+        } else {
+            changes::envelope_decoder(judge.decoder.schema(), keying, CHUNK)?
+        };
         Ok(Self {
             judge,
             envelope,

@@ -18,7 +18,7 @@ pub(super) fn wanted_schema(
         uri: cfg.uri.to_string(),
         source,
     };
-    let record = with_source_order(cfg, record).map_err(|e| TableError::Unsupported {
+    let record = upsert_record(cfg, record).map_err(|e| TableError::Unsupported {
         uri: cfg.uri.to_string(),
         message: e.to_string(),
     })?;
@@ -31,23 +31,31 @@ pub(super) fn wanted_schema(
     base.with_derived(derived).map_err(schema_err)
 }
 
-/// The record fields and, for `order_by = "source.FIELD"` (Debezium), the
-/// nullable integer column that keeps that field.
-fn with_source_order(
+/// The record fields; for an upsert table its key columns required (a change
+/// whose key is null is rejected before it is written) and, for
+/// `order_by = "source.FIELD"` (Debezium), the nullable integer column that
+/// keeps that field.
+fn upsert_record(
     cfg: &TableConfig,
     record: &StructType,
 ) -> Result<StructType, deltalake::DeltaTableError> {
-    let Some(column) = cfg
-        .upsert
-        .as_ref()
-        .filter(|u| u.source_order.is_some())
-        .and_then(|u| u.order_by.as_ref())
-        .filter(|c| record.field(c).is_none())
-    else {
+    let Some(upsert) = &cfg.upsert else {
         return Ok(record.clone());
     };
-    let kept = deltalake::kernel::StructField::new(column, deltalake::kernel::DataType::LONG, true);
-    Ok(StructType::try_new(record.fields().cloned().chain([kept]))?)
+    let fields = record.fields().map(|f| {
+        if upsert.key.contains(f.name()) {
+            deltalake::kernel::StructField::new(f.name(), f.data_type().clone(), false)
+                .with_metadata(f.metadata().clone())
+        } else {
+            f.clone()
+        }
+    });
+    let kept = upsert
+        .order_by
+        .as_ref()
+        .filter(|c| upsert.source_order.is_some() && record.field(c).is_none())
+        .map(|c| deltalake::kernel::StructField::new(c, deltalake::kernel::DataType::LONG, true));
+    Ok(StructType::try_new(fields.chain(kept))?)
 }
 
 pub(super) fn upsert_missing(cfg: &TableConfig, table: &StructType) -> Vec<String> {
