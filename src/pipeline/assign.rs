@@ -81,6 +81,7 @@ impl Pipeline {
         tps: &[(TopicPartition, usize)],
     ) -> Result<Starts, PipelineError> {
         let mut stored = self.stored_offsets(tps).await?;
+        self.check_partition_counts(tps).await?;
         self.pin_latest(tps, &mut stored).await?;
         let mut kept = HashMap::new();
         if let Some(d) = &self.dead {

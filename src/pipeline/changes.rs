@@ -1,13 +1,23 @@
 //! Upsert tables: a segment's decoded rows and tombstones become keyed changes
 //! in the window (see [`crate::decode::changes`] for how).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
 use deltalake::arrow::error::ArrowError;
 
 use super::Pipeline;
 use super::error::PipelineError;
 use crate::decode::changes::{self, Changes, Envelope, Keying};
 use crate::decode::{DecodeError, Decoded, JsonDecoder};
-use crate::record::RecordChunk;
+use crate::record::{RecordChunk, TopicPartition};
+use crate::sink::table::TableError;
+use crate::sink::upsert::partitions::{self, Verdict};
+use crate::source::probe;
+
+/// How long reading a topic's partition count may take.
+const PARTITION_COUNT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The decoder of an upsert table's `envelope` (Debezium events, whole or
 /// flattened), (re)built for the table's current schema.
@@ -74,5 +84,65 @@ impl Pipeline {
             },
         )?;
         Ok(taken.map(|(c, _)| c))
+    }
+
+    /// For the upsert tables among `tps`' sinks: each topic's partition count
+    /// against the one the table was written with ([`partitions`]); recorded
+    /// the first time (and after a harmless change), a change that can leave a
+    /// key twice or out of order stops the daemon, saying what to do.
+    pub(super) async fn check_partition_counts(
+        &mut self,
+        tps: &[(TopicPartition, usize)],
+    ) -> Result<(), PipelineError> {
+        let mut pairs: Vec<(usize, Arc<str>)> = tps
+            .iter()
+            .filter(|(_, s)| self.sinks[*s].tcfg.upsert.is_some())
+            .map(|(tp, s)| (*s, tp.topic.clone()))
+            .collect();
+        pairs.sort();
+        pairs.dedup();
+        let mut counts: HashMap<Arc<str>, u32> = HashMap::new();
+        for (_, topic) in &pairs {
+            if !counts.contains_key(topic) {
+                let t = topic.to_string();
+                let n = probe::blocking(&self.cfg.kafka, move |k| {
+                    probe::partition_count(k, &t, PARTITION_COUNT_TIMEOUT)
+                })
+                .await
+                .map_err(PipelineError::PartitionCount)?;
+                counts.insert(topic.clone(), n);
+            }
+        }
+        for (sink, topic) in pairs {
+            let s = &mut self.sinks[sink];
+            let Some(spec) = &s.tcfg.upsert else { continue };
+            let now = counts[&topic];
+            let was = partitions::recorded(&s.table, &topic);
+            let partition = s.tcfg.metadata_columns.partition.as_deref();
+            match partitions::judge(spec, partition, was, now) {
+                Verdict::Same => {}
+                Verdict::Record => {
+                    tracing::info!(table = %s.uri(), %topic, partitions = now, previously = ?was, "recording the topic's partition count in the upsert table");
+                    partitions::record(&mut s.table, &topic, now)
+                        .await
+                        .map_err(|e| {
+                            PipelineError::Table(Box::new(TableError::Delta {
+                                uri: s.uri(),
+                                source: Box::new(e),
+                            }))
+                        })?;
+                }
+                Verdict::Refuse(why) => {
+                    return Err(PipelineError::PartitionsMoved(partitions::refusal(
+                        &s.uri(),
+                        &topic,
+                        was,
+                        now,
+                        &why,
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }

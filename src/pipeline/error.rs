@@ -71,6 +71,13 @@ pub enum PipelineError {
     /// The partitions' ends could not be read for `auto_offset_reset = "latest"`.
     #[error("reading the partitions' ends for auto_offset_reset = latest: {0}")]
     Latest(#[source] crate::source::probe::ProbeError),
+    /// A topic's partition count could not be read (upsert tables check it).
+    #[error("reading the topic's partition count: {0}")]
+    PartitionCount(#[source] crate::source::probe::ProbeError),
+    /// An upsert table's topic changed its partition count in a way that can
+    /// leave a key twice or out of order.
+    #[error("{0}")]
+    PartitionsMoved(String),
 }
 
 impl PipelineError {
@@ -84,7 +91,7 @@ impl PipelineError {
             PipelineError::Registry(e) => e.is_retryable(),
             PipelineError::Decode(e) => e.is_retryable(),
             PipelineError::Commit(e) => e.is_retryable(),
-            PipelineError::Latest(_) => true,
+            PipelineError::Latest(_) | PipelineError::PartitionCount(_) => true,
             _ => false,
         }
     }

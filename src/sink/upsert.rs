@@ -9,9 +9,9 @@
 //! append: the stored offsets are checked first, and delta-rs' conflict checker
 //! fails the commit if a racing one holds one of our app ids. A MERGE that
 //! changes nothing writes no commit, so its offsets are then committed alone.
-//!
-//! This is the sink half of the upsert mode (issue 14); the pipeline does not
-//! route windows here yet.
+//! [`partitions`] keeps the topic's partition count the table was written with.
+
+pub mod partitions;
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -102,6 +102,33 @@ pub fn partitions(cfg: &KafkaConfig, timeout: Duration) -> Result<Vec<TopicParti
     Ok(out)
 }
 
+/// How many partitions `topic` has now.
+pub fn partition_count(
+    cfg: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<u32, ProbeError> {
+    let consumer = probe_consumer(cfg)?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| kafka_err(cfg, e))?;
+    match md.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().len() as u32)
+        }
+        found => Err(kafka_err(
+            cfg,
+            format!(
+                "no partitions for topic `{topic}` in the metadata{}",
+                found
+                    .and_then(|t| t.error())
+                    .map(|e| format!(" ({e:?})"))
+                    .unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 /// Low and high watermark of a partition, from a fetch response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Watermarks {

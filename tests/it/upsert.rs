@@ -767,6 +767,52 @@ async fn the_pipeline_upserts_by_the_kafka_key_and_tombstones_delete() {
     assert_eq!(total(&verified_clean(&cfg).await, |p| p.keys), 2);
 }
 
+/// The topic's partition count is recorded in an upsert table. A changed
+/// count that could apply a moved key's changes out of order (keyed by the
+/// Kafka key, no `order_by`) stops the daemon, naming both counts and what to
+/// do; once the operator records the new count it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_partition_count_stops_the_daemon_until_the_operator_accepts_it() {
+    use tributary::sink::upsert::partitions;
+    let s = Scenario::new("upsert-count", 2).await;
+    let cfg = upsert_config(&s, "");
+    let first = [
+        (0, "a", Some(event_of_kind(1, "a1"))),
+        (1, "b", Some(event_of_kind(2, "b1"))),
+    ];
+    let mut run = crate::ingest::start(cfg.clone());
+    let produced = produce_keyed(&s, &first).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await;
+    let mut t = s.table().await.unwrap();
+    assert_eq!(partitions::recorded(&t, &s.topic), Some(2));
+
+    // As if the table had been written while the topic had one partition.
+    partitions::record(&mut t, &s.topic, 1).await.unwrap();
+    let err = crate::ingest::start(cfg.clone())
+        .ended_within(Duration::from_secs(60))
+        .await
+        .expect_err("a changed partition count stops the daemon")
+        .to_string();
+    for part in [
+        "has 2 partitions",
+        "was written with 1",
+        "no order_by",
+        "tributary.upsert.partitions.",
+    ] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    // The operator accepts the new count: the daemon runs and applies changes.
+    partitions::record(&mut t, &s.topic, 2).await.unwrap();
+    let second = [(0, "a", Some(event_of_kind(1, "a2")))];
+    let mut run = crate::ingest::start(cfg.clone());
+    let produced = produce_keyed(&s, &second).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await;
+    let got: Vec<(i64, String)> = kinds(&s).await.into_iter().collect();
+    assert_eq!(got, rows(&[(1, "a2"), (2, "b1")]));
+}
+
 /// kill -9 at random points with 3 daemons on one upsert table, partitioned by
 /// the Kafka partition (which is in the key, so replicas' MERGEs stay apart):
 /// every key ends with its last change, none lost, none twice.
