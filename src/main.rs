@@ -8,13 +8,6 @@ use clap::Parser;
 use tributary::cli::{self, Cli};
 use tributary::telemetry::logging;
 
-/// mimalloc instead of the system allocator: the pipeline allocates and frees
-/// large Arrow and Parquet buffers from many threads; glibc's per-thread arenas
-/// keep freed pages mapped (higher RSS) and its fresh mappings cost a page
-/// fault each (see the upsert bench in README).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (level, json) = cli::log_settings(&cli);
