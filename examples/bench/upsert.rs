@@ -155,19 +155,27 @@ pub async fn written(config_text: &str, from: u64) -> anyhow::Result<Written> {
     Ok(w)
 }
 
-/// The MERGEs' row counts, summed from the daemons' "merged" log lines:
-/// inserted, updated, deleted, copied (rewritten unchanged), files scanned.
-pub fn merged(lines: &[serde_json::Value]) -> [u64; 5] {
-    let mut sums = [0u64; 5];
+/// What the MERGEs did, summed from the daemons' "merged" log lines: rows
+/// inserted, updated, deleted, copied (rewritten unchanged), files scanned,
+/// and milliseconds in all, scanning and rewriting.
+pub fn merged(lines: &[serde_json::Value]) -> [u64; 8] {
+    let mut sums = [0u64; 8];
     for l in lines {
         let f = &l["fields"];
         if f["message"].as_str() != Some("merged") {
             continue;
         }
-        for (i, k) in ["inserted", "updated", "deleted", "copied", "files_scanned"]
-            .iter()
-            .enumerate()
-        {
+        let keys = [
+            "inserted",
+            "updated",
+            "deleted",
+            "copied",
+            "files_scanned",
+            "ms",
+            "scan_ms",
+            "rewrite_ms",
+        ];
+        for (i, k) in keys.iter().enumerate() {
             sums[i] += f[*k].as_u64().unwrap_or(0);
         }
     }
@@ -175,12 +183,20 @@ pub fn merged(lines: &[serde_json::Value]) -> [u64; 5] {
 }
 
 /// The report's upsert lines.
-pub fn render(w: &Written, change_bytes: u64, m: [u64; 5]) -> String {
+pub fn render(w: &Written, change_bytes: u64, m: [u64; 8]) -> String {
     let mb = |b: u64| b as f64 / 1e6;
     let rows = format!(
         "merged rows   {} inserted, {} updated, {} deleted, {} copied unchanged into rewritten \
-         files; {} files scanned\n",
-        m[0], m[1], m[2], m[3], m[4]
+         files; {} files scanned\n\
+         merge time    {:.1} s in MERGE (delta-rs' own count: {:.1} s scanning, {:.1} s rewriting)\n",
+        m[0],
+        m[1],
+        m[2],
+        m[3],
+        m[4],
+        m[5] as f64 / 1e3,
+        m[6] as f64 / 1e3,
+        m[7] as f64 / 1e3
     );
     rows + &format!(
         "upsert        {} commits wrote {:.1} MB of Parquet in {} files and removed {:.1} MB; \

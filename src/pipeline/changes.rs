@@ -101,22 +101,23 @@ impl Pipeline {
             .collect();
         pairs.sort();
         pairs.dedup();
-        let mut counts: HashMap<Arc<str>, u32> = HashMap::new();
-        for (_, topic) in &pairs {
-            if !counts.contains_key(topic) {
-                let t = topic.to_string();
-                let n = probe::blocking(&self.cfg.kafka, move |k| {
-                    probe::partition_count(k, &t, PARTITION_COUNT_TIMEOUT)
-                })
-                .await
-                .map_err(PipelineError::PartitionCount)?;
-                counts.insert(topic.clone(), n);
-            }
+        if pairs.is_empty() {
+            return Ok(());
         }
+        let mut topics: Vec<String> = pairs.iter().map(|(_, t)| t.to_string()).collect();
+        topics.sort();
+        topics.dedup();
+        let counts: HashMap<String, u32> = probe::blocking(&self.cfg.kafka, move |k| {
+            probe::partition_counts(k, &topics, PARTITION_COUNT_TIMEOUT)
+        })
+        .await
+        .map_err(PipelineError::PartitionCount)?;
         for (sink, topic) in pairs {
             let s = &mut self.sinks[sink];
             let Some(spec) = &s.tcfg.upsert else { continue };
-            let now = counts[&topic];
+            let Some(&now) = counts.get(topic.as_ref()) else {
+                continue;
+            };
             let was = partitions::recorded(&s.table, &topic);
             let partition = s.tcfg.metadata_columns.partition.as_deref();
             match partitions::judge(spec, partition, was, now) {

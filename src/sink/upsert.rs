@@ -277,6 +277,8 @@ async fn attempt(
                     files_scanned = m.num_target_files_scanned,
                     files_removed = m.num_target_files_removed,
                     files_added = w.files, bytes_added = w.bytes,
+                    ms = m.execution_time_ms, scan_ms = m.scan_time_ms,
+                    rewrite_ms = m.rewrite_time_ms,
                     "merged"
                 );
                 let outcome = CommitOutcome::Committed {

@@ -102,31 +102,41 @@ pub fn partitions(cfg: &KafkaConfig, timeout: Duration) -> Result<Vec<TopicParti
     Ok(out)
 }
 
-/// How many partitions `topic` has now.
-pub fn partition_count(
+/// How many partitions each of `topics` has now, from one metadata request;
+/// an error names a topic the brokers do not know.
+pub fn partition_counts(
     cfg: &KafkaConfig,
-    topic: &str,
+    topics: &[String],
     timeout: Duration,
-) -> Result<u32, ProbeError> {
+) -> Result<HashMap<String, u32>, ProbeError> {
     let consumer = probe_consumer(cfg)?;
+    let only = match topics {
+        [one] => Some(one.as_str()),
+        _ => None,
+    };
     let md = consumer
-        .fetch_metadata(Some(topic), timeout)
+        .fetch_metadata(only, timeout)
         .map_err(|e| kafka_err(cfg, e))?;
-    match md.topics().iter().find(|t| t.name() == topic) {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-            Ok(t.partitions().len() as u32)
-        }
-        found => Err(kafka_err(
-            cfg,
-            format!(
-                "no partitions for topic `{topic}` in the metadata{}",
-                found
-                    .and_then(|t| t.error())
-                    .map(|e| format!(" ({e:?})"))
-                    .unwrap_or_default()
-            ),
-        )),
-    }
+    topics
+        .iter()
+        .map(
+            |topic| match md.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    Ok((topic.clone(), t.partitions().len() as u32))
+                }
+                found => Err(kafka_err(
+                    cfg,
+                    format!(
+                        "no partitions for topic `{topic}` in the metadata{}",
+                        found
+                            .and_then(|t| t.error())
+                            .map(|e| format!(" ({e:?})"))
+                            .unwrap_or_default()
+                    ),
+                )),
+            },
+        )
+        .collect()
 }
 
 /// Low and high watermark of a partition, from a fetch response.
