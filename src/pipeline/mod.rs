@@ -242,6 +242,13 @@ impl Sink {
     fn flush_due(&self) -> bool {
         self.window.due(&self.flush, Instant::now())
     }
+
+    /// Whether the due window must wait for the previous commit (see
+    /// [`Window::full`]).
+    fn window_full(&self) -> bool {
+        self.window
+            .full(&self.flush, self.tcfg.upsert.is_some(), Instant::now())
+    }
 }
 
 /// The dead-letter table.
@@ -374,7 +381,7 @@ impl Pipeline {
         !self
             .sinks
             .iter()
-            .any(|s| s.inflight.is_some() && s.flush_due())
+            .any(|s| s.inflight.is_some() && s.window_full())
             && !self.cfg.memory_budget.exhausted(&self.held())
     }
 

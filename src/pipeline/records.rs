@@ -18,6 +18,7 @@ use crate::record::{RecordChunk, TopicPartition};
 use crate::sink::table;
 use crate::telemetry::events;
 use crate::telemetry::stats::PipelineStats;
+use crate::window::Window;
 use crate::window::admission::{self, Position};
 use crate::window::encoder::WindowWriter;
 
@@ -65,7 +66,10 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let mut start = 0;
         while start < chunk.len() {
-            if self.sinks[sink].flush_due() {
+            let s = &self.sinks[sink];
+            // An upsert window grows on while the previous MERGE runs.
+            let growing = s.inflight.is_some() && !s.window_full();
+            if s.flush_due() && !growing {
                 // Bounded: while the last commit retries (storage trouble) the
                 // loop must get back to serving shutdown and rebalances. If it
                 // does not finish in time, this window takes the rest of the
@@ -92,7 +96,12 @@ impl Pipeline {
                 return Ok(());
             }
             let s = &self.sinks[sink];
-            let budget = s.flush.max_rows.saturating_sub(s.window.rows).max(1);
+            let limit = if s.inflight.is_some() {
+                Window::row_limit(&s.flush, s.tcfg.upsert.is_some())
+            } else {
+                s.flush.max_rows
+            };
+            let budget = limit.saturating_sub(s.window.rows).max(1);
             let mut end = start;
             let mut taken = 0u64;
             while end < chunk.len() && taken < budget {

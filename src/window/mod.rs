@@ -44,6 +44,13 @@ impl Default for FlushPolicy {
     }
 }
 
+/// How many times `max_rows` an upsert window may grow to while the previous
+/// MERGE still runs. A MERGE's cost is mostly the files it rewrites, which a
+/// larger window hardly changes; so rather than wait idle, the window keeps
+/// taking changes and the commits keep pace with the MERGEs. The memory budget
+/// still bounds what all windows hold.
+pub const UPSERT_GROWTH: u64 = 4;
+
 /// delta-rs streams a file to storage in parts of this size (its default): what a
 /// window's encoded bytes keep in memory at most, besides the open row group.
 const UPLOAD_PART: u64 = 5 << 20;
@@ -136,6 +143,22 @@ impl Window {
         !self.is_empty() && policy.due(self.rows, self.encoded_bytes(), age)
     }
 
+    /// Whether the window, due, takes no more records until the previous
+    /// commit is done: an append window at once (the policy sizes its files),
+    /// an upsert window at [`UPSERT_GROWTH`] times `max_rows`.
+    pub fn full(&self, policy: &FlushPolicy, upsert: bool, now: Instant) -> bool {
+        self.due(policy, now) && (!upsert || self.rows >= Self::row_limit(policy, upsert))
+    }
+
+    /// The rows a window takes at most while the previous commit runs.
+    pub fn row_limit(policy: &FlushPolicy, upsert: bool) -> u64 {
+        if upsert {
+            policy.max_rows.saturating_mul(UPSERT_GROWTH)
+        } else {
+            policy.max_rows
+        }
+    }
+
     /// Drop what the window holds, aborting its uploads.
     pub fn abort(&mut self) {
         if let Some(w) = self.writer.take() {
@@ -200,6 +223,34 @@ mod tests {
         w.abort();
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert!(!w.due(&policy(), Instant::now()), "aborted: empty again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_due_upsert_window_keeps_growing_to_its_limit_and_an_append_window_does_not() {
+        let mut w = Window {
+            records: 100,
+            rows: 100,
+            opened_at: Some(Instant::now()),
+            ..Window::default()
+        };
+        assert!(w.due(&policy(), Instant::now()));
+        assert!(
+            w.full(&policy(), false, Instant::now()),
+            "append: full when due"
+        );
+        assert!(!w.full(&policy(), true, Instant::now()), "upsert: grows on");
+        w.rows = 399;
+        assert!(!w.full(&policy(), true, Instant::now()));
+        w.rows = 400;
+        assert!(w.full(&policy(), true, Instant::now()));
+        assert_eq!(Window::row_limit(&policy(), true), 400);
+        assert_eq!(Window::row_limit(&policy(), false), 100);
+        // Age makes it due, not full: an old upsert window still grows.
+        w.rows = 1;
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(w.due(&policy(), Instant::now()));
+        assert!(!w.full(&policy(), true, Instant::now()));
+        assert!(w.full(&policy(), false, Instant::now()));
     }
 
     #[test]

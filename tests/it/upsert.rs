@@ -789,7 +789,11 @@ async fn a_changed_partition_count_stops_the_daemon_until_the_operator_accepts_i
 
     // As if the table had been written while the topic had one partition.
     partitions::record(&mut t, &s.topic, 1).await.unwrap();
-    let err = crate::ingest::start(cfg.clone())
+    // In a group of its own: a daemon that stops at assignment must not hold
+    // up the next one's.
+    let mut refused = cfg.clone();
+    refused.kafka.group_id = format!("{}-refused", cfg.kafka.group_id);
+    let err = crate::ingest::start(refused)
         .ended_within(Duration::from_secs(60))
         .await
         .expect_err("a changed partition count stops the daemon")
