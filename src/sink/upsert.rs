@@ -354,7 +354,8 @@ fn merge(
         .clone()
         .merge(df, on)
         .with_source_alias("s")
-        .with_target_alias("t");
+        .with_target_alias("t")
+        .with_session_state(merge_session()?);
     if let Some(p) = how.parquet {
         builder = builder.with_writer_properties(p.clone());
     }
@@ -370,6 +371,18 @@ fn merge(
                 i.set(c.as_str(), format!("s.{}", quote(c)))
             })
         })
+}
+
+/// The session MERGEs run in: delta-rs' own, with one partition.
+fn merge_session()
+-> Result<std::sync::Arc<dyn deltalake::datafusion::catalog::Session>, DeltaTableError> {
+    let overrides = HashMap::from([(
+        "datafusion.execution.target_partitions".to_owned(),
+        "1".to_owned(),
+    )]);
+    let ctx =
+        deltalake::delta_datafusion::DeltaSessionContext::new_with_session_overrides(&overrides)?;
+    Ok(std::sync::Arc::new(ctx.state()))
 }
 
 fn quote(name: &str) -> String {
