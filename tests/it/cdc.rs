@@ -1,7 +1,8 @@
-//! Debezium change events through the schema registry (the Avro converter):
-//! the table is created from the envelope's `after` record, takes a column
-//! the source table gained, and holds each key's last change by the source's
-//! own order; `verify` replays the topic through the registry and agrees.
+//! Debezium change events through the schema registry (the Avro, JSON Schema
+//! and Protobuf converters): the table is created from the envelope's `after`
+//! record, takes a column the source table gained, and holds each key's last
+//! change by the source's own order; `verify` replays the topic through the
+//! registry and agrees.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -77,17 +78,18 @@ fn event(op: &str, id: i32, name: &str, lsn: i64, v2: bool) -> Av {
     ])
 }
 
-/// The scenario's config: Avro through `registry`, an upsert table keyed by
-/// `id` with `envelope` (its lines), windows of a second, and `extra`.
-fn avro_upsert_config(
+/// The scenario's config: `format` through `registry`, an upsert table keyed
+/// by `id` with `envelope` (its lines), windows of a second, and `extra`.
+fn upsert_config(
     s: &Scenario,
     registry: &TestRegistry,
+    format: &str,
     envelope: &str,
     extra: &str,
 ) -> tributary::config::Config {
     let text = s
         .config_toml(&format!(
-            "[decode]\nformat = \"avro\"\n\n[schema_registry]\nurl = \"{}\"\n\n\
+            "[decode]\nformat = \"{format}\"\n\n[schema_registry]\nurl = \"{}\"\n\n\
              [flush]\nmax_age = \"1s\"\n\n{extra}",
             registry.url()
         ))
@@ -134,9 +136,10 @@ async fn debezium_avro_through_the_registry_creates_the_table_from_after_and_evo
     let subject = format!("{}-value", s.topic);
     let v1 = registry.register(&subject, "AVRO", CUSTOMERS_V1);
     let dead_uri = format!("s3://{}/dead_letters", s.bucket);
-    let cfg = avro_upsert_config(
+    let cfg = upsert_config(
         &s,
         &registry,
+        "avro",
         "envelope = \"debezium\"\norder_by = \"source.lsn\"",
         &format!("[dead_letters]\nuri = \"{dead_uri}\""),
     );
@@ -240,7 +243,13 @@ async fn flattened_debezium_avro_through_the_registry_deletes_by_its_marker() {
     let registry = TestRegistry::start(None).await;
     let s = Scenario::new("dbz-flat-avro", 1).await;
     let id = registry.register(&format!("{}-value", s.topic), "AVRO", FLAT);
-    let cfg = avro_upsert_config(&s, &registry, "envelope = \"debezium-flattened\"", "");
+    let cfg = upsert_config(
+        &s,
+        &registry,
+        "avro",
+        "envelope = \"debezium-flattened\"",
+        "",
+    );
     let row = |op: &str, k: i32, name: &str| {
         let fields = vec![
             ("id".to_owned(), Av::Int(k)),
@@ -290,4 +299,152 @@ async fn flattened_debezium_avro_through_the_registry_deletes_by_its_marker() {
         .await
         .unwrap();
     assert!(report.clean, "{}", tributary::ops::verify::render(&report));
+}
+
+/// The changes of the JSON Schema and Protobuf runs, all in partition 0:
+/// (Kafka key, (op, id, first_name, lsn)), `None` for Debezium's tombstone.
+type Change = (&'static str, Option<(&'static str, i32, &'static str, i64)>);
+const CHANGES: [Change; 8] = [
+    ("1", Some(("c", 1, "ann", 10))),
+    ("2", Some(("c", 2, "bob", 11))),
+    ("3", Some(("r", 3, "cy", 12))),
+    ("1", Some(("u", 1, "ann2", 20))),
+    ("2", Some(("d", 2, "bob", 21))),
+    ("2", None),
+    ("3", Some(("u", 3, "stale", 5))), // older than the row: ignored
+    ("4", Some(("c", 4, "dee", 22))),
+];
+
+/// [`CHANGES`] as Debezium events of `format`, registered as `kind` with
+/// `text` and framed by `encode(schema id, op, id, name, lsn)`, ordered by
+/// `source.lsn`: the table is created from `after` (key required, no envelope
+/// column), holds each key's last change, and `verify` agrees.
+async fn debezium_through_the_registry(
+    name: &str,
+    (format, kind, text): (&str, &str, &str),
+    encode: impl Fn(u32, &str, i32, &str, i64) -> Vec<u8>,
+) {
+    let registry = TestRegistry::start(None).await;
+    let s = Scenario::new(name, 1).await;
+    let id = registry.register(&format!("{}-value", s.topic), kind, text);
+    let envelope = "envelope = \"debezium\"\norder_by = \"source.lsn\"";
+    let cfg = upsert_config(&s, &registry, format, envelope, "");
+    let records: Vec<(i32, &str, Option<Vec<u8>>)> = CHANGES
+        .iter()
+        .map(|(key, c)| (0, *key, c.map(|(op, k, n, lsn)| encode(id, op, k, n, lsn))))
+        .collect();
+    let mut run = start(cfg.clone());
+    let produced = produce_keyed(&s, &records).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    assert_eq!(run.stop().await.rejected, 0);
+
+    let t = s.table().await.unwrap();
+    let schema = t.snapshot().unwrap().schema();
+    let names: Vec<&str> = schema.fields().map(|f| f.name().as_str()).collect();
+    for column in ["id", "first_name", "_source_lsn"] {
+        assert!(names.contains(&column), "{column} in {names:?}");
+    }
+    for envelope in ["before", "after", "op", "source", "ts_ms"] {
+        assert!(!names.contains(&envelope), "{envelope} in {names:?}");
+    }
+    assert!(!schema.field("id").unwrap().is_nullable());
+    let mut got = Vec::new();
+    let sql = "SELECT CAST(id AS BIGINT), first_name, _source_lsn FROM t ORDER BY 1";
+    for b in query(&t, sql).await {
+        let n = deltalake::arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
+        for r in 0..b.num_rows() {
+            got.push((
+                b.column(0).as_primitive::<Int64Type>().value(r),
+                n.as_string::<i32>().value(r).to_owned(),
+                b.column(2).as_primitive::<Int64Type>().value(r),
+            ));
+        }
+    }
+    let want = [(1, "ann2", 20), (3, "cy", 12), (4, "dee", 22)];
+    let want: Vec<(i64, String, i64)> = want.map(|(k, n, l)| (k, n.to_owned(), l)).into();
+    assert_eq!(got, want);
+
+    let report = tributary::ops::verify::verify(&cfg, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
+    let keys = report.upsert.expect("an upsert table's report");
+    assert_eq!(keys.partitions.iter().map(|p| p.keys).sum::<u64>(), 3);
+}
+
+/// The 5-byte Confluent header of schema `id`, then `body`.
+fn confluent(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![0];
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_json_schema_through_the_registry_creates_the_table_from_after() {
+    let text = include_str!("../../schemas/customers-debezium.schema.json");
+    let encode = |id: u32, op: &str, k: i32, name: &str, lsn: i64| {
+        let row = serde_json::json!({"id": k, "first_name": name});
+        let (before, after) = match op {
+            "d" => (row, serde_json::Value::Null),
+            _ => (serde_json::Value::Null, row),
+        };
+        let event = serde_json::json!({
+            "before": before,
+            "after": after,
+            "source": {
+                "version": "2.7.3.Final", "connector": "postgresql", "name": "dbserver1",
+                "ts_ms": 1_700_000_000_000i64 + lsn, "db": "postgres", "schema": "inventory",
+                "table": "customers", "txId": 700 + lsn, "lsn": lsn,
+            },
+            "op": op,
+            "ts_ms": 1_700_000_000_500i64,
+        });
+        confluent(id, event.to_string().as_bytes())
+    };
+    debezium_through_the_registry("dbz-json-schema", ("json_schema", "JSON", text), encode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_protobuf_through_the_registry_creates_the_table_from_after() {
+    use prost_reflect::{DynamicMessage, Value as Pv};
+    use protox::prost::Message;
+    let text = include_str!("../../schemas/customers-debezium.proto");
+    let envelope = tributary::decode::registry::protobuf::compile(text, &[])
+        .unwrap()
+        .remove(0);
+    let sub = |f: &str| {
+        let field = envelope.get_field_by_name(f).unwrap();
+        field.kind().as_message().unwrap().clone()
+    };
+    let encode = |id: u32, op: &str, k: i32, name: &str, lsn: i64| {
+        let mut row = DynamicMessage::new(sub("after"));
+        row.set_field_by_name("id", Pv::I32(k));
+        row.set_field_by_name("first_name", Pv::String(name.into()));
+        let mut source = DynamicMessage::new(sub("source"));
+        for (f, v) in [
+            ("version", "2.7.3.Final"),
+            ("connector", "postgresql"),
+            ("name", "dbserver1"),
+            ("db", "postgres"),
+            ("schema", "inventory"),
+            ("table", "customers"),
+        ] {
+            source.set_field_by_name(f, Pv::String(v.into()));
+        }
+        source.set_field_by_name("ts_ms", Pv::I64(1_700_000_000_000 + lsn));
+        source.set_field_by_name("txId", Pv::I64(700 + lsn));
+        source.set_field_by_name("lsn", Pv::I64(lsn));
+        let mut m = DynamicMessage::new(envelope.clone());
+        let side = if op == "d" { "before" } else { "after" };
+        m.set_field_by_name(side, Pv::Message(row));
+        m.set_field_by_name("source", Pv::Message(source));
+        m.set_field_by_name("op", Pv::String(op.into()));
+        m.set_field_by_name("ts_ms", Pv::I64(1_700_000_000_500));
+        // message indexes [0] (the single byte 0), then the message
+        let mut body = vec![0];
+        body.extend(m.encode_to_vec());
+        confluent(id, &body)
+    };
+    debezium_through_the_registry("dbz-protobuf", ("protobuf", "PROTOBUF", text), encode).await;
 }

@@ -15,6 +15,7 @@ mod observability;
 mod process;
 mod readers;
 mod registry;
+mod replicas;
 mod restore;
 mod scale;
 mod security;

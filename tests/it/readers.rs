@@ -149,8 +149,9 @@ fn read_back(s: &Scenario, python: &str, expected: &[serde_json::Value]) -> serd
 }
 
 /// An upsert table (keyed by the Kafka key) after inserts, updates, deletes and
-/// a key deleted and re-inserted, then compacted and checkpointed: both readers
-/// find exactly the last change of every key still there.
+/// a key deleted and re-inserted, then compacted, checkpointed and vacuumed:
+/// `status` shows no lag, and both readers find exactly the last change of
+/// every key still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upserted_tables_read_back_exactly_by_duckdb_and_spark() {
     let python = std::env::var("TRIBUTARY_TEST_PYTHON")
@@ -213,6 +214,46 @@ async fn upserted_tables_read_back_exactly_by_duckdb_and_spark() {
     maintenance::checkpoint(&s.table().await.unwrap())
         .await
         .unwrap();
+    // Vacuum takes away every file the MERGEs and the compaction replaced.
+    let live = s
+        .table()
+        .await
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .num_files();
+    let vac = maintenance::vacuum(
+        s.table().await.unwrap(),
+        VacuumOptions {
+            retention: Some(Duration::ZERO),
+            force_retention: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!vac.files.is_empty(), "{vac:?}");
+    let after = s
+        .table()
+        .await
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .num_files();
+    assert_eq!(after, live, "vacuum removes no live file");
+    // status reads an upsert table's stored offsets like an append table's.
+    let status = tributary::ops::status::status(&parse_config(&toml), Duration::from_secs(20))
+        .await
+        .unwrap();
+    let stored: std::collections::BTreeMap<i32, Option<i64>> = status
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.stored_offset))
+        .collect();
+    assert_eq!(stored, last_offsets(&produced));
+    assert_eq!(status.total_lag, 0);
 
     let expected: Vec<serde_json::Value> = last.into_values().flatten().collect();
     assert_eq!(expected.len(), 120 - 12 + 1);
