@@ -62,10 +62,10 @@ async fn produce_round(
 }
 
 /// Three daemons, one upsert table partitioned by `_partition` and keyed by
-/// (`_partition`, `_key`): the first round (every key inserted) lets the group
-/// settle; when the three hold disjoint partitions covering the topic, three
-/// more rounds (updates, then updates with deletes) are applied by all three
-/// at once. Their MERGEs in that stretch: none conflicted. `verify` then finds
+/// (`_partition`, `_key`): one daemon inserts every key, then two more join;
+/// when the three hold disjoint partitions covering the topic, three more
+/// rounds (updates, then updates with deletes) are applied by all three at
+/// once. Their MERGEs in that stretch: none conflicted. `verify` then finds
 /// every key at its last change and the deleted ones gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_daemons_merge_into_one_upsert_table_without_conflicts() {
@@ -78,10 +78,13 @@ async fn three_daemons_merge_into_one_upsert_table_without_conflicts() {
         );
     let cfg = s.dir.path().join("upsert.toml");
     std::fs::write(&cfg, text).unwrap();
-    let mut daemons: Vec<Daemon> = (0..3).map(|_| Daemon::start(&cfg, s.dir.path())).collect();
+    // One daemon loads every key (its files hold rows of every partition where
+    // the table is not partitioned), then two more join: scale-out from one.
+    let mut daemons = vec![Daemon::start(&cfg, s.dir.path())];
     let mut produced = produce_round(&s, &round(0, false)).await;
     s.wait_caught_up(&produced, PARTITIONS, Duration::from_secs(180))
         .await;
+    daemons.extend((0..2).map(|_| Daemon::start(&cfg, s.dir.path())));
     let marks: Vec<usize> = eventually(
         Duration::from_secs(120),
         "three daemons holding disjoint partitions that cover the topic",
