@@ -16,11 +16,16 @@ use crate::decode::transform::Transform;
 use crate::decode::{Decoded, Evolution, RejectKind, Rejected};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::sink::table;
+use crate::sink::upsert::reduce_growing;
 use crate::telemetry::events;
 use crate::telemetry::stats::PipelineStats;
 use crate::window::Window;
 use crate::window::admission::{self, Position};
 use crate::window::encoder::WindowWriter;
+
+/// An upsert window's changes are first reduced to a change per key at this
+/// many rows, then whenever they have doubled.
+const REDUCE_AT: usize = 1 << 18;
 
 impl Pipeline {
     pub(super) async fn on_chunk(&mut self, chunk: RecordChunk) -> Result<(), PipelineError> {
@@ -180,9 +185,27 @@ impl Pipeline {
         window.records += accounted;
         window.opened_at.get_or_insert_with(Instant::now);
         if let Some(c) = changes {
-            // Held as they are (`Window::held_bytes` counts them), not encoded.
+            // Held as they are (`Window::held_bytes` counts them), not encoded,
+            // and reduced to a change per key as they grow; `rows` counts the
+            // changes taken, which is what `max_rows` bounds.
             window.rows += c.rows.num_rows() as u64;
             window.changes.push(c);
+            let s = &mut self.sinks[sink];
+            if let Some(spec) = &s.tcfg.upsert {
+                let w = &mut s.window;
+                let (key, order) = (spec.key.as_slice(), spec.order_by.as_deref());
+                if let Err(e) = reduce_growing(
+                    &mut w.changes,
+                    &mut w.reduced_changes,
+                    key,
+                    order,
+                    REDUCE_AT,
+                ) {
+                    // The commit's own reduction reports it; try again once doubled.
+                    tracing::debug!(error = %e, "window changes left as they are");
+                    w.reduced_changes = w.changes.iter().map(|c| c.rows.num_rows()).sum();
+                }
+            }
         }
         match decoded.batch {
             Some(batch) => self.write_rows(sink, batch).await,

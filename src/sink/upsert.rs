@@ -110,6 +110,29 @@ pub fn reduce(
     })
 }
 
+/// Keep a growing list of changes (in the order read) reduced to the last
+/// change per key, so it holds about its distinct keys rather than every
+/// change. `reduced` is how many rows the last reduction left (`list[0]`).
+/// The list is reduced again once the rows added since are at least as many
+/// as that and at least `min_rows`: each change then goes through a handful
+/// of reductions in all, however large the list grows. True when it reduced.
+pub fn reduce_growing(
+    list: &mut Vec<Changes>,
+    reduced: &mut usize,
+    key: &[String],
+    order_by: Option<&str>,
+    min_rows: usize,
+) -> Result<bool, ArrowError> {
+    let rows: usize = list.iter().map(|c| c.rows.num_rows()).sum();
+    if rows.saturating_sub(*reduced) < (*reduced).max(min_rows) || list.is_empty() {
+        return Ok(false);
+    }
+    let one = reduce(key, order_by, &Changes::concat(list)?)?;
+    *reduced = one.rows.num_rows();
+    *list = vec![one];
+    Ok(true)
+}
+
 /// The order of each row's `order_by` value, comparable as rows; a row with
 /// no value (a tombstone has none) sorts last: the newest.
 pub fn order_rows(rows: &RecordBatch, order_by: &str) -> Result<Rows, ArrowError> {
@@ -456,6 +479,44 @@ mod tests {
                 (1, "a3".into(), false)
             ]
         );
+    }
+
+    #[test]
+    fn a_growing_list_reduced_as_it_grows_ends_as_one_reduction_of_it_all() {
+        let key = ["id".to_owned()];
+        let (mut list, mut reduced, mut reductions) = (Vec::new(), 0usize, 0);
+        let mut all = Vec::new();
+        for chunk in 0..40i64 {
+            // Chunk i changes keys 10i.. 10i+9 (mod 64), the last of them a delete.
+            let ids: Vec<i64> = (0..10).map(|j| (chunk * 10 + j) % 64).collect();
+            let values: Vec<String> = (0..10).map(|j| format!("v{chunk}-{j}")).collect();
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            let deletes: Vec<bool> = (0..10).map(|j| j == 9).collect();
+            let c = changes(&ids, &values, &deletes);
+            all.push(c.clone());
+            list.push(c);
+            if reduce_growing(&mut list, &mut reduced, &key, None, 50).unwrap() {
+                reductions += 1;
+                assert_eq!(list.len(), 1);
+                assert!(reduced <= 64, "one row per key: {reduced}");
+            }
+            let held: usize = list.iter().map(|c| c.rows.num_rows()).sum();
+            assert!(
+                held < 64 + 64.max(50),
+                "held {held} rows after chunk {chunk}"
+            );
+        }
+        // 400 changes of 64 keys: reduced when 50, then 64 more had come.
+        assert!((5..=8).contains(&reductions), "{reductions} reductions");
+        let whole = reduce(&key, None, &Changes::concat(&all).unwrap()).unwrap();
+        let grown = reduce(&key, None, &Changes::concat(&list).unwrap()).unwrap();
+        let sorted = |c: &Changes| {
+            let mut t = as_tuples(c);
+            t.sort();
+            t
+        };
+        assert_eq!(sorted(&grown), sorted(&whole));
+        assert!(sorted(&whole).iter().any(|(_, _, deleted)| *deleted));
     }
 
     #[test]

@@ -76,8 +76,12 @@ pub struct Window {
     pub parts: HashMap<TopicPartition, i64>,
     /// Dead letters of this window, for the dead-letter table.
     pub dead: Vec<RecordBatch>,
-    /// An upsert table's changes (instead of Parquet files), in offset order.
+    /// An upsert table's changes (instead of Parquet files), in offset order;
+    /// kept reduced to the last change per key as the window grows
+    /// ([`crate::sink::upsert::reduce_growing`]).
     pub changes: Vec<crate::decode::changes::Changes>,
+    /// Rows the last reduction of `changes` left.
+    pub reduced_changes: usize,
     /// The partitions they come from.
     pub dead_parts: HashSet<TopicPartition>,
 }

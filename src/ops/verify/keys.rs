@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use super::judge::{Judge, judge_for, records_chunk};
 use super::*;
 use crate::decode::changes::{self, Changes, Keying, with_columns};
-use crate::sink::upsert::reduce;
+use crate::sink::upsert::{reduce, reduce_growing};
 
 mod report;
 mod state;
@@ -43,7 +43,9 @@ use state::{Expected, PartitionOf, all_extra};
 /// offset of each change.
 const PART: &str = "__verify_partition";
 const OFFSET: &str = "__verify_offset";
-/// Reduce a partition's pending changes when they reach this many rows.
+/// Reduce a partition's pending changes when they reach this many rows (then
+/// whenever they have doubled: a partition of many keys is not reduced again at
+/// every chunk).
 const REDUCE_AT: usize = 100_000;
 /// Records read from Kafka per decoded chunk.
 const CHUNK: usize = 2_048;
@@ -110,6 +112,7 @@ struct Replay<'k> {
     parts: Vec<TopicPartition>,
     dead: Offsets,
     counts: HashMap<TopicPartition, Counts>,
+    /// Each partition's changes, and the rows their last reduction left.
     pending: HashMap<TopicPartition, (Vec<Changes>, usize)>,
 }
 
@@ -242,17 +245,12 @@ impl<'k> Replay<'k> {
             ),
         ];
         let rows = with_columns(&c.rows, carried).map_err(err)?;
-        let (list, pending_rows) = self.pending.entry(tp.clone()).or_default();
+        let (list, reduced) = self.pending.entry(tp.clone()).or_default();
         list.push(Changes {
             rows,
             deleted: c.deleted,
         });
-        *pending_rows += indices.len();
-        if *pending_rows >= REDUCE_AT {
-            let one = reduce_all(self.keying.key, self.order_by, list).map_err(err)?;
-            *pending_rows = one.rows.num_rows();
-            *list = vec![one];
-        }
+        reduce_growing(list, reduced, self.keying.key, self.order_by, REDUCE_AT).map_err(err)?;
         Ok(())
     }
 
