@@ -14,7 +14,11 @@ use crate::decode::{DecodeError, Decoded, JsonDecoder};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::sink::table::TableError;
 use crate::sink::upsert::partitions::{self, Verdict};
+use crate::sink::upsert::reduce_growing;
 use crate::source::probe;
+
+/// The most rows an upsert window's changes reach before their first reduction.
+const REDUCE_AT: u64 = 1 << 18;
 
 /// How long reading a topic's partition count may take.
 const PARTITION_COUNT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,6 +88,24 @@ impl Pipeline {
             },
         )?;
         Ok(taken.map(|(c, _)| c))
+    }
+
+    /// Keep an upsert window's changes reduced to a change per key as it grows
+    /// ([`reduce_growing`]): first at a quarter of `max_rows` (at most
+    /// [`REDUCE_AT`] rows), then whenever they have doubled.
+    pub(super) fn reduce_window_changes(&mut self, sink: usize) {
+        let s = &mut self.sinks[sink];
+        let Some(spec) = &s.tcfg.upsert else {
+            return;
+        };
+        let w = &mut s.window;
+        let (key, order) = (spec.key.as_slice(), spec.order_by.as_deref());
+        let at = (s.flush.max_rows / 4).clamp(1, REDUCE_AT) as usize;
+        if let Err(e) = reduce_growing(&mut w.changes, &mut w.reduced_changes, key, order, at) {
+            // The commit's own reduction reports it; try again once doubled.
+            tracing::debug!(table = %s.tcfg.uri, error = %e, "window changes left as they are");
+            w.reduced_changes = w.changes.iter().map(|c| c.rows.num_rows()).sum();
+        }
     }
 
     /// For the upsert tables among `tps`' sinks: each topic's partition count

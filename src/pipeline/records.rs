@@ -16,16 +16,11 @@ use crate::decode::transform::Transform;
 use crate::decode::{Decoded, Evolution, RejectKind, Rejected};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::sink::table;
-use crate::sink::upsert::reduce_growing;
 use crate::telemetry::events;
 use crate::telemetry::stats::PipelineStats;
 use crate::window::Window;
 use crate::window::admission::{self, Position};
 use crate::window::encoder::WindowWriter;
-
-/// An upsert window's changes are first reduced to a change per key at this
-/// many rows, then whenever they have doubled.
-const REDUCE_AT: usize = 1 << 18;
 
 impl Pipeline {
     pub(super) async fn on_chunk(&mut self, chunk: RecordChunk) -> Result<(), PipelineError> {
@@ -190,22 +185,7 @@ impl Pipeline {
             // changes taken, which is what `max_rows` bounds.
             window.rows += c.rows.num_rows() as u64;
             window.changes.push(c);
-            let s = &mut self.sinks[sink];
-            if let Some(spec) = &s.tcfg.upsert {
-                let w = &mut s.window;
-                let (key, order) = (spec.key.as_slice(), spec.order_by.as_deref());
-                if let Err(e) = reduce_growing(
-                    &mut w.changes,
-                    &mut w.reduced_changes,
-                    key,
-                    order,
-                    REDUCE_AT,
-                ) {
-                    // The commit's own reduction reports it; try again once doubled.
-                    tracing::debug!(error = %e, "window changes left as they are");
-                    w.reduced_changes = w.changes.iter().map(|c| c.rows.num_rows()).sum();
-                }
-            }
+            self.reduce_window_changes(sink);
         }
         match decoded.batch {
             Some(batch) => self.write_rows(sink, batch).await,
