@@ -30,6 +30,16 @@ fn record(i: u64) -> serde_json::Value {
     })
 }
 
+/// Vacuum `t` at zero retention: every file no version references goes.
+async fn vacuum_now(t: deltalake::DeltaTable) -> maintenance::VacuumReport {
+    let opts = VacuumOptions {
+        retention: Some(Duration::ZERO),
+        force_retention: true,
+        ..Default::default()
+    };
+    maintenance::vacuum(t, opts).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_read_back_identically_by_duckdb_and_spark() {
     let python = std::env::var("TRIBUTARY_TEST_PYTHON")
@@ -95,16 +105,7 @@ async fn tables_read_back_identically_by_duckdb_and_spark() {
     assert!(report.files_removed > 0, "{report:?}");
     let t = s.table().await.unwrap();
     maintenance::checkpoint(&t).await.unwrap();
-    let vac = maintenance::vacuum(
-        t,
-        VacuumOptions {
-            retention: Some(Duration::ZERO),
-            force_retention: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let vac = vacuum_now(t).await;
     assert_eq!(vac.files.len() as u64, report.files_removed);
     let t = s.table().await.unwrap();
     let snapshot = t.snapshot().unwrap();
@@ -223,16 +224,7 @@ async fn upserted_tables_read_back_exactly_by_duckdb_and_spark() {
         .unwrap()
         .log_data()
         .num_files();
-    let vac = maintenance::vacuum(
-        s.table().await.unwrap(),
-        VacuumOptions {
-            retention: Some(Duration::ZERO),
-            force_retention: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let vac = vacuum_now(s.table().await.unwrap()).await;
     assert!(!vac.files.is_empty(), "{vac:?}");
     let after = s
         .table()

@@ -70,14 +70,8 @@ async fn produce_round(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_daemons_merge_into_one_upsert_table_without_conflicts() {
     let s = Scenario::new("upsert-3x", PARTITIONS).await;
-    let text = s
-        .config_toml("[flush]\nmax_rows = 100\nmax_age = \"300ms\"")
-        .replace(
-            "[table]\n",
-            "[table]\nmode = \"upsert\"\nkey = [\"_partition\", \"_key\"]\npartition_by = [\"_partition\"]\n",
-        );
-    let cfg = s.dir.path().join("upsert.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let flush = "[flush]\nmax_rows = 100\nmax_age = \"300ms\"";
+    let cfg = crate::upsert::owned_upsert_config_file(&s, flush);
     // One daemon loads every key (its files hold rows of every partition where
     // the table is not partitioned), then two more join: scale-out from one.
     let mut daemons = vec![Daemon::start(&cfg, s.dir.path())];

@@ -817,6 +817,19 @@ async fn a_changed_partition_count_stops_the_daemon_until_the_operator_accepts_i
     assert_eq!(got, rows(&[(1, "a2"), (2, "b1")]));
 }
 
+/// A config file for daemons of the scenario: an upsert table keyed by
+/// (`_partition`, `_key`) and partitioned by `_partition` (replicas' MERGEs
+/// stay apart), with `flush`.
+pub fn owned_upsert_config_file(s: &Scenario, flush: &str) -> std::path::PathBuf {
+    let text = s.config_toml(flush).replace(
+        "[table]\n",
+        "[table]\nmode = \"upsert\"\nkey = [\"_partition\", \"_key\"]\npartition_by = [\"_partition\"]\n",
+    );
+    let cfg = s.dir.path().join("upsert.toml");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// kill -9 at random points with 3 daemons on one upsert table, partitioned by
 /// the Kafka partition (which is in the key, so replicas' MERGEs stay apart):
 /// every key ends with its last change, none lost, none twice.
@@ -826,14 +839,7 @@ async fn kill_9_with_three_daemons_on_one_upsert_table_ends_exact() {
     const KEYS: u64 = 300;
     const TOTAL: u64 = 6_000;
     let s = Scenario::new("upsert-kill", 6).await;
-    let text = s
-        .config_toml("[flush]\nmax_rows = 300\nmax_age = \"500ms\"")
-        .replace(
-            "[table]\n",
-            "[table]\nmode = \"upsert\"\nkey = [\"_partition\", \"_key\"]\npartition_by = [\"_partition\"]\n",
-        );
-    let cfg = s.dir.path().join("upsert.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = owned_upsert_config_file(&s, "[flush]\nmax_rows = 300\nmax_age = \"500ms\"");
     // Key k always goes to partition k % 6; change j of key j % KEYS carries
     // event_id j, so a key's last change has the greatest event_id.
     let topic = s.topic.clone();
