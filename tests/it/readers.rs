@@ -216,24 +216,11 @@ async fn upserted_tables_read_back_exactly_by_duckdb_and_spark() {
         .await
         .unwrap();
     // Vacuum takes away every file the MERGEs and the compaction replaced.
-    let live = s
-        .table()
-        .await
-        .unwrap()
-        .snapshot()
-        .unwrap()
-        .log_data()
-        .num_files();
+    let live_files = |t: deltalake::DeltaTable| t.snapshot().unwrap().log_data().num_files();
+    let live = live_files(s.table().await.unwrap());
     let vac = vacuum_now(s.table().await.unwrap()).await;
     assert!(!vac.files.is_empty(), "{vac:?}");
-    let after = s
-        .table()
-        .await
-        .unwrap()
-        .snapshot()
-        .unwrap()
-        .log_data()
-        .num_files();
+    let after = live_files(s.table().await.unwrap());
     assert_eq!(after, live, "vacuum removes no live file");
     // status reads an upsert table's stored offsets like an append table's.
     let status = tributary::ops::status::status(&parse_config(&toml), Duration::from_secs(20))
