@@ -234,6 +234,9 @@ pub struct RawFlush {
 pub struct RawCommit {
     /// Delta conflict retries for concurrent, non-overlapping appends.
     pub max_conflict_retries: Option<usize>,
+    /// Upsert tables: how often a MERGE that lost to a conflicting commit is
+    /// planned again before the window is rewound and retried later.
+    pub max_merge_replans: Option<u32>,
     /// Longest wait between retries of a failing commit (e.g. `"30s"`).
     #[serde(default, with = "humantime_serde")]
     pub max_backoff: Option<Duration>,

@@ -225,10 +225,10 @@ pub fn envelopes(batch: &RecordBatch, source_fields: &[&str]) -> Result<Flattene
     rows = with_others(rows, batch)?;
     let keep = BooleanArray::from(keep);
     Ok(Flattened {
-        changes: Changes {
-            rows: filter_record_batch(&rows, &keep)?,
-            deleted: filter_bool(&is_delete, &keep)?,
-        },
+        changes: Changes::new(
+            filter_record_batch(&rows, &keep)?,
+            filter_bool(&is_delete, &keep)?,
+        ),
         rejected,
     })
 }
@@ -317,10 +317,10 @@ pub fn flattened(batch: &RecordBatch) -> Result<Changes, ArrowError> {
         .filter(|(_, f)| !f.name().starts_with("__"))
         .map(|(i, _)| i)
         .collect();
-    Ok(Changes {
-        rows: batch.project(&keep)?,
-        deleted: BooleanArray::from(deleted),
-    })
+    Ok(Changes::new(
+        batch.project(&keep)?,
+        BooleanArray::from(deleted),
+    ))
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ impl Pipeline {
                 Verdict::Same => {}
                 Verdict::Record => {
                     tracing::info!(table = %s.uri(), %topic, partitions = now, previously = ?was, "recording the topic's partition count in the upsert table");
-                    partitions::record(&mut s.table, &topic, now)
+                    let raced = partitions::record(&mut s.table, &topic, now)
                         .await
                         .map_err(|e| {
                             PipelineError::Table(Box::new(TableError::Delta {
@@ -154,6 +154,19 @@ impl Pipeline {
                                 source: Box::new(e),
                             }))
                         })?;
+                    // Another replica recorded another count first: judge it.
+                    if let Err(other) = raced
+                        && let Verdict::Refuse(why) =
+                            partitions::judge(spec, partition, Some(other), now)
+                    {
+                        return Err(PipelineError::PartitionsMoved(partitions::refusal(
+                            &s.uri(),
+                            &topic,
+                            Some(other),
+                            now,
+                            &why,
+                        )));
+                    }
                 }
                 Verdict::Refuse(why) => {
                     return Err(PipelineError::PartitionsMoved(partitions::refusal(

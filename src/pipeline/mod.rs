@@ -145,6 +145,7 @@ impl Pipeline {
         Ok(Pipeline {
             policy: RetryPolicy {
                 max_conflict_retries: cfg.commit.max_conflict_retries,
+                max_merge_replans: cfg.commit.max_merge_replans,
                 initial_backoff: options.initial_backoff,
                 max_backoff: cfg.commit.max_backoff,
             },

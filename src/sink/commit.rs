@@ -90,6 +90,20 @@ pub enum CommitError {
         #[source]
         source: Box<DeltaTableError>,
     },
+    /// A MERGE kept losing to conflicting commits (replicas sharing files,
+    /// a compaction): the window is rewound and tried again after a backoff.
+    #[error(
+        "upsert into table {uri} lost to conflicting commits {replans} times in a row; \
+         rewinding to retry later: {last_error}"
+    )]
+    Contended {
+        /// The table.
+        uri: String,
+        /// Re-plans made.
+        replans: u64,
+        /// The last conflict.
+        last_error: String,
+    },
     /// Shutdown was requested while the commit was retrying.
     #[error("commit to table {uri} abandoned at shutdown after {attempts} attempts: {last_error}")]
     Abandoned {
@@ -107,7 +121,7 @@ impl CommitError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CommitError::Delta { source, .. } => is_retryable(source),
-            CommitError::Abandoned { .. } => true,
+            CommitError::Abandoned { .. } | CommitError::Contended { .. } => true,
         }
     }
 }
@@ -117,6 +131,9 @@ impl CommitError {
 pub struct RetryPolicy {
     /// delta-rs' own retries on version conflicts with non-overlapping commits.
     pub max_conflict_retries: usize,
+    /// Upsert: times a MERGE that conflicted is planned again on the new
+    /// version before its window gives up ([`CommitError::Contended`]).
+    pub max_merge_replans: u32,
     /// First backoff after a transient error.
     pub initial_backoff: Duration,
     /// Backoff cap.

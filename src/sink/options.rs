@@ -144,6 +144,8 @@ impl StorageConfig {
 pub struct CommitConfig {
     /// delta-rs conflict retries.
     pub max_conflict_retries: usize,
+    /// Upsert MERGE re-plans after conflicts, before a rewind.
+    pub max_merge_replans: u32,
     /// Backoff cap.
     pub max_backoff: Duration,
 }

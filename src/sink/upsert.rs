@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use deltalake::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
-use deltalake::arrow::compute::{SortOptions, take, take_record_batch};
+use deltalake::arrow::compute::{take, take_record_batch};
 use deltalake::arrow::datatypes::{DataType, Field};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::row::{RowConverter, Rows, SortField};
@@ -35,6 +35,9 @@ use crate::sink::retry::{is_conflict, is_retryable};
 
 /// The source column that marks a change as a deletion.
 pub const DELETED: &str = "__tributary_deleted";
+/// The source column that marks a change as replacing its key's row whatever
+/// the order values ([`Changes::unconditional`]).
+pub const UNCONDITIONAL: &str = "__tributary_unconditional";
 
 pub use crate::decode::changes::Changes;
 
@@ -72,10 +75,17 @@ pub enum UpsertError {
     Commit(#[from] CommitError),
 }
 
-/// The last change of each key (the one with the greatest `order_by` value,
-/// a change without one counting as the newest, the last read among equals),
-/// in the order read; an error when a key column is missing or holds a null,
-/// or the order column is missing.
+/// The last change of each key, in the order read; an error when a key column
+/// is missing or holds a null, or the order column is missing.
+///
+/// The changes of a key are folded in the order read: a change replaces the
+/// one before it unless both have an `order_by` value and its own is smaller
+/// (where either has none, the later read wins; among equals too). So the
+/// result never depends on where windows begin and end: a window's result is
+/// its last kept change, applied to the table's row by the same rule, except
+/// that once a change without an order value was read, what follows no longer
+/// depends on the row before the window, and the kept change is marked
+/// [`Changes::unconditional`].
 pub fn reduce(
     key: &[String],
     order_by: Option<&str>,
@@ -84,21 +94,31 @@ pub fn reduce(
     let rows = &changes.rows;
     let keys = RowConverter::new(sort_fields(rows, key)?)?
         .convert_columns(&non_null_columns(rows, key)?)?;
-    let order = order_by.map(|o| order_rows(rows, o)).transpose()?;
-    let mut last: HashMap<_, u32> = HashMap::with_capacity(rows.num_rows());
+    let order = order_by.map(|o| Order::new(rows, o)).transpose()?;
+    // Key -> its last kept change, and whether the window's result for it is
+    // unconditional.
+    let mut last: HashMap<_, (u32, bool)> = HashMap::with_capacity(rows.num_rows());
     for i in 0..rows.num_rows() {
-        let k = keys.row(i);
-        let newer = match (&order, last.get(&k)) {
-            (Some(o), Some(&j)) => o.row(i) >= o.row(j as usize),
-            _ => true,
-        };
-        if newer {
-            last.insert(k, i as u32);
-        }
+        let forced = changes.is_unconditional(i) || order.as_ref().is_some_and(|o| !o.has_value(i));
+        last.entry(keys.row(i))
+            .and_modify(|(j, unconditional)| {
+                let replaces = match &order {
+                    Some(o) => forced || o.replaces(i, *j as usize),
+                    None => true,
+                };
+                if replaces {
+                    *j = i as u32;
+                }
+                *unconditional |= forced;
+            })
+            .or_insert((i as u32, forced));
     }
-    let mut keep: Vec<u32> = last.into_values().collect();
+    let mut keep: Vec<(u32, bool)> = last.into_values().collect();
     keep.sort_unstable();
-    let keep = UInt32Array::from(keep);
+    let unconditional = order
+        .is_some()
+        .then(|| keep.iter().map(|(_, u)| Some(*u)).collect::<BooleanArray>());
+    let keep = UInt32Array::from_iter_values(keep.iter().map(|(i, _)| *i));
     let deleted = take(&changes.deleted, &keep, None)?;
     Ok(Changes {
         rows: take_record_batch(rows, &keep)?,
@@ -107,6 +127,7 @@ pub fn reduce(
             .downcast_ref::<BooleanArray>()
             .cloned()
             .ok_or_else(|| ArrowError::CastError("deleted flags".into()))?,
+        unconditional,
     })
 }
 
@@ -133,18 +154,44 @@ pub fn reduce_growing(
     Ok(true)
 }
 
-/// The order of each row's `order_by` value, comparable as rows; a row with
-/// no value (a tombstone has none) sorts last: the newest.
-pub fn order_rows(rows: &RecordBatch, order_by: &str) -> Result<Rows, ArrowError> {
-    let c = rows.column_by_name(order_by).ok_or_else(|| {
-        ArrowError::SchemaError(format!("column `{order_by}` is not in the changes"))
-    })?;
-    let options = SortOptions {
-        descending: false,
-        nulls_first: false,
-    };
-    let field = SortField::new_with_options(c.data_type().clone(), options);
-    RowConverter::new(vec![field])?.convert_columns(std::slice::from_ref(c))
+/// The changes' order by their `order_by` column: two changes compare only
+/// where both have a value (a tombstone has none).
+#[derive(Debug)]
+pub struct Order {
+    rows: Rows,
+    values: ArrayRef,
+}
+
+impl Order {
+    /// The order of `rows` by column `order_by`; an error when it is missing.
+    pub fn new(rows: &RecordBatch, order_by: &str) -> Result<Self, ArrowError> {
+        let c = rows.column_by_name(order_by).ok_or_else(|| {
+            ArrowError::SchemaError(format!("column `{order_by}` is not in the changes"))
+        })?;
+        let field = SortField::new(c.data_type().clone());
+        let rows = RowConverter::new(vec![field])?.convert_columns(std::slice::from_ref(c))?;
+        Ok(Self {
+            rows,
+            values: c.clone(),
+        })
+    }
+
+    /// Whether change `i` has an order value.
+    pub fn has_value(&self, i: usize) -> bool {
+        self.values.is_valid(i)
+    }
+
+    /// How change `i`'s order value compares with change `j`'s; `None` when
+    /// either has none.
+    pub fn compare(&self, i: usize, j: usize) -> Option<std::cmp::Ordering> {
+        (self.has_value(i) && self.has_value(j)).then(|| self.rows.row(i).cmp(&self.rows.row(j)))
+    }
+
+    /// Whether change `i`, read after change `j` of the same key, replaces it:
+    /// unless both have a value and `i`'s is the smaller.
+    pub fn replaces(&self, i: usize, j: usize) -> bool {
+        self.compare(i, j).is_none_or(std::cmp::Ordering::is_ge)
+    }
 }
 
 /// What a MERGE commit wrote.
@@ -206,7 +253,15 @@ pub async fn apply(
                 let s = stats(attempts + s.attempts, conflicts + s.conflicts);
                 return Ok((o, s, Written::default()));
             }
-            Err(e) if is_conflict(&e) && conflicts < policy.max_conflict_retries as u64 => {
+            Err(e) if is_conflict(&e) && conflicts >= u64::from(policy.max_merge_replans) => {
+                return Err(CommitError::Contended {
+                    uri,
+                    replans: conflicts,
+                    last_error: e.to_string(),
+                }
+                .into());
+            }
+            Err(e) if is_conflict(&e) => {
                 // Another writer's commit touched what the MERGE read: plan it
                 // again on the new version (a racing txn shows up as stale).
                 conflicts += 1;
@@ -352,23 +407,32 @@ fn merge(
     how: &Merge<'_>,
 ) -> Result<deltalake::operations::merge::MergeBuilder, DeltaTableError> {
     let key = how.key;
-    let source = with_deleted(how.changes).map_err(DeltaTableError::from)?;
+    let source = with_flags(how.changes, how.order_by.is_some()).map_err(DeltaTableError::from)?;
     let df = SessionContext::new().read_batch(source)?;
     let on = key
         .iter()
         .map(|k| format!("t.{q} = s.{q}", q = quote(k)))
         .collect::<Vec<_>>()
         .join(" AND ");
+    // The table's columns that the changes have: a column added to the table
+    // after they were decoded (another replica, another engine) keeps its value
+    // in updated rows and is null in inserted ones.
+    let have = how.changes.rows.schema();
     let columns: Vec<String> = table
         .snapshot()?
         .schema()
         .fields()
         .map(|f| f.name().clone())
+        .filter(|c| have.field_with_name(c).is_ok())
         .collect();
-    // A change without an order value (a tombstone) is the newest.
+    // Where either side has no order value, or the window's change of the key
+    // came after one without (see [`reduce`]), the change is the newer.
     let newer = how.order_by.map_or(String::new(), |o| {
         let o = quote(o);
-        format!(" AND (t.{o} IS NULL OR s.{o} IS NULL OR s.{o} >= t.{o})")
+        format!(
+            " AND (s.{u} OR t.{o} IS NULL OR s.{o} IS NULL OR s.{o} >= t.{o})",
+            u = quote(UNCONDITIONAL)
+        )
     });
     let deleted = format!("s.{}{newer}", quote(DELETED));
     let replaced = format!("NOT s.{}{newer}", quote(DELETED));
@@ -412,11 +476,25 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The changes with the deletion flag as a column of their own.
-fn with_deleted(changes: &Changes) -> Result<RecordBatch, ArrowError> {
-    let flag = Field::new(DELETED, DataType::Boolean, false);
-    let deleted: ArrayRef = std::sync::Arc::new(changes.deleted.clone());
-    crate::decode::changes::with_columns(&changes.rows, [(flag, deleted)])
+/// The changes with the deletion flag (and, with an order, the unconditional
+/// flag) as columns of their own.
+fn with_flags(changes: &Changes, ordered: bool) -> Result<RecordBatch, ArrowError> {
+    let mut flags: Vec<(Field, ArrayRef)> = vec![(
+        Field::new(DELETED, DataType::Boolean, false),
+        std::sync::Arc::new(changes.deleted.clone()),
+    )];
+    if ordered {
+        let n = changes.rows.num_rows();
+        let u = changes
+            .unconditional
+            .clone()
+            .unwrap_or_else(|| BooleanArray::from(vec![false; n]));
+        flags.push((
+            Field::new(UNCONDITIONAL, DataType::Boolean, false),
+            std::sync::Arc::new(u),
+        ));
+    }
+    crate::decode::changes::with_columns(&changes.rows, flags)
 }
 
 #[cfg(test)]
@@ -439,10 +517,7 @@ mod tests {
             ],
         )
         .unwrap();
-        Changes {
-            rows,
-            deleted: BooleanArray::from(deleted.to_vec()),
-        }
+        Changes::new(rows, BooleanArray::from(deleted.to_vec()))
     }
 
     fn as_tuples(c: &Changes) -> Vec<(i64, String, bool)> {
@@ -529,10 +604,7 @@ mod tests {
             vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
         )
         .unwrap();
-        let c = Changes {
-            rows,
-            deleted: BooleanArray::from(vec![false, false]),
-        };
+        let c = Changes::new(rows, BooleanArray::from(vec![false, false]));
         let err = reduce(&["id".into()], None, &c).unwrap_err().to_string();
         assert!(err.contains("null in 1 change"), "{err}");
     }
@@ -551,10 +623,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let c = Changes {
-            rows,
-            deleted: BooleanArray::from(vec![false, false, true]),
-        };
+        let c = Changes::new(rows, BooleanArray::from(vec![false, false, true]));
         let r = reduce(&["a".into(), "b".into()], None, &c).unwrap();
         assert_eq!(r.rows.num_rows(), 2);
         assert_eq!(r.deleted, BooleanArray::from(vec![false, true]));
@@ -576,10 +645,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let c = Changes {
-            rows,
-            deleted: BooleanArray::from(vec![false; 5]),
-        };
+        let c = Changes::new(rows, BooleanArray::from(vec![false; 5]));
         let r = reduce(&["id".into()], Some("lsn"), &c).unwrap();
         // id 1: the change at lsn 10 though read first; id 2: the last of the equals.
         assert_eq!(
@@ -592,10 +658,8 @@ mod tests {
         assert!(err.contains("`nope`"), "{err}");
     }
 
-    /// A change with no order value (a tombstone has none) is the newest of
-    /// its key: it is applied, not refused.
-    #[test]
-    fn a_change_without_an_order_value_is_the_newest() {
+    /// (id, v, lsn) changes; `v = None` deletes.
+    fn ordered(c: &[(i64, Option<&str>, Option<i64>)]) -> Changes {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("v", DataType::Utf8, true),
@@ -604,20 +668,138 @@ mod tests {
         let rows = RecordBatch::try_new(
             schema,
             vec![
-                Arc::new(Int64Array::from(vec![1, 1, 2, 2])),
-                Arc::new(StringArray::from(vec!["a", "gone", "b-none", "b-3"])),
-                Arc::new(Int64Array::from(vec![Some(5), None, None, Some(3)])),
+                Arc::new(Int64Array::from_iter_values(c.iter().map(|c| c.0))),
+                Arc::new(StringArray::from_iter(c.iter().map(|c| c.1))),
+                Arc::new(Int64Array::from_iter(c.iter().map(|c| c.2))),
             ],
         )
         .unwrap();
-        let c = Changes {
-            rows,
-            deleted: BooleanArray::from(vec![false, true, false, false]),
-        };
+        Changes::new(rows, c.iter().map(|c| Some(c.1.is_none())).collect())
+    }
+
+    /// (id, v or "-" for a delete, unconditional) of each reduced change.
+    fn kept(c: &Changes) -> Vec<(i64, String, bool)> {
+        let ids = c
+            .rows
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let vs = c
+            .rows
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        (0..c.rows.num_rows())
+            .map(|i| {
+                let v = if c.deleted.value(i) { "-" } else { vs.value(i) };
+                (ids.value(i), v.to_owned(), c.is_unconditional(i))
+            })
+            .collect()
+    }
+
+    /// Issue 22, case 2: a change with no order value (a tombstone has none)
+    /// used to sort as the newest, so a tombstone followed by a re-insert with
+    /// an order value ended deleted in one window, present across two. Where
+    /// either has no value the later read wins.
+    #[test]
+    fn a_change_with_no_order_value_never_beats_a_later_one() {
+        let c = ordered(&[
+            (1, Some("a"), Some(5)),
+            (1, None, None),
+            (2, Some("b-none"), None),
+            (2, Some("b-3"), Some(3)),
+            (3, None, None),
+            (3, Some("c-12"), Some(12)),
+        ]);
         let r = reduce(&["id".into()], Some("lsn"), &c).unwrap();
         assert_eq!(
-            as_tuples(&r),
-            vec![(1, "gone".into(), true), (2, "b-none".into(), false)]
+            kept(&r),
+            vec![
+                (1, "-".into(), true),
+                (2, "b-3".into(), true),
+                (3, "c-12".into(), true)
+            ]
         );
+    }
+
+    /// Where both have a value they are compared; a window with no change
+    /// lacking one is applied to the table's row by the same comparison.
+    #[test]
+    fn order_values_compare_only_where_both_are_present() {
+        let c = ordered(&[
+            (1, Some("a10"), Some(10)),
+            (1, Some("a5"), Some(5)),
+            (2, Some("b1"), Some(1)),
+            (2, Some("b1-again"), Some(1)),
+        ]);
+        let r = reduce(&["id".into()], Some("lsn"), &c).unwrap();
+        assert_eq!(
+            kept(&r),
+            vec![(1, "a10".into(), false), (2, "b1-again".into(), false)]
+        );
+        // Without an order every change is the newest: no flags at all.
+        let r = reduce(&["id".into()], None, &c).unwrap();
+        assert!(r.unconditional.is_none());
+    }
+
+    /// The state a key ends in when `changes` are applied one by one to an
+    /// absent row by the ordering rule: the reference the reductions match.
+    fn folded(changes: &[(i64, Option<&str>, Option<i64>)]) -> Option<(String, Option<i64>)> {
+        let mut row: Option<(Option<&str>, Option<i64>)> = None;
+        for &(_, v, lsn) in changes {
+            let replaces = match (row.and_then(|r| r.1), lsn) {
+                (Some(t), Some(s)) => s >= t,
+                _ => true,
+            };
+            if replaces || row.is_none() {
+                row = Some((v, lsn));
+            }
+        }
+        row.and_then(|(v, l)| v.map(|v| (v.to_owned(), l)))
+    }
+
+    /// A window reduced whole, or in two reductions of its parts (as a
+    /// growing window is), keeps the same change with the same flag; and the
+    /// kept change is the one the change-by-change fold ends in.
+    #[test]
+    fn reductions_of_parts_keep_what_a_reduction_of_the_whole_keeps() {
+        let sequences: [&[(i64, Option<&str>, Option<i64>)]; 4] = [
+            &[
+                (1, Some("a"), Some(10)),
+                (1, None, None),
+                (1, Some("c"), Some(5)),
+            ],
+            &[
+                (1, Some("a"), Some(10)),
+                (1, Some("x"), None),
+                (1, Some("c"), Some(5)),
+            ],
+            &[
+                (1, Some("a"), Some(10)),
+                (1, Some("b"), Some(7)),
+                (1, None, Some(12)),
+            ],
+            &[
+                (1, None, Some(3)),
+                (1, Some("b"), Some(2)),
+                (1, Some("c"), None),
+                (1, Some("d"), Some(1)),
+            ],
+        ];
+        let key = ["id".to_owned()];
+        for seq in sequences {
+            let whole = reduce(&key, Some("lsn"), &ordered(seq)).unwrap();
+            for k in 1..seq.len() {
+                let first = reduce(&key, Some("lsn"), &ordered(&seq[..k])).unwrap();
+                let both = Changes::concat(&[first, ordered(&seq[k..])]).unwrap();
+                let parts = reduce(&key, Some("lsn"), &both).unwrap();
+                assert_eq!(kept(&parts), kept(&whole), "{seq:?} split at {k}");
+            }
+            let (_, v, _) = kept(&whole)[0].clone();
+            let expected = folded(seq).map_or("-".to_owned(), |(v, _)| v);
+            assert_eq!(v, expected, "{seq:?}");
+        }
     }
 }

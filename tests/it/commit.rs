@@ -14,6 +14,7 @@ use tributary::sink::commit::{
 fn policy() -> RetryPolicy {
     RetryPolicy {
         max_conflict_retries: 10,
+        max_merge_replans: 10,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
     }

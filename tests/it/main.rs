@@ -20,4 +20,5 @@ mod restore;
 mod scale;
 mod security;
 mod upsert;
+mod upsert_late;
 mod validate;

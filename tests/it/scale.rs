@@ -25,6 +25,7 @@ const VERSIONS: i32 = 20;
 fn policy() -> RetryPolicy {
     RetryPolicy {
         max_conflict_retries: 10,
+        max_merge_replans: 10,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
     }

@@ -18,6 +18,7 @@ use crate::harness::*;
 fn policy() -> RetryPolicy {
     RetryPolicy {
         max_conflict_retries: 10,
+        max_merge_replans: 10,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
     }
@@ -63,10 +64,10 @@ fn window(
     UpsertWindow {
         key: vec!["id".into()],
         order_by: None,
-        changes: Changes {
+        changes: Changes::new(
             rows,
-            deleted: BooleanArray::from_iter(changes.iter().map(|c| Some(c.1.is_none()))),
-        },
+            BooleanArray::from_iter(changes.iter().map(|c| Some(c.1.is_none()))),
+        ),
         partitions: vec![PartitionCommit {
             tp: TopicPartition::new(s.topic.as_str(), 0),
             expected,
@@ -303,10 +304,10 @@ async fn with_an_order_an_older_change_never_overwrites_a_newer_one() {
             UpsertWindow {
                 key: vec!["id".into()],
                 order_by: Some("lsn".into()),
-                changes: Changes {
+                changes: Changes::new(
                     rows,
-                    deleted: BooleanArray::from_iter(changes.iter().map(|c| Some(c.1.is_none()))),
-                },
+                    BooleanArray::from_iter(changes.iter().map(|c| Some(c.1.is_none()))),
+                ),
                 partitions: vec![PartitionCommit {
                     tp: TopicPartition::new(s.topic.as_str(), 0),
                     expected,
@@ -395,10 +396,7 @@ fn owned(
     UpsertWindow {
         key: vec!["owner".into(), "id".into()],
         order_by: None,
-        changes: Changes {
-            rows,
-            deleted: BooleanArray::from(vec![false; ids.len()]),
-        },
+        changes: Changes::new(rows, BooleanArray::from(vec![false; ids.len()])),
         partitions: vec![PartitionCommit {
             tp: TopicPartition::new(s.topic.as_str(), owners[0]),
             expected,
@@ -788,7 +786,10 @@ async fn a_changed_partition_count_stops_the_daemon_until_the_operator_accepts_i
     assert_eq!(partitions::recorded(&t, &s.topic), Some(2));
 
     // As if the table had been written while the topic had one partition.
-    partitions::record(&mut t, &s.topic, 1).await.unwrap();
+    partitions::record(&mut t, &s.topic, 1)
+        .await
+        .unwrap()
+        .unwrap();
     // In a group of its own: a daemon that stops at assignment must not hold
     // up the next one's.
     let mut refused = cfg.clone();
@@ -807,7 +808,10 @@ async fn a_changed_partition_count_stops_the_daemon_until_the_operator_accepts_i
         assert!(err.contains(part), "{part:?} in {err}");
     }
     // The operator accepts the new count: the daemon runs and applies changes.
-    partitions::record(&mut t, &s.topic, 2).await.unwrap();
+    partitions::record(&mut t, &s.topic, 2)
+        .await
+        .unwrap()
+        .unwrap();
     let second = [(0, "a", Some(event_of_kind(1, "a2")))];
     let mut run = crate::ingest::start(cfg.clone());
     let produced = produce_keyed(&s, &second).await;

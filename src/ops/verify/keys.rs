@@ -246,10 +246,7 @@ impl<'k> Replay<'k> {
         ];
         let rows = with_columns(&c.rows, carried).map_err(err)?;
         let (list, reduced) = self.pending.entry(tp.clone()).or_default();
-        list.push(Changes {
-            rows,
-            deleted: c.deleted,
-        });
+        list.push(Changes::new(rows, c.deleted));
         reduce_growing(list, reduced, self.keying.key, self.order_by, REDUCE_AT).map_err(err)?;
         Ok(())
     }

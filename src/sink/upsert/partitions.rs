@@ -6,9 +6,11 @@
 //! partition in the key (the ownership column) the key gets a second row, and
 //! without `order_by` the old partition's last changes of a key can be applied
 //! after the new partition's newer ones (they are consumed in parallel). So a
-//! changed count is accepted by itself only when neither can happen (an
-//! `order_by` and no partition column in the key); otherwise the daemon stops
-//! and says what to do. An operator who has judged it safe (e.g. the old
+//! With `order_by` an older change never replaces a newer row, but a deleted
+//! key leaves no row and so no order value: an old partition's older change
+//! applied after the new partition deleted the key inserts it again. Until
+//! the table remembers deletes, a changed count is never accepted by itself:
+//! the daemon stops and says what to do. An operator who has judged it safe (e.g. the old
 //! partitions are drained) sets the property to the new count.
 
 use std::collections::HashMap;
@@ -72,7 +74,10 @@ pub fn judge(
          applied after newer ones in its new partition"
             .to_owned()
     } else {
-        return Verdict::Record;
+        "the table does not remember the order values of deleted keys: a moved key's older \
+         change in its old partition, applied after its new partition deleted the key, would \
+         insert it again"
+            .to_owned()
     };
     Verdict::Refuse(why)
 }
@@ -94,10 +99,16 @@ pub fn refusal(uri: &str, topic: &str, was: Option<u32>, now: u32, why: &str) ->
 const RECORD_ATTEMPTS: u32 = 10;
 
 /// Record `now` as `topic`'s partition count in the table's properties (a
-/// metadata commit). Replicas starting together race to record it: a
-/// commit that loses reads the table again and is done when the winner
-/// recorded the same count.
-pub async fn record(table: &mut DeltaTable, topic: &str, now: u32) -> Result<(), DeltaTableError> {
+/// metadata commit) where it records none. Replicas starting together race to
+/// record it: a commit that loses reads the table again and is done when the
+/// winner recorded the same count; a winner that recorded another count (the
+/// replicas' metadata disagreed, the topic grew meanwhile) is never
+/// overwritten: `Err(that count)`, to be judged like any changed count.
+pub async fn record(
+    table: &mut DeltaTable,
+    topic: &str,
+    now: u32,
+) -> Result<Result<(), u32>, DeltaTableError> {
     let mut attempt = 1;
     loop {
         let result = table
@@ -109,13 +120,15 @@ pub async fn record(table: &mut DeltaTable, topic: &str, now: u32) -> Result<(),
         match result {
             Ok(updated) => {
                 *table = updated;
-                return Ok(());
+                return Ok(Ok(()));
             }
             Err(DeltaTableError::Transaction { .. }) if attempt < RECORD_ATTEMPTS => {
                 attempt += 1;
                 table.update_state().await?;
-                if recorded(table, topic) == Some(now) {
-                    return Ok(());
+                match recorded(table, topic) {
+                    Some(was) if was == now => return Ok(Ok(())),
+                    Some(was) => return Ok(Err(was)),
+                    None => {}
                 }
             }
             Err(e) => return Err(e),
@@ -137,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn a_count_is_recorded_once_and_a_change_is_refused_unless_it_is_harmless() {
+    fn a_count_is_recorded_once_and_every_change_is_refused() {
         let by_key = spec(&["_key"], None);
         let owned = spec(&["_partition", "_key"], Some("lsn"));
         let ordered = spec(&["_key"], Some("lsn"));
@@ -150,9 +163,17 @@ mod tests {
         assert!(
             matches!(judge(&owned, p, Some(8), 12), Verdict::Refuse(w) if w.contains("`_partition`"))
         );
-        assert_eq!(judge(&ordered, p, Some(8), 12), Verdict::Record);
-        // Without a partition metadata column the key cannot hold it.
-        assert_eq!(judge(&owned, None, Some(8), 12), Verdict::Record);
+        // Issue 22, case 1: with order_by a moved key's older change could
+        // insert a key its new partition deleted (deletes leave no order value).
+        assert!(
+            matches!(judge(&ordered, p, Some(8), 12), Verdict::Refuse(w) if w.contains("deleted keys"))
+        );
+        // Without a partition metadata column the key cannot hold it, but the
+        // deletes are forgotten all the same.
+        assert!(matches!(
+            judge(&owned, None, Some(8), 12),
+            Verdict::Refuse(_)
+        ));
     }
 
     #[test]

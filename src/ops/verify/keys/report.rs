@@ -47,7 +47,8 @@ pub struct KeyedPartitionReport {
     /// Some duplicated keys.
     pub duplicate_sample: Vec<String>,
     /// Rows whose key has no change Kafka still holds, in a partition whose
-    /// first records are gone (retention): they cannot be judged.
+    /// first records are gone (retention): they cannot be judged. A row whose
+    /// retained last change deletes it is extra, never unverifiable.
     pub unverifiable_keys: u64,
     /// Whether Kafka no longer holds this partition's first records.
     pub log_truncated: bool,
@@ -93,7 +94,10 @@ pub(super) struct Tally {
 pub(super) enum Finding {
     Key,
     Missing,
+    /// A row whose key has no change in Kafka.
     Extra,
+    /// A row whose key's last change in Kafka deletes it.
+    Deleted,
     Wrong,
     Duplicate,
 }
@@ -149,7 +153,7 @@ impl Tally {
                 return;
             }
             Finding::Missing => (&mut r.missing_keys, &mut r.missing_sample),
-            Finding::Extra => (&mut r.extra_keys, &mut r.extra_sample),
+            Finding::Extra | Finding::Deleted => (&mut r.extra_keys, &mut r.extra_sample),
             Finding::Wrong => (&mut r.wrong_values, &mut r.wrong_sample),
             Finding::Duplicate => (&mut r.duplicate_keys, &mut r.duplicate_sample),
         };
@@ -271,5 +275,76 @@ pub(in crate::ops::verify) fn render(r: &UpsertReport, s: &mut String) {
     }
     if !r.not_compared.is_empty() {
         let _ = writeln!(s, "not compared: {}", r.not_compared.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(first_offset: i64) -> Tally {
+        let tp = TopicPartition::new("t", 0);
+        let stored = HashMap::from([(tp.clone(), Some(99))]);
+        let counts = HashMap::from([(
+            tp.clone(),
+            Counts {
+                records: 100 - first_offset as u64,
+                changes: 100 - first_offset as u64,
+                rejected: 0,
+                first_offset: Some(first_offset),
+            },
+        )]);
+        Tally::new(&[tp], &stored, &counts)
+    }
+
+    fn spec() -> crate::config::UpsertSpec {
+        crate::config::UpsertSpec {
+            key: vec!["id".into()],
+            order_by: None,
+            envelope: crate::decode::changes::Envelope::Rows,
+            source_order: None,
+        }
+    }
+
+    /// Issue 22, case 3: once a partition's first records were gone, every
+    /// extra row counted as unverifiable, and verify called the table clean.
+    /// Only a row whose key has no change in Kafka is unverifiable; one whose
+    /// retained last change deletes it is extra.
+    #[test]
+    fn a_row_whose_retained_last_change_deletes_it_is_extra_in_a_truncated_log() {
+        let mut t = tally(40);
+        t.note(0, Finding::Extra, || "id=1".into());
+        let clean = t.finish(&spec());
+        assert_eq!(clean.partitions[0].unverifiable_keys, 1);
+        assert!(clean.partitions[0].log_truncated);
+        assert!(
+            clean.is_clean(),
+            "a key Kafka holds nothing of cannot be judged"
+        );
+
+        let mut t = tally(40);
+        t.note(0, Finding::Extra, || "id=1".into());
+        t.note(0, Finding::Deleted, || "id=2".into());
+        let r = t.finish(&spec());
+        assert_eq!(r.partitions[0].unverifiable_keys, 1);
+        assert_eq!(r.partitions[0].extra_keys, 1);
+        assert_eq!(r.partitions[0].extra_sample, ["id=2"]);
+        assert!(!r.is_clean());
+    }
+
+    /// With the whole log held, a row with no change is extra too.
+    #[test]
+    fn with_the_whole_log_a_row_with_no_change_is_extra() {
+        let mut t = tally(0);
+        t.note(0, Finding::Extra, || "id=1".into());
+        let r = t.finish(&spec());
+        assert_eq!(
+            (
+                r.partitions[0].extra_keys,
+                r.partitions[0].unverifiable_keys
+            ),
+            (1, 0)
+        );
+        assert!(!r.is_clean());
     }
 }

@@ -15,7 +15,7 @@ use super::report::{Finding, Tally, render_key};
 use super::{OFFSET, PART};
 use crate::decode::changes::Changes;
 use crate::record::TopicPartition;
-use crate::sink::upsert::order_rows;
+use crate::sink::upsert::Order;
 
 /// Every key's candidates for the row the table should hold.
 pub(super) struct Expected {
@@ -63,18 +63,25 @@ impl Expected {
         order_by: Option<&str>,
         last: &[Changes],
     ) -> Result<Self, ArrowError> {
-        let Changes { rows, deleted } = Changes::concat(last)?;
+        let Changes { rows, deleted, .. } = Changes::concat(last)?;
         let schema = rows.schema();
         let keys = RowConverter::new(fields_of(&rows, key)?)?;
         let key_rows = keys.convert_columns(&columns_of(&rows, key)?)?;
-        // The daemon's order: a change without an order value is the newest.
-        let order = order_by.map(|o| order_rows(&rows, o)).transpose()?;
+        // The daemon's order, across partitions: a key's candidates are its
+        // partitions' last changes with the greatest order value; where a
+        // value is missing there is no order, and each may be the state.
+        let order = order_by.map(|o| Order::new(&rows, o)).transpose()?;
         let mut by_key: HashMap<OwnedRow, Vec<u32>> = HashMap::with_capacity(rows.num_rows());
         for i in 0..rows.num_rows() {
             let c = by_key.entry(key_rows.row(i).owned()).or_default();
-            match (&order, c.first().copied()) {
-                (Some(o), Some(j)) if o.row(i) > o.row(j as usize) => *c = vec![i as u32],
-                (Some(o), Some(j)) if o.row(i) < o.row(j as usize) => {}
+            let against = c.first().copied();
+            match order
+                .as_ref()
+                .zip(against)
+                .and_then(|(o, j)| o.compare(i, j as usize))
+            {
+                Some(std::cmp::Ordering::Greater) => *c = vec![i as u32],
+                Some(std::cmp::Ordering::Less) => {}
                 _ => c.push(i as u32),
             }
         }
@@ -163,8 +170,13 @@ impl Expected {
                     .map_or_else(|| partition_of.row(&batch, i), |&c| self.part_of(c));
                 if !seen.insert(k) {
                     tally.note(part, Finding::Duplicate, shown);
-                } else if live.is_empty() {
+                } else if candidates.is_empty() {
+                    // No change of the key in Kafka: retention may have taken
+                    // them (unverifiable), or it should not be there.
                     tally.note(part, Finding::Extra, shown);
+                } else if live.is_empty() {
+                    // Kafka holds the key's last change, and it deletes it.
+                    tally.note(part, Finding::Deleted, shown);
                 } else if !live
                     .iter()
                     .any(|&c| self.value_rows.row(c as usize) == values.row(i))
