@@ -5,7 +5,8 @@
 #     librdkafka with TLS and SASL/SCRAM;
 #   - openssl makes the test CA's certificates, socat terminates TLS in front of
 #     the test broker and registry;
-#   - python3 with venv installs the test servers (Tansu, moto) and readers.
+#   - python3 with venv installs the test servers (Tansu, moto) and readers;
+#   - java and Maven fetch and run Apache Kafka's broker (tests/kafka/pom.xml).
 # Idempotent: takes no time when everything is there. Run by tests/run.sh and .ci/run.
 set -euo pipefail
 need=()
@@ -16,6 +17,8 @@ pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
 command -v openssl >/dev/null || need+=(openssl)
 command -v socat >/dev/null || need+=(socat)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "prereqs: installing ${need[*]}" >&2
 sudo=()

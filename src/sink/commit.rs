@@ -371,6 +371,19 @@ async fn attempt(
 mod tests {
     use super::*;
 
+    /// Issue 22, case 10: a MERGE that kept losing to conflicting commits
+    /// stopped the daemon; it is a window to rewind and retry later.
+    #[test]
+    fn a_contended_upsert_is_retried_later_not_fatal() {
+        let e = CommitError::Contended {
+            uri: "s3://b/t".into(),
+            replans: 10,
+            last_error: "concurrent append".into(),
+        };
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("10 times"), "{e}");
+    }
+
     #[test]
     fn the_compare_half_of_the_swap() {
         let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));

@@ -765,7 +765,8 @@ mod tests {
     /// kept change is the one the change-by-change fold ends in.
     #[test]
     fn reductions_of_parts_keep_what_a_reduction_of_the_whole_keeps() {
-        let sequences: [&[(i64, Option<&str>, Option<i64>)]; 4] = [
+        type Sequence<'a> = &'a [(i64, Option<&'a str>, Option<i64>)];
+        let sequences: [Sequence<'_>; 4] = [
             &[
                 (1, Some("a"), Some(10)),
                 (1, None, None),

@@ -23,7 +23,10 @@ use tributary::record::TopicPartition;
 
 /// Addresses of the servers `tests/servers.sh` started.
 pub struct Servers {
+    /// The default broker (Tansu).
     pub brokers: String,
+    /// Apache Kafka, for what Tansu does not do (DeleteRecords).
+    pub kafka: String,
     pub s3: String,
 }
 
@@ -38,6 +41,7 @@ pub fn servers() -> Servers {
     };
     Servers {
         brokers: get("TRIBUTARY_TEST_BROKERS"),
+        kafka: get("TRIBUTARY_TEST_KAFKA_BROKERS"),
         s3: get("TRIBUTARY_TEST_S3_ENDPOINT"),
     }
 }
@@ -271,8 +275,18 @@ pub fn init_logs() {
 
 impl Scenario {
     pub async fn new(name: &str, partitions: i32) -> Self {
+        Self::with_servers(servers(), name, partitions).await
+    }
+
+    /// A scenario whose broker is Apache Kafka rather than Tansu.
+    pub async fn on_kafka(name: &str, partitions: i32) -> Self {
+        let mut servers = servers();
+        servers.brokers = servers.kafka.clone();
+        Self::with_servers(servers, name, partitions).await
+    }
+
+    async fn with_servers(servers: Servers, name: &str, partitions: i32) -> Self {
         init_logs();
-        let servers = servers();
         let topic = unique(name);
         let bucket = unique("b").to_lowercase();
         create_topic(&servers.brokers, &topic, partitions).await;

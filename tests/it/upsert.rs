@@ -610,7 +610,7 @@ async fn kinds(s: &Scenario) -> BTreeMap<i64, String> {
 }
 
 /// The scenario's config with `mode = "upsert"` and `keys` in `[table]`.
-fn upsert_config(s: &Scenario, keys: &str) -> tributary::config::Config {
+pub(crate) fn upsert_config(s: &Scenario, keys: &str) -> tributary::config::Config {
     let text = s.config_toml("[flush]\nmax_age = \"1s\"").replace(
         "[table]\n",
         &format!("[table]\nmode = \"upsert\"\n{keys}\n"),
@@ -618,7 +618,7 @@ fn upsert_config(s: &Scenario, keys: &str) -> tributary::config::Config {
     parse_config(&text)
 }
 
-fn event_of_kind(i: u64, kind: &str) -> String {
+pub(crate) fn event_of_kind(i: u64, kind: &str) -> String {
     let mut v: serde_json::Value = serde_json::from_str(&event(i)).unwrap();
     v["kind"] = kind.into();
     v.to_string()
@@ -696,7 +696,9 @@ async fn the_pipeline_upserts_by_a_record_key() {
 }
 
 /// `verify` of an upsert table, which must not fail to run.
-async fn verify_keys(cfg: &tributary::config::Config) -> tributary::ops::verify::VerifyReport {
+pub(crate) async fn verify_keys(
+    cfg: &tributary::config::Config,
+) -> tributary::ops::verify::VerifyReport {
     tributary::ops::verify::verify(cfg, Duration::from_secs(30))
         .await
         .unwrap()
@@ -704,7 +706,7 @@ async fn verify_keys(cfg: &tributary::config::Config) -> tributary::ops::verify:
 
 /// The pipeline over two rounds of keyed records, each committed before the
 /// next is produced; its summary.
-async fn two_rounds(
+pub(crate) async fn two_rounds(
     s: &Scenario,
     cfg: &tributary::config::Config,
     first: &[(i32, &str, Option<String>)],

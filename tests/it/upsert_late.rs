@@ -230,3 +230,62 @@ async fn a_column_added_by_another_engine_mid_run_keeps_its_values_through_merge
     );
     assert_eq!(s.stored_offsets(1).await[&0], Some(4));
 }
+
+/// Kafka deletes the records of partition `p` before `offset` (as retention,
+/// or `kafka-delete-records`, does).
+async fn delete_records_before(s: &Scenario, p: i32, offset: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_client(&s.servers.brokers, None).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&s.topic, p, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let done = admin.delete_records(&tpl, &opts).await.unwrap();
+    for e in done.elements() {
+        e.error().unwrap();
+    }
+}
+
+/// Issue 22, case 3: once Kafka had lost a partition's first records, verify
+/// counted every extra row as unverifiable, even one whose retained last
+/// change deletes it, and called a wrong table clean. Only a row whose key
+/// has no change left in Kafka cannot be judged. On Apache Kafka: Tansu does
+/// not implement DeleteRecords.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_on_a_deleted_key_back_in_the_table_after_kafka_lost_the_first_records() {
+    use crate::upsert::{event_of_kind, two_rounds, upsert_config, verify_keys};
+    let s = Scenario::on_kafka("upsert-truncated", 1).await;
+    let cfg = upsert_config(&s, "");
+    let first = [
+        (0, "a", Some(event_of_kind(1, "a1"))),
+        (0, "b", Some(event_of_kind(2, "b1"))),
+    ];
+    let second = [(0, "b", None), (0, "c", Some(event_of_kind(3, "c1")))];
+    two_rounds(&s, &cfg, &first, &second).await;
+    // Kafka loses a1 and b1; b's tombstone and c1 remain.
+    delete_records_before(&s, 0, 2).await;
+    let report = verify_keys(&cfg).await;
+    let text = tributary::ops::verify::render(&report);
+    assert!(report.clean, "{text}");
+    let u = report.upsert.as_ref().unwrap();
+    assert!(u.partitions[0].log_truncated, "{text}");
+    assert_eq!(u.partitions[0].unverifiable_keys, 1, "a: {text}");
+
+    // Another writer puts b's old row back, as a late change would
+    // (the version before the second round's MERGE holds b1).
+    let mut old = s.table().await.unwrap();
+    let before = old.version().unwrap() - 1;
+    old.load_version(before).await.unwrap();
+    let b = query(&old, "SELECT * FROM t WHERE CAST(_key AS STRING) = 'b'").await;
+    assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    s.table().await.unwrap().write(b).await.unwrap();
+
+    let report = verify_keys(&cfg).await;
+    let text = tributary::ops::verify::render(&report);
+    assert!(!report.clean, "{text}");
+    let p = &report.upsert.as_ref().unwrap().partitions[0];
+    assert_eq!((p.extra_keys, p.unverifiable_keys), (1, 1), "{text}");
+    assert_eq!(p.extra_sample, ["_key=b"], "{text}");
+}
