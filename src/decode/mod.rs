@@ -17,6 +17,7 @@ mod json;
 mod metadata;
 pub mod options;
 pub mod registry;
+mod tombstones;
 pub mod transform;
 
 pub use json::JsonDecoder;

@@ -253,15 +253,7 @@ pub async fn apply(
                 let s = stats(attempts + s.attempts, conflicts + s.conflicts);
                 return Ok((o, s, Written::default()));
             }
-            Err(e) if is_conflict(&e) && conflicts >= u64::from(policy.max_merge_replans) => {
-                return Err(CommitError::Contended {
-                    uri,
-                    replans: conflicts,
-                    last_error: e.to_string(),
-                }
-                .into());
-            }
-            Err(e) if is_conflict(&e) => {
+            Err(e) if is_conflict(&e) && conflicts < u64::from(policy.max_merge_replans) => {
                 // Another writer's commit touched what the MERGE read: plan it
                 // again on the new version (a racing txn shows up as stale).
                 conflicts += 1;
@@ -272,22 +264,30 @@ pub async fn apply(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(policy.max_backoff);
             }
-            Err(e) if is_retryable(&e) => {
-                let last_error = e.to_string();
-                return Err(CommitError::Abandoned {
-                    uri,
-                    attempts,
-                    last_error,
-                }
-                .into());
-            }
-            Err(e) => {
-                return Err(CommitError::Delta {
-                    uri,
-                    source: Box::new(e),
-                }
-                .into());
-            }
+            Err(e) => return Err(given_up(uri, e, attempts, conflicts).into()),
+        }
+    }
+}
+
+/// The error of an upsert that stopped trying: contended (re-planned as often
+/// as allowed), abandoned (transient, at shutdown), or failed for good.
+fn given_up(uri: String, e: DeltaTableError, attempts: u32, conflicts: u64) -> CommitError {
+    if is_conflict(&e) {
+        CommitError::Contended {
+            uri,
+            replans: conflicts,
+            last_error: e.to_string(),
+        }
+    } else if is_retryable(&e) {
+        CommitError::Abandoned {
+            uri,
+            attempts,
+            last_error: e.to_string(),
+        }
+    } else {
+        CommitError::Delta {
+            uri,
+            source: Box::new(e),
         }
     }
 }

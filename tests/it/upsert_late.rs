@@ -289,3 +289,67 @@ async fn verify_fails_on_a_deleted_key_back_in_the_table_after_kafka_lost_the_fi
     assert_eq!((p.extra_keys, p.unverifiable_keys), (1, 1), "{text}");
     assert_eq!(p.extra_sample, ["_key=b"], "{text}");
 }
+
+/// Issue 22, case 5: rows flattened by Debezium and keyed by a value field
+/// dropped every tombstone, so deletes sent only as tombstones
+/// (`delete.handling.mode=drop`, `drop.tombstones=false`) were lost, and verify
+/// agreed. A tombstone whose JSON Kafka key holds the key deletes it (with or
+/// without the converter's schema), Debezium's own after a delete row is
+/// accounted for, and one that cannot be keyed is a dead letter with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flattened_tombstones_keyed_by_a_value_field_delete_by_their_kafka_key() {
+    use crate::upsert::{event_of_kind, two_rounds, verify_keys};
+    let s = Scenario::new("upsert-flat-tomb", 1).await;
+    let dead_uri = format!("s3://{}/dead_letters", s.bucket);
+    let text = s
+        .config_toml(&format!(
+            "[dead_letters]\nuri = \"{dead_uri}\"\n[flush]\nmax_age = \"1s\""
+        ))
+        .replace(
+            "[table]\n",
+            "[table]\nmode = \"upsert\"\nkey = [\"event_id\"]\nenvelope = \"debezium-flattened\"\n",
+        );
+    let cfg = parse_config(&text);
+    let row = |i: u64, kind: &str| Some(event_of_kind(i, kind));
+    let first: Vec<(i32, &str, Option<String>)> = (1..=5)
+        .map(|i| (0, ["k1", "k2", "k3", "k4", "k5"][i - 1], row(i as u64, "c")))
+        .collect();
+    let deleted_row = {
+        let mut v: serde_json::Value = serde_json::from_str(&event_of_kind(4, "gone")).unwrap();
+        v["__deleted"] = "true".into();
+        Some(v.to_string())
+    };
+    let second = [
+        // Deletes sent as tombstones alone, keyed like Debezium's JSON converter.
+        (0, r#"{"event_id": 1}"#, None),
+        (
+            0,
+            r#"{"schema": {"type": "struct"}, "payload": {"event_id": 2}}"#,
+            None,
+        ),
+        // A rewritten delete and Debezium's tombstone after it.
+        (0, "k4", deleted_row),
+        (0, "k4", None),
+        // A tombstone nothing can key: a dead letter, and key 5 stays.
+        (0, "k5", None),
+    ];
+    let summary = two_rounds(&s, &cfg, &first, &second).await;
+    assert_eq!(summary.rejected, 1);
+    let t = s.table().await.unwrap();
+    let ids: Vec<i64> = query(&t, "SELECT event_id FROM t ORDER BY 1")
+        .await
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(ids, [3, 5]);
+    let dead = crate::ingest::dead_letters(&s, &dead_uri).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].1, 9, "the last tombstone's offset");
+    assert!(
+        dead[0].4.contains("a tombstone cannot be keyed"),
+        "{}",
+        dead[0].4
+    );
+    let report = verify_keys(&cfg).await;
+    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
+}
