@@ -80,7 +80,13 @@ pub fn take(
     let combined = match keying.envelope {
         Envelope::Rows => keyed_rows(schema, keying.key, chunk, decoded, false)?,
         Envelope::DebeziumFlattened => keyed_rows(schema, keying.key, chunk, decoded, true)?,
-        Envelope::Debezium => debezium_rows(schema, decoded, keying.source_order)?,
+        Envelope::Debezium => {
+            let by_kafka_key = keying
+                .key
+                .iter()
+                .all(|k| schema.metadata.names().any(|m| m == k));
+            debezium_rows(schema, decoded, keying.source_order, by_kafka_key)?
+        }
     };
     let Some((combined, indices, deleted)) = combined else {
         return Ok(None);
@@ -240,11 +246,13 @@ fn keyed_rows(
 
 /// Debezium change events: `after` or `before` per op, the events that cannot
 /// be applied rejected with why. The tombstone Debezium sends after a delete is
-/// accounted for and nothing else (the delete event did the work).
+/// accounted for and nothing else (the delete event did the work). Keyed by
+/// the Kafka key, a delete needs no `before` row.
 fn debezium_rows(
     schema: &TableSchema,
     decoded: &mut Decoded,
     source_order: Option<&str>,
+    by_kafka_key: bool,
 ) -> Result<Rows, ArrowError> {
     decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
     let Some(batch) = decoded.batch.take() else {
@@ -252,7 +260,7 @@ fn debezium_rows(
     };
     let row_indices = std::mem::take(&mut decoded.rows);
     let source: Vec<&str> = source_order.into_iter().collect();
-    let flat = super::debezium::envelopes(&batch, &source)?;
+    let flat = super::debezium::envelopes(&batch, &source, by_kafka_key)?;
     let bad: std::collections::HashSet<usize> = flat.rejected.iter().map(|(r, _)| *r).collect();
     decoded
         .rejected

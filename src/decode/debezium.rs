@@ -179,8 +179,15 @@ fn unwrap_payload(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
 /// Debezium envelopes (`before`, `after`, `op`, `source`; at the top or in a
 /// `payload` column) to changes. `source_fields` are copied from `source` into
 /// columns named by [`source_column`] (e.g. `_source_lsn` for `order_by`);
-/// other top-level columns (the Kafka metadata) ride along.
-pub fn envelopes(batch: &RecordBatch, source_fields: &[&str]) -> Result<Flattened, ArrowError> {
+/// other top-level columns (the Kafka metadata) ride along. With
+/// `keyed_elsewhere` (the key is the Kafka key) a delete without `before` is
+/// applied all the same. A truncate (`t`) is rejected: it removes rows of every
+/// partition at once, which no per-key change can say.
+pub fn envelopes(
+    batch: &RecordBatch,
+    source_fields: &[&str],
+    keyed_elsewhere: bool,
+) -> Result<Flattened, ArrowError> {
     let batch = &unwrap_payload(batch)?;
     let op = strings(column(batch, "op")?)?;
     let before = column(batch, "before")?;
@@ -191,13 +198,23 @@ pub fn envelopes(batch: &RecordBatch, source_fields: &[&str]) -> Result<Flattene
     for i in 0..batch.num_rows() {
         let (ok, del) = match op.is_valid(i).then(|| op.value(i)) {
             Some("c" | "r" | "u") if after.is_valid(i) => (true, false),
-            Some("d") if before.is_valid(i) => (true, true),
+            Some("d") if before.is_valid(i) || keyed_elsewhere => (true, true),
             Some("c" | "r" | "u") => {
                 rejected.push((i, "change event has no `after` row".to_owned()));
                 (false, false)
             }
             Some("d") => {
                 rejected.push((i, "delete event has no `before` row (its key)".to_owned()));
+                (false, false)
+            }
+            Some("t") => {
+                rejected.push((
+                    i,
+                    "a truncate (op `t`) is not applied: it names no key; empty the table by \
+                     hand (DELETE) if it should follow, or leave truncates out (Debezium's \
+                     default skipped.operations=t)"
+                        .to_owned(),
+                ));
                 (false, false)
             }
             Some(other) => {
@@ -381,7 +398,7 @@ mod tests {
 
     #[test]
     fn envelopes_become_rows_marked_deleted_or_not_and_bad_events_are_rejected() {
-        let f = envelopes(&decode(envelope_schema(), EVENTS), &["lsn"]).unwrap();
+        let f = envelopes(&decode(envelope_schema(), EVENTS), &["lsn"], false).unwrap();
         assert_eq!(
             ids(&f.changes),
             vec![(1, false), (2, false), (1, false), (2, true)]
@@ -415,7 +432,7 @@ mod tests {
             .take(4)
             .map(|l| format!("{{\"schema\":{{}},\"payload\":{l}}}\n"))
             .collect();
-        let f = envelopes(&decode(schema, &lines), &[]).unwrap();
+        let f = envelopes(&decode(schema, &lines), &[], false).unwrap();
         assert_eq!(
             ids(&f.changes),
             vec![(1, false), (2, false), (1, false), (2, true)]
@@ -456,7 +473,7 @@ mod tests {
 {"schema":{"type":"struct"},"payload":{"before":{"id":1},"after":null,"op":"d"},"_offset":8}
 {"schema":{},"payload":{"before":null,"after":{"id":2,"name":"b"},"op":"u"},"_offset":9}
 "#;
-        let f = envelopes(&decode(Schema::new(fields), lines), &[]).unwrap();
+        let f = envelopes(&decode(Schema::new(fields), lines), &[], false).unwrap();
         assert!(f.rejected.is_empty(), "{:?}", f.rejected);
         assert_eq!(ids(&f.changes), vec![(1, false), (1, true), (2, false)]);
         let offsets = f.changes.rows.column_by_name("_offset").expect("carried");

@@ -353,3 +353,64 @@ async fn flattened_tombstones_keyed_by_a_value_field_delete_by_their_kafka_key()
     let report = verify_keys(&cfg).await;
     assert!(report.clean, "{}", tributary::ops::verify::render(&report));
 }
+
+/// Issue 22, case 10: a floating-point key (-0.0 and 0.0 are one value to the
+/// MERGE's join, two to the window's reduction; NaN the other way round) could
+/// make two changes match one row and stop the daemon mid-run. It is refused
+/// at start, naming the column and what to key by instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_floating_point_key_is_refused_at_start() {
+    let s = Scenario::new("upsert-float-key", 1).await;
+    let schema = s.dir.path().join("float_key.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "struct", "fields": [
+            {"name": "price", "type": "double", "nullable": false, "metadata": {}},
+            {"name": "v", "type": "string", "nullable": true, "metadata": {}}]}"#,
+    )
+    .unwrap();
+    let text = s
+        .config_toml("[flush]\nmax_age = \"1s\"")
+        .replace(
+            &format!("schema_file = \"{}\"", demo_schema_path().display()),
+            &format!("schema_file = \"{}\"", schema.display()),
+        )
+        .replace(
+            "[table]\n",
+            "[table]\nmode = \"upsert\"\nkey = [\"price\"]\n",
+        );
+    let err = crate::ingest::start(parse_config(&text))
+        .ended_within(Duration::from_secs(60))
+        .await
+        .expect_err("a float key is refused")
+        .to_string();
+    assert!(err.contains("`price` is a floating-point column"), "{err}");
+    assert!(err.contains("integer, decimal or string"), "{err}");
+}
+
+/// Issue 22, case 10: a Debezium delete without `before` (a table whose
+/// replica identity sends none) was rejected even when the table is keyed by
+/// the Kafka key, which names the row. It deletes that key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debezium_delete_without_before_deletes_by_the_kafka_key() {
+    use crate::upsert::{dbz, event_of_kind, two_rounds, upsert_config, verify_keys};
+    let s = Scenario::new("upsert-dbz-nobefore", 1).await;
+    let cfg = upsert_config(&s, "envelope = \"debezium\"");
+    let ev = |i: u64| Some(event_of_kind(i, "c"));
+    let first = [
+        (0, "a", Some(dbz("c", None, ev(1), false))),
+        (0, "b", Some(dbz("c", None, ev(2), true))),
+    ];
+    let second = [(0, "a", Some(dbz("d", None, None, false))), (0, "a", None)];
+    let summary = two_rounds(&s, &cfg, &first, &second).await;
+    assert_eq!(summary.rejected, 0);
+    let t = s.table().await.unwrap();
+    let ids: Vec<i64> = query(&t, "SELECT event_id FROM t ORDER BY 1")
+        .await
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(ids, [2]);
+    let report = verify_keys(&cfg).await;
+    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
+}

@@ -59,11 +59,39 @@ fn upsert_record(
 }
 
 pub(super) fn upsert_missing(cfg: &TableConfig, table: &StructType) -> Vec<String> {
-    cfg.upsert
+    let Some(u) = &cfg.upsert else {
+        return Vec::new();
+    };
+    u.key
         .iter()
-        .flat_map(|u| u.key.iter().chain(&u.order_by))
+        .chain(&u.order_by)
         .filter(|c| table.field(c).is_none())
         .map(|c| format!("upsert column `{c}` is missing from the table"))
+        .chain(float_keys(&u.key, table))
+        .collect()
+}
+
+/// Key columns of a floating-point type: -0.0 and 0.0 are one value to the
+/// MERGE's join and two to the window's reduction (and NaN the other way
+/// round), so one key could match twice, stopping the daemon, or never.
+fn float_keys(key: &[String], table: &StructType) -> Vec<String> {
+    use deltalake::kernel::{DataType, PrimitiveType};
+    key.iter()
+        .filter(|k| {
+            table.field(k).is_some_and(|f| {
+                matches!(
+                    f.data_type(),
+                    DataType::Primitive(PrimitiveType::Float | PrimitiveType::Double)
+                )
+            })
+        })
+        .map(|k| {
+            format!(
+                "upsert key column `{k}` is a floating-point column: -0.0 and 0.0, or NaNs, make \
+                 one key match twice or never; key the table by an integer, decimal or string \
+                 column"
+            )
+        })
         .collect()
 }
 
