@@ -129,20 +129,51 @@ impl Pipeline {
         let mut topics: Vec<String> = pairs.iter().map(|(_, t)| t.to_string()).collect();
         topics.sort();
         topics.dedup();
-        let counts: HashMap<String, u32> = probe::blocking(&self.cfg.kafka, move |k| {
+        let mut counts: HashMap<String, u32> = probe::blocking(&self.cfg.kafka, move |k| {
             probe::partition_counts(k, &topics, PARTITION_COUNT_TIMEOUT)
         })
         .await
         .map_err(PipelineError::PartitionCount)?;
+        // The assignment itself shows partitions the metadata may not yet.
+        for (tp, _) in tps {
+            let c = counts.entry(tp.topic.to_string()).or_default();
+            *c = (*c).max(tp.partition.max(0) as u32 + 1);
+        }
         for (sink, topic) in pairs {
-            let s = &mut self.sinks[sink];
-            let Some(spec) = &s.tcfg.upsert else { continue };
             let Some(&now) = counts.get(topic.as_ref()) else {
                 continue;
             };
-            let was = partitions::recorded(&s.table, &topic);
+            let app_id = self.cfg.app_id.clone();
+            let s = &mut self.sinks[sink];
+            let Some(spec) = &s.tcfg.upsert else { continue };
             let partition = s.tcfg.metadata_columns.partition.as_deref();
-            match partitions::judge(spec, partition, was, now) {
+            let recorded = partitions::recorded(&s.table, &topic);
+            // A table that records no count (written before the check, restored
+            // to an older version) was written with at least the partitions
+            // it holds offsets of.
+            let was = match recorded {
+                Some(c) => Some(c),
+                None => {
+                    let all: Vec<TopicPartition> = (0..now as i32)
+                        .map(|p| TopicPartition::new(topic.clone(), p))
+                        .collect();
+                    let stored = s.log.offsets.offsets(&s.table, &app_id, &all).await.map_err(
+                        |e| {
+                            PipelineError::Table(Box::new(TableError::Delta {
+                                uri: s.uri(),
+                                source: Box::new(e),
+                            }))
+                        },
+                    )?;
+                    partitions::written_with(&stored)
+                }
+            };
+            let verdict = match partitions::judge(spec, partition, was, now) {
+                // Offsets up to the count, none recorded: record it now.
+                Verdict::Same if recorded.is_none() => Verdict::Record,
+                v => v,
+            };
+            match verdict {
                 Verdict::Same => {}
                 Verdict::Record => {
                     tracing::info!(table = %s.uri(), %topic, partitions = now, previously = ?was, "recording the topic's partition count in the upsert table");
@@ -169,6 +200,15 @@ impl Pipeline {
                     }
                 }
                 Verdict::Refuse(why) => {
+                    let why = if recorded.is_none() {
+                        format!(
+                            "{why} (the table records no count: it holds offsets of partitions \
+                             below {})",
+                            was.unwrap_or_default()
+                        )
+                    } else {
+                        why
+                    };
                     return Err(PipelineError::PartitionsMoved(partitions::refusal(
                         &s.uri(),
                         &topic,

@@ -590,7 +590,7 @@ fn merge_offsets(into: &mut BTreeMap<i32, Vec<i64>>, more: BTreeMap<i32, Vec<i64
 }
 
 /// event_id -> kind, from the table.
-async fn kinds(s: &Scenario) -> BTreeMap<i64, String> {
+pub(crate) async fn kinds(s: &Scenario) -> BTreeMap<i64, String> {
     let t = s.table().await.unwrap();
     let mut out = BTreeMap::new();
     for b in query(&t, "SELECT event_id, kind FROM t").await {

@@ -414,3 +414,88 @@ async fn a_debezium_delete_without_before_deletes_by_the_kafka_key() {
     let report = verify_keys(&cfg).await;
     assert!(report.clean, "{}", tributary::ops::verify::render(&report));
 }
+
+/// Grow `s.topic` to `partitions` partitions (Apache Kafka: Tansu cannot).
+async fn grow_topic(s: &Scenario, partitions: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_client(&s.servers.brokers, None).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin
+        .create_partitions(&[NewPartitions::new(&s.topic, partitions)], &opts)
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
+/// The daemon's refusal once the topic has grown (it must stop by itself).
+async fn refused(cfg: &tributary::config::Config) -> String {
+    let mut refused = cfg.clone();
+    refused.kafka.group_id = format!("{}-refused-{}", cfg.kafka.group_id, unique("g"));
+    crate::ingest::start(refused)
+        .ended_within(Duration::from_secs(60))
+        .await
+        .expect_err("a grown topic stops an upsert daemon")
+        .to_string()
+}
+
+/// The operator records `n` as the topic's partition count in the table.
+async fn record_count(s: &Scenario, n: u32) {
+    let mut t = s.table().await.unwrap();
+    tributary::sink::upsert::partitions::record(&mut t, &s.topic, n)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Issue 22, case 7, on a topic really grown from 2 to 3 partitions (Apache
+/// Kafka): a table that records no count (written before the check, as by an
+/// append run here, or restored to an older version) accepted any count; it
+/// is judged by the partitions it holds offsets of. A recorded count stops the
+/// daemon the same way, and once the operator records the new count the new
+/// partition is read from its first record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_grown_under_an_upsert_table_stops_the_daemon_even_with_no_recorded_count() {
+    use crate::upsert::{event_of_kind, kinds, upsert_config};
+    use tributary::sink::upsert::partitions;
+    let s = Scenario::on_kafka("upsert-grown", 2).await;
+    let first = [
+        (0, "a", Some(event_of_kind(1, "a1"))),
+        (1, "b", Some(event_of_kind(2, "b1"))),
+    ];
+    let mut run = crate::ingest::start(s.config("[flush]\nmax_age = \"1s\""));
+    let produced = produce_keyed(&s, &first).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await;
+    assert_eq!(partitions::recorded(&s.table().await.unwrap(), &s.topic), None);
+
+    grow_topic(&s, 3).await;
+    let cfg = upsert_config(&s, "");
+    let err = refused(&cfg).await;
+    for part in ["has 3 partitions", "was written with 2", "records no count"] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    record_count(&s, 2).await;
+    let err = refused(&cfg).await;
+    for part in ["has 3 partitions", "was written with 2", "no order_by"] {
+        assert!(err.contains(part), "{part:?} in {err}");
+    }
+    assert_eq!(s.stored_offsets(3).await[&2], None, "nothing of the new partition");
+
+    // The operator accepts 3: the new partition is read from its first record.
+    record_count(&s, 3).await;
+    let second = [(2, "c", Some(event_of_kind(3, "c1")))];
+    let mut run = crate::ingest::start(cfg.clone());
+    let produced = produce_keyed(&s, &second).await;
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await;
+    let got: Vec<(i64, String)> = kinds(&s).await.into_iter().collect();
+    assert_eq!(
+        got,
+        [(1, "a1"), (2, "b1"), (3, "c1")].map(|(i, k)| (i, k.to_owned()))
+    );
+    assert_eq!(s.stored_offsets(3).await[&2], Some(0));
+}

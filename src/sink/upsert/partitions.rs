@@ -17,6 +17,7 @@ use std::collections::HashMap;
 
 use deltalake::{DeltaTable, DeltaTableError};
 
+use crate::record::TopicPartition;
 use crate::sink::options::UpsertSpec;
 
 /// The table property holding `topic`'s partition count.
@@ -33,6 +34,17 @@ pub fn recorded(table: &DeltaTable, topic: &str) -> Option<u32> {
         .configuration()
         .get(&property(topic))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The partition count a table that records none was written with, at
+/// least: one more than the highest partition it holds an offset of (`None`
+/// when it holds none).
+pub fn written_with(stored: &HashMap<TopicPartition, Option<i64>>) -> Option<u32> {
+    stored
+        .iter()
+        .filter(|(_, o)| o.is_some())
+        .map(|(tp, _)| tp.partition.max(0) as u32 + 1)
+        .max()
 }
 
 /// What to do about a topic's partition count.
@@ -174,6 +186,22 @@ mod tests {
             judge(&owned, None, Some(8), 12),
             Verdict::Refuse(_)
         ));
+    }
+
+    /// Issue 22, case 7: a table with no recorded count accepted any count;
+    /// its stored offsets show the partitions it was written with at least.
+    #[test]
+    fn a_table_without_a_count_was_written_with_the_partitions_it_has_offsets_of() {
+        let tp = |p| TopicPartition::new("t", p);
+        let stored = HashMap::from([(tp(0), Some(5)), (tp(1), Some(0)), (tp(2), None)]);
+        assert_eq!(written_with(&stored), Some(2));
+        let by_key = spec(&["_key"], None);
+        assert!(matches!(
+            judge(&by_key, None, written_with(&stored), 4),
+            Verdict::Refuse(_)
+        ));
+        assert_eq!(judge(&by_key, None, written_with(&stored), 2), Verdict::Same);
+        assert_eq!(written_with(&HashMap::from([(tp(0), None)])), None);
     }
 
     #[test]
