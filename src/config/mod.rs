@@ -253,6 +253,7 @@ schema_file = "SCHEMA"
                 order_by: None,
                 envelope: crate::decode::changes::Envelope::Rows,
                 source_order: None,
+                delete_horizon: table::DEFAULT_DELETE_HORIZON,
             })
         );
         assert_eq!(parse(MINIMAL).unwrap().table.upsert, None);

@@ -140,6 +140,10 @@ pub struct RawTable {
     /// Upsert: `debezium` when records are Debezium change events,
     /// `debezium-flattened` when `ExtractNewRecordState` flattened them.
     pub envelope: Option<String>,
+    /// Upsert with `order_by`: how long deleted keys' order values are kept
+    /// (e.g. `"7d"`; every table's, routes' too).
+    #[serde(default, with = "humantime_serde")]
+    pub delete_horizon: Option<std::time::Duration>,
 }
 
 /// `[[routes]]`: some topics into a table of their own. Compression, table

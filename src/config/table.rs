@@ -43,6 +43,10 @@ pub(super) fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> 
     })
 }
 
+/// How long an upsert table with `order_by` remembers deleted keys by default.
+pub const DEFAULT_DELETE_HORIZON: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// `mode`, `key` and `order_by`: an upsert table needs a key of columns it
 /// has, and no filter (which could drop a deletion without saying so).
 fn upsert_spec(
@@ -110,11 +114,19 @@ fn upsert_spec(
             format!("`{o}` is a key column: order_by must be another column"),
         ));
     }
+    let delete_horizon = raw.delete_horizon.unwrap_or(DEFAULT_DELETE_HORIZON);
+    if raw.delete_horizon.is_some() && order_by.is_none() {
+        return Err(ConfigError::invalid(
+            "table.delete_horizon",
+            "delete_horizon keeps the order values of deleted keys: it needs order_by",
+        ));
+    }
     Ok(Some(UpsertSpec {
         key,
         order_by,
         envelope,
         source_order,
+        delete_horizon,
     }))
 }
 

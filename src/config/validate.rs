@@ -444,6 +444,7 @@ fn validate_route(
         key: r.key,
         order_by: r.order_by,
         envelope: r.envelope,
+        delete_horizon: base.delete_horizon,
     })
     .map_err(|e| invalid(e.to_string()))?;
     if decode.format == Format::Json && table.schema.is_none() {

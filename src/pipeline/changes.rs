@@ -140,85 +140,107 @@ impl Pipeline {
             *c = (*c).max(tp.partition.max(0) as u32 + 1);
         }
         for (sink, topic) in pairs {
-            let Some(&now) = counts.get(topic.as_ref()) else {
-                continue;
-            };
-            let app_id = self.cfg.app_id.clone();
-            let s = &mut self.sinks[sink];
-            let Some(spec) = &s.tcfg.upsert else { continue };
-            let partition = s.tcfg.metadata_columns.partition.as_deref();
-            let recorded = partitions::recorded(&s.table, &topic);
-            // A table that records no count (written before the check, restored
-            // to an older version) was written with at least the partitions
-            // it holds offsets of.
-            let was = match recorded {
-                Some(c) => Some(c),
-                None => {
-                    let all: Vec<TopicPartition> = (0..now as i32)
-                        .map(|p| TopicPartition::new(topic.clone(), p))
-                        .collect();
-                    let stored = s.log.offsets.offsets(&s.table, &app_id, &all).await.map_err(
-                        |e| {
-                            PipelineError::Table(Box::new(TableError::Delta {
-                                uri: s.uri(),
-                                source: Box::new(e),
-                            }))
-                        },
-                    )?;
-                    partitions::written_with(&stored)
-                }
-            };
-            let verdict = match partitions::judge(spec, partition, was, now) {
-                // Offsets up to the count, none recorded: record it now.
-                Verdict::Same if recorded.is_none() => Verdict::Record,
-                v => v,
-            };
-            match verdict {
-                Verdict::Same => {}
-                Verdict::Record => {
-                    tracing::info!(table = %s.uri(), %topic, partitions = now, previously = ?was, "recording the topic's partition count in the upsert table");
-                    let raced = partitions::record(&mut s.table, &topic, now)
-                        .await
-                        .map_err(|e| {
-                            PipelineError::Table(Box::new(TableError::Delta {
-                                uri: s.uri(),
-                                source: Box::new(e),
-                            }))
-                        })?;
-                    // Another replica recorded another count first: judge it.
-                    if let Err(other) = raced
-                        && let Verdict::Refuse(why) =
-                            partitions::judge(spec, partition, Some(other), now)
-                    {
-                        return Err(PipelineError::PartitionsMoved(partitions::refusal(
-                            &s.uri(),
-                            &topic,
-                            Some(other),
-                            now,
-                            &why,
-                        )));
-                    }
-                }
-                Verdict::Refuse(why) => {
-                    let why = if recorded.is_none() {
-                        format!(
-                            "{why} (the table records no count: it holds offsets of partitions \
-                             below {})",
-                            was.unwrap_or_default()
-                        )
-                    } else {
-                        why
-                    };
+            if let Some(&now) = counts.get(topic.as_ref()) {
+                self.judge_partition_count(sink, &topic, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One upsert table's judgement of `topic`'s partition count `now`:
+    /// record it, or stop naming both counts and what to do.
+    async fn judge_partition_count(
+        &mut self,
+        sink: usize,
+        topic: &Arc<str>,
+        now: u32,
+    ) -> Result<(), PipelineError> {
+        let app_id = self.cfg.app_id.clone();
+        let s = &mut self.sinks[sink];
+        let Some(spec) = &s.tcfg.upsert else {
+            return Ok(());
+        };
+        let partition = s.tcfg.metadata_columns.partition.as_deref();
+        let recorded = partitions::recorded(&s.table, topic);
+        // A table that records no count (written before the check, restored
+        // to an older version) was written with at least the partitions
+        // it holds offsets of.
+        let was = match recorded {
+            Some(c) => Some(c),
+            None => count_written(&s.log, &s.table, &app_id, topic, now)
+                .await
+                .map_err(|e| table_error(s, e))?,
+        };
+        let verdict = match partitions::judge(spec, partition, was, now) {
+            // Offsets up to the count, none recorded: record it now.
+            Verdict::Same if recorded.is_none() => Verdict::Record,
+            v => v,
+        };
+        match verdict {
+            Verdict::Same => {}
+            Verdict::Record => {
+                tracing::info!(table = %s.uri(), %topic, partitions = now, previously = ?was, "recording the topic's partition count in the upsert table");
+                let raced = partitions::record(&mut s.table, topic, now)
+                    .await
+                    .map_err(|e| table_error(s, e))?;
+                // Another replica recorded another count first: judge it.
+                if let Err(other) = raced
+                    && let Verdict::Refuse(why) =
+                        partitions::judge(spec, partition, Some(other), now)
+                {
                     return Err(PipelineError::PartitionsMoved(partitions::refusal(
                         &s.uri(),
-                        &topic,
-                        was,
+                        topic,
+                        Some(other),
                         now,
                         &why,
                     )));
                 }
             }
+            Verdict::Refuse(why) => {
+                let why = if recorded.is_none() {
+                    format!(
+                        "{why} (the table records no count: it holds offsets of partitions \
+                         below {})",
+                        was.unwrap_or_default()
+                    )
+                } else {
+                    why
+                };
+                return Err(PipelineError::PartitionsMoved(partitions::refusal(
+                    &s.uri(),
+                    topic,
+                    was,
+                    now,
+                    &why,
+                )));
+            }
         }
+
         Ok(())
     }
+}
+
+/// A table that records no partition count (written before the check,
+/// restored to an older version) was written with at least the partitions it
+/// holds offsets of.
+async fn count_written(
+    log: &crate::sink::commit::TableLog,
+    table: &deltalake::DeltaTable,
+    app_id: &str,
+    topic: &Arc<str>,
+    now: u32,
+) -> Result<Option<u32>, deltalake::DeltaTableError> {
+    let all: Vec<TopicPartition> = (0..now as i32)
+        .map(|p| TopicPartition::new(topic.clone(), p))
+        .collect();
+    let stored = log.offsets.offsets(table, app_id, &all).await?;
+    Ok(partitions::written_with(&stored))
+}
+
+fn table_error(s: &super::Sink, e: deltalake::DeltaTableError) -> PipelineError {
+    PipelineError::Table(Box::new(TableError::Delta {
+        uri: s.uri(),
+        source: Box::new(e),
+    }))
 }

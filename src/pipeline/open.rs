@@ -14,6 +14,7 @@ use crate::decode::registry::Registry;
 use crate::decode::transform::Transform;
 use crate::sink::commit::TableLog;
 use crate::sink::table;
+use crate::sink::upsert::deletes::DeleteMemory;
 use crate::window::Window;
 
 /// Tables opened at once at an assignment.
@@ -179,11 +180,15 @@ impl Opening {
         let transform =
             Transform::new(&tcfg.transform, &opened.schema).map_err(PipelineError::Transform)?;
         let props = table::writer_properties(tcfg.compression, tcfg.row_group_rows);
+        let mut log = TableLog::default();
+        if let Some(u) = tcfg.upsert.as_ref().filter(|u| u.order_by.is_some()) {
+            log.deletes = DeleteMemory::new(&tcfg.uri, &cfg.storage, u.delete_horizon);
+        }
         Ok(Sink {
             tcfg,
             flush,
             table: opened.table,
-            log: TableLog::default(),
+            log,
             decoder,
             transform,
             props,

@@ -47,6 +47,8 @@ pub struct TableLog {
     pub offsets: OffsetStore,
     /// When the next checkpoint is due.
     pub checkpoints: Checkpoints,
+    /// Upsert tables with `order_by`: the order values of deleted keys.
+    pub deletes: crate::sink::upsert::deletes::DeleteMemory,
 }
 
 /// One partition's part of a commit.

@@ -63,6 +63,9 @@ pub struct UpsertSpec {
     /// `order_by = "source.FIELD"`: the field of Debezium's `source` whose
     /// value orders a key's changes (kept in the column `order_by` names).
     pub source_order: Option<String>,
+    /// With `order_by`: how long the order values of deleted keys are kept
+    /// (a change older than a delete that arrives later inserts the key again).
+    pub delete_horizon: std::time::Duration,
 }
 
 /// Parquet compression codec.

@@ -11,17 +11,20 @@
 //! changes nothing writes no commit, so its offsets are then committed alone.
 //! [`partitions`] keeps the topic's partition count the table was written with.
 
+pub mod deletes;
+mod merge;
 pub mod partitions;
+
+use merge::{Merge, merge};
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use deltalake::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{take, take_record_batch};
-use deltalake::arrow::datatypes::{DataType, Field};
+
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::row::{RowConverter, Rows, SortField};
-use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::{DeltaTable, DeltaTableError};
@@ -38,6 +41,9 @@ pub const DELETED: &str = "__tributary_deleted";
 /// The source column that marks a change as replacing its key's row whatever
 /// the order values ([`Changes::unconditional`]).
 pub const UNCONDITIONAL: &str = "__tributary_unconditional";
+/// The source column holding the order value of each change's key's latest
+/// delete ([`deletes`]).
+pub const DELETED_ORDER: &str = "__tributary_deleted_order";
 
 pub use crate::decode::changes::Changes;
 
@@ -229,6 +235,12 @@ pub async fn apply(
         let (o, s) = commit::commit(table, log, app_id, &req, policy, cancelled).await?;
         return Ok((o, s, Written::default()));
     }
+    let deleted_order = recall_deletes(table, log, window, &reduced)
+        .await
+        .map_err(|e| CommitError::Delta {
+            uri: uri.clone(),
+            source: Box::new(e),
+        })?;
     let start = Instant::now();
     let mut backoff = policy.initial_backoff;
     let (mut attempts, mut conflicts) = (0u32, 0u64);
@@ -243,6 +255,7 @@ pub async fn apply(
             key,
             order_by: window.order_by.as_deref(),
             changes: &reduced,
+            deleted_order: deleted_order.as_ref(),
             parquet: window.parquet.as_ref(),
         };
         match attempt(table, log, app_id, &how, &req, policy).await {
@@ -267,6 +280,35 @@ pub async fn apply(
             Err(e) => return Err(given_up(uri, e, attempts, conflicts).into()),
         }
     }
+}
+
+/// With `order_by` and a memory of deletes: the window's deletes remembered
+/// ([`deletes`]), and for each change the order value of its key's latest
+/// delete.
+async fn recall_deletes(
+    table: &mut DeltaTable,
+    log: &TableLog,
+    window: &UpsertWindow,
+    reduced: &Changes,
+) -> Result<Option<ArrayRef>, DeltaTableError> {
+    let Some(order_by) = window.order_by.as_deref() else {
+        return Ok(None);
+    };
+    if !log.deletes.is_on() {
+        return Ok(None);
+    }
+    // The version is the markers' sequence: at least the partition's last
+    // window's, whichever replica committed it.
+    table.update_state().await?;
+    let w = deletes::Window {
+        key: &window.key,
+        order_by,
+        changes: reduced,
+        table,
+    };
+    log.deletes
+        .remember_and_recall(&w, std::time::SystemTime::now())
+        .await
 }
 
 /// The error of an upsert that stopped trying: contended (re-planned as often
@@ -391,117 +433,11 @@ async fn added_bytes(table: &DeltaTable, version: u64) -> u64 {
         .sum()
 }
 
-/// What to merge, and how.
-struct Merge<'a> {
-    key: &'a [String],
-    order_by: Option<&'a str>,
-    changes: &'a Changes,
-    parquet: Option<&'a WriterProperties>,
-}
-
-/// The MERGE of the changes into `table` on the key. With `order_by`, a matched
-/// row is replaced or deleted only by a change at least as new as it (or one
-/// with no order value).
-fn merge(
-    table: &DeltaTable,
-    how: &Merge<'_>,
-) -> Result<deltalake::operations::merge::MergeBuilder, DeltaTableError> {
-    let key = how.key;
-    let source = with_flags(how.changes, how.order_by.is_some()).map_err(DeltaTableError::from)?;
-    let df = SessionContext::new().read_batch(source)?;
-    let on = key
-        .iter()
-        .map(|k| format!("t.{q} = s.{q}", q = quote(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    // The table's columns that the changes have: a column added to the table
-    // after they were decoded (another replica, another engine) keeps its value
-    // in updated rows and is null in inserted ones.
-    let have = how.changes.rows.schema();
-    let columns: Vec<String> = table
-        .snapshot()?
-        .schema()
-        .fields()
-        .map(|f| f.name().clone())
-        .filter(|c| have.field_with_name(c).is_ok())
-        .collect();
-    // Where either side has no order value, or the window's change of the key
-    // came after one without (see [`reduce`]), the change is the newer.
-    let newer = how.order_by.map_or(String::new(), |o| {
-        let o = quote(o);
-        format!(
-            " AND (s.{u} OR t.{o} IS NULL OR s.{o} IS NULL OR s.{o} >= t.{o})",
-            u = quote(UNCONDITIONAL)
-        )
-    });
-    let deleted = format!("s.{}{newer}", quote(DELETED));
-    let replaced = format!("NOT s.{}{newer}", quote(DELETED));
-    let kept = format!("NOT s.{}", quote(DELETED));
-    let mut builder = table
-        .clone()
-        .merge(df, on)
-        .with_source_alias("s")
-        .with_target_alias("t")
-        .with_session_state(merge_session()?);
-    if let Some(p) = how.parquet {
-        builder = builder.with_writer_properties(p.clone());
-    }
-    builder
-        .when_matched_delete(|d| d.predicate(deleted))?
-        .when_matched_update(|u| {
-            columns.iter().fold(u.predicate(replaced), |u, c| {
-                u.update(c.as_str(), format!("s.{}", quote(c)))
-            })
-        })?
-        .when_not_matched_insert(|i| {
-            columns.iter().fold(i.predicate(kept.clone()), |i, c| {
-                i.set(c.as_str(), format!("s.{}", quote(c)))
-            })
-        })
-}
-
-/// The session MERGEs run in: delta-rs' own, with one partition.
-fn merge_session()
--> Result<std::sync::Arc<dyn deltalake::datafusion::catalog::Session>, DeltaTableError> {
-    let overrides = HashMap::from([(
-        "datafusion.execution.target_partitions".to_owned(),
-        "1".to_owned(),
-    )]);
-    let ctx =
-        deltalake::delta_datafusion::DeltaSessionContext::new_with_session_overrides(&overrides)?;
-    Ok(std::sync::Arc::new(ctx.state()))
-}
-
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The changes with the deletion flag (and, with an order, the unconditional
-/// flag) as columns of their own.
-fn with_flags(changes: &Changes, ordered: bool) -> Result<RecordBatch, ArrowError> {
-    let mut flags: Vec<(Field, ArrayRef)> = vec![(
-        Field::new(DELETED, DataType::Boolean, false),
-        std::sync::Arc::new(changes.deleted.clone()),
-    )];
-    if ordered {
-        let n = changes.rows.num_rows();
-        let u = changes
-            .unconditional
-            .clone()
-            .unwrap_or_else(|| BooleanArray::from(vec![false; n]));
-        flags.push((
-            Field::new(UNCONDITIONAL, DataType::Boolean, false),
-            std::sync::Arc::new(u),
-        ));
-    }
-    crate::decode::changes::with_columns(&changes.rows, flags)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use deltalake::arrow::array::{Int64Array, StringArray};
-    use deltalake::arrow::datatypes::Schema;
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
 
     fn changes(ids: &[i64], vals: &[&str], deleted: &[bool]) -> Changes {

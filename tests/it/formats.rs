@@ -1423,6 +1423,7 @@ async fn avro_upserts_through_the_registry_take_an_added_column() {
         order_by: None,
         envelope: Default::default(),
         source_order: None,
+        delete_horizon: Duration::ZERO,
     });
     let mut run = start(cfg.clone());
     run.committed(&s.topic, &last_offsets(&produced)).await;

@@ -470,7 +470,10 @@ async fn a_topic_grown_under_an_upsert_table_stops_the_daemon_even_with_no_recor
     let produced = produce_keyed(&s, &first).await;
     run.committed(&s.topic, &last_offsets(&produced)).await;
     run.stop().await;
-    assert_eq!(partitions::recorded(&s.table().await.unwrap(), &s.topic), None);
+    assert_eq!(
+        partitions::recorded(&s.table().await.unwrap(), &s.topic),
+        None
+    );
 
     grow_topic(&s, 3).await;
     let cfg = upsert_config(&s, "");
@@ -483,7 +486,11 @@ async fn a_topic_grown_under_an_upsert_table_stops_the_daemon_even_with_no_recor
     for part in ["has 3 partitions", "was written with 2", "no order_by"] {
         assert!(err.contains(part), "{part:?} in {err}");
     }
-    assert_eq!(s.stored_offsets(3).await[&2], None, "nothing of the new partition");
+    assert_eq!(
+        s.stored_offsets(3).await[&2],
+        None,
+        "nothing of the new partition"
+    );
 
     // The operator accepts 3: the new partition is read from its first record.
     record_count(&s, 3).await;
@@ -498,4 +505,130 @@ async fn a_topic_grown_under_an_upsert_table_stops_the_daemon_even_with_no_recor
         [(1, "a1"), (2, "b1"), (3, "c1")].map(|(i, k)| (i, k.to_owned()))
     );
     assert_eq!(s.stored_offsets(3).await[&2], Some(0));
+}
+
+/// Issue 22, case 1: a matched delete removed the row and its order value
+/// with it, so a change older than the delete arriving in a later window (a
+/// connector resending after a restart, a replay) inserted the deleted key
+/// again, for good. The table's memory of deletes keeps the order value: the
+/// older change stays out, a newer one comes in, and a delete without an order
+/// value (a tombstone) leaves nothing to compare with (the later read wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_older_than_a_delete_arriving_in_a_later_window_stays_deleted() {
+    use tributary::sink::upsert::deletes::DeleteMemory;
+    let s = Scenario::new("upsert-delete-memory", 1).await;
+    let columns = [
+        ("id", DeltaType::LONG),
+        ("v", DeltaType::STRING),
+        ("lsn", DeltaType::LONG),
+    ];
+    let mut t = create(&s, &columns).await;
+    let cfg = s.config("");
+    let log = TableLog {
+        deletes: DeleteMemory::new(&cfg.table.uri, &cfg.storage, Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    let windows = [
+        window(
+            &s,
+            &[
+                (1, Some("a"), Some(10)),
+                (2, Some("b"), Some(10)),
+                (3, Some("c"), Some(10)),
+            ],
+            true,
+            None,
+            2,
+        ),
+        window(
+            &s,
+            &[(1, None, Some(20)), (2, None, None), (3, None, Some(20))],
+            true,
+            Some(2),
+            5,
+        ),
+        window(
+            &s,
+            &[
+                (1, Some("stale"), Some(15)),
+                (2, Some("late"), Some(5)),
+                (3, Some("new"), Some(25)),
+            ],
+            true,
+            Some(5),
+            8,
+        ),
+    ];
+    let never = || false;
+    for w in &windows {
+        let (o, _, _) = upsert::apply(&mut t, &log, &s.app_id, w, policy(), &never)
+            .await
+            .unwrap();
+        assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
+    }
+    assert_eq!(
+        ids_and_values(&s).await,
+        vec![(2, "late".to_owned()), (3, "new".to_owned())]
+    );
+    // The memory lives in the table's directory, which readers and vacuum skip.
+    let memory = tributary::sink::table::load(
+        &cfg.table.uri.join("events/_tributary_deletes/").unwrap(),
+        &cfg.storage,
+    )
+    .await
+    .unwrap()
+    .expect("the memory of deletes");
+    // Three deletes, and key 3 taken back by a newer change.
+    let remembered = query(&memory, "SELECT count(*) FROM t").await;
+    assert_eq!(
+        remembered[0].column(0).as_primitive::<Int64Type>().value(0),
+        4
+    );
+
+    // Past the horizon the markers go.
+    let later = std::time::SystemTime::now() + Duration::from_secs(7200);
+    assert_eq!(log.deletes.prune(later).await.unwrap(), 4);
+}
+
+/// Issue 22, case 1 through the daemon: a Debezium connector that restarts
+/// resends events older than a delete, in a later window; ordered by the
+/// connector's LSN the key stays deleted, and verify agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debezium_events_resent_after_a_delete_do_not_bring_the_key_back() {
+    use crate::upsert::{dbz, event_of_kind, kinds, upsert_config, verify_keys};
+    let s = Scenario::new("upsert-resent", 1).await;
+    let cfg = upsert_config(
+        &s,
+        "key = [\"event_id\"]\nenvelope = \"debezium\"\norder_by = \"source.lsn\"",
+    );
+    let at = |op: &str, i: u64, kind: &str, lsn: i64| {
+        let row = Some(event_of_kind(i, kind));
+        let (before, after) = if op == "d" { (row, None) } else { (None, row) };
+        let mut v: serde_json::Value =
+            serde_json::from_str(&dbz(op, before, after, false)).unwrap();
+        v["source"]["lsn"] = lsn.into();
+        Some(v.to_string())
+    };
+    let rounds = [
+        vec![
+            (0, "1", at("c", 1, "a10", 10)),
+            (0, "2", at("c", 2, "b20", 20)),
+        ],
+        vec![(0, "1", at("d", 1, "a10", 30)), (0, "2", None)],
+        // The connector restarts and resends from lsn 10.
+        vec![
+            (0, "1", at("c", 1, "a10", 10)),
+            (0, "2", at("c", 2, "b20", 20)),
+        ],
+    ];
+    let mut run = crate::ingest::start(cfg.clone());
+    for round in &rounds {
+        let produced = produce_keyed(&s, round).await;
+        run.committed(&s.topic, &last_offsets(&produced)).await;
+    }
+    run.stop().await;
+    let got: Vec<(i64, String)> = kinds(&s).await.into_iter().collect();
+    assert_eq!(got, [(2, "b20".to_owned())]);
+    let report = verify_keys(&cfg).await;
+    assert!(report.clean, "{}", tributary::ops::verify::render(&report));
 }

@@ -5,12 +5,12 @@
 //! changes to another partition. Two things can then go wrong: with the Kafka
 //! partition in the key (the ownership column) the key gets a second row, and
 //! without `order_by` the old partition's last changes of a key can be applied
-//! after the new partition's newer ones (they are consumed in parallel). So a
-//! With `order_by` an older change never replaces a newer row, but a deleted
-//! key leaves no row and so no order value: an old partition's older change
-//! applied after the new partition deleted the key inserts it again. Until
-//! the table remembers deletes, a changed count is never accepted by itself:
-//! the daemon stops and says what to do. An operator who has judged it safe (e.g. the old
+//! after the new partition's newer ones (they are consumed in parallel).
+//! With `order_by` (and no partition column in the key) neither can happen:
+//! an older change never replaces a newer row, and the table remembers the
+//! order values of deleted keys for its delete horizon ([`super::deletes`]),
+//! so the new count is recorded by itself; otherwise the daemon stops and
+//! says what to do. An operator who has judged it safe (e.g. the old
 //! partitions are drained) sets the property to the new count.
 
 use std::collections::HashMap;
@@ -86,10 +86,9 @@ pub fn judge(
          applied after newer ones in its new partition"
             .to_owned()
     } else {
-        "the table does not remember the order values of deleted keys: a moved key's older \
-         change in its old partition, applied after its new partition deleted the key, would \
-         insert it again"
-            .to_owned()
+        // With order_by the table remembers deleted keys' order values
+        // (`deletes`): a moved key's older change stays out.
+        return Verdict::Record;
     };
     Verdict::Refuse(why)
 }
@@ -158,11 +157,12 @@ mod tests {
             order_by: order_by.map(str::to_owned),
             envelope: Default::default(),
             source_order: None,
+            delete_horizon: std::time::Duration::ZERO,
         }
     }
 
     #[test]
-    fn a_count_is_recorded_once_and_every_change_is_refused() {
+    fn a_count_is_recorded_once_and_a_change_is_refused_unless_it_is_harmless() {
         let by_key = spec(&["_key"], None);
         let owned = spec(&["_partition", "_key"], Some("lsn"));
         let ordered = spec(&["_key"], Some("lsn"));
@@ -175,17 +175,11 @@ mod tests {
         assert!(
             matches!(judge(&owned, p, Some(8), 12), Verdict::Refuse(w) if w.contains("`_partition`"))
         );
-        // Issue 22, case 1: with order_by a moved key's older change could
-        // insert a key its new partition deleted (deletes leave no order value).
-        assert!(
-            matches!(judge(&ordered, p, Some(8), 12), Verdict::Refuse(w) if w.contains("deleted keys"))
-        );
-        // Without a partition metadata column the key cannot hold it, but the
-        // deletes are forgotten all the same.
-        assert!(matches!(
-            judge(&owned, None, Some(8), 12),
-            Verdict::Refuse(_)
-        ));
+        // With order_by, deletes are remembered: a moved key's older change
+        // stays out.
+        assert_eq!(judge(&ordered, p, Some(8), 12), Verdict::Record);
+        // Without a partition metadata column the key cannot hold it.
+        assert_eq!(judge(&owned, None, Some(8), 12), Verdict::Record);
     }
 
     /// Issue 22, case 7: a table with no recorded count accepted any count;
@@ -200,7 +194,10 @@ mod tests {
             judge(&by_key, None, written_with(&stored), 4),
             Verdict::Refuse(_)
         ));
-        assert_eq!(judge(&by_key, None, written_with(&stored), 2), Verdict::Same);
+        assert_eq!(
+            judge(&by_key, None, written_with(&stored), 2),
+            Verdict::Same
+        );
         assert_eq!(written_with(&HashMap::from([(tp(0), None)])), None);
     }
 

@@ -303,6 +303,7 @@ mod tests {
             order_by: None,
             envelope: crate::decode::changes::Envelope::Rows,
             source_order: None,
+            delete_horizon: std::time::Duration::ZERO,
         }
     }
 

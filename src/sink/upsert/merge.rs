@@ -1,0 +1,142 @@
+//! The MERGE of a window's reduced changes into the table, on the key, with
+//! the ordering rule and the memory of deletes in its conditions.
+
+use std::collections::HashMap;
+
+use deltalake::arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use deltalake::arrow::datatypes::{DataType, Field};
+use deltalake::arrow::error::ArrowError;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::{DeltaTable, DeltaTableError};
+
+use super::{Changes, DELETED, DELETED_ORDER, UNCONDITIONAL};
+
+/// What to merge, and how.
+pub(super) struct Merge<'a> {
+    pub(super) key: &'a [String],
+    pub(super) order_by: Option<&'a str>,
+    pub(super) changes: &'a Changes,
+    /// Per change, the order value of its key's latest delete.
+    pub(super) deleted_order: Option<&'a ArrayRef>,
+    pub(super) parquet: Option<&'a WriterProperties>,
+}
+
+/// The MERGE of the changes into `table` on the key. With `order_by`, a matched
+/// row is replaced or deleted only by a change at least as new as it (or one
+/// with no order value).
+pub(super) fn merge(
+    table: &DeltaTable,
+    how: &Merge<'_>,
+) -> Result<deltalake::operations::merge::MergeBuilder, DeltaTableError> {
+    let key = how.key;
+    let source = with_flags(how.changes, how.order_by.is_some(), how.deleted_order)
+        .map_err(DeltaTableError::from)?;
+    let df = SessionContext::new().read_batch(source)?;
+    let on = key
+        .iter()
+        .map(|k| format!("t.{q} = s.{q}", q = quote(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    // The table's columns that the changes have: a column added to the table
+    // after they were decoded (another replica, another engine) keeps its value
+    // in updated rows and is null in inserted ones.
+    let have = how.changes.rows.schema();
+    let columns: Vec<String> = table
+        .snapshot()?
+        .schema()
+        .fields()
+        .map(|f| f.name().clone())
+        .filter(|c| have.field_with_name(c).is_ok())
+        .collect();
+    // Where either side has no order value, or the window's change of the key
+    // came after one without (see [`reduce`]), the change is the newer.
+    let newer = how.order_by.map_or(String::new(), |o| {
+        let o = quote(o);
+        format!(
+            " AND (s.{u} OR t.{o} IS NULL OR s.{o} IS NULL OR s.{o} >= t.{o})",
+            u = quote(UNCONDITIONAL)
+        )
+    });
+    let deleted = format!("s.{}{newer}", quote(DELETED));
+    let replaced = format!("NOT s.{}{newer}", quote(DELETED));
+    // An absent key is inserted unless it was deleted by a newer change.
+    let kept = match (how.order_by, how.deleted_order) {
+        (Some(o), Some(_)) => format!(
+            "NOT s.{d} AND (s.{u} OR s.{o} IS NULL OR s.{m} IS NULL OR s.{o} >= s.{m})",
+            d = quote(DELETED),
+            u = quote(UNCONDITIONAL),
+            o = quote(o),
+            m = quote(DELETED_ORDER)
+        ),
+        _ => format!("NOT s.{}", quote(DELETED)),
+    };
+    let mut builder = table
+        .clone()
+        .merge(df, on)
+        .with_source_alias("s")
+        .with_target_alias("t")
+        .with_session_state(merge_session()?);
+    if let Some(p) = how.parquet {
+        builder = builder.with_writer_properties(p.clone());
+    }
+    builder
+        .when_matched_delete(|d| d.predicate(deleted))?
+        .when_matched_update(|u| {
+            columns.iter().fold(u.predicate(replaced), |u, c| {
+                u.update(c.as_str(), format!("s.{}", quote(c)))
+            })
+        })?
+        .when_not_matched_insert(|i| {
+            columns.iter().fold(i.predicate(kept.clone()), |i, c| {
+                i.set(c.as_str(), format!("s.{}", quote(c)))
+            })
+        })
+}
+
+/// The session MERGEs run in: delta-rs' own, with one partition.
+fn merge_session()
+-> Result<std::sync::Arc<dyn deltalake::datafusion::catalog::Session>, DeltaTableError> {
+    let overrides = HashMap::from([(
+        "datafusion.execution.target_partitions".to_owned(),
+        "1".to_owned(),
+    )]);
+    let ctx =
+        deltalake::delta_datafusion::DeltaSessionContext::new_with_session_overrides(&overrides)?;
+    Ok(std::sync::Arc::new(ctx.state()))
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The changes with the deletion flag (and, with an order, the unconditional
+/// flag) as columns of their own.
+fn with_flags(
+    changes: &Changes,
+    ordered: bool,
+    deleted_order: Option<&ArrayRef>,
+) -> Result<RecordBatch, ArrowError> {
+    let mut flags: Vec<(Field, ArrayRef)> = vec![(
+        Field::new(DELETED, DataType::Boolean, false),
+        std::sync::Arc::new(changes.deleted.clone()),
+    )];
+    if ordered {
+        let n = changes.rows.num_rows();
+        let u = changes
+            .unconditional
+            .clone()
+            .unwrap_or_else(|| BooleanArray::from(vec![false; n]));
+        flags.push((
+            Field::new(UNCONDITIONAL, DataType::Boolean, false),
+            std::sync::Arc::new(u),
+        ));
+    }
+    if let Some(m) = deleted_order {
+        flags.push((
+            Field::new(DELETED_ORDER, m.data_type().clone(), true),
+            m.clone(),
+        ));
+    }
+    crate::decode::changes::with_columns(&changes.rows, flags)
+}
