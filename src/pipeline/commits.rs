@@ -77,7 +77,7 @@ impl Pipeline {
         if window.is_empty() {
             return;
         }
-        let bytes = window.held_bytes(self.sinks[sink].tcfg.row_group_rows as u64);
+        let bytes = window.committing_bytes(self.sinks[sink].tcfg.row_group_rows as u64);
         let (partitions, parts) = ledger::plan_commit(&self.parts, window.parts);
         let dead = match &self.dead {
             Some(d) if !window.dead.is_empty() => Some(DeadCommit {
@@ -242,8 +242,8 @@ pub(super) struct Inflight {
     /// (partition, epoch at flush, last offset)
     pub(super) parts: Flushed,
     pub(super) rows: u64,
-    /// What the window held ([`crate::window::Window::held_bytes`]), until the
-    /// commit is done.
+    /// What the window holds while committing
+    /// ([`crate::window::Window::committing_bytes`]), until the commit is done.
     pub(super) bytes: u64,
 }
 

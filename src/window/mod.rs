@@ -51,6 +51,11 @@ impl Default for FlushPolicy {
 /// still bounds what all windows hold.
 pub const UPSERT_GROWTH: u64 = 4;
 
+/// Copies of an upsert window's changes its commit holds beside the window's
+/// own: the segments joined into one batch, their reduction to a change per
+/// key, and the MERGE's hash table over that source (about its size).
+pub const MERGE_COPIES: u64 = 3;
+
 /// delta-rs streams a file to storage in parts of this size (its default): what a
 /// window's encoded bytes keep in memory at most, besides the open row group.
 const UPLOAD_PART: u64 = 5 << 20;
@@ -138,20 +143,40 @@ impl Window {
         raw + uploading + dead + self.decoder_bytes
     }
 
+    /// The Arrow bytes of an upsert window's changes (0 for an append window).
+    pub fn changes_bytes(&self) -> u64 {
+        self.changes
+            .iter()
+            .map(|c| c.rows.get_array_memory_size() as u64)
+            .sum()
+    }
+
+    /// What the window holds while it commits, estimated for the memory budget:
+    /// what it held open, and for an upsert window [`MERGE_COPIES`] more copies
+    /// of its changes (the joined segments, their reduction, the MERGE's hash
+    /// table over its source).
+    pub fn committing_bytes(&self, row_group_rows: u64) -> u64 {
+        self.held_bytes(row_group_rows) + MERGE_COPIES * self.changes_bytes()
+    }
+
     /// Whether the window is to be committed at `now` under `policy` (an empty
     /// window never is).
     pub fn due(&self, policy: &FlushPolicy, now: Instant) -> bool {
         let age = self
             .opened_at
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        !self.is_empty() && policy.due(self.rows, self.encoded_bytes(), age)
+        let bytes = self.encoded_bytes() + self.changes_bytes();
+        !self.is_empty() && policy.due(self.rows, bytes, age)
     }
 
     /// Whether the window, due, takes no more records until the previous
     /// commit is done: an append window at once (the policy sizes its files),
     /// an upsert window at [`UPSERT_GROWTH`] times `max_rows`.
     pub fn full(&self, policy: &FlushPolicy, upsert: bool, now: Instant) -> bool {
-        self.due(policy, now) && (!upsert || self.rows >= Self::row_limit(policy, upsert))
+        self.due(policy, now)
+            && (!upsert
+                || self.rows >= Self::row_limit(policy, upsert)
+                || self.changes_bytes() >= policy.max_bytes.saturating_mul(UPSERT_GROWTH))
     }
 
     /// The rows a window takes at most while the previous commit runs.
@@ -255,6 +280,53 @@ mod tests {
         assert!(w.due(&policy(), Instant::now()));
         assert!(!w.full(&policy(), true, Instant::now()));
         assert!(w.full(&policy(), false, Instant::now()));
+    }
+
+    /// Issue 22, case 9: `max_bytes` never made an upsert window due (it
+    /// counted encoded Parquet bytes, and an upsert window encodes none); its
+    /// changes' bytes do, and bound its growth while a MERGE runs.
+    #[test]
+    fn an_upsert_window_is_due_at_max_bytes_of_its_changes() {
+        let mut w = Window {
+            records: 10,
+            rows: 10,
+            opened_at: Some(Instant::now()),
+            ..Window::default()
+        };
+        let change = {
+            use deltalake::arrow::array::{BooleanArray, Int64Array, RecordBatch};
+            let ids = Int64Array::from_iter_values(0..20_000);
+            let rows = RecordBatch::try_from_iter([("id", std::sync::Arc::new(ids) as _)]).unwrap();
+            crate::decode::changes::Changes::new(rows, BooleanArray::from(vec![false; 20_000]))
+        };
+        let small = FlushPolicy {
+            max_bytes: 100_000,
+            ..policy()
+        };
+        assert!(!w.due(&small, Instant::now()));
+        w.changes.push(change.clone());
+        assert!(w.changes_bytes() >= 160_000);
+        assert!(w.due(&small, Instant::now()), "due by the changes' bytes");
+        assert!(!w.full(&small, true, Instant::now()), "grows on, to 4x");
+        w.changes.extend([change.clone(), change]);
+        assert!(w.full(&small, true, Instant::now()), "full at 4x max_bytes");
+    }
+
+    /// Issue 22, case 9: a committing upsert window was counted as what it
+    /// held open; the MERGE holds more copies of its changes.
+    #[test]
+    fn a_committing_upsert_window_counts_the_copies_its_merge_makes() {
+        let mut w = Window::default();
+        use deltalake::arrow::array::{BooleanArray, Int64Array, RecordBatch};
+        let ids = Int64Array::from_iter_values(0..1_000);
+        let rows = RecordBatch::try_from_iter([("id", std::sync::Arc::new(ids) as _)]).unwrap();
+        w.changes.push(crate::decode::changes::Changes::new(
+            rows,
+            BooleanArray::from(vec![false; 1_000]),
+        ));
+        let open = w.held_bytes(128);
+        assert_eq!(open, w.changes_bytes());
+        assert_eq!(w.committing_bytes(128), (1 + MERGE_COPIES) * open);
     }
 
     #[test]
