@@ -287,6 +287,9 @@ async fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         (None, None) => anyhow::bail!("pass --to-version or --to-timestamp"),
     };
     let cfg = load_single_table_config(&args.config)?;
+    if let Some(note) = crate::ops::offsets::replay_note(&cfg.table) {
+        eprintln!("{note}");
+    }
     let report =
         crate::ops::restore::restore(&cfg, target, args.force, args.dry_run, args.timeout).await?;
     if args.json {
@@ -332,6 +335,9 @@ async fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
         None if !sel.partition.is_empty() => anyhow::bail!("--partition needs --topic"),
         None => Vec::new(),
     };
+    if let Some(note) = crate::ops::offsets::replay_note(&cfg.table) {
+        eprintln!("{note}");
+    }
     let report =
         crate::ops::offsets::set(&cfg, &only, target, sel.force, sel.dry_run, sel.timeout).await?;
     print!("{}", render::offsets_report(&report));

@@ -93,6 +93,29 @@ pub struct OffsetsReport {
 }
 
 /// Move the stored offsets of `only` (all partitions of the configured topics when
+
+/// What moving an upsert table's offsets back does to what readers see: the
+/// daemon applies the changes from there on again. `None` for an append table
+/// (the replay's rows are appended: `verify` counts them as duplicates).
+pub fn replay_note(table: &crate::config::TableConfig) -> Option<String> {
+    let u = table.upsert.as_ref()?;
+    Some(match &u.order_by {
+        None => format!(
+            "note: {} is an upsert table without order_by: the daemon applies the changes \
+             from the new offset on again, so until it passes the old position readers see \
+             older values, and keys deleted since come back; set order_by (a source position \
+             or change time) to make replays change nothing",
+            table.uri
+        ),
+        Some(o) => format!(
+            "note: {} is an upsert table ordered by `{o}`: replayed changes never replace newer \
+             rows, and keys deleted within delete_horizon ({}) stay deleted",
+            table.uri,
+            humantime::format_duration(u.delete_horizon)
+        ),
+    })
+}
+
 /// empty) to `target`.
 pub async fn set(
     cfg: &Config,
@@ -276,4 +299,45 @@ async fn commit_offsets(
         )
         .await?;
     Ok(finalized.version() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn table(extra: &str) -> crate::config::TableConfig {
+        let schema = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            schema.path(),
+            r#"{"type":"struct","fields":[{"name":"id","type":"long","nullable":false,"metadata":{}},{"name":"lsn","type":"long","nullable":true,"metadata":{}}]}"#,
+        )
+        .unwrap();
+        let text = format!(
+            "app_id = \"a\"\n[kafka]\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"t\"]\n[table]\n\
+             uri = \"s3://b/t\"\nschema_file = \"{}\"\n{extra}",
+            schema.path().display()
+        );
+        RawConfig::parse(&text, None, &|_| None)
+            .unwrap()
+            .validate()
+            .unwrap()
+            .table
+    }
+
+    /// Issue 22, case 8: moving an upsert table's offsets back replays its
+    /// changes; the operator is told what readers will see.
+    #[test]
+    fn moving_an_upsert_tables_offsets_back_says_what_a_replay_does() {
+        assert_eq!(replay_note(&table("")), None);
+        let unordered = replay_note(&table("mode = \"upsert\"\nkey = [\"id\"]")).unwrap();
+        assert!(unordered.contains("older values"), "{unordered}");
+        assert!(unordered.contains("set order_by"), "{unordered}");
+        let ordered = replay_note(&table(
+            "mode = \"upsert\"\nkey = [\"id\"]\norder_by = \"lsn\"\ndelete_horizon = \"2d\"",
+        ))
+        .unwrap();
+        assert!(ordered.contains("never replace newer rows"), "{ordered}");
+        assert!(ordered.contains("(2days)"), "{ordered}");
+    }
 }
