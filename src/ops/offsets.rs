@@ -92,8 +92,6 @@ pub struct OffsetsReport {
     pub version: Option<i64>,
 }
 
-/// Move the stored offsets of `only` (all partitions of the configured topics when
-
 /// What moving an upsert table's offsets back does to what readers see: the
 /// daemon applies the changes from there on again. `None` for an append table
 /// (the replay's rows are appended: `verify` counts them as duplicates).
@@ -116,6 +114,7 @@ pub fn replay_note(table: &crate::config::TableConfig) -> Option<String> {
     })
 }
 
+/// Move the stored offsets of `only` (all partitions of the configured topics when
 /// empty) to `target`.
 pub async fn set(
     cfg: &Config,
