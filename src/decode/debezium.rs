@@ -413,7 +413,12 @@ mod tests {
         assert_eq!(
             reasons,
             vec![
-                (4, "unknown Debezium op `t`"),
+                (
+                    4,
+                    "a truncate (op `t`) is not applied: it names no key; empty the table by \
+                     hand (DELETE) if it should follow, or leave truncates out (Debezium's \
+                     default skipped.operations=t)"
+                ),
                 (5, "delete event has no `before` row (its key)"),
                 (6, "change event has no `after` row"),
             ]
