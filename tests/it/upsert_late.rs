@@ -327,9 +327,11 @@ async fn flattened_tombstones_keyed_by_a_value_field_delete_by_their_kafka_key()
             r#"{"schema": {"type": "struct"}, "payload": {"event_id": 2}}"#,
             None,
         ),
-        // A rewritten delete and Debezium's tombstone after it.
-        (0, "k4", deleted_row),
-        (0, "k4", None),
+        // A rewritten delete and Debezium's tombstone after it (keyed by its
+        // JSON key: an unkeyed one is accounted for only when the delete row
+        // is in the same chunk, which the test cannot ensure).
+        (0, r#"{"event_id": 4}"#, deleted_row),
+        (0, r#"{"event_id": 4}"#, None),
         // A tombstone nothing can key: a dead letter, and key 5 stays.
         (0, "k5", None),
     ];
