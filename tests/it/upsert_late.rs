@@ -91,6 +91,16 @@ async fn apply_all(s: &Scenario, t: &mut deltalake::DeltaTable, windows: &[Upser
     }
 }
 
+/// The table's `event_id`s, in order.
+async fn event_ids(s: &Scenario) -> Vec<i64> {
+    let t = s.table().await.unwrap();
+    query(&t, "SELECT event_id FROM t ORDER BY 1")
+        .await
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect()
+}
+
 /// A string column as `Utf8` (DataFusion reads views).
 fn text(c: &deltalake::arrow::array::ArrayRef) -> deltalake::arrow::array::ArrayRef {
     deltalake::arrow::compute::cast(c, &DataType::Utf8).unwrap()
@@ -337,12 +347,7 @@ async fn flattened_tombstones_keyed_by_a_value_field_delete_by_their_kafka_key()
     ];
     let summary = two_rounds(&s, &cfg, &first, &second).await;
     assert_eq!(summary.rejected, 1);
-    let t = s.table().await.unwrap();
-    let ids: Vec<i64> = query(&t, "SELECT event_id FROM t ORDER BY 1")
-        .await
-        .iter()
-        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
-        .collect();
+    let ids = event_ids(&s).await;
     assert_eq!(ids, [3, 5]);
     let dead = crate::ingest::dead_letters(&s, &dead_uri).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -406,12 +411,7 @@ async fn a_debezium_delete_without_before_deletes_by_the_kafka_key() {
     let second = [(0, "a", Some(dbz("d", None, None, false))), (0, "a", None)];
     let summary = two_rounds(&s, &cfg, &first, &second).await;
     assert_eq!(summary.rejected, 0);
-    let t = s.table().await.unwrap();
-    let ids: Vec<i64> = query(&t, "SELECT event_id FROM t ORDER BY 1")
-        .await
-        .iter()
-        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
-        .collect();
+    let ids = event_ids(&s).await;
     assert_eq!(ids, [2]);
     let report = verify_keys(&cfg).await;
     assert!(report.clean, "{}", tributary::ops::verify::render(&report));
