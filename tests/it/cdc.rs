@@ -80,7 +80,7 @@ fn event(op: &str, id: i32, name: &str, lsn: i64, v2: bool) -> Av {
 
 /// The scenario's config: `format` through `registry`, an upsert table keyed
 /// by `id` with `envelope` (its lines), windows of a second, and `extra`.
-fn upsert_config(
+pub(crate) fn upsert_config(
     s: &Scenario,
     registry: &TestRegistry,
     format: &str,

@@ -21,8 +21,8 @@ use crate::harness::*;
 use crate::ingest::{dead_letters, start};
 use crate::registry::TestRegistry;
 
-const ORDERS_V1: &str = include_str!("../../schemas/orders-v1.avsc");
-const ORDERS_V2: &str = include_str!("../../schemas/orders-v2.avsc");
+pub(crate) const ORDERS_V1: &str = include_str!("../../schemas/orders-v1.avsc");
+pub(crate) const ORDERS_V2: &str = include_str!("../../schemas/orders-v2.avsc");
 
 /// Confluent framing: magic 0, big-endian schema id, Avro binary body.
 #[allow(deprecated)] // GenericDatumWriter's builder is the new spelling; same bytes
@@ -53,7 +53,7 @@ fn opt(v: Option<Av>) -> Av {
 }
 
 /// Order `i` as v1 (or v2, with an email and a sometimes-missing name).
-fn order(i: i64, v2: bool) -> Av {
+pub(crate) fn order(i: i64, v2: bool) -> Av {
     let status = ["ACTIVE", "SUSPENDED", "CLOSED"][(i % 3) as usize];
     let name = Av::String(format!("customer {i}"));
     let mut fields = vec![

@@ -634,3 +634,122 @@ async fn debezium_events_resent_after_a_delete_do_not_bring_the_key_back() {
     let report = verify_keys(&cfg).await;
     assert!(report.clean, "{}", tributary::ops::verify::render(&report));
 }
+
+/// Order `from` (as v1 or v2) under the key `id`: a change of `id` whose
+/// values say which change it was.
+fn order_as(id: i64, from: i64, v2: bool) -> apache_avro::types::Value {
+    use apache_avro::types::Value as Av;
+    let Av::Record(mut fields) = crate::formats::order(from, v2) else {
+        unreachable!("orders are records")
+    };
+    fields[0].1 = Av::Long(id);
+    Av::Record(fields)
+}
+
+/// id -> (name, email) of an orders table; a key twice fails.
+async fn names_and_emails(
+    s: &Scenario,
+) -> std::collections::BTreeMap<i64, (String, Option<String>)> {
+    let t = s.table().await.unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for b in query(&t, "SELECT id, name, email FROM t").await {
+        let ids = b.column(0).as_primitive::<Int64Type>();
+        let (names, emails) = (text(b.column(1)), text(b.column(2)));
+        let (names, emails) = (names.as_string::<i32>(), emails.as_string::<i32>());
+        for r in 0..b.num_rows() {
+            let email = emails.is_valid(r).then(|| emails.value(r).to_owned());
+            let row = (names.value(r).to_owned(), email);
+            assert!(
+                out.insert(ids.value(r), row).is_none(),
+                "key {} twice",
+                ids.value(r)
+            );
+        }
+    }
+    out
+}
+
+/// Case 4 with two daemons: the one that reads a producer schema adding
+/// `email` (through the registry) evolves the table; the other's next window,
+/// decoded into the table as it knew it (no `email`), still merges, and the
+/// column keeps what the first daemon wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_through_the_registry_by_another_daemon_keeps_both_merging() {
+    use crate::formats::{ORDERS_V1, ORDERS_V2, frame};
+    use std::sync::atomic::Ordering::Relaxed;
+    let registry = crate::registry::TestRegistry::start(None).await;
+    let s = Scenario::new("upsert-evolve-two", 2).await;
+    let subject = format!("{}-value", s.topic);
+    let v1 = registry.register(&subject, "AVRO", ORDERS_V1);
+    let cfg = crate::cdc::upsert_config(&s, &registry, "avro", "", "");
+    let (a, b) = (crate::ingest::start(cfg.clone()), crate::ingest::start(cfg));
+    let (sa, sb) = (a.stats.clone(), b.stats.clone());
+    eventually(Duration::from_secs(60), "both daemons assigned", || {
+        let one_each =
+            sa.assigned_partitions.load(Relaxed) == 1 && sb.assigned_partitions.load(Relaxed) == 1;
+        async move { one_each.then_some(()) }
+    })
+    .await;
+    // Even keys on partition 0, odd keys on partition 1.
+    let producer = producer(&s.servers.brokers);
+    let changes = |ids: std::ops::Range<i64>, from: i64, v2: Option<u32>| {
+        ids.map(move |i| {
+            let body = order_as(i, i + from, v2.is_some());
+            let framed = match v2 {
+                Some(id) => frame(ORDERS_V2, id, body),
+                None => frame(ORDERS_V1, v1, body),
+            };
+            ((i % 2) as i32, framed)
+        })
+    };
+    let first = produce(&producer, &s.topic, changes(0..20, 0, None)).await;
+    let s_ref = &s;
+    let wait_stored = |want: std::collections::BTreeMap<i32, Option<i64>>| async move {
+        eventually(Duration::from_secs(90), "offsets committed", || async {
+            let stored = s_ref.stored_offsets(2).await;
+            want.iter().all(|(p, o)| stored[p] == *o).then_some(())
+        })
+        .await
+    };
+    wait_stored(last_offsets(&first)).await;
+    let p1 = TopicPartition::new(s.topic.as_str(), 1);
+    let (mut evolving, mut stale) = if sa.committed_offsets().contains_key(&p1) {
+        (b, a)
+    } else {
+        (a, b)
+    };
+
+    // Producers of partition 0 move to v2: its daemon adds `email`.
+    let v2 = registry.register(&subject, "AVRO", ORDERS_V2);
+    let even = (0..30).filter(|i| i % 2 == 0);
+    let second = produce(
+        &producer,
+        &s.topic,
+        even.map(|i| (0, frame(ORDERS_V2, v2, order_as(i, 2 * i + 102, true)))),
+    )
+    .await;
+    evolving.committed(&s.topic, &last_offsets(&second)).await;
+
+    // Partition 1's producers are still on v1: updates and inserts there.
+    let third = produce(
+        &producer,
+        &s.topic,
+        changes(1..30, 200, None).filter(|(p, _)| *p == 1),
+    )
+    .await;
+    stale.committed(&s.topic, &last_offsets(&third)).await;
+    evolving.stop().await;
+    stale.stop().await;
+
+    let rows = names_and_emails(&s).await;
+    assert_eq!(rows.len(), 30, "{rows:?}");
+    for (id, (name, email)) in rows {
+        let from = if id % 2 == 0 { 2 * id + 102 } else { id + 200 };
+        assert_eq!(name, format!("customer {from}"), "key {id}");
+        // order(from, true) has an email (`from` is even there); v1 none.
+        let want = (id % 2 == 0).then(|| format!("c{from}@example.com"));
+        assert_eq!(email, want, "key {id}");
+    }
+    let added = s.operations().await;
+    assert_eq!(added.iter().filter(|o| *o == "ADD COLUMN").count(), 1);
+}
