@@ -2,23 +2,11 @@
 //! lands data, a repeated commit is recognised, and concurrent commits for the same
 //! partition land at most once.
 
-use std::time::Duration;
-
+use crate::harness::policy;
 use tributary::config::{Compression, MetadataColumns, StorageConfig, TableConfig};
 use tributary::record::TopicPartition;
 use tributary::schema::parse_schema_json;
-use tributary::sink::commit::{
-    self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy, TableLog,
-};
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_conflict_retries: 10,
-        max_merge_replans: 10,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(100),
-    }
-}
+use tributary::sink::commit::{self, CommitOutcome, CommitRequest, PartitionCommit, TableLog};
 
 async fn local_table(dir: &std::path::Path) -> deltalake::DeltaTable {
     let cfg = TableConfig {

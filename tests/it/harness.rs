@@ -47,6 +47,17 @@ pub fn servers() -> Servers {
 }
 
 /// A name no other test (or earlier run against the same servers) uses.
+/// Commit retries for tests that call the commit engine directly: ten of
+/// each, with short backoffs.
+pub fn policy() -> tributary::sink::commit::RetryPolicy {
+    tributary::sink::commit::RetryPolicy {
+        max_conflict_retries: 10,
+        max_merge_replans: 10,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()

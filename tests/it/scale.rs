@@ -6,11 +6,9 @@
 use std::time::Duration;
 
 use tributary::record::TopicPartition;
-use tributary::sink::commit::{
-    self, CommitOutcome, CommitRequest, PartitionCommit, RetryPolicy, TableLog,
-};
+use tributary::sink::commit::{self, CommitOutcome, CommitRequest, PartitionCommit, TableLog};
 
-use crate::harness::Scenario;
+use crate::harness::{Scenario, policy};
 
 /// Partitions; `TRIBUTARY_SCALE_PARTITIONS` overrides it to take figures at
 /// other sizes (the assertions scale with it).
@@ -21,15 +19,6 @@ fn partitions() -> i32 {
         .unwrap_or(256)
 }
 const VERSIONS: i32 = 20;
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_conflict_retries: 10,
-        max_merge_replans: 10,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(100),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_partitions_stored_offsets_cost_one_log_pass_not_one_per_partition() {

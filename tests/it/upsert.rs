@@ -10,19 +10,10 @@ use deltalake::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, St
 use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use deltalake::kernel::{DataType as DeltaType, StructField};
 use tributary::record::TopicPartition;
-use tributary::sink::commit::{CommitOutcome, PartitionCommit, RetryPolicy, TableLog};
+use tributary::sink::commit::{CommitOutcome, PartitionCommit, TableLog};
 use tributary::sink::upsert::{self, Changes, UpsertWindow};
 
 use crate::harness::*;
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_conflict_retries: 10,
-        max_merge_replans: 10,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(100),
-    }
-}
 
 /// A table keyed on `id` with one value column `v`.
 async fn keyed_table(s: &Scenario) -> deltalake::DeltaTable {
@@ -611,10 +602,22 @@ pub(crate) async fn kinds(s: &Scenario) -> BTreeMap<i64, String> {
 
 /// The scenario's config with `mode = "upsert"` and `keys` in `[table]`.
 pub(crate) fn upsert_config(s: &Scenario, keys: &str) -> tributary::config::Config {
-    let text = s.config_toml("[flush]\nmax_age = \"1s\"").replace(
-        "[table]\n",
-        &format!("[table]\nmode = \"upsert\"\n{keys}\n"),
-    );
+    upsert_config_with(s, keys, "")
+}
+
+/// An upsert table with `keys` (its `[table]` lines), windows of a second,
+/// and the sections of `extra`.
+pub(crate) fn upsert_config_with(
+    s: &Scenario,
+    keys: &str,
+    extra: &str,
+) -> tributary::config::Config {
+    let text = s
+        .config_toml(&format!("{extra}\n[flush]\nmax_age = \"1s\""))
+        .replace(
+            "[table]\n",
+            &format!("[table]\nmode = \"upsert\"\n{keys}\n"),
+        );
     parse_config(&text)
 }
 
@@ -960,15 +963,11 @@ pub(crate) fn dbz(
 async fn the_pipeline_applies_debezium_change_events() {
     let s = Scenario::new("upsert-dbz", 1).await;
     let dead_uri = format!("s3://{}/dead_letters", s.bucket);
-    let text = s
-        .config_toml(&format!(
-            "[dead_letters]\nuri = \"{dead_uri}\"\n[flush]\nmax_age = \"1s\""
-        ))
-        .replace(
-            "[table]\n",
-            "[table]\nmode = \"upsert\"\nkey = [\"event_id\"]\nenvelope = \"debezium\"\n",
-        );
-    let cfg = parse_config(&text);
+    let cfg = upsert_config_with(
+        &s,
+        "key = [\"event_id\"]\nenvelope = \"debezium\"",
+        &format!("[dead_letters]\nuri = \"{dead_uri}\""),
+    );
     let ev = |i: u64, kind: &str| Some(event_of_kind(i, kind));
     let first = [
         (0, "1", Some(dbz("c", None, ev(1, "c1"), false))),

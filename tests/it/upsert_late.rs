@@ -9,19 +9,10 @@ use deltalake::arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBa
 use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use deltalake::kernel::{DataType as DeltaType, StructField};
 use tributary::record::TopicPartition;
-use tributary::sink::commit::{CommitOutcome, PartitionCommit, RetryPolicy, TableLog};
+use tributary::sink::commit::{CommitOutcome, PartitionCommit, TableLog};
 use tributary::sink::upsert::{self, Changes, UpsertWindow};
 
 use crate::harness::*;
-
-fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_conflict_retries: 10,
-        max_merge_replans: 10,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(100),
-    }
-}
 
 /// A change: (id, value or `None` to delete, order value).
 type Change = (i64, Option<&'static str>, Option<i64>);
@@ -311,15 +302,11 @@ async fn flattened_tombstones_keyed_by_a_value_field_delete_by_their_kafka_key()
     use crate::upsert::{event_of_kind, two_rounds, verify_keys};
     let s = Scenario::new("upsert-flat-tomb", 1).await;
     let dead_uri = format!("s3://{}/dead_letters", s.bucket);
-    let text = s
-        .config_toml(&format!(
-            "[dead_letters]\nuri = \"{dead_uri}\"\n[flush]\nmax_age = \"1s\""
-        ))
-        .replace(
-            "[table]\n",
-            "[table]\nmode = \"upsert\"\nkey = [\"event_id\"]\nenvelope = \"debezium-flattened\"\n",
-        );
-    let cfg = parse_config(&text);
+    let cfg = crate::upsert::upsert_config_with(
+        &s,
+        "key = [\"event_id\"]\nenvelope = \"debezium-flattened\"",
+        &format!("[dead_letters]\nuri = \"{dead_uri}\""),
+    );
     let row = |i: u64, kind: &str| Some(event_of_kind(i, kind));
     let first: Vec<(i32, &str, Option<String>)> = (1..=5)
         .map(|i| (0, ["k1", "k2", "k3", "k4", "k5"][i - 1], row(i as u64, "c")))
