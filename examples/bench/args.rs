@@ -35,6 +35,8 @@ pub struct Args {
     pub extra_config: String,
     pub kafka_keys: String,
     pub broker_pid: Option<u32>,
+    /// What the broker is (Apache Kafka, Tansu), for the report.
+    pub broker_name: String,
     pub s3_pid: Option<u32>,
     /// The daemon to run (default: the `tributary` built beside this example), for
     /// comparing two builds on the same servers.
@@ -49,7 +51,7 @@ pub struct Args {
 const USAGE: &str = "usage: bench --brokers HOST:PORT --s3 URL [--moto-log FILE] \
     [--records N] [--partitions P] [--tables T] [--replicas R] [--rate REC_PER_S --duration S] \
     [--long-log VERSIONS] [--format json|avro] [--compression C] [--config EXTRA.toml] \
-    [--kafka 'KEY = VALUE'] [--broker-pid PID] [--s3-pid PID] [--daemon PATH] \
+    [--kafka 'KEY = VALUE'] [--broker-pid PID] [--broker-name NAME] [--s3-pid PID] [--daemon PATH] \
     [--upsert KEYS [--owned]]";
 
 pub fn parse() -> anyhow::Result<Args> {
@@ -69,6 +71,7 @@ pub fn parse() -> anyhow::Result<Args> {
         extra_config: String::new(),
         kafka_keys: String::new(),
         broker_pid: None,
+        broker_name: "a Kafka broker".into(),
         s3_pid: None,
         daemon: None,
         upsert: None,
@@ -103,6 +106,7 @@ pub fn parse() -> anyhow::Result<Args> {
                 a.kafka_keys.push('\n');
             }
             "--broker-pid" => a.broker_pid = Some(value()?.parse()?),
+            "--broker-name" => a.broker_name = value()?,
             "--s3-pid" => a.s3_pid = Some(value()?.parse()?),
             "--daemon" => a.daemon = Some(value()?.into()),
             "--upsert" => a.upsert = Some(value()?.parse().context("--upsert")?),

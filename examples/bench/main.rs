@@ -1,7 +1,7 @@
 //! End-to-end benchmark: a real broker, real S3, the `tributary` daemon(s), and a
 //! report of what it cost, with a chart of the run.
 //!
-//! Run it with the servers the tests use (Tansu broker, moto S3 on 127.0.0.1):
+//! Run it with the servers the tests use (Apache Kafka or Tansu, moto S3 on 127.0.0.1):
 //!
 //! ```sh
 //! benches/e2e.sh                                  # catch up on 5 M JSON records, 8 partitions
@@ -270,7 +270,8 @@ fn settings(args: &args::Args) -> String {
         .trim()
         .replace('\n', "; ");
     format!(
-        "events of ~260 B as JSON (12 fields), lz4 on the wire, table compression {}, daemon defaults{}",
+        "{}; events of ~260 B as JSON (12 fields), lz4 on the wire, table compression {}, daemon defaults{}",
+        args.broker_name,
         args.compression,
         if extra.is_empty() {
             String::new()

@@ -2,8 +2,10 @@
 //!
 //! Lag is counted in records: `lag = high watermark - (stored offset + 1)`, the
 //! records Kafka holds for the partition that are not yet accounted for in the table
-//! (for a partition with no stored offset: `high - low`). The high watermark is read
-//! from a fetch response (see [`crate::source::probe`]). The last commit time of a partition
+//! (for a partition with no stored offset: `high - low`), and 0 where no record is
+//! left to read (only transaction markers, or aborted records under
+//! `read_committed`). The high watermark is read from a fetch response (see
+//! [`crate::source::probe`]). The last commit time of a partition
 //! comes from the newest commit whose `commitInfo` names it (tributary records the
 //! offsets of every commit there), searched over the last 1000 commits.
 
@@ -108,6 +110,7 @@ pub async fn status(cfg: &Config, timeout: Duration) -> Result<StatusReport, Sta
         let w = marks[tp];
         let stored_offset = stored.get(tp).copied().flatten();
         let lag = match stored_offset {
+            _ if !w.records_ahead => 0,
             Some(s) => (w.high - (s + 1)).max(0),
             None => (w.high - w.low).max(0),
         };

@@ -236,6 +236,11 @@ impl Pipeline {
                 let dead_kept = kept.remove(&tp).unwrap_or_default();
                 tracing::info!(partition = %tp, stored_offset = ?committed, table = %self.sinks[sink].tcfg.uri, "starting partition after its stored offset");
                 reply.push((tp.clone(), StartAt::after(committed, reset), epoch));
+                // The lag series and readiness know the partition at once, not
+                // only after its next commit (an idle partition may have none).
+                if let Some(o) = committed {
+                    self.stats.set_committed([(tp.clone(), o)]);
+                }
                 self.parts.insert(
                     tp,
                     PartState::starting(epoch, Some(sink), (committed, dead_committed, dead_kept)),

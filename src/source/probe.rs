@@ -146,9 +146,16 @@ pub struct Watermarks {
     pub low: i64,
     /// Offset the next produced record will get.
     pub high: i64,
+    /// Whether a record lies between the fetch's start and the end: false when
+    /// what is left is only transaction markers (a transactional producer's
+    /// commit or abort takes an offset of its own) or, under `read_committed`,
+    /// aborted records, which no consumer reads.
+    pub records_ahead: bool,
 }
 
-/// Watermarks of `parts`, fetching from `start` (where known) so brokers answer fast.
+/// Watermarks of `parts`, fetching from `start` (where known) so brokers answer
+/// fast; a partition is done once its first record arrived or its fetch reached
+/// the end with none.
 pub fn watermarks(
     cfg: &KafkaConfig,
     parts: &[(TopicPartition, Option<i64>)],
@@ -163,9 +170,17 @@ pub fn watermarks(
     }
     consumer.assign(&tpl).map_err(|e| kafka_err(cfg, e))?;
     let deadline = Instant::now() + timeout;
+    let mut ahead = std::collections::BTreeSet::new();
     loop {
-        let _ = consumer.poll(Duration::from_millis(50));
-        let found = read_stats(&consumer, parts);
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            let tp = TopicPartition::new(m.topic(), m.partition());
+            // One record is enough: stop fetching this partition.
+            let mut one = TopicPartitionList::new();
+            let _ = one.add_partition(m.topic(), m.partition());
+            let _ = consumer.pause(&one);
+            ahead.insert(tp);
+        }
+        let found = read_stats(&consumer, parts, &ahead);
         if found.len() == parts.len() {
             return Ok(found);
         }
@@ -180,9 +195,12 @@ pub fn watermarks(
     }
 }
 
+/// The watermarks of the partitions of `parts` that are done: a record of it
+/// arrived (`ahead`), or its fetch signalled the end.
 fn read_stats(
     consumer: &BaseConsumer<StatsContext>,
     parts: &[(TopicPartition, Option<i64>)],
+    ahead: &std::collections::BTreeSet<TopicPartition>,
 ) -> BTreeMap<TopicPartition, Watermarks> {
     let guard = consumer.context().latest.lock().expect("stats lock");
     let mut out = BTreeMap::new();
@@ -194,14 +212,17 @@ fn read_stats(
             .topics
             .get(tp.topic.as_ref())
             .and_then(|t| t.partitions.get(&tp.partition));
+        let records_ahead = ahead.contains(tp);
         if let Some(p) = p
             && p.hi_offset >= 0
+            && (records_ahead || p.eof_offset >= 0)
         {
             out.insert(
                 tp.clone(),
                 Watermarks {
                     low: p.lo_offset.max(0),
                     high: p.hi_offset,
+                    records_ahead,
                 },
             );
         }

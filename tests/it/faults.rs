@@ -267,7 +267,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     let s = Scenario {
         servers: Servers {
             brokers: broker.brokers(),
-            kafka: shared.kafka.clone(),
+            tansu: shared.tansu.clone(),
             s3: shared.s3.clone(),
         },
         topic: unique("broker-restart"),

@@ -23,10 +23,10 @@ use tributary::record::TopicPartition;
 
 /// Addresses of the servers `tests/servers.sh` started.
 pub struct Servers {
-    /// The default broker (Tansu).
+    /// The default broker: Apache Kafka.
     pub brokers: String,
-    /// Apache Kafka, for what Tansu does not do (DeleteRecords).
-    pub kafka: String,
+    /// Tansu, for the tests kept on it ([`Scenario::on_tansu`]).
+    pub tansu: String,
     pub s3: String,
 }
 
@@ -41,7 +41,7 @@ pub fn servers() -> Servers {
     };
     Servers {
         brokers: get("TRIBUTARY_TEST_BROKERS"),
-        kafka: get("TRIBUTARY_TEST_KAFKA_BROKERS"),
+        tansu: get("TRIBUTARY_TEST_TANSU_BROKERS"),
         s3: get("TRIBUTARY_TEST_S3_ENDPOINT"),
     }
 }
@@ -104,6 +104,22 @@ pub fn kafka_client(brokers: &str, tls_ca: Option<&Path>) -> ClientConfig {
 
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     create_topic_via(&kafka_client(brokers, None), topic, partitions).await
+}
+
+/// Grow `s.topic` to `partitions` partitions (Tansu cannot).
+pub async fn grow_topic(s: &Scenario, partitions: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_client(&s.servers.brokers, None).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin
+        .create_partitions(&[NewPartitions::new(&s.topic, partitions)], &opts)
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
 }
 
 /// Create a topic through the client config `client`, and wait for its metadata.
@@ -289,10 +305,10 @@ impl Scenario {
         Self::with_servers(servers(), name, partitions).await
     }
 
-    /// A scenario whose broker is Apache Kafka rather than Tansu.
-    pub async fn on_kafka(name: &str, partitions: i32) -> Self {
+    /// A scenario whose broker is Tansu rather than Apache Kafka.
+    pub async fn on_tansu(name: &str, partitions: i32) -> Self {
         let mut servers = servers();
-        servers.brokers = servers.kafka.clone();
+        servers.brokers = servers.tansu.clone();
         Self::with_servers(servers, name, partitions).await
     }
 

@@ -1,7 +1,9 @@
-//! Integration tests against real servers (Tansu for Kafka, moto for S3) started by
-//! `tests/run.sh`. Every test uses its own topic, bucket, table and app id, so they
+//! Integration tests against real servers started by `tests/run.sh`: Apache Kafka
+//! (the default broker), moto for S3, Tansu where a test starts and kills brokers
+//! of its own. Every test uses its own topic, bucket, table and app id, so they
 //! run in parallel.
 
+mod broker;
 mod cdc;
 mod commit;
 mod faults;

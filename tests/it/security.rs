@@ -97,7 +97,7 @@ async fn kafka_over_tls_with_a_private_ca() {
     let s = Scenario {
         servers: Servers {
             brokers: format!("127.0.0.1:{tls_port}"),
-            kafka: shared.kafka.clone(),
+            tansu: shared.tansu.clone(),
             s3: shared.s3.clone(),
         },
         topic: unique("tls"),

@@ -252,12 +252,12 @@ async fn delete_records_before(s: &Scenario, p: i32, offset: i64) {
 /// Issue 22, case 3: once Kafka had lost a partition's first records, verify
 /// counted every extra row as unverifiable, even one whose retained last
 /// change deletes it, and called a wrong table clean. Only a row whose key
-/// has no change left in Kafka cannot be judged. On Apache Kafka: Tansu does
-/// not implement DeleteRecords.
+/// has no change left in Kafka cannot be judged. (Tansu does not implement
+/// DeleteRecords.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_fails_on_a_deleted_key_back_in_the_table_after_kafka_lost_the_first_records() {
     use crate::upsert::{event_of_kind, two_rounds, upsert_config, verify_keys};
-    let s = Scenario::on_kafka("upsert-truncated", 1).await;
+    let s = Scenario::new("upsert-truncated", 1).await;
     let cfg = upsert_config(&s, "");
     let first = [
         (0, "a", Some(event_of_kind(1, "a1"))),
@@ -404,22 +404,6 @@ async fn a_debezium_delete_without_before_deletes_by_the_kafka_key() {
     assert!(report.clean, "{}", tributary::ops::verify::render(&report));
 }
 
-/// Grow `s.topic` to `partitions` partitions (Apache Kafka: Tansu cannot).
-async fn grow_topic(s: &Scenario, partitions: usize) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> =
-        kafka_client(&s.servers.brokers, None).create().unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_partitions(&[NewPartitions::new(&s.topic, partitions)], &opts)
-        .await
-        .unwrap()
-    {
-        r.unwrap();
-    }
-}
-
 /// The daemon's refusal once the topic has grown (it must stop by itself).
 async fn refused(cfg: &tributary::config::Config) -> String {
     let mut refused = cfg.clone();
@@ -450,7 +434,7 @@ async fn record_count(s: &Scenario, n: u32) {
 async fn a_topic_grown_under_an_upsert_table_stops_the_daemon_even_with_no_recorded_count() {
     use crate::upsert::{event_of_kind, kinds, upsert_config};
     use tributary::sink::upsert::partitions;
-    let s = Scenario::on_kafka("upsert-grown", 2).await;
+    let s = Scenario::new("upsert-grown", 2).await;
     let first = [
         (0, "a", Some(event_of_kind(1, "a1"))),
         (1, "b", Some(event_of_kind(2, "b1"))),

@@ -1,13 +1,17 @@
-"""Read a Delta table written by tributary with two engines we did not write, and
+"""Read a Delta table written by tributary with engines we did not write, and
 compare every row with the records that were produced.
 
   python compare.py TABLE_URI EXPECTED_JSONL
+  python compare.py --only spark_delta TABLE_URI EXPECTED_JSONL
 
 Readers: DuckDB with its delta extension (pinned wheels, loaded from the wheel's
-extension directory, no downloads) and Sail (pysail) through real PySpark code over
-Spark Connect (`spark.read.format("delta").load(uri)`). For s3:// URIs the
-TRIBUTARY_TEST_S3_ENDPOINT server is used with path-style requests and test
-credentials. Prints one JSON summary line; exits 1 on any difference.
+extension directory, no downloads), Sail (pysail) through real PySpark code over
+Spark Connect (`spark.read.format("delta").load(uri)`), and Spark itself with
+Delta Lake's jars (`local[1]` on loopback, S3A), run by the interpreter of its own
+venv (TRIBUTARY_TEST_SPARK_PYTHON, jars in TRIBUTARY_TEST_SPARK_JARS) with
+`--only spark_delta`. For s3:// URIs the TRIBUTARY_TEST_S3_ENDPOINT server is used
+with path-style requests and test credentials. Prints one JSON summary line; exits
+1 on any difference.
 """
 
 import datetime as dt
@@ -144,6 +148,46 @@ def read_spark(uri):
         server.wait(timeout=30)
 
 
+def read_spark_delta(uri):
+    import glob
+    from pyspark.sql import SparkSession
+    jars = sorted(glob.glob(os.path.join(os.environ["TRIBUTARY_TEST_SPARK_JARS"], "*.jar")))
+    b = (SparkSession.builder.master("local[1]").appName("tributary-readers")
+         .config("spark.jars", ",".join(jars))
+         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+         .config("spark.sql.session.timeZone", "UTC")
+         .config("spark.ui.enabled", "false")
+         .config("spark.ui.showConsoleProgress", "false")
+         .config("spark.driver.host", "127.0.0.1")
+         .config("spark.driver.bindAddress", "127.0.0.1")
+         .config("spark.driver.memory", "1g"))
+    if uri.startswith("s3://"):
+        s3a = {"endpoint": s3_endpoint(), "endpoint.region": "us-east-1", "path.style.access": "true",
+               "connection.ssl.enabled": "false", "access.key": "test", "secret.key": "test",
+               "aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"}
+        for k, v in s3a.items():
+            b = b.config(f"spark.hadoop.fs.s3a.{k}", v)
+        uri = "s3a://" + uri.removeprefix("s3://")
+    spark = b.getOrCreate()
+    try:
+        df = spark.read.format("delta").load(uri).select(*COLUMNS)
+        return [canon(r.asDict(recursive=False)) for r in df.collect()]
+    finally:
+        spark.stop()
+
+
+def spark_delta_in_its_venv(uri, expected_path):
+    """The spark_delta summary from Spark's own interpreter."""
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=os.environ["TRIBUTARY_TEST_SPARK_PYTHON"])
+    out = subprocess.run([os.environ["TRIBUTARY_TEST_SPARK_PYTHON"], __file__, "--only", "spark_delta",
+                          uri, expected_path], env=env, capture_output=True, text=True, timeout=600)
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])["spark_delta"]
+    except (IndexError, ValueError, KeyError):
+        return {"mismatches": -1, "error": out.stderr[-4000:]}
+
+
 def compare(name, got, want):
     got = sorted(got, key=lambda r: (r[0], r[1]))
     mismatches = [(g, w) for g, w in zip(got, want) if g != w]
@@ -154,10 +198,17 @@ def compare(name, got, want):
 
 
 def main():
-    uri, expected_path = sys.argv[1], sys.argv[2]
-    want = expected_rows(expected_path)
-    result = {"duckdb": compare("duckdb", read_duckdb(uri), want),
-              "spark_sail": compare("spark", read_spark(uri), want)}
+    args = sys.argv[1:]
+    if args[0] == "--only":
+        engine, uri, expected_path = args[1:]
+        assert engine == "spark_delta", engine
+        result = {"spark_delta": compare("spark_delta", read_spark_delta(uri), expected_rows(expected_path))}
+    else:
+        uri, expected_path = args
+        want = expected_rows(expected_path)
+        result = {"duckdb": compare("duckdb", read_duckdb(uri), want),
+                  "spark_sail": compare("spark", read_spark(uri), want),
+                  "spark_delta": spark_delta_in_its_venv(uri, expected_path)}
     print(json.dumps(result))
     sys.exit(0 if all(r["mismatches"] == 0 for r in result.values()) else 1)
 
