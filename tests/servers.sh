@@ -35,6 +35,12 @@ KAFKA_LIBS="$SERVERS_DIR/kafka-$KAFKA_VERSION/libs"
 # Its own venv: pyspark and the Spark Connect client (pyspark-client) cannot share one.
 SPARK_SPEC="pyspark==4.0.1"
 SPARK_VENV="$SERVERS_DIR/spark-venv"
+# Trino (Athena's engine) with its Delta Lake connector, for the reader test: the
+# server tarball from Maven Central, run by Java 25 (TRINO_JAVA_HOME, default the
+# Temurin 25 JDK beside the system one).
+TRINO_VERSION=476
+TRINO_HOME="$SERVERS_DIR/trino-server-$TRINO_VERSION"
+TRINO_JAVA_HOME="${TRINO_JAVA_HOME:-/usr/lib/jvm/temurin-25-jdk-amd64}"
 SERVERS_PIDS=()
 SERVERS_DIRS=()
 
@@ -58,6 +64,82 @@ servers_install() {
     [ -x "$MOTO_BIN" ] || { echo "moto_server missing at $MOTO_BIN" >&2; return 1; }
     kafka_install
     spark_install
+    trino_install
+}
+
+# The Trino server, unpacked once with only its Delta Lake plugin (every plugin
+# costs start-up time and memory).
+trino_install() {
+    [ -x "$TRINO_JAVA_HOME/bin/java" ] || { echo "Trino needs Java 25: no $TRINO_JAVA_HOME/bin/java (set TRINO_JAVA_HOME)" >&2; return 1; }
+    if [ ! -d "$TRINO_HOME" ]; then
+        rm -rf "$TRINO_HOME.tmp" && mkdir -p "$TRINO_HOME.tmp/dist" || return 1
+        mvn -q -B org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+            -Dartifact="io.trino:trino-server:$TRINO_VERSION:tar.gz" \
+            -DoutputDirectory="$TRINO_HOME.tmp/dist" >&2 || return 1
+        tar -xzf "$TRINO_HOME.tmp/dist/trino-server-$TRINO_VERSION.tar.gz" \
+            -C "$TRINO_HOME.tmp" --strip-components=1 || return 1
+        rm -rf "$TRINO_HOME.tmp/dist"
+        find "$TRINO_HOME.tmp/plugin" -mindepth 1 -maxdepth 1 ! -name delta-lake -exec rm -rf {} + || return 1
+        mv "$TRINO_HOME.tmp" "$TRINO_HOME"
+    fi
+}
+
+# Start one Trino node (coordinator and worker, 1 GiB heap) on a free loopback
+# port, its Delta Lake catalog `delta` on the S3 server (file metastore in its own
+# directory); it is not waited for here: the reader test waits until it serves.
+trino_start() { # logdir, s3 endpoint
+    local dir port
+    dir="$(mktemp -d "$SERVERS_DIR/trino-run.XXXXXX")"
+    SERVERS_DIRS+=("$dir")
+    port="$(free_port)"
+    mkdir -p "$dir/etc/catalog" "$dir/data" "$dir/metastore"
+    cat >"$dir/etc/node.properties" <<PROPS
+node.environment=test
+node.id=tributary-test
+node.data-dir=$dir/data
+node.bind-ip=127.0.0.1
+node.internal-address=127.0.0.1
+PROPS
+    cat >"$dir/etc/jvm.config" <<'PROPS'
+-server
+-Xmx1G
+-XX:+UseSerialGC
+-XX:+ExitOnOutOfMemoryError
+-Djdk.attach.allowAttachSelf=true
+PROPS
+    cat >"$dir/etc/config.properties" <<PROPS
+coordinator=true
+node-scheduler.include-coordinator=true
+http-server.http.port=$port
+discovery.uri=http://127.0.0.1:$port
+query.max-memory=256MB
+query.max-memory-per-node=256MB
+memory.heap-headroom-per-node=256MB
+PROPS
+    cat >"$dir/etc/log.properties" <<'PROPS'
+io.trino=WARN
+PROPS
+    cat >"$dir/etc/catalog/delta.properties" <<PROPS
+connector.name=delta_lake
+hive.metastore=file
+hive.metastore.catalog.dir=local:///
+local.location=$dir/metastore
+fs.native-local.enabled=true
+fs.native-s3.enabled=true
+s3.endpoint=$2
+s3.region=us-east-1
+s3.path-style-access=true
+s3.aws-access-key=test
+s3.aws-secret-key=test
+delta.register-table-procedure.enabled=true
+PROPS
+    PATH="$TRINO_JAVA_HOME/bin:$PATH" JAVA_HOME="$TRINO_JAVA_HOME" \
+        "$TRINO_HOME/bin/launcher" run --etc-dir="$dir/etc" --data-dir="$dir/data" \
+        >"$1/trino.log" 2>&1 &
+    local tpid=$!
+    SERVERS_PIDS+=("$tpid")
+    export TRIBUTARY_TEST_TRINO="http://127.0.0.1:$port"
+    export TRIBUTARY_TEST_TRINO_PID="$tpid"
 }
 
 # pyspark in a venv of its own, and the jars Spark needs to read Delta on S3
@@ -184,6 +266,7 @@ servers_start() {
     export TRIBUTARY_TEST_TANSU_PID="$tpid"
     export TRIBUTARY_TEST_MOTO_PID="$mpid"
     kafka_start "$logdir"
+    trino_start "$logdir" "$TRIBUTARY_TEST_S3_ENDPOINT"
     echo "servers: Apache Kafka on $TRIBUTARY_TEST_BROKERS (pid $TRIBUTARY_TEST_KAFKA_PID), tansu on $TRIBUTARY_TEST_TANSU_BROKERS (pid $tpid), moto on $TRIBUTARY_TEST_S3_ENDPOINT (pid $mpid); logs in $logdir" >&2
 }
 
@@ -214,6 +297,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
             echo "export TRIBUTARY_TEST_S3_ENDPOINT=$TRIBUTARY_TEST_S3_ENDPOINT"
             echo "export TRIBUTARY_TEST_TANSU_BIN=$TRIBUTARY_TEST_TANSU_BIN"
             echo "export TRIBUTARY_TEST_PYTHON=$TRIBUTARY_TEST_PYTHON"
+            echo "export TRIBUTARY_TEST_TRINO=$TRIBUTARY_TEST_TRINO TRIBUTARY_TEST_TRINO_PID=$TRIBUTARY_TEST_TRINO_PID"
             echo "export TRIBUTARY_TEST_SPARK_PYTHON=$TRIBUTARY_TEST_SPARK_PYTHON TRIBUTARY_TEST_SPARK_JARS=$TRIBUTARY_TEST_SPARK_JARS"
             echo "export TRIBUTARY_TEST_KAFKA_PID=$TRIBUTARY_TEST_KAFKA_PID TRIBUTARY_TEST_TANSU_PID=$TRIBUTARY_TEST_TANSU_PID TRIBUTARY_TEST_MOTO_PID=$TRIBUTARY_TEST_MOTO_PID"
             echo "# stop with: kill ${SERVERS_PIDS[*]}"

@@ -22,6 +22,7 @@ use crate::schema::TableSchema;
 
 mod batch;
 
+pub use super::tombstones::LastDeletes;
 pub use batch::Changes;
 
 /// `rows` with `extra` columns after its own.
@@ -76,10 +77,13 @@ pub fn take(
     keying: Keying<'_>,
     chunk: &RecordChunk,
     decoded: &mut Decoded,
+    last_deletes: &mut LastDeletes,
 ) -> Result<Option<(Changes, Vec<usize>)>, ArrowError> {
     let combined = match keying.envelope {
-        Envelope::Rows => keyed_rows(schema, keying.key, chunk, decoded, false)?,
-        Envelope::DebeziumFlattened => keyed_rows(schema, keying.key, chunk, decoded, true)?,
+        Envelope::Rows => keyed_rows(schema, keying.key, chunk, decoded, None)?,
+        Envelope::DebeziumFlattened => {
+            keyed_rows(schema, keying.key, chunk, decoded, Some(last_deletes))?
+        }
         Envelope::Debezium => {
             let by_kafka_key = keying
                 .key
@@ -190,13 +194,13 @@ fn keyed_rows(
     key: &[String],
     chunk: &RecordChunk,
     decoded: &mut Decoded,
-    flattened: bool,
+    flattened: Option<&mut LastDeletes>,
 ) -> Result<Rows, ArrowError> {
     let by_kafka_key = key.iter().all(|k| schema.metadata.names().any(|m| m == k));
     let rows = decoded.batch.take();
     let row_indices = std::mem::take(&mut decoded.rows);
     let (rows, row_deleted) = match rows {
-        Some(b) if flattened => {
+        Some(b) if flattened.is_some() => {
             let c = super::debezium::flattened(&b)?;
             let deleted = c.deleted.iter().map(|d| d == Some(true)).collect();
             (Some(c.rows), deleted)
@@ -213,22 +217,18 @@ fn keyed_rows(
         .filter(|r| r.kind == RejectKind::Empty)
         .map(|r| r.index)
         .collect();
-    let (tombstones, tomb_keys) = if by_kafka_key {
-        decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
-        (empties, None)
-    } else if flattened && !empties.is_empty() {
-        let (tombstones, keys) = super::tombstones::flattened(
-            schema,
-            key,
-            chunk,
-            decoded,
-            &empties,
-            &row_indices,
-            &row_deleted,
-        )?;
-        (tombstones, Some(keys))
-    } else {
-        (Vec::new(), None)
+    let after = flattened.map(|carry| carry.follow(chunk, &row_indices, &row_deleted));
+    let (tombstones, tomb_keys) = match after {
+        _ if by_kafka_key => {
+            decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
+            (empties, None)
+        }
+        Some(after) if !empties.is_empty() => {
+            let (tombstones, keys) =
+                super::tombstones::flattened(schema, key, chunk, decoded, &empties, &after)?;
+            (tombstones, Some(keys))
+        }
+        _ => (Vec::new(), None),
     };
     if rows.is_none() && tombstones.is_empty() {
         return Ok(None);

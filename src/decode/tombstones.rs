@@ -19,41 +19,74 @@ use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::json::ReaderBuilder;
 
 use super::{Decoded, RejectKind};
-use crate::record::RecordChunk;
+use crate::record::{RecordChunk, TopicPartition};
 use crate::schema::TableSchema;
 
+/// Whether the last record read of each partition was a flattened delete, and
+/// its offset. Debezium sends its tombstone right after the delete row, and the
+/// two often arrive in different chunks: this carries the answer from one chunk
+/// to the next. A record whose offset does not follow the carried one (after a
+/// seek or a rewind) is judged by its own chunk alone.
+#[derive(Debug, Default)]
+pub struct LastDeletes(HashMap<TopicPartition, (i64, bool)>);
+
+impl LastDeletes {
+    /// Whether each record of `chunk` follows a flattened delete of its
+    /// partition (`row_deleted` of the rows at `row_indices`), remembering each
+    /// partition's last record for the next chunk.
+    pub(super) fn follow(
+        &mut self,
+        chunk: &RecordChunk,
+        row_indices: &[usize],
+        row_deleted: &[bool],
+    ) -> Vec<bool> {
+        let mut after = vec![false; chunk.records.len()];
+        let mut last: HashMap<u32, (i64, bool)> = HashMap::new();
+        let mut rows = row_indices.iter().zip(row_deleted).peekable();
+        for (i, r) in chunk.records.iter().enumerate() {
+            after[i] = match last.get(&r.part) {
+                Some(&(_, deleted)) => deleted,
+                None => chunk.partitions.get(r.part as usize).is_some_and(|p| {
+                    self.0
+                        .get(&p.tp)
+                        .is_some_and(|&(o, deleted)| deleted && o + 1 == r.offset)
+                }),
+            };
+            let deleted = match rows.peek().copied() {
+                Some((&ri, &d)) if ri == i => {
+                    rows.next();
+                    d
+                }
+                _ => false,
+            };
+            last.insert(r.part, (r.offset, deleted));
+        }
+        for (part, v) in last {
+            if let Some(p) = chunk.partitions.get(part as usize) {
+                self.0.insert(p.tp.clone(), v);
+            }
+        }
+        after
+    }
+}
+
 /// Flattened rows keyed by record fields: the tombstones (`empties`) keyed by
-/// their Kafka key, with their key columns; Debezium's own after a delete are
-/// taken out of the rejections, and the rest keep theirs, with the reason.
+/// their Kafka key, with their key columns; Debezium's own after a delete
+/// (`after`, from [`LastDeletes::follow`]) are taken out of the rejections, and
+/// the rest keep theirs, with the reason.
 pub(super) fn flattened(
     schema: &TableSchema,
     key: &[String],
     chunk: &RecordChunk,
     decoded: &mut Decoded,
     empties: &[usize],
-    row_indices: &[usize],
-    row_deleted: &[bool],
+    after: &[bool],
 ) -> Result<(Vec<usize>, RecordBatch), ArrowError> {
     let from_value: Vec<Field> = key
         .iter()
         .filter_map(|k| schema.record_arrow.field_with_name(k).ok().cloned())
         .collect();
     let fields: SchemaRef = Arc::new(Schema::new(from_value));
-    // Whether each record follows a flattened delete of its partition.
-    let mut after = vec![false; chunk.records.len()];
-    let mut last_deleted: HashMap<u32, bool> = Default::default();
-    let mut rows = row_indices.iter().zip(row_deleted).peekable();
-    for (i, r) in chunk.records.iter().enumerate() {
-        after[i] = last_deleted.get(&r.part).copied().unwrap_or(false);
-        let deleted = match rows.peek().copied() {
-            Some((&ri, &d)) if ri == i => {
-                rows.next();
-                d
-            }
-            _ => false,
-        };
-        last_deleted.insert(r.part, deleted);
-    }
     let (keys, fates) = key_tombstones(&fields, chunk, empties, |i| after[i])?;
     let names: Vec<String> = fields.fields().iter().map(|f| f.name().clone()).collect();
     let reason = unkeyed_reason(&names);
@@ -262,5 +295,32 @@ mod tests {
         let (_, fates) = key_tombstones(&id_fields(), &c, &[0, 1], |i| i == 1).unwrap();
         assert_eq!(fates, [Fate::Unkeyed, Fate::AfterDelete]);
         assert!(unkeyed_reason(&["id".into()]).contains("delete.handling.mode=rewrite"));
+    }
+
+    /// Records of partition 0 at `offsets`.
+    fn at(offsets: std::ops::Range<i64>) -> RecordChunk {
+        let mut c = chunk(&vec![None; offsets.clone().count()]);
+        for (r, o) in c.records.iter_mut().zip(offsets) {
+            r.offset = o;
+        }
+        c
+    }
+
+    /// Debezium's tombstone comes right after the delete row, and the two often
+    /// arrive in different chunks (a spurious dead letter on Apache Kafka
+    /// before): the answer carries over, but only to the very next offset.
+    #[test]
+    fn a_delete_at_the_end_of_a_chunk_is_followed_into_the_next() {
+        let mut last = LastDeletes::default();
+        // Offsets 0..3: rows at 0 and 2, the one at 2 a delete.
+        assert_eq!(
+            last.follow(&at(0..3), &[0, 2], &[false, true]),
+            [false, false, false]
+        );
+        // Offset 3, the tombstone, opens the next chunk.
+        assert_eq!(last.follow(&at(3..5), &[1], &[false]), [true, false]);
+        // A delete at 5, then a seek: offset 9 does not follow it.
+        assert_eq!(last.follow(&at(5..6), &[0], &[true]), [false]);
+        assert_eq!(last.follow(&at(9..10), &[], &[]), [false]);
     }
 }

@@ -67,12 +67,12 @@ impl Pipeline {
     /// `decoded` as changes (rows whose key has a null become rejections).
     /// `None` for an append table.
     pub(super) fn take_changes(
-        &self,
+        &mut self,
         sink: usize,
         chunk: &RecordChunk,
         decoded: &mut Decoded,
     ) -> Result<Option<Changes>, PipelineError> {
-        let s = &self.sinks[sink];
+        let s = &mut self.sinks[sink];
         let Some(spec) = &s.tcfg.upsert else {
             return Ok(None);
         };
@@ -81,12 +81,18 @@ impl Pipeline {
             envelope: spec.envelope,
             source_order: spec.source_order.as_deref(),
         };
-        let taken = changes::take(s.decoder.schema(), keying, chunk, decoded).map_err(
-            |e: ArrowError| PipelineError::Write {
-                uri: s.uri(),
-                source: Box::new(e.into()),
-            },
-        )?;
+        let uri = s.uri();
+        let taken = changes::take(
+            s.decoder.schema(),
+            keying,
+            chunk,
+            decoded,
+            &mut s.last_deletes,
+        )
+        .map_err(|e: ArrowError| PipelineError::Write {
+            uri,
+            source: Box::new(e.into()),
+        })?;
         Ok(taken.map(|(c, _)| c))
     }
 

@@ -233,6 +233,9 @@ struct Sink {
     /// Debezium tables: the decoder of change events, and the table schema it
     /// was built for.
     envelope: Option<(deltalake::kernel::StructType, crate::decode::JsonDecoder)>,
+    /// Flattened Debezium rows: whether each partition's last record was a
+    /// delete, for the tombstone that follows it in a later chunk.
+    last_deletes: crate::decode::changes::LastDeletes,
 }
 
 impl Sink {

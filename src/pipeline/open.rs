@@ -195,6 +195,7 @@ impl Opening {
             window: Window::default(),
             inflight: None,
             envelope: None,
+            last_deletes: Default::default(),
         })
     }
 }

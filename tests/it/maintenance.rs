@@ -222,7 +222,17 @@ async fn vacuum_guards_retention_and_removes_only_old_unreferenced_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_lag_is_high_watermark_minus_next_offset() {
-    let s = Scenario::new("status", 2).await;
+    status_lag(Scenario::new("status", 2).await).await;
+}
+
+/// Tansu answers ListOffsets "latest" wrongly; status reads the high
+/// watermark from fetch responses, so its lag is right there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lag_is_right_on_a_broker_that_answers_list_offsets_wrongly() {
+    status_lag(Scenario::on_tansu("status-tansu", 2).await).await;
+}
+
+async fn status_lag(s: Scenario) {
     let producer = producer(&s.servers.brokers);
     let mut records: Vec<(i32, String)> = (0..100u64).map(|i| (0, event(i))).collect();
     records.extend((0..50u64).map(|i| (1, event(i))));
@@ -353,7 +363,17 @@ async fn daemon_checkpoints_on_the_table_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_reset_to_timestamp_replays_from_that_time() {
-    let s = Scenario::new("offsets-ts", 1).await;
+    reset_to_timestamp(Scenario::new("offsets-ts", 1).await).await;
+}
+
+/// Tansu answers offsets-for-times wrongly; the answer is checked against the
+/// records around it (and the partition scanned when it is wrong).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_reset_to_timestamp_is_right_on_a_broker_that_answers_it_wrongly() {
+    reset_to_timestamp(Scenario::on_tansu("offsets-ts-tansu", 1).await).await;
+}
+
+async fn reset_to_timestamp(s: Scenario) {
     let producer = producer(&s.servers.brokers);
     let base = 1_750_000_000_000i64;
     let mut last = -1;

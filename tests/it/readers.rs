@@ -1,6 +1,6 @@
 //! Tables written by tributary, read back by engines we did not write (DuckDB's
-//! delta extension, Sail through PySpark over Spark Connect, and Spark itself
-//! with Delta Lake's jars over S3A) and compared row for row with what was
+//! delta extension, Sail through PySpark over Spark Connect, Spark itself with
+//! Delta Lake's jars over S3A, and Trino's Delta Lake connector) and compared row for row with what was
 //! produced: partitions, UTC timestamps, dates, decimals,
 //! nested struct/array/map, after checkpoints, compaction and vacuum.
 
@@ -119,13 +119,13 @@ async fn tables_read_back_identically_by_duckdb_and_spark() {
     );
 
     let summary = read_back(&s, &python, &expected);
-    for reader in ["duckdb", "spark_sail", "spark_delta"] {
+    for reader in ["duckdb", "spark_sail", "spark_delta", "trino"] {
         assert_eq!(summary[reader]["rows"], 240, "{summary}");
         assert_eq!(summary[reader]["mismatches"], 0, "{summary}");
     }
 }
 
-/// DuckDB, Sail and Spark with Delta read the scenario's table; every row must be one of
+/// DuckDB, Sail, Spark with Delta and Trino read the scenario's table; every row must be one of
 /// `expected` (and all of them there). The readers' summary line.
 fn read_back(s: &Scenario, python: &str, expected: &[serde_json::Value]) -> serde_json::Value {
     let expected_path = s.dir.path().join("expected.jsonl");
@@ -238,7 +238,7 @@ async fn upserted_tables_read_back_exactly_by_duckdb_and_spark() {
     let expected: Vec<serde_json::Value> = last.into_values().flatten().collect();
     assert_eq!(expected.len(), 120 - 12 + 1);
     let summary = read_back(&s, &python, &expected);
-    for reader in ["duckdb", "spark_sail", "spark_delta"] {
+    for reader in ["duckdb", "spark_sail", "spark_delta", "trino"] {
         assert_eq!(summary[reader]["rows"], expected.len(), "{summary}");
         assert_eq!(summary[reader]["mismatches"], 0, "{summary}");
     }

@@ -9,7 +9,8 @@ extension directory, no downloads), Sail (pysail) through real PySpark code over
 Spark Connect (`spark.read.format("delta").load(uri)`), and Spark itself with
 Delta Lake's jars (`local[1]` on loopback, S3A), run by the interpreter of its own
 venv (TRIBUTARY_TEST_SPARK_PYTHON, jars in TRIBUTARY_TEST_SPARK_JARS) with
-`--only spark_delta`. For s3:// URIs the TRIBUTARY_TEST_S3_ENDPOINT server is used
+`--only spark_delta`, and Trino through its Delta Lake connector (the server
+tests/servers.sh starts, TRIBUTARY_TEST_TRINO, over its REST API). For s3:// URIs the TRIBUTARY_TEST_S3_ENDPOINT server is used
 with path-style requests and test credentials. Prints one JSON summary line; exits
 1 on any difference.
 """
@@ -177,9 +178,82 @@ def read_spark_delta(uri):
         spark.stop()
 
 
+def to_millis(r):
+    """A canonical row with its `ts` rounded to milliseconds (half up, as Trino does)."""
+    ts = r[5]
+    if ts is not None:
+        ts = dt.datetime.fromisoformat(ts)
+        us = ts.microsecond
+        ts = ts.replace(microsecond=0) + dt.timedelta(milliseconds=(us + 500) // 1000)
+        ts = ts.isoformat(timespec="microseconds")
+    return r[:5] + (ts,) + r[6:]
+
+
+def trino(sql):
+    """Run `sql` on the Trino server of TRIBUTARY_TEST_TRINO over its REST API:
+    (column names, rows)."""
+    import urllib.request
+    base = os.environ["TRIBUTARY_TEST_TRINO"]
+    req = urllib.request.Request(base + "/v1/statement", data=sql.encode(),
+                                 headers={"X-Trino-User": "tributary", "X-Trino-Time-Zone": "UTC"})
+    r = json.load(urllib.request.urlopen(req, timeout=60))
+    columns, rows = None, []
+    while True:
+        if "error" in r:
+            raise RuntimeError(f"trino: {r['error'].get('message')} in {sql}")
+        columns = r.get("columns", columns)
+        rows.extend(r.get("data", []))
+        if "nextUri" not in r:
+            return [c["name"] for c in columns or []], rows
+        r = json.load(urllib.request.urlopen(r["nextUri"], timeout=60))
+
+
+def wait_trino(deadline_s=180):
+    """The server starts beside the tests (tests/servers.sh); wait until it serves."""
+    import urllib.request
+    deadline = time.time() + deadline_s
+    while True:
+        try:
+            info = json.load(urllib.request.urlopen(os.environ["TRIBUTARY_TEST_TRINO"] + "/v1/info", timeout=5))
+            if not info.get("starting", True):
+                return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"Trino did not serve within {deadline_s} s")
+        time.sleep(0.5)
+
+
+def read_trino(uri):
+    """Trino (Athena's engine) through its Delta Lake connector: the table
+    registered in the file metastore under a name of its own, then read."""
+    wait_trino()
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in uri.split("://", 1)[-1]).lower() + f"_{os.getpid()}"
+    trino("CREATE SCHEMA IF NOT EXISTS delta.readers")
+    trino(f"CALL delta.system.register_table(schema_name => 'readers', table_name => '{name}', "
+          f"table_location => '{uri}')")
+    try:
+        names, rows = trino(f"SELECT {', '.join(COLUMNS)} FROM delta.readers.{name}")
+    finally:
+        trino(f"CALL delta.system.unregister_table(schema_name => 'readers', table_name => '{name}')")
+    out = []
+    for row in rows:
+        r = dict(zip(names, row))
+        for c in ("ts", "_timestamp"):  # "2025-02-19 21:20:00.123000 UTC"
+            if isinstance(r.get(c), str):
+                r[c] = r[c].replace(" UTC", "+00:00")
+        if isinstance(r.get("device"), list):  # a row's fields, in the schema's order
+            r["device"] = dict(zip(("os", "version"), r["device"]))
+        out.append(canon(r))
+    return out
+
+
 def spark_delta_in_its_venv(uri, expected_path):
     """The spark_delta summary from Spark's own interpreter."""
-    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=os.environ["TRIBUTARY_TEST_SPARK_PYTHON"])
+    # Not the Spark Connect settings pyspark-client left in this process's
+    # environment for Sail: this Spark runs in the child itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_REMOTE", "SPARK_CONNECT", "SPARK_LOCAL_REMOTE"))}
+    env.update(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=os.environ["TRIBUTARY_TEST_SPARK_PYTHON"])
     out = subprocess.run([os.environ["TRIBUTARY_TEST_SPARK_PYTHON"], __file__, "--only", "spark_delta",
                           uri, expected_path], env=env, capture_output=True, text=True, timeout=600)
     try:
@@ -208,7 +282,10 @@ def main():
         want = expected_rows(expected_path)
         result = {"duckdb": compare("duckdb", read_duckdb(uri), want),
                   "spark_sail": compare("spark", read_spark(uri), want),
-                  "spark_delta": spark_delta_in_its_venv(uri, expected_path)}
+                  "spark_delta": spark_delta_in_its_venv(uri, expected_path),
+                  # Trino's Delta Lake connector reads `timestamp` as timestamp(3) with
+                  # time zone: milliseconds (Athena's engine, so Athena too).
+                  "trino": compare("trino", read_trino(uri), [to_millis(r) for r in want])}
     print(json.dumps(result))
     sys.exit(0 if all(r["mismatches"] == 0 for r in result.values()) else 1)
 

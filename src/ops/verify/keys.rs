@@ -114,6 +114,8 @@ struct Replay<'k> {
     counts: HashMap<TopicPartition, Counts>,
     /// Each partition's changes, and the rows their last reduction left.
     pending: HashMap<TopicPartition, (Vec<Changes>, usize)>,
+    /// Flattened rows: each partition's last record, for a tombstone after it.
+    last_deletes: changes::LastDeletes,
 }
 
 impl<'k> Replay<'k> {
@@ -138,6 +140,7 @@ impl<'k> Replay<'k> {
             dead,
             counts: HashMap::new(),
             pending: HashMap::new(),
+            last_deletes: Default::default(),
         })
     }
 
@@ -210,7 +213,14 @@ impl<'k> Replay<'k> {
             decoded = t.apply(decoded);
         }
         let schema = self.judge.decoder.schema();
-        let taken = changes::take(schema, self.keying, &chunk, &mut decoded).map_err(err)?;
+        let taken = changes::take(
+            schema,
+            self.keying,
+            &chunk,
+            &mut decoded,
+            &mut self.last_deletes,
+        )
+        .map_err(err)?;
         let counts = self.counts.entry(tp.clone()).or_default();
         counts.records += records.len() as u64;
         counts.rejected += (decoded.rejected.len() + keep.iter().filter(|k| !**k).count()) as u64;
