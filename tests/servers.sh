@@ -182,19 +182,27 @@ kafka_install() {
 # Start a single-node KRaft broker (broker and controller in one JVM, 512 MiB
 # heap) on free loopback ports, with its data in a fresh directory.
 kafka_start() { # logdir
-    local dir kport cport
+    local dir kport cport sport
     dir="$(mktemp -d "$SERVERS_DIR/kafka-run.XXXXXX")"
     SERVERS_DIRS+=("$dir")
     kport="$(free_port)"
     cport="$(free_port)"
+    sport="$(free_port)"
+    kafka_tls "$dir/tls" || return 1
     cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$kport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$kport
+listeners=PLAINTEXT://127.0.0.1:$kport,SASL_SSL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$kport,SASL_SSL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$dir/tls/keystore.pem
 log.dirs=$dir/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -226,8 +234,34 @@ PROPS
     local kpid=$!
     SERVERS_PIDS+=("$kpid")
     wait_port "$kport" kafka "$kpid" "$1/kafka.log"
+    wait_port "$sport" "kafka (SASL_SSL)" "$kpid" "$1/kafka.log"
+    # A SCRAM user, created as operators do (kafka-configs.sh runs this class).
+    java -cp "$KAFKA_LIBS/*" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$kport" \
+        --alter --entity-type users --entity-name tributary \
+        --add-config 'SCRAM-SHA-256=[password=tributary-secret]' >"$1/kafka-configs.log" 2>&1 ||
+        { echo "creating Kafka's SCRAM user failed; its log:" >&2; cat "$1/kafka-configs.log" >&2; return 1; }
     export TRIBUTARY_TEST_BROKERS="127.0.0.1:$kport"
     export TRIBUTARY_TEST_KAFKA_PID="$kpid"
+    # SASL_SSL: SCRAM-SHA-256 user `tributary` / `tributary-secret`, the
+    # server's certificate signed by the CA in this file.
+    export TRIBUTARY_TEST_KAFKA_SASL_SSL="127.0.0.1:$sport"
+    export TRIBUTARY_TEST_KAFKA_CA="$dir/tls/ca.pem"
+}
+
+# A private CA and a server certificate for 127.0.0.1, the key and chain in one
+# PEM file (Kafka's PEM keystore).
+kafka_tls() { # dir
+    mkdir -p "$1" && (
+        cd "$1" &&
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 7 \
+            -subj "/CN=tributary test CA" &&
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1" &&
+        printf 'subjectAltName=IP:127.0.0.1\n' >server.ext &&
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7 \
+            -extfile server.ext -out server.pem &&
+        openssl pkcs8 -topk8 -nocrypt -in server.key -out server.p8 &&
+        cat server.p8 server.pem >keystore.pem
+    ) >"$1/openssl.log" 2>&1 || { echo "making the test CA failed:" >&2; cat "$1/openssl.log" >&2; return 1; }
 }
 
 free_port() {
@@ -294,6 +328,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
             servers_start
             echo "export TRIBUTARY_TEST_BROKERS=$TRIBUTARY_TEST_BROKERS"
             echo "export TRIBUTARY_TEST_TANSU_BROKERS=$TRIBUTARY_TEST_TANSU_BROKERS"
+            echo "export TRIBUTARY_TEST_KAFKA_SASL_SSL=$TRIBUTARY_TEST_KAFKA_SASL_SSL TRIBUTARY_TEST_KAFKA_CA=$TRIBUTARY_TEST_KAFKA_CA"
             echo "export TRIBUTARY_TEST_S3_ENDPOINT=$TRIBUTARY_TEST_S3_ENDPOINT"
             echo "export TRIBUTARY_TEST_TANSU_BIN=$TRIBUTARY_TEST_TANSU_BIN"
             echo "export TRIBUTARY_TEST_PYTHON=$TRIBUTARY_TEST_PYTHON"

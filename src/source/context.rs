@@ -125,9 +125,20 @@ impl ClientContext for IngestContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let stop = match error.rdkafka_error_code() {
+            Some(Code::Fatal) => Some(reason.to_owned()),
+            // librdkafka retries refused credentials for ever; they do not fix
+            // themselves, so the daemon stops (a permanent fault) saying so.
+            Some(Code::Authentication | Code::SaslAuthenticationFailed) => Some(format!(
+                "the brokers refused the credentials: {reason}; check [kafka.properties] \
+                 sasl.username, sasl.password and sasl.mechanism"
+            )),
+            _ => None,
+        };
+        if let Some(message) = stop {
             if let Ok(mut fatal) = self.fatal.lock() {
-                fatal.get_or_insert_with(|| reason.to_owned());
+                fatal.get_or_insert(message);
             }
             return;
         }

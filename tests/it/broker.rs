@@ -1,7 +1,8 @@
 //! What only a real broker makes possible (Apache Kafka, the suite's default):
 //! a topic growing under the daemon, transactions and `isolation.level`, static
-//! membership with a fenced twin, the cooperative-sticky assignor, and the next
-//! generation group protocol (KIP-848). Tansu does none of these.
+//! membership with a fenced twin, the cooperative-sticky assignor, the next
+//! generation group protocol (KIP-848), and SASL/SCRAM over TLS with refused
+//! credentials. Tansu does none of these.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -277,4 +278,64 @@ async fn the_consumer_group_protocol_of_kip_848_keeps_every_record_exactly_once(
         .replace("\"heartbeat.interval.ms\" = \"500\"\n", "\n");
     let joins = join_and_leave(&s, parse_config(&text)).await;
     eprintln!("group.protocol=consumer: joins settled in {joins:?}");
+}
+
+/// The scenario's config reaching Apache Kafka's SASL_SSL listener as the SCRAM
+/// user `tributary` with `password`, trusting the test CA.
+fn over_sasl_ssl(s: &Scenario, password: &str) -> tributary::config::Config {
+    let var =
+        |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set by tests/servers.sh"));
+    let properties = format!(
+        "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-256\"\n\
+         \"sasl.username\" = \"tributary\"\n\"sasl.password\" = \"{password}\"\n\
+         \"ssl.ca.location\" = \"{}\"",
+        var("TRIBUTARY_TEST_KAFKA_CA")
+    );
+    let text = s
+        .config_toml("[flush]\nmax_age = \"1s\"")
+        .replace(
+            &format!("brokers = \"{}\"", s.servers.brokers),
+            &format!("brokers = \"{}\"", var("TRIBUTARY_TEST_KAFKA_SASL_SSL")),
+        )
+        .replace(
+            "[kafka.properties]\n",
+            &format!("[kafka.properties]\n{properties}\n"),
+        );
+    parse_config(&text)
+}
+
+/// SCRAM-SHA-256 over TLS with a private CA, against the real broker (its user
+/// made with `kafka-configs`' ConfigCommand): the daemon ingests every record
+/// once, and `status` reaches the broker the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_over_tls_ingests_exactly_once() {
+    let s = Scenario::new("sasl-ssl", 2).await;
+    let records = (0..300u64).map(|i| ((i % 2) as i32, event(i)));
+    let produced = produce(&producer(&s.servers.brokers), &s.topic, records).await;
+    let cfg = over_sasl_ssl(&s, "tributary-secret");
+    let mut run = start(cfg.clone());
+    run.committed(&s.topic, &last_offsets(&produced)).await;
+    run.stop().await;
+    let rows = s.rows().await;
+    assert_eq!(diff(&rows, &produced), (0, 0));
+    assert_eq!(rows.len(), 300);
+    let status = tributary::ops::status::status(&cfg, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(status.total_lag, 0);
+}
+
+/// Refused credentials are a permanent fault: the daemon stops, saying the
+/// broker refused them, instead of retrying for ever without consuming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_scram_credentials_stop_the_daemon_saying_so() {
+    let s = Scenario::new("sasl-refused", 1).await;
+    let err = start(over_sasl_ssl(&s, "not-the-password"))
+        .ended_within(Duration::from_secs(60))
+        .await
+        .expect_err("refused credentials stop the daemon");
+    let text = err.to_string();
+    eprintln!("refused credentials: {text}");
+    assert!(text.contains("Authentication failed"), "{text}");
+    assert!(text.contains("sasl.username"), "says what to fix: {text}");
 }
