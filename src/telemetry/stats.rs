@@ -189,7 +189,8 @@ impl PipelineStats {
         }
     }
 
-    /// Offsets this process last stored, per partition.
+    /// Offsets this process last stored, per partition (from the table's
+    /// stored offsets when the partition was assigned, until its first commit).
     pub fn committed_offsets(&self) -> BTreeMap<TopicPartition, i64> {
         self.committed_offsets.lock().expect("stats lock").clone()
     }
