@@ -217,7 +217,10 @@ fn keyed_rows(
         .filter(|r| r.kind == RejectKind::Empty)
         .map(|r| r.index)
         .collect();
-    let after = flattened.map(|carry| carry.follow(chunk, &row_indices, &row_deleted));
+    // Keyed by the Kafka key a tombstone names its key itself: nothing to follow.
+    let after = flattened
+        .filter(|_| !by_kafka_key)
+        .map(|carry| carry.follow(chunk, &row_indices, &row_deleted));
     let (tombstones, tomb_keys) = match after {
         _ if by_kafka_key => {
             decoded.rejected.retain(|r| r.kind != RejectKind::Empty);

@@ -5,13 +5,12 @@
 //! credentials. Tansu does none of these.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::harness::*;
-use crate::ingest::{Running, start};
+use crate::ingest::start;
 
 /// The scenario's config with `properties` (TOML lines) added to
 /// `[kafka.properties]`, windows of a second, and `extra`.
@@ -23,18 +22,6 @@ fn with_properties(s: &Scenario, properties: &str, extra: &str) -> tributary::co
             &format!("[kafka.properties]\n{properties}\n"),
         );
     parse_config(&text)
-}
-
-/// Wait until `run` holds `n` partitions; how long it took.
-async fn assigned(run: &Running, n: u64, deadline: Duration) -> Duration {
-    let started = Instant::now();
-    let stats = run.stats.clone();
-    eventually(deadline, "partitions assigned", || {
-        let held = stats.assigned_partitions.load(Relaxed);
-        async move { (held == n).then_some(()) }
-    })
-    .await;
-    started.elapsed()
 }
 
 fn merge(into: &mut BTreeMap<i32, Vec<i64>>, more: BTreeMap<i32, Vec<i64>>) {
@@ -194,7 +181,7 @@ async fn a_fenced_static_member_stops_and_its_twin_takes_over() {
     let s = Scenario::new("static-member", 2).await;
     let cfg = with_properties(&s, "\"group.instance.id\" = \"ingest-0\"", "");
     let first = start(cfg.clone());
-    assigned(&first, 2, Duration::from_secs(60)).await;
+    first.holds(2, Duration::from_secs(60)).await;
     let twin = start(cfg);
     let err = first
         .ended_within(Duration::from_secs(60))
@@ -220,15 +207,15 @@ async fn a_fenced_static_member_stops_and_its_twin_takes_over() {
 async fn join_and_leave(s: &Scenario, cfg: tributary::config::Config) -> Vec<Duration> {
     let background = BackgroundProducer::start(&s.servers.brokers, &s.topic, 6, 3000, 100);
     let a = start(cfg.clone());
-    let mut joins = vec![assigned(&a, 6, Duration::from_secs(60)).await];
+    let mut joins = vec![a.holds(6, Duration::from_secs(60)).await];
     let b = start(cfg.clone());
     let settled = Instant::now();
-    let _ = assigned(&b, 3, Duration::from_secs(60)).await;
-    assigned(&a, 3, Duration::from_secs(60)).await;
+    let _ = b.holds(3, Duration::from_secs(60)).await;
+    a.holds(3, Duration::from_secs(60)).await;
     joins.push(settled.elapsed());
     let c = start(cfg);
     let settled = Instant::now();
-    assigned(&c, 2, Duration::from_secs(60)).await;
+    c.holds(2, Duration::from_secs(60)).await;
     joins.push(settled.elapsed());
     a.stop().await;
     let produced = background.finish().await;

@@ -53,6 +53,20 @@ impl Running {
         self.handle.await.unwrap().expect("pipeline ends cleanly")
     }
 
+    /// Wait until the pipeline holds `n` partitions; how long it took.
+    pub async fn holds(&self, n: u64, deadline: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        let stats = self.stats.clone();
+        eventually(deadline, "partitions assigned", || {
+            let held = stats
+                .assigned_partitions
+                .load(std::sync::atomic::Ordering::Relaxed);
+            async move { (held == n).then_some(()) }
+        })
+        .await;
+        started.elapsed()
+    }
+
     /// Wait until the pipeline has committed `expected` (partition -> last offset);
     /// fails at once, with the pipeline's error, if it stops first.
     pub async fn committed(

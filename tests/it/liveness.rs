@@ -134,14 +134,7 @@ async fn latest_is_resolved_once_so_a_rewind_before_the_first_commit_skips_nothi
             "auto_offset_reset = \"latest\"",
         );
     let mut run = crate::ingest::start(parse_config(&text));
-    eventually(Duration::from_secs(60), "partitions assigned", || async {
-        let assigned = run
-            .stats
-            .assigned_partitions
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (assigned == 2).then_some(())
-    })
-    .await;
+    run.holds(2, Duration::from_secs(60)).await;
     // Storage goes away: the first window cannot be uploaded and is rewound.
     s3.take_down();
     let mut after = produce(
@@ -271,14 +264,7 @@ schema_file = "{schema}"
         schema = demo_schema_path().display(),
     );
     let run = crate::ingest::start(parse_config(&text));
-    eventually(Duration::from_secs(60), "partition assigned", || async {
-        let n = run
-            .stats
-            .assigned_partitions
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (n == 1).then_some(())
-    })
-    .await;
+    run.holds(1, Duration::from_secs(60)).await;
     cluster.request_errors(
         RDKafkaApiKey::Heartbeat,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID; 20],
