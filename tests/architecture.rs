@@ -27,7 +27,8 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
             let p = entry.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "rs") {
+            } else if p.extension().is_some_and(|e| e == "rs") && !p.ends_with("tests.rs") {
+                // A `tests.rs` is a module's tests (`#[cfg(test)] mod tests;`).
                 out.push(p);
             }
         }
@@ -46,11 +47,36 @@ fn top_module(file: &Path) -> Option<String> {
     }
 }
 
-/// The file's code: comment lines dropped, and everything from the first
-/// `#[cfg(test)]` on (inline tests sit at the end of a file).
+/// The file's lines without its test items: each `#[cfg(test)]` and the item
+/// it annotates (a `mod tests { .. }` block, a method, a `use`), wherever in the
+/// file it sits.
+fn non_test_lines(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "#[cfg(test)]" {
+            out.push(line);
+            continue;
+        }
+        // Skip the annotated item: up to the `;` of a one-line item, or to the
+        // brace that closes the block it opens.
+        let (mut depth, mut opened, mut in_str) = (0, false, Lit::Code);
+        for l in lines.by_ref() {
+            let d = brace_balance(l, &mut in_str);
+            depth += d;
+            opened |= d > 0;
+            if (opened && depth <= 0) || (!opened && l.trim_end().ends_with(';')) {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The file's code: its test items and comment lines dropped.
 fn code_of(text: &str) -> String {
-    text.lines()
-        .take_while(|l| l.trim() != "#[cfg(test)]")
+    non_test_lines(text)
+        .into_iter()
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
         .join("\n")
@@ -153,16 +179,147 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
     None
 }
 
-#[test]
-fn no_import_cycle_between_top_level_modules() {
-    let graph = dependency_graph();
-    assert!(graph.len() > 5, "modules found: {graph:?}");
-    if let Some(cycle) = find_cycle(&graph) {
-        panic!(
-            "import cycle between top-level modules: {}\nthe graph: {graph:#?}",
-            cycle.join(" -> ")
-        );
+/// A file's module path: `decode/changes/batch.rs` is `decode::changes::batch`,
+/// a `mod.rs` is its directory's module; lib.rs and main.rs are the root.
+fn module_path(file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src()).unwrap();
+    let mut path: Vec<String> = rel
+        .components()
+        .map(|c| {
+            c.as_os_str()
+                .to_str()
+                .unwrap()
+                .trim_end_matches(".rs")
+                .to_owned()
+        })
+        .collect();
+    if matches!(
+        path.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        path.pop();
     }
+    path
+}
+
+/// The module paths `code`, the code of module `me`, names through `crate::`,
+/// `super::` and `self::` (grouped imports too), each cut to the longest
+/// prefix that is one of the crate's `modules`.
+fn module_refs(
+    code: &str,
+    me: &[String],
+    modules: &BTreeSet<Vec<String>>,
+) -> BTreeSet<Vec<String>> {
+    let cut = |mut p: Vec<String>| {
+        while !p.is_empty() && !modules.contains(&p) {
+            p.pop();
+        }
+        p
+    };
+    let mut out = BTreeSet::new();
+    let bytes = code.as_bytes();
+    for root in ["crate::", "super::", "self::"] {
+        for (at, _) in code.match_indices(root) {
+            if at > 0 && (bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_') {
+                continue;
+            }
+            if root == "super::" && code[..at].ends_with("super::") {
+                continue; // counted from the first `super::` of the run
+            }
+            let mut rest = &code[at + root.len()..];
+            let mut base: Vec<String> = match root {
+                "crate::" => Vec::new(),
+                "self::" => me.to_vec(),
+                _ => me[..me.len().saturating_sub(1)].to_vec(),
+            };
+            while let Some(r) = rest.strip_prefix("super::") {
+                base.pop();
+                rest = r;
+            }
+            // `a::b::{c, d::E}`: the segments, then each item of a group.
+            loop {
+                let seg = ident_at(rest);
+                if seg.is_empty() {
+                    break;
+                }
+                base.push(seg.clone());
+                match rest[seg.len()..].strip_prefix("::") {
+                    Some(r) => rest = r,
+                    None => {
+                        rest = "";
+                        break;
+                    }
+                }
+            }
+            if let Some(group) = rest.strip_prefix('{') {
+                let mut depth = 0;
+                let mut item_start = true;
+                for (i, c) in group.char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => item_start = true,
+                        c if depth == 0 && item_start && (c.is_ascii_alphabetic() || c == '_') => {
+                            let mut p = base.clone();
+                            p.push(ident_at(&group[i..]));
+                            out.insert(cut(p));
+                            item_start = false;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            out.insert(cut(base));
+        }
+    }
+    out
+}
+
+/// For every module with submodules: which of its submodules uses which (a
+/// file of `a::b` naming `a::c::X` is the edge `b -> c` under `a`; the root's
+/// graph is the top-level modules').
+fn nested_graphs() -> BTreeMap<Vec<String>, BTreeMap<String, BTreeSet<String>>> {
+    let files = rust_files(&src());
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_path(f)).collect();
+    let mut graphs: BTreeMap<Vec<String>, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for file in &files {
+        let me = module_path(file);
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
+        for r in module_refs(&code, &me, &modules) {
+            let c = me.iter().zip(&r).take_while(|(a, b)| a == b).count();
+            if c < me.len() && c < r.len() {
+                let parent = me[..c].to_vec();
+                let g = graphs.entry(parent).or_default();
+                g.entry(me[c].clone()).or_default().insert(r[c].clone());
+            }
+        }
+    }
+    graphs
+}
+
+#[test]
+fn no_import_cycle_between_modules_at_any_depth() {
+    let graphs = nested_graphs();
+    let top = graphs.get(&Vec::new()).expect("the top-level graph");
+    assert!(top.len() > 5, "modules found: {top:?}");
+    assert!(
+        graphs.len() > 5,
+        "modules with submodules: {:?}",
+        graphs.keys()
+    );
+    let mut cycles = Vec::new();
+    for (parent, graph) in &graphs {
+        if let Some(cycle) = find_cycle(graph) {
+            let under = if parent.is_empty() {
+                "the crate".to_owned()
+            } else {
+                parent.join("::")
+            };
+            cycles.push(format!("under {under}: {}", cycle.join(" -> ")));
+        }
+    }
+    assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
 }
 
 /// The layers, lowest first: a module may use modules of its own layer's
@@ -210,10 +367,7 @@ fn source_files_stay_small_and_main_is_a_thin_shell() {
     let mut long = Vec::new();
     for file in rust_files(&src()) {
         let text = std::fs::read_to_string(&file).unwrap();
-        let code_lines = text
-            .lines()
-            .take_while(|l| l.trim() != "#[cfg(test)]")
-            .count();
+        let code_lines = non_test_lines(&text).len();
         let limit = if file.ends_with("main.rs") {
             MAX_MAIN_LINES
         } else {
@@ -233,28 +387,53 @@ fn source_files_stay_small_and_main_is_a_thin_shell() {
     );
 }
 
-/// The net `{` minus `}` of a line of code, skipping string and char literals and
-/// comments; `in_str` carries an open string literal to the next line.
-fn brace_balance(line: &str, in_str: &mut bool) -> i32 {
+/// The literal a line ends inside of, carried to the next line.
+#[derive(Clone, Copy, PartialEq, Default)]
+enum Lit {
+    #[default]
+    Code,
+    Str,
+    /// A raw string with this many `#`s.
+    Raw(usize),
+}
+
+/// The net `{` minus `}` of a line of code, skipping string, raw-string and
+/// char literals and comments; `lit` carries an open literal to the next line.
+fn brace_balance(line: &str, lit: &mut Lit) -> i32 {
     let b = line.as_bytes();
     let (mut depth, mut i) = (0, 0);
     while i < b.len() {
         let c = b[i];
-        if *in_str {
-            match c {
+        match *lit {
+            Lit::Str => match c {
                 b'\\' => i += 1,
-                b'"' => *in_str = false,
+                b'"' => *lit = Lit::Code,
                 _ => {}
+            },
+            Lit::Raw(n) => {
+                if c == b'"' && b[i + 1..].iter().take(n).filter(|h| **h == b'#').count() == n {
+                    *lit = Lit::Code;
+                    i += n;
+                }
             }
-        } else {
-            match c {
+            Lit::Code => match c {
                 b'/' if b.get(i + 1) == Some(&b'/') => break,
-                b'"' => *in_str = true,
+                b'r' if (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
+                    && matches!(b.get(i + 1), Some(b'"' | b'#')) =>
+                {
+                    let n = b[i + 1..].iter().take_while(|h| **h == b'#').count();
+                    if b.get(i + 1 + n) == Some(&b'"') {
+                        *lit = Lit::Raw(n);
+                        i += 1 + n;
+                    }
+                }
+                b'"' => *lit = Lit::Str,
                 b'\'' if b.get(i + 2) == Some(&b'\'') => i += 2,
+                b'\'' if b.get(i + 1) == Some(&b'\\') && b.get(i + 3) == Some(&b'\'') => i += 3,
                 b'{' => depth += 1,
                 b'}' => depth -= 1,
                 _ => {}
-            }
+            },
         }
         i += 1;
     }
@@ -280,7 +459,7 @@ fn long_functions(code: &str, limit: usize) -> Vec<(String, usize)> {
             .chars()
             .take_while(|c| c.is_alphanumeric() || *c == '_')
             .collect();
-        let (mut depth, mut opened, mut in_str) = (0, false, false);
+        let (mut depth, mut opened, mut in_str) = (0, false, Lit::Code);
         for (j, l) in lines.iter().enumerate().skip(i) {
             let d = brace_balance(l, &mut in_str);
             depth += d;
@@ -301,10 +480,7 @@ fn no_function_over_80_lines() {
     let mut long = Vec::new();
     for file in rust_files(&src()) {
         let text = std::fs::read_to_string(&file).unwrap();
-        let code: Vec<&str> = text
-            .lines()
-            .take_while(|l| l.trim() != "#[cfg(test)]")
-            .collect();
+        let code = non_test_lines(&text);
         for (name, n) in long_functions(&code.join("\n"), MAX_FN_LINES) {
             let file = file.strip_prefix(src()).unwrap().display().to_string();
             long.push(format!("{file}: fn {name}: {n} lines"));
@@ -352,4 +528,22 @@ fn the_checker_sees_grouped_imports_and_skips_comments_and_tests() {
     g.insert("a".to_owned(), BTreeSet::from(["b".to_owned()]));
     g.insert("b".to_owned(), BTreeSet::from(["a".to_owned()]));
     assert_eq!(find_cycle(&g).unwrap(), ["a", "b", "a"]);
+    // A test method's body is a test item too, and the code after it counts.
+    let code =
+        code_of("fn a() {}\n#[cfg(test)]\nfn t() {\n    crate::cli::x();\n}\nuse crate::sink;\n");
+    assert_eq!(crate_refs(&code), BTreeSet::from(["sink".to_owned()]));
+    // Module paths through super:: and groups, cut to real modules.
+    let v = |s: &str| s.split("::").map(String::from).collect::<Vec<_>>();
+    let modules: BTreeSet<Vec<String>> = ["decode", "decode::changes", "decode::debezium", "sink"]
+        .map(v)
+        .into();
+    let refs = module_refs(
+        "use super::debezium::{row, Changes};\nuse super::{DecodeError, changes::X};\nuse crate::sink::Y;",
+        &v("decode::changes"),
+        &modules,
+    );
+    let want: BTreeSet<Vec<String>> = ["decode::debezium", "decode", "decode::changes", "sink"]
+        .map(v)
+        .into();
+    assert_eq!(refs, want);
 }

@@ -251,7 +251,7 @@ schema_file = "SCHEMA"
             Some(UpsertSpec {
                 key: vec!["id".into()],
                 order_by: None,
-                envelope: crate::decode::changes::Envelope::Rows,
+                envelope: crate::decode::envelope::Envelope::Rows,
                 source_order: None,
                 delete_horizon: table::DEFAULT_DELETE_HORIZON,
             })
@@ -519,7 +519,7 @@ schema_file = "SCHEMA"
         .table
         .upsert
         .unwrap();
-        assert_eq!(dbz.envelope, crate::decode::changes::Envelope::Debezium);
+        assert_eq!(dbz.envelope, crate::decode::envelope::Envelope::Debezium);
         assert_eq!(dbz.source_order.as_deref(), Some("lsn"));
     }
 

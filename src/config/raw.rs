@@ -238,9 +238,12 @@ pub struct RawFlush {
 pub struct RawCommit {
     /// Delta conflict retries for concurrent, non-overlapping appends.
     pub max_conflict_retries: Option<usize>,
-    /// Upsert tables: how often a MERGE that lost to a conflicting commit is
-    /// planned again before the window is rewound and retried later.
-    pub max_merge_replans: Option<u32>,
+    /// How often a commit (an append, an upsert's MERGE) that lost to a
+    /// conflicting commit is planned again on the new version before the
+    /// window is rewound and retried later (`max_merge_replans`, its name
+    /// before appends shared it, is still read).
+    #[serde(alias = "max_merge_replans")]
+    pub max_replans: Option<u32>,
     /// Longest wait between retries of a failing commit (e.g. `"30s"`).
     #[serde(default, with = "humantime_serde")]
     pub max_backoff: Option<Duration>,

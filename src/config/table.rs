@@ -2,7 +2,7 @@
 //! and the one path from storage settings to object-store options.
 
 use super::*;
-use crate::decode::changes::Envelope;
+use crate::decode::envelope::Envelope;
 
 pub(super) fn validate_table(raw: RawTable) -> Result<TableConfig, ConfigError> {
     let uri_template = raw.uri.contains("{topic}").then(|| raw.uri.clone());

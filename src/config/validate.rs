@@ -16,7 +16,7 @@ impl RawConfig {
         kafka.prefetch_bytes = KafkaConfig::prefetch_for_budget(memory_budget.limit());
         let commit = CommitConfig {
             max_conflict_retries: self.commit.max_conflict_retries.unwrap_or(100),
-            max_merge_replans: self.commit.max_merge_replans.unwrap_or(10),
+            max_replans: self.commit.max_replans.unwrap_or(10),
             max_backoff: self.commit.max_backoff.unwrap_or(Duration::from_secs(30)),
         };
         if commit.max_backoff < Duration::from_millis(10) {

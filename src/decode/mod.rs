@@ -13,6 +13,7 @@
 
 pub mod changes;
 pub mod debezium;
+pub mod envelope;
 mod json;
 mod metadata;
 pub mod options;
@@ -200,7 +201,7 @@ impl Decoder {
     /// decoder of their own ([`changes::envelope_decoder`]).
     pub fn with_envelope(
         self,
-        envelope: changes::Envelope,
+        envelope: envelope::Envelope,
         source_order: Option<&str>,
     ) -> Result<Self, DecodeError> {
         Ok(match self {

@@ -12,7 +12,7 @@ use super::drain::Budget;
 use super::{PartState, Pipeline, PipelineError};
 use crate::config::OffsetReset;
 use crate::record::TopicPartition;
-use crate::sink::commit::{self, CommitOutcome, CommitRequest, PartitionCommit};
+use crate::sink::commit::{Commit, CommitOutcome, PartitionCommit};
 use crate::sink::table::TableError;
 use crate::source::probe;
 use crate::source::{AssignReply, StartAt};
@@ -160,26 +160,18 @@ impl Pipeline {
                     })
                 })
                 .collect();
-            let req = CommitRequest {
-                adds: Vec::new(),
-                partitions,
-            };
             let s = &mut self.sinks[sink];
-            let (outcome, _) = commit::commit(
-                &mut s.table,
-                &s.log,
-                &self.cfg.app_id,
-                &req,
-                self.policy,
-                &give_up,
-            )
-            .await
-            .map_err(|e| PipelineError::Commit(Box::new(e)))?;
+            let report = Commit::new(&mut s.table, &s.log, &self.cfg.app_id, self.policy)
+                .with_partitions(partitions.clone())
+                .execute(&give_up)
+                .await
+                .map_err(|e| PipelineError::Commit(Box::new(e)))?;
+            let outcome = report.outcome;
             let now: Vec<(TopicPartition, Option<i64>)> = match outcome {
                 CommitOutcome::Stale { partitions } => partitions,
                 CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted => Vec::new(),
             };
-            for p in &req.partitions {
+            for p in &partitions {
                 let at = now
                     .iter()
                     .find(|(tp, _)| *tp == p.tp)

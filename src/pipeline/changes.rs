@@ -9,12 +9,12 @@ use deltalake::arrow::error::ArrowError;
 
 use super::Pipeline;
 use super::error::PipelineError;
-use crate::decode::changes::{self, Changes, Envelope, Keying};
+use crate::decode::changes::{Changes, reduce_growing};
+use crate::decode::envelope::{self, Envelope, Keying};
 use crate::decode::{DecodeError, Decoded, JsonDecoder};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::sink::table::TableError;
 use crate::sink::upsert::partitions::{self, Verdict};
-use crate::sink::upsert::reduce_growing;
 use crate::source::probe;
 
 /// The most rows an upsert window's changes reach before their first reduction.
@@ -48,7 +48,7 @@ pub(super) fn sink_envelope_decoder(
                 .as_ref()
                 .and_then(|u| u.source_order.as_deref()),
         };
-        let decoder = changes::envelope_decoder(schema, keying, batch_size)?.ok_or_else(|| {
+        let decoder = envelope::envelope_decoder(schema, keying, batch_size)?.ok_or_else(|| {
             DecodeError::Schema(ArrowError::InvalidArgumentError(
                 "rows have no envelope to decode".into(),
             ))
@@ -82,7 +82,7 @@ impl Pipeline {
             source_order: spec.source_order.as_deref(),
         };
         let uri = s.uri();
-        let taken = changes::take(
+        let taken = envelope::take(
             s.decoder.schema(),
             keying,
             chunk,

@@ -9,8 +9,7 @@ use tokio::time::Instant;
 use super::ledger::{self, Flushed, dead_letter_commit};
 use super::{Pipeline, PipelineError, Sink};
 use crate::record::TopicPartition;
-use crate::sink::commit::CommitOutcome;
-use crate::sink::upsert::UpsertError;
+use crate::sink::commit::{CommitOutcome, CommitReport};
 use crate::source::SourceCommand;
 use crate::telemetry::events;
 use crate::window::budget::{Held, MemoryBudget};
@@ -158,39 +157,42 @@ impl Pipeline {
         ledger::dead_committed(&mut self.parts, &inflight.parts, &done.dead_committed);
         let uri = self.sinks[sink].uri();
         match done.result {
-            Ok((
-                outcome @ (CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted),
-                cstats,
-                files,
-                bytes,
-            )) => {
-                match outcome {
+            Ok(
+                report @ CommitReport {
+                    outcome: CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted,
+                    ..
+                },
+            ) => {
+                match report.outcome {
                     CommitOutcome::Committed { version } => events::commit_landed(
                         &self.stats,
                         &events::CommitLanded {
                             table: &uri,
                             version,
                             rows: inflight.rows,
-                            files,
-                            bytes,
+                            files: report.files as usize,
+                            bytes: report.bytes,
                             partitions: inflight.parts.len(),
-                            attempts: cstats.attempts,
-                            conflicts: cstats.conflicts,
-                            duration: cstats.duration,
+                            attempts: report.attempts,
+                            conflicts: report.conflicts,
+                            duration: report.duration,
                         },
                     ),
                     _ => events::commit_found_landed(
                         &self.stats,
                         &uri,
                         inflight.rows,
-                        cstats.attempts,
-                        cstats.duration,
+                        report.attempts,
+                        report.duration,
                     ),
                 }
                 self.offsets_stored(&inflight.parts);
                 Ok(())
             }
-            Ok((CommitOutcome::Stale { partitions }, _, _, _)) => {
+            Ok(CommitReport {
+                outcome: CommitOutcome::Stale { partitions },
+                ..
+            }) => {
                 events::window_stale(&self.stats, &uri, &partitions);
                 self.abort_windows();
                 self.recovery.rewind_now();
@@ -205,13 +207,8 @@ impl Pipeline {
                 uri,
                 source: Box::new(source),
             }),
-            Err(TaskError::Commit(e) | TaskError::Upsert(UpsertError::Commit(e))) => {
-                Err(Box::new(e).into())
-            }
-            Err(TaskError::Upsert(e)) => Err(PipelineError::Write {
-                uri,
-                source: Box::new(deltalake::DeltaTableError::Generic(e.to_string())),
-            }),
+            Err(TaskError::Commit(e)) => Err(Box::new(e).into()),
+            Err(TaskError::Changes(source)) => Err(PipelineError::Changes { uri, source }),
         }
     }
 

@@ -45,6 +45,16 @@ pub enum PipelineError {
     /// A commit failed in a way retrying will not fix.
     #[error(transparent)]
     Commit(#[from] Box<CommitError>),
+    /// An upsert window's changes could not be joined (segments decoded with
+    /// columns that do not fit together).
+    #[error("upsert into table {uri}: {source}")]
+    Changes {
+        /// The table.
+        uri: String,
+        /// What does not fit.
+        #[source]
+        source: crate::decode::changes::ChangesError,
+    },
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::telemetry::metrics::MetricsError),
@@ -92,7 +102,20 @@ impl PipelineError {
             PipelineError::Decode(e) => e.is_retryable(),
             PipelineError::Commit(e) => e.is_retryable(),
             PipelineError::Latest(_) | PipelineError::PartitionCount(_) => true,
-            _ => false,
+            // librdkafka retries the brokers itself; what reaches the daemon
+            // (a fenced member, refused credentials, no poll thread) is final.
+            // The rest are faults of the data, the configuration or the
+            // process: retrying the same input does not change them.
+            PipelineError::Source(_)
+            | PipelineError::Rejected { .. }
+            | PipelineError::Write { .. }
+            | PipelineError::Changes { .. }
+            | PipelineError::Metrics(_)
+            | PipelineError::SourceStopped(_)
+            | PipelineError::Route(_)
+            | PipelineError::Transform(_)
+            | PipelineError::RegistrySchema { .. }
+            | PipelineError::PartitionsMoved(_) => false,
         }
     }
 

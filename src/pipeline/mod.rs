@@ -145,7 +145,7 @@ impl Pipeline {
         Ok(Pipeline {
             policy: RetryPolicy {
                 max_conflict_retries: cfg.commit.max_conflict_retries,
-                max_merge_replans: cfg.commit.max_merge_replans,
+                max_replans: cfg.commit.max_replans,
                 initial_backoff: options.initial_backoff,
                 max_backoff: cfg.commit.max_backoff,
             },
@@ -235,7 +235,7 @@ struct Sink {
     envelope: Option<(deltalake::kernel::StructType, crate::decode::JsonDecoder)>,
     /// Flattened Debezium rows: whether each partition's last record was a
     /// delete, for the tombstone that follows it in a later chunk.
-    last_deletes: crate::decode::changes::LastDeletes,
+    last_deletes: crate::decode::envelope::LastDeletes,
 }
 
 impl Sink {

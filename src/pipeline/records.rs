@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::ledger::{self, PartState};
 use super::{DUE_WINDOW_WAIT, Pipeline, PipelineError};
 use crate::config::OnError;
-use crate::decode::changes::Envelope;
+use crate::decode::envelope::Envelope;
 use crate::decode::transform::Transform;
 use crate::decode::{Decoded, Evolution, RejectKind, Rejected};
 use crate::record::{RecordChunk, TopicPartition};

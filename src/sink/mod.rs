@@ -1,5 +1,6 @@
-//! One sink per table: the table handle, the commit with its compare-and-swap,
-//! dead letters and checkpoints.
+//! One sink per table: the table handle, the commit engine with its
+//! compare-and-swap (an append or an upsert's MERGE), dead letters and
+//! checkpoints.
 
 pub mod checkpoint;
 pub mod cleanup;
@@ -9,6 +10,7 @@ pub mod log_cache;
 pub mod options;
 pub mod retry;
 pub mod table;
+pub mod table_log;
 pub mod upsert;
 
 pub use options::{

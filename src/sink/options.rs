@@ -59,7 +59,7 @@ pub struct UpsertSpec {
     pub order_by: Option<String>,
     /// What the records hold: rows, or Debezium change events (whole, or
     /// flattened by `ExtractNewRecordState`).
-    pub envelope: crate::decode::changes::Envelope,
+    pub envelope: crate::decode::envelope::Envelope,
     /// `order_by = "source.FIELD"`: the field of Debezium's `source` whose
     /// value orders a key's changes (kept in the column `order_by` names).
     pub source_order: Option<String>,
@@ -147,8 +147,8 @@ impl StorageConfig {
 pub struct CommitConfig {
     /// delta-rs conflict retries.
     pub max_conflict_retries: usize,
-    /// Upsert MERGE re-plans after conflicts, before a rewind.
-    pub max_merge_replans: u32,
+    /// Re-plans of a conflicting commit, before a rewind.
+    pub max_replans: u32,
     /// Backoff cap.
     pub max_backoff: Duration,
 }

@@ -10,15 +10,14 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::writer::DeltaWriter;
 use deltalake::{DeltaTable, DeltaTableError};
 
-use crate::decode::changes::Changes;
+use crate::decode::changes::{Changes, ChangesError};
 use crate::record::TopicPartition;
 use crate::sink::UpsertSpec;
 use crate::sink::commit::{
-    self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
-    TableLog,
+    Commit, CommitError, CommitOutcome, CommitReport, PartitionCommit, RetryPolicy, TableLog,
 };
 use crate::sink::table;
-use crate::sink::upsert::{self, UpsertError, UpsertWindow};
+use crate::sink::upsert::UpsertWindow;
 use crate::window::encoder::WindowWriter;
 
 /// A window's dead letters, committed to the dead-letter table before its rows.
@@ -82,11 +81,20 @@ pub async fn flush_and_commit(
             .map(|p| (p.tp.clone(), p.last))
             .collect();
         match commit_dead_letters(d, &app_id, policy, &cancelled).await {
-            Ok((CommitOutcome::Stale { partitions }, s)) => {
+            Ok(
+                report @ CommitReport {
+                    outcome: CommitOutcome::Stale { .. },
+                    ..
+                },
+            ) => {
                 return CommitDone {
                     table,
                     dead_committed,
-                    result: Ok((CommitOutcome::Stale { partitions }, s, 0, 0)),
+                    result: Ok(CommitReport {
+                        files: 0,
+                        bytes: 0,
+                        ..report
+                    }),
                 };
             }
             Ok(_) => dead_committed = committed,
@@ -99,28 +107,10 @@ pub async fn flush_and_commit(
             }
         }
     }
-    let result = match rows {
-        WindowRows::Files(w) => {
-            commit_files(w, &mut table, &log, &app_id, partitions, policy, &cancelled).await
-        }
-        WindowRows::Changes {
-            spec,
-            changes,
-            parquet,
-        } => match Changes::concat(&changes) {
-            Ok(changes) => {
-                let window = UpsertWindow {
-                    key: spec.key,
-                    order_by: spec.order_by,
-                    changes,
-                    partitions,
-                    parquet: Some(*parquet),
-                };
-                apply_changes(&mut table, &log, &app_id, &window, policy, &cancelled).await
-            }
-            Err(e) => Err(TaskError::Write(e.into())),
-        },
-    };
+    let result = commit_rows(
+        rows, &mut table, &log, &app_id, partitions, policy, &cancelled,
+    )
+    .await;
     CommitDone {
         table,
         dead_committed,
@@ -128,42 +118,39 @@ pub async fn flush_and_commit(
     }
 }
 
-/// An append table's window: its files with its offsets.
-async fn commit_files(
-    writer: Option<WindowWriter>,
+/// The window's body with its offsets, through the commit engine: its files
+/// appended, or its changes merged.
+async fn commit_rows(
+    rows: WindowRows,
     table: &mut DeltaTable,
     log: &TableLog,
     app_id: &str,
     partitions: Vec<PartitionCommit>,
     policy: RetryPolicy,
     cancelled: &(dyn Fn() -> bool + Send + Sync),
-) -> Result<(CommitOutcome, CommitStats, usize, u64), TaskError> {
-    let adds = match writer {
-        Some(w) => w.finish().await.map_err(TaskError::Write)?,
-        None => Vec::new(),
+) -> Result<CommitReport, TaskError> {
+    let commit = Commit::new(table, log, app_id, policy);
+    let commit = match rows {
+        WindowRows::Files(w) => {
+            let adds = match w {
+                Some(w) => w.finish().await.map_err(TaskError::Write)?,
+                None => Vec::new(),
+            };
+            commit.with_partitions(partitions).with_files(adds)
+        }
+        WindowRows::Changes {
+            spec,
+            changes,
+            parquet,
+        } => commit.with_upsert(UpsertWindow {
+            key: spec.key,
+            order_by: spec.order_by,
+            changes: Changes::concat(&changes).map_err(TaskError::Changes)?,
+            partitions,
+            parquet: Some(*parquet),
+        }),
     };
-    let files = adds.len();
-    let bytes: u64 = adds.iter().map(|a| a.size.max(0) as u64).sum();
-    let req = CommitRequest { adds, partitions };
-    commit::commit(table, log, app_id, &req, policy, cancelled)
-        .await
-        .map(|(o, s)| (o, s, files, bytes))
-        .map_err(TaskError::Commit)
-}
-
-/// An upsert table's window: its changes as one MERGE with its offsets.
-async fn apply_changes(
-    table: &mut DeltaTable,
-    log: &TableLog,
-    app_id: &str,
-    window: &UpsertWindow,
-    policy: RetryPolicy,
-    cancelled: &(dyn Fn() -> bool + Send + Sync),
-) -> Result<(CommitOutcome, CommitStats, usize, u64), TaskError> {
-    let (o, s, w) = upsert::apply(table, log, app_id, window, policy, cancelled)
-        .await
-        .map_err(TaskError::Upsert)?;
-    Ok((o, s, w.files as usize, w.bytes))
+    commit.execute(cancelled).await.map_err(TaskError::Commit)
 }
 
 async fn commit_dead_letters(
@@ -171,41 +158,31 @@ async fn commit_dead_letters(
     app_id: &str,
     policy: RetryPolicy,
     cancelled: &(dyn Fn() -> bool + Send + Sync),
-) -> Result<(CommitOutcome, CommitStats), TaskError> {
+) -> Result<CommitReport, TaskError> {
     let mut table = d.table;
     let mut w = table::new_writer(&table, d.props, 128 * 1024 * 1024).map_err(TaskError::Write)?;
     for b in d.batches {
         w.write(b).await.map_err(TaskError::Write)?;
     }
     let adds = w.flush().await.map_err(TaskError::Write)?;
-    let req = CommitRequest {
-        adds,
-        partitions: d.partitions,
-    };
-    // Moving no offset, a retry could not tell whether an attempt whose response
-    // was lost landed: one attempt, and on failure the window is re-read, which
-    // reads the dead letters that did land.
-    let once = || true;
-    let cancelled = if req.moves_offsets() {
-        cancelled
-    } else {
-        &once
-    };
-    commit::commit(&mut table, &d.log, app_id, &req, policy, cancelled)
+    Commit::new(&mut table, &d.log, app_id, policy)
+        .with_partitions(d.partitions)
+        .with_files(adds)
+        .execute(cancelled)
         .await
         .map_err(TaskError::Commit)
 }
 
 /// What a flush task returns: the table handle (updated by the commit), the dead
-/// letters that landed, and the outcome with its figures (files, bytes).
+/// letters that landed, and the commit's report.
 #[derive(Debug)]
 pub struct CommitDone {
     /// The table, at the version the commit saw or wrote.
     pub table: DeltaTable,
     /// Partitions whose dead letters were committed, with the offset stored.
     pub dead_committed: Vec<(TopicPartition, i64)>,
-    /// The outcome, with its stats, files and bytes written.
-    pub result: Result<(CommitOutcome, CommitStats, usize, u64), TaskError>,
+    /// The commit's report.
+    pub result: Result<CommitReport, TaskError>,
 }
 
 /// Why a flush did not complete.
@@ -214,12 +191,12 @@ pub enum TaskError {
     /// Writing or uploading the Parquet files failed.
     #[error("writing the window's files: {0}")]
     Write(DeltaTableError),
+    /// The window's changes could not be joined.
+    #[error("joining the window's changes: {0}")]
+    Changes(ChangesError),
     /// The commit failed.
     #[error(transparent)]
     Commit(CommitError),
-    /// An upsert's MERGE failed.
-    #[error(transparent)]
-    Upsert(UpsertError),
 }
 
 impl TaskError {
@@ -227,9 +204,8 @@ impl TaskError {
     pub fn is_retryable(&self) -> bool {
         match self {
             TaskError::Write(e) => crate::sink::retry::is_retryable(e),
+            TaskError::Changes(_) => false,
             TaskError::Commit(e) => e.is_retryable(),
-            TaskError::Upsert(UpsertError::Commit(e)) => e.is_retryable(),
-            TaskError::Upsert(UpsertError::Key { .. }) => false,
         }
     }
 }

@@ -89,7 +89,7 @@ pub struct Window {
     pub dead: Vec<RecordBatch>,
     /// An upsert table's changes (instead of Parquet files), in offset order;
     /// kept reduced to the last change per key as the window grows
-    /// ([`crate::sink::upsert::reduce_growing`]).
+    /// ([`crate::decode::changes::reduce_growing`]).
     pub changes: Vec<crate::decode::changes::Changes>,
     /// Rows the last reduction of `changes` left.
     pub reduced_changes: usize,

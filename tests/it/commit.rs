@@ -6,7 +6,7 @@ use crate::harness::policy;
 use tributary::config::{Compression, MetadataColumns, StorageConfig, TableConfig};
 use tributary::record::TopicPartition;
 use tributary::schema::parse_schema_json;
-use tributary::sink::commit::{self, CommitOutcome, CommitRequest, PartitionCommit, TableLog};
+use tributary::sink::commit::{CommitOutcome, CommitRequest, PartitionCommit, TableLog};
 
 async fn local_table(dir: &std::path::Path) -> deltalake::DeltaTable {
     let cfg = TableConfig {
@@ -45,17 +45,17 @@ async fn stale_expected_offsets_never_commit() {
     let mut t = local_table(dir.path()).await;
     let store = TableLog::default();
     let never = || false;
-    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
+    let (o, _) = crate::harness::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { version: 1 }));
     // Same request again (a retry after a lost response): recognised, not re-written.
-    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
+    let (o, _) = crate::harness::commit(&mut t, &store, "app", &req(None, 9), policy(), &never)
         .await
         .unwrap();
     assert_eq!(o, CommitOutcome::AlreadyCommitted);
     // A worker that still believes the partition is empty is stale.
-    let (o, _) = commit::commit(&mut t, &store, "app", &req(None, 20), policy(), &never)
+    let (o, _) = crate::harness::commit(&mut t, &store, "app", &req(None, 20), policy(), &never)
         .await
         .unwrap();
     assert_eq!(
@@ -65,7 +65,7 @@ async fn stale_expected_offsets_never_commit() {
         }
     );
     // Another app id is independent.
-    let (o, _) = commit::commit(&mut t, &store, "other", &req(None, 3), policy(), &never)
+    let (o, _) = crate::harness::commit(&mut t, &store, "other", &req(None, 3), policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { version: 2 }));
@@ -83,7 +83,7 @@ async fn concurrent_commits_for_one_partition_land_once() {
         let mut t = t.clone();
         tasks.push(tokio::spawn(async move {
             let never = || false;
-            commit::commit(
+            crate::harness::commit(
                 &mut t,
                 &TableLog::default(),
                 "app",
@@ -125,14 +125,14 @@ async fn an_offset_store_follows_other_writers_commits_without_replaying_the_log
             last,
         }],
     };
-    commit::commit(&mut a, &mine, "app", &one(0, None, 5), policy(), &never)
+    crate::harness::commit(&mut a, &mine, "app", &one(0, None, 5), policy(), &never)
         .await
         .unwrap();
     // Another replica commits partitions 1 and 2, twice each.
     for last in [3, 8] {
         for p in [1, 2] {
             let expected = (last == 8).then_some(3);
-            let (o, _) = commit::commit(
+            let (o, _) = crate::harness::commit(
                 &mut b,
                 &theirs,
                 "app",
@@ -191,9 +191,10 @@ async fn checkpoint_failure_after_a_landed_commit_is_retried_and_the_commit_coun
     let never = || false;
     // Version 1 is due for a checkpoint ((1 + 1) % 2 == 0); its PUT is refused.
     proxy.refuse(Some(".checkpoint.parquet"));
-    let (o, stats) = commit::commit(&mut t, &log, &s.app_id, &req(None, 9), policy(), &never)
-        .await
-        .unwrap();
+    let (o, stats) =
+        crate::harness::commit(&mut t, &log, &s.app_id, &req(None, 9), policy(), &never)
+            .await
+            .unwrap();
     assert_eq!(o, CommitOutcome::Committed { version: 1 });
     assert_eq!(
         stats.attempts, 1,
@@ -221,9 +222,10 @@ async fn checkpoint_failure_after_a_landed_commit_is_retried_and_the_commit_coun
     );
     // Version 2 is not at the interval, but the failed checkpoint is retried.
     proxy.refuse(None);
-    let (o, _) = commit::commit(&mut t, &log, &s.app_id, &req(Some(9), 20), policy(), &never)
-        .await
-        .unwrap();
+    let (o, _) =
+        crate::harness::commit(&mut t, &log, &s.app_id, &req(Some(9), 20), policy(), &never)
+            .await
+            .unwrap();
     assert_eq!(o, CommitOutcome::Committed { version: 2 });
     let written = listed(&t).await;
     assert_eq!(written.len(), 1, "{written:?}");

@@ -52,10 +52,67 @@ pub fn servers() -> Servers {
 pub fn policy() -> tributary::sink::commit::RetryPolicy {
     tributary::sink::commit::RetryPolicy {
         max_conflict_retries: 10,
-        max_merge_replans: 10,
+        max_replans: 10,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
     }
+}
+
+/// What a commit wrote, as the tests compare it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// An append of `req` through the commit engine: its outcome and report.
+pub async fn commit(
+    t: &mut deltalake::DeltaTable,
+    log: &tributary::sink::commit::TableLog,
+    app_id: &str,
+    req: &tributary::sink::commit::CommitRequest,
+    policy: tributary::sink::commit::RetryPolicy,
+    cancelled: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<
+    (
+        tributary::sink::commit::CommitOutcome,
+        tributary::sink::commit::CommitReport,
+    ),
+    tributary::sink::commit::CommitError,
+> {
+    let r = tributary::sink::commit::Commit::new(t, log, app_id, policy)
+        .with_request(req.clone())
+        .execute(cancelled)
+        .await?;
+    Ok((r.outcome.clone(), r))
+}
+
+/// An upsert window through the commit engine: its outcome, report and
+/// what it wrote.
+pub async fn apply(
+    t: &mut deltalake::DeltaTable,
+    log: &tributary::sink::commit::TableLog,
+    app_id: &str,
+    w: &tributary::sink::upsert::UpsertWindow,
+    policy: tributary::sink::commit::RetryPolicy,
+    cancelled: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<
+    (
+        tributary::sink::commit::CommitOutcome,
+        tributary::sink::commit::CommitReport,
+        Written,
+    ),
+    tributary::sink::commit::CommitError,
+> {
+    let r = tributary::sink::commit::Commit::new(t, log, app_id, policy)
+        .with_upsert(w.clone())
+        .execute(cancelled)
+        .await?;
+    let written = Written {
+        files: r.files,
+        bytes: r.bytes,
+    };
+    Ok((r.outcome.clone(), r, written))
 }
 
 pub fn unique(prefix: &str) -> String {

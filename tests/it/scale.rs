@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tributary::record::TopicPartition;
-use tributary::sink::commit::{self, CommitOutcome, CommitRequest, PartitionCommit, TableLog};
+use tributary::sink::commit::{CommitOutcome, CommitRequest, PartitionCommit, TableLog};
 
 use crate::harness::{Scenario, policy};
 
@@ -58,7 +58,7 @@ async fn many_partitions_stored_offsets_cost_one_log_pass_not_one_per_partition(
             adds: vec![],
             partitions,
         };
-        let (o, _) = commit::commit(&mut table, &store, &s.app_id, &req, policy(), &never)
+        let (o, _) = crate::harness::commit(&mut table, &store, &s.app_id, &req, policy(), &never)
             .await
             .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
@@ -269,7 +269,7 @@ async fn log_requests(versions: u64) -> (Vec<u64>, (u64, u64), Duration) {
                 last: v,
             }],
         };
-        let (o, _) = commit::commit(&mut table, &store, &s.app_id, &req, policy(), &never)
+        let (o, _) = crate::harness::commit(&mut table, &store, &s.app_id, &req, policy(), &never)
             .await
             .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
@@ -372,7 +372,7 @@ async fn a_writer_reads_each_foreign_commit_once() {
     for v in 0..4 {
         let before = proxy.log_reads();
         let req = one(1, (v > 0).then(|| v - 1), v);
-        let (o, _) = commit::commit(&mut b, &b_log, &s.app_id, &req, policy(), &never)
+        let (o, _) = crate::harness::commit(&mut b, &b_log, &s.app_id, &req, policy(), &never)
             .await
             .unwrap();
         landed(o);
@@ -380,13 +380,13 @@ async fn a_writer_reads_each_foreign_commit_once() {
     }
     for v in 0..FOREIGN {
         let req = one(0, (v > 0).then(|| v - 1), v);
-        let (o, _) = commit::commit(&mut a, &a_log, &s.app_id, &req, policy(), &never)
+        let (o, _) = crate::harness::commit(&mut a, &a_log, &s.app_id, &req, policy(), &never)
             .await
             .unwrap();
         landed(o);
     }
     let before = proxy.log_reads();
-    let (o, _) = commit::commit(
+    let (o, _) = crate::harness::commit(
         &mut b,
         &b_log,
         &s.app_id,

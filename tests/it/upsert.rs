@@ -11,7 +11,7 @@ use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use deltalake::kernel::{DataType as DeltaType, StructField};
 use tributary::record::TopicPartition;
 use tributary::sink::commit::{CommitOutcome, PartitionCommit, TableLog};
-use tributary::sink::upsert::{self, Changes, UpsertWindow};
+use tributary::sink::upsert::{Changes, UpsertWindow};
 
 use crate::harness::*;
 
@@ -133,7 +133,7 @@ async fn upsert_windows_insert_update_and_delete_by_key_with_their_offsets() {
     let never = || false;
     let mut written = Vec::new();
     let mut apply = async |w: UpsertWindow| {
-        let (o, _, w) = upsert::apply(&mut t, &log, &s.app_id, &w, policy(), &never)
+        let (o, _, w) = crate::harness::apply(&mut t, &log, &s.app_id, &w, policy(), &never)
             .await
             .unwrap();
         written.push(w);
@@ -209,7 +209,7 @@ async fn upsert_windows_insert_update_and_delete_by_key_with_their_offsets() {
     assert!(
         written[2..5]
             .iter()
-            .all(|w| *w == upsert::Written::default()),
+            .all(|w| *w == crate::harness::Written::default()),
         "{written:?}"
     );
     // The MERGEs write with the table's Parquet settings (here zstd), not
@@ -236,18 +236,18 @@ async fn a_zombie_upsert_writer_is_stale_and_changes_nothing() {
     let (la, lb) = (TableLog::default(), TableLog::default());
     let never = || false;
     let first = window(&s, &[(1, Some("a")), (2, Some("a"))], None, 1);
-    let (o, _, _) = upsert::apply(&mut a, &la, &s.app_id, &first, policy(), &never)
+    let (o, _, _) = crate::harness::apply(&mut a, &la, &s.app_id, &first, policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { .. }));
     // Both read offset 1 and both try the next range with different changes.
     let new_owner = window(&s, &[(1, Some("new"))], Some(1), 3);
     let zombie = window(&s, &[(2, Some("zombie")), (3, Some("zombie"))], Some(1), 2);
-    let (o, _, _) = upsert::apply(&mut a, &la, &s.app_id, &new_owner, policy(), &never)
+    let (o, _, _) = crate::harness::apply(&mut a, &la, &s.app_id, &new_owner, policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Committed { .. }));
-    let (o, _, _) = upsert::apply(&mut b, &lb, &s.app_id, &zombie, policy(), &never)
+    let (o, _, _) = crate::harness::apply(&mut b, &lb, &s.app_id, &zombie, policy(), &never)
         .await
         .unwrap();
     assert!(matches!(o, CommitOutcome::Stale { .. }), "{o:?}");
@@ -335,7 +335,7 @@ async fn with_an_order_an_older_change_never_overwrites_a_newer_one() {
         ordered(&[(3, None, None)], Some(7), 8),
     ];
     for w in &windows {
-        let (o, _, _) = upsert::apply(&mut t, &log, &s.app_id, w, policy(), &never)
+        let (o, _, _) = crate::harness::apply(&mut t, &log, &s.app_id, w, policy(), &never)
             .await
             .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
@@ -442,7 +442,7 @@ async fn compaction_beside_upserts_plans_a_partition_again_when_a_merge_wins() {
                 last[owner as usize],
                 w,
             );
-            upsert::apply(&mut t, &log, &s.app_id, &win, policy(), &never)
+            crate::harness::apply(&mut t, &log, &s.app_id, &win, policy(), &never)
                 .await
                 .unwrap();
             last[owner as usize] = Some(w);
@@ -452,7 +452,7 @@ async fn compaction_beside_upserts_plans_a_partition_again_when_a_merge_wins() {
     // owner 0 that holds id 1 before compaction commits.
     let stale = s.table().await.unwrap();
     let merge = owned(&s, &[0], &[1], "updated", Some(2), 3);
-    upsert::apply(&mut t, &log, &s.app_id, &merge, policy(), &never)
+    crate::harness::apply(&mut t, &log, &s.app_id, &merge, policy(), &never)
         .await
         .unwrap();
     let compact = tributary::ops::maintenance::Compact::new(stale, None);
@@ -510,7 +510,7 @@ async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
         let (mut a, mut b) = (open().await, open().await);
         let (la, lb) = (TableLog::default(), TableLog::default());
         let first = owned(&[0, 0, 0, 1, 1, 1], &[1, 2, 3, 1, 2, 3], "first", None, 2);
-        upsert::apply(&mut a, &la, &s.app_id, &first, policy(), &never)
+        crate::harness::apply(&mut a, &la, &s.app_id, &first, policy(), &never)
             .await
             .unwrap();
         b.update_state().await.unwrap();
@@ -518,7 +518,7 @@ async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
         // first, then B's MERGE, planned on the version before A's, meets A's
         // commit (delta-rs' own MERGE, so that it starts from B's stale
         // snapshot; `upsert::apply` refreshes first).
-        let (_, sa, _) = upsert::apply(
+        let (_, sa, _) = crate::harness::apply(
             &mut a,
             &la,
             &s.app_id,
@@ -548,7 +548,7 @@ async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
             Err(e) => panic!("{e}"),
         };
         // B's own path re-reads the table and lands either way.
-        let (o, _, _) = upsert::apply(&mut b, &lb, &s.app_id, &mine, policy(), &never)
+        let (o, _, _) = crate::harness::apply(&mut b, &lb, &s.app_id, &mine, policy(), &never)
             .await
             .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");

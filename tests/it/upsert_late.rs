@@ -10,7 +10,7 @@ use deltalake::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use deltalake::kernel::{DataType as DeltaType, StructField};
 use tributary::record::TopicPartition;
 use tributary::sink::commit::{CommitOutcome, PartitionCommit, TableLog};
-use tributary::sink::upsert::{self, Changes, UpsertWindow};
+use tributary::sink::upsert::{Changes, UpsertWindow};
 
 use crate::harness::*;
 
@@ -75,7 +75,7 @@ async fn apply_all(s: &Scenario, t: &mut deltalake::DeltaTable, windows: &[Upser
     let log = TableLog::default();
     let never = || false;
     for w in windows {
-        let (o, _, _) = upsert::apply(t, &log, &s.app_id, w, policy(), &never)
+        let (o, _, _) = crate::harness::apply(t, &log, &s.app_id, w, policy(), &never)
             .await
             .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");
@@ -534,7 +534,7 @@ async fn a_change_older_than_a_delete_arriving_in_a_later_window_stays_deleted()
     ];
     let never = || false;
     for w in &windows {
-        let (o, _, _) = upsert::apply(&mut t, &log, &s.app_id, w, policy(), &never)
+        let (o, _, _) = crate::harness::apply(&mut t, &log, &s.app_id, w, policy(), &never)
             .await
             .unwrap();
         assert!(matches!(o, CommitOutcome::Committed { .. }), "{o:?}");

@@ -4,9 +4,9 @@
 //! Records that hold an envelope (Debezium change events, whole or flattened)
 //! are judged by the row inside it: the table takes the `after` record's
 //! fields, and the records decode into the envelope around the table's row
-//! (see [`crate::decode::changes::envelope_schema`]).
+//! (see [`crate::decode::envelope::envelope_schema`]).
 
-use crate::decode::changes::Envelope;
+use crate::decode::envelope::Envelope;
 use crate::decode::*;
 
 /// A table schema change a producer schema needs before its records can be written.
@@ -56,7 +56,7 @@ impl Enveloped {
         source_order: Option<String>,
     ) -> Result<Option<Self>, DecodeError> {
         let decoded =
-            crate::decode::changes::envelope_schema(schema, envelope, source_order.as_deref())?;
+            crate::decode::envelope::envelope_schema(schema, envelope, source_order.as_deref())?;
         Ok(decoded.map(|decoded| Self {
             envelope,
             source_order,

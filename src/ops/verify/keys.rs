@@ -23,13 +23,12 @@ use std::sync::Arc;
 
 use deltalake::arrow::array::{ArrayRef, Int64Array, UInt32Array};
 use deltalake::arrow::datatypes::{DataType, Field};
-use deltalake::arrow::error::ArrowError;
 use tokio::sync::mpsc;
 
 use super::judge::{Judge, judge_for, records_chunk};
 use super::*;
-use crate::decode::changes::{self, Changes, Keying, with_columns};
-use crate::sink::upsert::{reduce, reduce_growing};
+use crate::decode::changes::{Changes, ChangesError, reduce, reduce_growing, with_columns};
+use crate::decode::envelope::{self, Keying};
 
 mod report;
 mod state;
@@ -115,7 +114,7 @@ struct Replay<'k> {
     /// Each partition's changes, and the rows their last reduction left.
     pending: HashMap<TopicPartition, (Vec<Changes>, usize)>,
     /// Flattened rows: each partition's last record, for a tombstone after it.
-    last_deletes: changes::LastDeletes,
+    last_deletes: envelope::LastDeletes,
 }
 
 impl<'k> Replay<'k> {
@@ -129,7 +128,7 @@ impl<'k> Replay<'k> {
         let envelope = if judge.decoder.reads_envelopes() {
             None
         } else {
-            changes::envelope_decoder(judge.decoder.schema(), keying, CHUNK)?
+            envelope::envelope_decoder(judge.decoder.schema(), keying, CHUNK)?
         };
         Ok(Self {
             judge,
@@ -190,7 +189,7 @@ impl<'k> Replay<'k> {
         tp: &TopicPartition,
         records: &[probe::RawRecord],
     ) -> Result<(), VerifyError> {
-        let err = |e: ArrowError| query_error(&tp.to_string(), &e);
+        let err = |e: ChangesError| query_error(&tp.to_string(), &e);
         let dead = self.dead.get(tp).map_or(&[][..], Vec::as_slice);
         let limit = self.judge.max_record_bytes;
         let keep: Vec<bool> = records
@@ -213,14 +212,14 @@ impl<'k> Replay<'k> {
             decoded = t.apply(decoded);
         }
         let schema = self.judge.decoder.schema();
-        let taken = changes::take(
+        let taken = envelope::take(
             schema,
             self.keying,
             &chunk,
             &mut decoded,
             &mut self.last_deletes,
         )
-        .map_err(err)?;
+        .map_err(|e| err(e.into()))?;
         let counts = self.counts.entry(tp.clone()).or_default();
         counts.records += records.len() as u64;
         counts.rejected += (decoded.rejected.len() + keep.iter().filter(|k| !**k).count()) as u64;
@@ -254,7 +253,7 @@ impl<'k> Replay<'k> {
                 Arc::new(offsets),
             ),
         ];
-        let rows = with_columns(&c.rows, carried).map_err(err)?;
+        let rows = with_columns(&c.rows, carried).map_err(|e| err(e.into()))?;
         let (list, reduced) = self.pending.entry(tp.clone()).or_default();
         list.push(Changes::new(rows, c.deleted));
         reduce_growing(list, reduced, self.keying.key, self.order_by, REDUCE_AT).map_err(err)?;
@@ -268,7 +267,7 @@ impl<'k> Replay<'k> {
         mut self,
         uri: &str,
     ) -> Result<(Option<Expected>, HashMap<TopicPartition, Counts>), VerifyError> {
-        let err = |e: ArrowError| query_error(uri, &e);
+        let err = |e: ChangesError| query_error(uri, &e);
         let mut last = Vec::new();
         for tp in &self.parts {
             if let Some((list, _)) = self.pending.remove(tp) {
@@ -289,6 +288,6 @@ fn reduce_all(
     key: &[String],
     order_by: Option<&str>,
     list: &[Changes],
-) -> Result<Changes, ArrowError> {
+) -> Result<Changes, ChangesError> {
     reduce(key, order_by, &Changes::concat(list)?)
 }

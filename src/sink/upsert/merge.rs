@@ -1,5 +1,6 @@
 //! The MERGE of a window's reduced changes into the table, on the key, with
-//! the ordering rule and the memory of deletes in its conditions.
+//! the ordering rule and the memory of deletes in its conditions (see
+//! [`crate::decode::changes::reduce`]).
 
 use std::collections::HashMap;
 
@@ -7,31 +8,26 @@ use deltalake::arrow::array::{ArrayRef, BooleanArray, RecordBatch};
 use deltalake::arrow::datatypes::{DataType, Field};
 use deltalake::arrow::error::ArrowError;
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::{DeltaTable, DeltaTableError};
 
-use super::{Changes, DELETED, DELETED_ORDER, UNCONDITIONAL};
+use super::{Changes, MergePlan};
+use crate::decode::changes::{DELETED, DELETED_ORDER, UNCONDITIONAL, with_columns};
 
-/// What to merge, and how.
-pub(super) struct Merge<'a> {
-    pub(super) key: &'a [String],
-    pub(super) order_by: Option<&'a str>,
-    pub(super) changes: &'a Changes,
-    /// Per change, the order value of its key's latest delete.
-    pub(super) deleted_order: Option<&'a ArrayRef>,
-    pub(super) parquet: Option<&'a WriterProperties>,
-}
-
-/// The MERGE of the changes into `table` on the key. With `order_by`, a matched
-/// row is replaced or deleted only by a change at least as new as it (or one
-/// with no order value).
-pub(super) fn merge(
+/// The MERGE of the plan's changes into `table` on the key. With `order_by`, a
+/// matched row is replaced or deleted only by a change at least as new as it
+/// (or one with no order value).
+pub(crate) fn merge(
     table: &DeltaTable,
-    how: &Merge<'_>,
+    plan: &MergePlan,
 ) -> Result<deltalake::operations::merge::MergeBuilder, DeltaTableError> {
-    let key = how.key;
-    let source = with_flags(how.changes, how.order_by.is_some(), how.deleted_order)
-        .map_err(DeltaTableError::from)?;
+    let how = plan;
+    let key = &plan.key;
+    let source = with_flags(
+        &plan.changes,
+        plan.order_by.is_some(),
+        plan.deleted_order.as_ref(),
+    )
+    .map_err(DeltaTableError::from)?;
     let df = SessionContext::new().read_batch(source)?;
     let on = key
         .iter()
@@ -51,7 +47,7 @@ pub(super) fn merge(
         .collect();
     // Where either side has no order value, or the window's change of the key
     // came after one without (see [`reduce`]), the change is the newer.
-    let newer = how.order_by.map_or(String::new(), |o| {
+    let newer = how.order_by.as_deref().map_or(String::new(), |o| {
         let o = quote(o);
         format!(
             " AND (s.{u} OR t.{o} IS NULL OR s.{o} IS NULL OR s.{o} >= t.{o})",
@@ -61,7 +57,7 @@ pub(super) fn merge(
     let deleted = format!("s.{}{newer}", quote(DELETED));
     let replaced = format!("NOT s.{}{newer}", quote(DELETED));
     // An absent key is inserted unless it was deleted by a newer change.
-    let kept = match (how.order_by, how.deleted_order) {
+    let kept = match (how.order_by.as_deref(), how.deleted_order.as_ref()) {
         (Some(o), Some(_)) => format!(
             "NOT s.{d} AND (s.{u} OR s.{o} IS NULL OR s.{m} IS NULL OR s.{o} >= s.{m})",
             d = quote(DELETED),
@@ -77,7 +73,7 @@ pub(super) fn merge(
         .with_source_alias("s")
         .with_target_alias("t")
         .with_session_state(merge_session()?);
-    if let Some(p) = how.parquet {
+    if let Some(p) = &how.parquet {
         builder = builder.with_writer_properties(p.clone());
     }
     builder
@@ -138,5 +134,5 @@ fn with_flags(
             m.clone(),
         ));
     }
-    crate::decode::changes::with_columns(&changes.rows, flags)
+    with_columns(&changes.rows, flags)
 }

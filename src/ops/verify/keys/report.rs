@@ -301,7 +301,7 @@ mod tests {
         crate::config::UpsertSpec {
             key: vec!["id".into()],
             order_by: None,
-            envelope: crate::decode::changes::Envelope::Rows,
+            envelope: crate::decode::envelope::Envelope::Rows,
             source_order: None,
             delete_horizon: std::time::Duration::ZERO,
         }

@@ -13,9 +13,9 @@ use futures::TryStreamExt as _;
 
 use super::report::{Finding, Tally, render_key};
 use super::{OFFSET, PART};
-use crate::decode::changes::Changes;
+use crate::decode::changes::Order;
+use crate::decode::changes::{Changes, ChangesError};
 use crate::record::TopicPartition;
-use crate::sink::upsert::Order;
 
 /// Every key's candidates for the row the table should hold.
 pub(super) struct Expected {
@@ -32,26 +32,26 @@ pub(super) struct Expected {
     pub(super) not_compared: Vec<String>,
 }
 
-fn fields_of(rows: &RecordBatch, names: &[String]) -> Result<Vec<SortField>, ArrowError> {
+fn fields_of(rows: &RecordBatch, names: &[String]) -> Result<Vec<SortField>, ChangesError> {
     names
         .iter()
         .map(|n| {
             let c = rows
                 .column_by_name(n)
-                .ok_or_else(|| ArrowError::SchemaError(format!("no column `{n}`")))?;
+                .ok_or_else(|| ChangesError::MissingColumn { column: n.clone() })?;
             Ok(SortField::new(c.data_type().clone()))
         })
         .collect()
 }
 
-fn columns_of(batch: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>, ArrowError> {
+fn columns_of(batch: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>, ChangesError> {
     names
         .iter()
         .map(|n| {
             batch
                 .column_by_name(n)
                 .cloned()
-                .ok_or_else(|| ArrowError::SchemaError(format!("the table has no column `{n}`")))
+                .ok_or_else(|| ChangesError::MissingColumn { column: n.clone() })
         })
         .collect()
 }
@@ -62,7 +62,7 @@ impl Expected {
         key: &[String],
         order_by: Option<&str>,
         last: &[Changes],
-    ) -> Result<Self, ArrowError> {
+    ) -> Result<Self, ChangesError> {
         let Changes { rows, deleted, .. } = Changes::concat(last)?;
         let schema = rows.schema();
         let keys = RowConverter::new(fields_of(&rows, key)?)?;
@@ -123,7 +123,11 @@ impl Expected {
     }
 
     /// `batch`'s columns `names`, cast to the types of the expected rows.
-    fn conform(&self, batch: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>, ArrowError> {
+    fn conform(
+        &self,
+        batch: &RecordBatch,
+        names: &[String],
+    ) -> Result<Vec<ArrayRef>, ChangesError> {
         let mine = columns_of(&self.rows, names)?;
         columns_of(batch, names)?
             .iter()
@@ -132,7 +136,7 @@ impl Expected {
                 if c.data_type() == m.data_type() {
                     Ok(c.clone())
                 } else {
-                    cast(c, m.data_type())
+                    Ok(cast(c, m.data_type())?)
                 }
             })
             .collect()
@@ -144,7 +148,7 @@ impl Expected {
         table: &DeltaTable,
         partition_of: &PartitionOf<'_>,
         tally: &mut Tally,
-    ) -> Result<(), ArrowError> {
+    ) -> Result<(), ChangesError> {
         tally.compared = self.compared.clone();
         tally.not_compared = self.not_compared.clone();
         tally.several = self.by_key.values().filter(|c| c.len() > 1).count() as u64;
@@ -189,7 +193,7 @@ impl Expected {
     }
 
     /// Keys whose last change leaves a row that the table lacks.
-    fn missing(&self, seen: &HashSet<OwnedRow>, tally: &mut Tally) -> Result<(), ArrowError> {
+    fn missing(&self, seen: &HashSet<OwnedRow>, tally: &mut Tally) -> Result<(), ChangesError> {
         let key_cols = columns_of(&self.rows, &self.key)?;
         for (k, candidates) in &self.by_key {
             // A key with a deleting candidate may rightly be absent.
@@ -249,7 +253,7 @@ pub(super) async fn all_extra(
     key: &[String],
     partition_of: &PartitionOf<'_>,
     tally: &mut Tally,
-) -> Result<(), ArrowError> {
+) -> Result<(), ChangesError> {
     let mut stream = scan(table).await?;
     while let Some(batch) = stream.try_next().await.map_err(external)? {
         let key_cols = columns_of(&batch, key)?;

@@ -1,85 +1,15 @@
-//! Upsert: apply a window of keyed changes to a Delta table with one MERGE that
-//! carries the window's offsets, exactly once.
-//!
-//! A window is first reduced to one change per key, the last one read (a key
-//! lives in one Kafka partition, whose records arrive in offset order). Then one
-//! delta-rs MERGE on the key: a matched key is deleted or updated, an unmatched
-//! one inserted (a deletion of an absent key does nothing). The window's `txn`
-//! actions ride in the MERGE's own commit, under the same compare-and-swap as an
-//! append: the stored offsets are checked first, and delta-rs' conflict checker
-//! fails the commit if a racing one holds one of our app ids. A MERGE that
-//! changes nothing writes no commit, so its offsets are then committed alone.
-//! [`partitions`] keeps the topic's partition count the table was written with.
-
-pub mod deletes;
-mod merge;
-pub mod partitions;
-
-use merge::{Merge, merge};
+//! A window's changes reduced to the last change of each key, by the order
+//! they were read in or by an `order_by` column; the same rule decides in the
+//! MERGE whether a change replaces the table's row.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use deltalake::arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use deltalake::arrow::compute::{take, take_record_batch};
-
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::row::{RowConverter, Rows, SortField};
-use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
-use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::{DeltaTable, DeltaTableError};
 
-use crate::record::TopicPartition;
-use crate::sink::commit::{
-    self, CommitError, CommitOutcome, CommitRequest, CommitStats, PartitionCommit, RetryPolicy,
-    TableLog, commit_properties, compare,
-};
-use crate::sink::retry::{is_conflict, is_retryable};
-
-/// The source column that marks a change as a deletion.
-pub const DELETED: &str = "__tributary_deleted";
-/// The source column that marks a change as replacing its key's row whatever
-/// the order values ([`Changes::unconditional`]).
-pub const UNCONDITIONAL: &str = "__tributary_unconditional";
-/// The source column holding the order value of each change's key's latest
-/// delete ([`deletes`]).
-pub const DELETED_ORDER: &str = "__tributary_deleted_order";
-
-pub use crate::decode::changes::Changes;
-
-/// What one window asks of an upsert table.
-#[derive(Debug, Clone)]
-pub struct UpsertWindow {
-    /// The key columns.
-    pub key: Vec<String>,
-    /// A column ordering the changes of a key (a source LSN, a change time): a
-    /// change never replaces a newer one, in the window or in the table.
-    pub order_by: Option<String>,
-    /// The window's changes.
-    pub changes: Changes,
-    /// The offsets they account for, per partition.
-    pub partitions: Vec<PartitionCommit>,
-    /// Parquet settings of the files the MERGE writes (the table's compression
-    /// and row groups); delta-rs' defaults when `None`.
-    pub parquet: Option<WriterProperties>,
-}
-
-/// Errors of an upsert that retrying will not fix.
-#[derive(Debug, thiserror::Error)]
-pub enum UpsertError {
-    /// The changes cannot be keyed (a key column missing or null).
-    #[error("upsert into table {uri}: {source}")]
-    Key {
-        /// The table.
-        uri: String,
-        /// What is wrong.
-        #[source]
-        source: ArrowError,
-    },
-    /// The commit failed.
-    #[error(transparent)]
-    Commit(#[from] CommitError),
-}
+use super::{Changes, ChangesError};
 
 /// The last change of each key, in the order read; an error when a key column
 /// is missing or holds a null, or the order column is missing.
@@ -96,7 +26,7 @@ pub fn reduce(
     key: &[String],
     order_by: Option<&str>,
     changes: &Changes,
-) -> Result<Changes, ArrowError> {
+) -> Result<Changes, ChangesError> {
     let rows = &changes.rows;
     let keys = RowConverter::new(sort_fields(rows, key)?)?
         .convert_columns(&non_null_columns(rows, key)?)?;
@@ -149,7 +79,7 @@ pub fn reduce_growing(
     key: &[String],
     order_by: Option<&str>,
     min_rows: usize,
-) -> Result<bool, ArrowError> {
+) -> Result<bool, ChangesError> {
     let rows: usize = list.iter().map(|c| c.rows.num_rows()).sum();
     if rows.saturating_sub(*reduced) < (*reduced).max(min_rows) || list.is_empty() {
         return Ok(false);
@@ -170,10 +100,12 @@ pub struct Order {
 
 impl Order {
     /// The order of `rows` by column `order_by`; an error when it is missing.
-    pub fn new(rows: &RecordBatch, order_by: &str) -> Result<Self, ArrowError> {
-        let c = rows.column_by_name(order_by).ok_or_else(|| {
-            ArrowError::SchemaError(format!("column `{order_by}` is not in the changes"))
-        })?;
+    pub fn new(rows: &RecordBatch, order_by: &str) -> Result<Self, ChangesError> {
+        let c = rows
+            .column_by_name(order_by)
+            .ok_or_else(|| ChangesError::MissingColumn {
+                column: order_by.to_owned(),
+            })?;
         let field = SortField::new(c.data_type().clone());
         let rows = RowConverter::new(vec![field])?.convert_columns(std::slice::from_ref(c))?;
         Ok(Self {
@@ -200,237 +132,29 @@ impl Order {
     }
 }
 
-/// What a MERGE commit wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Written {
-    /// Parquet files added (new rows, and the rows of every rewritten file).
-    pub files: u64,
-    /// Their bytes.
-    pub bytes: u64,
-}
-
-/// Apply `changes` and move `partitions`' offsets, in one commit; retried like
-/// [`commit::commit`] until it lands, turns out stale, or `cancelled()`.
-pub async fn apply(
-    table: &mut DeltaTable,
-    log: &TableLog,
-    app_id: &str,
-    window: &UpsertWindow,
-    policy: RetryPolicy,
-    cancelled: &(dyn Fn() -> bool + Send + Sync),
-) -> Result<(CommitOutcome, CommitStats, Written), UpsertError> {
-    let uri = table.table_url().to_string();
-    let key = window.key.as_slice();
-    let reduced = reduce(key, window.order_by.as_deref(), &window.changes).map_err(|source| {
-        UpsertError::Key {
-            uri: uri.clone(),
-            source,
-        }
-    })?;
-    let req = CommitRequest {
-        adds: Vec::new(),
-        partitions: window.partitions.clone(),
-    };
-    if reduced.rows.num_rows() == 0 {
-        let (o, s) = commit::commit(table, log, app_id, &req, policy, cancelled).await?;
-        return Ok((o, s, Written::default()));
-    }
-    let deleted_order = recall_deletes(table, log, window, &reduced)
-        .await
-        .map_err(|e| CommitError::Delta {
-            uri: uri.clone(),
-            source: Box::new(e),
-        })?;
-    let start = Instant::now();
-    let mut backoff = policy.initial_backoff;
-    let (mut attempts, mut conflicts) = (0u32, 0u64);
-    loop {
-        attempts += 1;
-        let stats = |attempts, conflicts| CommitStats {
-            attempts,
-            duration: start.elapsed(),
-            conflicts,
-        };
-        let how = Merge {
-            key,
-            order_by: window.order_by.as_deref(),
-            changes: &reduced,
-            deleted_order: deleted_order.as_ref(),
-            parquet: window.parquet.as_ref(),
-        };
-        match attempt(table, log, app_id, &how, &req, policy).await {
-            Ok(Some((outcome, w))) => return Ok((outcome, stats(attempts, conflicts), w)),
-            // The MERGE changed nothing and wrote no commit: the offsets alone.
-            Ok(None) => {
-                let (o, s) = commit::commit(table, log, app_id, &req, policy, cancelled).await?;
-                let s = stats(attempts + s.attempts, conflicts + s.conflicts);
-                return Ok((o, s, Written::default()));
-            }
-            Err(e) if is_conflict(&e) && conflicts < u64::from(policy.max_merge_replans) => {
-                // Another writer's commit touched what the MERGE read: plan it
-                // again on the new version (a racing txn shows up as stale).
-                conflicts += 1;
-                tracing::info!(table = %uri, error = %e, "upsert conflicted; merging again");
-            }
-            Err(e) if is_retryable(&e) && !cancelled() => {
-                tracing::warn!(table = %uri, attempt = attempts, error = %e, "upsert failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(policy.max_backoff);
-            }
-            Err(e) => return Err(given_up(uri, e, attempts, conflicts).into()),
-        }
-    }
-}
-
-/// With `order_by` and a memory of deletes: the window's deletes remembered
-/// ([`deletes`]), and for each change the order value of its key's latest
-/// delete.
-async fn recall_deletes(
-    table: &mut DeltaTable,
-    log: &TableLog,
-    window: &UpsertWindow,
-    reduced: &Changes,
-) -> Result<Option<ArrayRef>, DeltaTableError> {
-    let Some(order_by) = window.order_by.as_deref() else {
-        return Ok(None);
-    };
-    if !log.deletes.is_on() {
-        return Ok(None);
-    }
-    // The version is the markers' sequence: at least the partition's last
-    // window's, whichever replica committed it.
-    table.update_state().await?;
-    let w = deletes::Window {
-        key: &window.key,
-        order_by,
-        changes: reduced,
-        table,
-    };
-    log.deletes
-        .remember_and_recall(&w, std::time::SystemTime::now())
-        .await
-}
-
-/// The error of an upsert that stopped trying: contended (re-planned as often
-/// as allowed), abandoned (transient, at shutdown), or failed for good.
-fn given_up(uri: String, e: DeltaTableError, attempts: u32, conflicts: u64) -> CommitError {
-    if is_conflict(&e) {
-        CommitError::Contended {
-            uri,
-            replans: conflicts,
-            last_error: e.to_string(),
-        }
-    } else if is_retryable(&e) {
-        CommitError::Abandoned {
-            uri,
-            attempts,
-            last_error: e.to_string(),
-        }
-    } else {
-        CommitError::Delta {
-            uri,
-            source: Box::new(e),
-        }
-    }
-}
-
-fn non_null_columns(rows: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>, ArrowError> {
+fn non_null_columns(rows: &RecordBatch, names: &[String]) -> Result<Vec<ArrayRef>, ChangesError> {
     names
         .iter()
         .map(|k| {
-            let c = rows.column_by_name(k).ok_or_else(|| {
-                ArrowError::SchemaError(format!("column `{k}` is not in the changes"))
-            })?;
+            let c = rows
+                .column_by_name(k)
+                .ok_or_else(|| ChangesError::MissingColumn { column: k.clone() })?;
             if c.null_count() > 0 {
-                return Err(ArrowError::InvalidArgumentError(format!(
-                    "column `{k}` is null in {} change(s)",
-                    c.null_count()
-                )));
+                return Err(ChangesError::NullKey {
+                    column: k.clone(),
+                    count: c.null_count(),
+                });
             }
             Ok(c.clone())
         })
         .collect()
 }
 
-fn sort_fields(rows: &RecordBatch, names: &[String]) -> Result<Vec<SortField>, ArrowError> {
+fn sort_fields(rows: &RecordBatch, names: &[String]) -> Result<Vec<SortField>, ChangesError> {
     Ok(non_null_columns(rows, names)?
         .iter()
         .map(|c| SortField::new(c.data_type().clone()))
         .collect())
-}
-
-/// One attempt: `Some(outcome)` when decided (with what a landed MERGE
-/// wrote), `None` when the MERGE changed nothing (no commit written).
-async fn attempt(
-    table: &mut DeltaTable,
-    log: &TableLog,
-    app_id: &str,
-    how: &Merge<'_>,
-    req: &CommitRequest,
-    policy: RetryPolicy,
-) -> Result<Option<(CommitOutcome, Written)>, DeltaTableError> {
-    loop {
-        table.update_state().await?;
-        let tps: Vec<TopicPartition> = req.partitions.iter().map(|p| p.tp.clone()).collect();
-        let stored = log.offsets.offsets_for_writing(table, app_id, &tps).await?;
-        if let Some(outcome) = compare(req, &stored) {
-            return Ok(Some((outcome, Written::default())));
-        }
-        let before = table.version();
-        let (properties, written) = commit_properties(app_id, req, policy);
-        let merged = merge(table, how)?.with_commit_properties(properties).await;
-        match merged {
-            Ok((merged, _)) if merged.version() == before => return Ok(None),
-            Ok((merged, m)) => {
-                let version = merged.version().unwrap_or_default();
-                *table = merged;
-                log.offsets.record_commit(version, written).await;
-                log.checkpoints.after_commit(table).await;
-                let w = Written {
-                    files: m.num_target_files_added as u64,
-                    bytes: added_bytes(table, version).await,
-                };
-                tracing::info!(
-                    table = %table.table_url(), version,
-                    inserted = m.num_target_rows_inserted, updated = m.num_target_rows_updated,
-                    deleted = m.num_target_rows_deleted, copied = m.num_target_rows_copied,
-                    files_scanned = m.num_target_files_scanned,
-                    files_removed = m.num_target_files_removed,
-                    files_added = w.files, bytes_added = w.bytes,
-                    ms = m.execution_time_ms, scan_ms = m.scan_time_ms,
-                    rewrite_ms = m.rewrite_time_ms,
-                    "merged"
-                );
-                let outcome = CommitOutcome::Committed {
-                    version: version as i64,
-                };
-                return Ok(Some((outcome, w)));
-            }
-            // A racing commit holds one of our app ids: re-read, it is stale.
-            Err(DeltaTableError::Transaction {
-                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentTransaction),
-            }) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The bytes of the files commit `version` added (0 when its entry cannot be
-/// read: a count for the metrics, not worth failing a landed commit for).
-async fn added_bytes(table: &DeltaTable, version: u64) -> u64 {
-    let entry = match table.log_store().read_commit_entry(version).await {
-        Ok(Some(e)) => e,
-        Ok(None) => return 0,
-        Err(e) => {
-            tracing::debug!(version, error = %e, "reading the MERGE's commit for its size");
-            return 0;
-        }
-    };
-    entry
-        .split(|b| *b == b'\n')
-        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
-        .filter_map(|a| a.get("add").and_then(|add| add["size"].as_u64()))
-        .sum()
 }
 
 #[cfg(test)]

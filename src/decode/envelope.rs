@@ -1,5 +1,5 @@
-//! Keyed changes: what an upsert applies, taken from a decoded segment (keyed
-//! records, or change events, see [`super::debezium`]), in offset order; a
+//! An upsert table's envelope: how a decoded segment (keyed records, or change
+//! events, see [`super::debezium`]) becomes [`Changes`] in offset order; a
 //! change without a key is rejected.
 //!
 //! A tombstone (a record with no value) deletes its key when the key is the
@@ -20,29 +20,8 @@ use super::{DecodeError, Decoded, JsonDecoder, RejectKind, Rejected, append_meta
 use crate::record::RecordChunk;
 use crate::schema::TableSchema;
 
-mod batch;
-
+use super::changes::Changes;
 pub use super::tombstones::LastDeletes;
-pub use batch::Changes;
-
-/// `rows` with `extra` columns after its own.
-pub fn with_columns(
-    rows: &RecordBatch,
-    extra: impl IntoIterator<Item = (Field, ArrayRef)>,
-) -> Result<RecordBatch, ArrowError> {
-    let mut fields: Vec<Field> = rows
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    let mut columns = rows.columns().to_vec();
-    for (f, c) in extra {
-        fields.push(f);
-        columns.push(c);
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-}
 
 /// What an upsert table's records hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

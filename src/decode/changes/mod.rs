@@ -1,11 +1,64 @@
-//! A window's changes as Arrow: the rows, which of them delete, which replace
-//! their key's row whatever the order values; joined segment by segment by
-//! column name.
+//! Keyed changes, what an upsert table applies: the rows, which of them delete,
+//! which replace their key's row whatever the order values; joined segment by
+//! segment by column name, and reduced to the last change per key
+//! ([`reduce`]). The envelope decoders ([`super::envelope`],
+//! [`super::debezium`]) make them; the window holds them; the MERGE applies
+//! them; verify replays them.
 
+pub mod reduce;
+
+pub use reduce::{Order, reduce, reduce_growing};
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::ArrayRef;
 use deltalake::arrow::array::{Array, BooleanArray, RecordBatch};
 use deltalake::arrow::compute::{concat, concat_batches};
-use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::arrow::error::ArrowError;
+
+/// Why changes cannot be joined, keyed or ordered: a fault of the table's
+/// configuration or of the records, never transient.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesError {
+    /// A column the key, the order or the join needs is not there.
+    #[error("column `{column}` is not in the changes")]
+    MissingColumn {
+        /// The column.
+        column: String,
+    },
+    /// A key column holds nulls: those changes name no key.
+    #[error("key column `{column}` is null in {count} change(s)")]
+    NullKey {
+        /// The column.
+        column: String,
+        /// Changes with a null in it.
+        count: usize,
+    },
+    /// A window segment's columns are not the first segment's.
+    #[error("window segment {segment} does not hold the columns of the first: {what}")]
+    SegmentMismatch {
+        /// The segment, counted from 0.
+        segment: usize,
+        /// What differs.
+        what: String,
+    },
+    /// A join of no changes was asked for.
+    #[error("no changes to join")]
+    Empty,
+    /// Arrow failed on well-formed input (a kernel's own limits).
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+}
+
+/// The source column that marks a change as a deletion.
+pub const DELETED: &str = "__tributary_deleted";
+/// The source column that marks a change as replacing its key's row whatever
+/// the order values ([`Changes::unconditional`]).
+pub const UNCONDITIONAL: &str = "__tributary_unconditional";
+/// The source column holding the order value of each change's key's latest
+/// delete (the upsert sink's memory of deletes).
+pub const DELETED_ORDER: &str = "__tributary_deleted_order";
 
 /// Changes: rows with the table's columns, and which of them delete their key
 /// (the other columns of a deletion are ignored but for the key).
@@ -17,7 +70,7 @@ pub struct Changes {
     pub deleted: BooleanArray,
     /// With `order_by`: whether each change replaces its key's row whatever
     /// the two order values (a reduction set it: a change of the key without
-    /// an order value came before it; see [`crate::sink::upsert::reduce`]).
+    /// an order value came before it; see [`reduce`]).
     /// `None`: no change does.
     pub unconditional: Option<BooleanArray>,
 }
@@ -40,11 +93,9 @@ impl Changes {
     /// `list` as one batch of changes, in order, every segment's columns taken
     /// by name in the first one's order; an error for an empty list, or for a
     /// segment whose columns (names or types) are not the first one's.
-    pub fn concat(list: &[Changes]) -> Result<Changes, ArrowError> {
+    pub fn concat(list: &[Changes]) -> Result<Changes, ChangesError> {
         let Some(first) = list.first() else {
-            return Err(ArrowError::InvalidArgumentError(
-                "no changes to join".into(),
-            ));
+            return Err(ChangesError::Empty);
         };
         let schema = first.rows.schema();
         let segments = list
@@ -72,6 +123,25 @@ impl Changes {
     }
 }
 
+/// `rows` with `extra` columns after its own.
+pub fn with_columns(
+    rows: &RecordBatch,
+    extra: impl IntoIterator<Item = (Field, ArrayRef)>,
+) -> Result<RecordBatch, ArrowError> {
+    let mut fields: Vec<Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns = rows.columns().to_vec();
+    for (f, c) in extra {
+        fields.push(f);
+        columns.push(c);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
 fn concat_flags(flags: impl Iterator<Item = BooleanArray>) -> Result<BooleanArray, ArrowError> {
     let flags: Vec<BooleanArray> = flags.collect();
     let refs: Vec<&dyn Array> = flags.iter().map(|f| f as &dyn Array).collect();
@@ -84,15 +154,11 @@ fn concat_flags(flags: impl Iterator<Item = BooleanArray>) -> Result<BooleanArra
 
 /// Segment `n`'s columns by name in `schema`'s order; an error naming the
 /// column when the segment lacks one, has another, or holds another type.
-fn by_name(batch: &RecordBatch, schema: &SchemaRef, n: usize) -> Result<RecordBatch, ArrowError> {
+fn by_name(batch: &RecordBatch, schema: &SchemaRef, n: usize) -> Result<RecordBatch, ChangesError> {
     if batch.schema_ref() == schema {
         return Ok(batch.clone());
     }
-    let mismatch = |what: String| {
-        ArrowError::SchemaError(format!(
-            "window segment {n} does not hold the columns of the first: {what}"
-        ))
-    };
+    let mismatch = |what: String| ChangesError::SegmentMismatch { segment: n, what };
     if let Some(extra) = batch
         .schema()
         .fields()
@@ -119,7 +185,7 @@ fn by_name(batch: &RecordBatch, schema: &SchemaRef, n: usize) -> Result<RecordBa
             Ok(c.clone())
         })
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns)
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 #[cfg(test)]
