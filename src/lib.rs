@@ -50,6 +50,7 @@
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod fault;
 pub mod offsets;
 pub mod ops;
 pub mod pipeline;

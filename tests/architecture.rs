@@ -326,7 +326,7 @@ fn no_import_cycle_between_modules_at_any_depth() {
 /// predecessors only (the flow source -> decode -> window -> sink -> offsets reads
 /// upward from here, with pipeline on top and ops beside it).
 const LAYERS: &[&[&str]] = &[
-    &["secret", "record"],
+    &["secret", "record", "fault"],
     &["telemetry", "schema", "offsets"],
     &["source", "decode"],
     &["sink"],

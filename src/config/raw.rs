@@ -70,7 +70,7 @@ pub struct RawLog {
     /// Level or filter, e.g. `info` or `tributary=debug,librdkafka=warn`.
     pub level: Option<String>,
     /// `text` or `json`.
-    pub format: Option<String>,
+    pub format: Option<RawLogFormat>,
 }
 
 /// `[kafka]`
@@ -131,7 +131,7 @@ pub struct RawTable {
     #[serde(default)]
     pub derived_columns: BTreeMap<String, String>,
     /// `append` (default) or `upsert` (the table holds the latest change per key).
-    pub mode: Option<String>,
+    pub mode: Option<RawMode>,
     /// Upsert: the key columns.
     #[serde(default)]
     pub key: Vec<String>,
@@ -139,7 +139,7 @@ pub struct RawTable {
     pub order_by: Option<String>,
     /// Upsert: `debezium` when records are Debezium change events,
     /// `debezium-flattened` when `ExtractNewRecordState` flattened them.
-    pub envelope: Option<String>,
+    pub envelope: Option<RawEnvelope>,
     /// Upsert with `order_by`: how long deleted keys' order values are kept
     /// (e.g. `"7d"`; every table's, routes' too).
     #[serde(default, with = "humantime_serde")]
@@ -172,7 +172,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub flush: RawFlush,
     /// `append` (default) or `upsert`, for this route's tables.
-    pub mode: Option<String>,
+    pub mode: Option<RawMode>,
     /// Upsert: the key columns.
     #[serde(default)]
     pub key: Vec<String>,
@@ -180,7 +180,7 @@ pub struct RawRoute {
     pub order_by: Option<String>,
     /// Upsert: `debezium` when records are Debezium change events,
     /// `debezium-flattened` when `ExtractNewRecordState` flattened them.
-    pub envelope: Option<String>,
+    pub envelope: Option<RawEnvelope>,
 }
 
 /// `[storage]`
@@ -232,6 +232,63 @@ pub struct RawFlush {
     pub memory_budget: Option<ByteSize>,
 }
 
+/// `mode`: how a table takes its records. A value that is none of these is
+/// kept, so that validation names the key it was given for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawMode {
+    /// Every record is a new row.
+    Append,
+    /// The table holds the latest change per key.
+    Upsert,
+    /// Anything else (refused by validation, naming the key).
+    #[serde(untagged)]
+    Other(String),
+}
+
+/// `envelope`: what an upsert table's records hold.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawEnvelope {
+    /// Debezium change events.
+    Debezium,
+    /// Rows flattened by Debezium's `ExtractNewRecordState`.
+    DebeziumFlattened,
+    /// Anything else (refused by validation).
+    #[serde(untagged)]
+    Other(String),
+}
+
+/// `decode.format`: the record value format.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawFormat {
+    /// JSON objects against the table schema.
+    Json,
+    /// Avro in the Confluent wire format.
+    Avro,
+    /// Protobuf in the Confluent wire format.
+    Protobuf,
+    /// JSON Schema in the Confluent wire format.
+    JsonSchema,
+    /// Anything else (refused by validation).
+    #[serde(untagged)]
+    Other(String),
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// Anything else (refused by validation).
+    #[serde(untagged)]
+    Other(String),
+}
+
 /// `[commit]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -255,7 +312,7 @@ pub struct RawCommit {
 pub struct RawDecode {
     /// Record value format: `json` (default), or `avro` / `protobuf` / `json_schema`
     /// (Confluent wire format, schemas from the registry).
-    pub format: Option<String>,
+    pub format: Option<RawFormat>,
     /// What to do with a record that cannot be decoded.
     #[serde(default)]
     pub on_error: OnError,

@@ -53,8 +53,8 @@ fn upsert_spec(
     raw: &RawTable,
     schema: Option<&deltalake::kernel::StructType>,
 ) -> Result<Option<UpsertSpec>, ConfigError> {
-    match raw.mode.as_deref().map(str::trim) {
-        None | Some("append") => {
+    match &raw.mode {
+        None | Some(RawMode::Append) => {
             if !raw.key.is_empty() || raw.order_by.is_some() || raw.envelope.is_some() {
                 return Err(ConfigError::invalid(
                     "table.key",
@@ -63,8 +63,8 @@ fn upsert_spec(
             }
             return Ok(None);
         }
-        Some("upsert") => {}
-        Some(other) => {
+        Some(RawMode::Upsert) => {}
+        Some(RawMode::Other(other)) => {
             return Err(ConfigError::invalid(
                 "table.mode",
                 format!("`{other}` is not a mode: use \"append\" or \"upsert\""),
@@ -163,11 +163,11 @@ fn order_by(
 /// `envelope`: none, `debezium` or `debezium-flattened` (without derived
 /// columns).
 fn envelope(raw: &RawTable) -> Result<Envelope, ConfigError> {
-    let envelope = match raw.envelope.as_deref().map(str::trim) {
+    let envelope = match &raw.envelope {
         None => return Ok(Envelope::Rows),
-        Some("debezium") => Envelope::Debezium,
-        Some("debezium-flattened") => Envelope::DebeziumFlattened,
-        Some(other) => {
+        Some(RawEnvelope::Debezium) => Envelope::Debezium,
+        Some(RawEnvelope::DebeziumFlattened) => Envelope::DebeziumFlattened,
+        Some(RawEnvelope::Other(other)) => {
             return Err(ConfigError::invalid(
                 "table.envelope",
                 format!(

@@ -129,10 +129,10 @@ fn validate_observability(
             })
         })
         .transpose()?;
-    let log_json = match log.format.as_deref().unwrap_or("text") {
-        "text" => false,
-        "json" => true,
-        other => {
+    let log_json = match log.format.as_ref().unwrap_or(&RawLogFormat::Text) {
+        RawLogFormat::Text => false,
+        RawLogFormat::Json => true,
+        RawLogFormat::Other(other) => {
             return Err(ConfigError::invalid(
                 "log.format",
                 format!("`{other}`: use `text` or `json`"),
@@ -337,12 +337,12 @@ fn validate_decode(
     kafka: &KafkaConfig,
     table: &TableConfig,
 ) -> Result<DecodeConfig, ConfigError> {
-    let format = match raw.format.as_deref().unwrap_or("json") {
-        "json" => Format::Json,
-        "avro" => Format::Avro,
-        "json_schema" => Format::JsonSchema,
-        "protobuf" => Format::Protobuf,
-        other => {
+    let format = match raw.format.as_ref().unwrap_or(&RawFormat::Json) {
+        RawFormat::Json => Format::Json,
+        RawFormat::Avro => Format::Avro,
+        RawFormat::JsonSchema => Format::JsonSchema,
+        RawFormat::Protobuf => Format::Protobuf,
+        RawFormat::Other(other) => {
             return Err(ConfigError::invalid(
                 "decode.format",
                 format!(

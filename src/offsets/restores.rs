@@ -105,6 +105,8 @@ pub struct Hole {
     pub partitions: Vec<(TopicPartition, i64, Option<i64>)>,
 }
 
+impl std::error::Error for Hole {}
+
 impl fmt::Display for Hole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let to = self

@@ -259,7 +259,7 @@ impl OffsetStore {
         let offsets = self.offsets(table, app_id, tps).await?;
         if let Some(hole) = self.hole(table, app_id).await? {
             tracing::error!(table = %hole.uri, restore_version = hole.restore.version, "{hole}");
-            return Err(DeltaTableError::Generic(hole.to_string()));
+            return Err(crate::fault::permanent(hole));
         }
         Ok(offsets)
     }
@@ -267,10 +267,12 @@ impl OffsetStore {
 
 fn unreadable(table: &DeltaTable, v: u64) -> impl Fn(serde_json::Error) -> DeltaTableError + '_ {
     move |e| {
-        DeltaTableError::Generic(format!(
-            "reading the actions of commit {v} of {}: {e}",
-            table.table_url()
-        ))
+        tracing::error!(table = %table.table_url(), version = v, error = %e, "a commit's actions are not valid JSON");
+        DeltaTableError::InvalidJsonLog {
+            json_err: e,
+            line: format!("an action of commit {v} of {}", table.table_url()),
+            version: v,
+        }
     }
 }
 

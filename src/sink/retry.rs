@@ -56,7 +56,9 @@ pub fn is_retryable(e: &DeltaTableError) -> bool {
                 | TransactionError::MaxCommitAttempts(_)
                 | TransactionError::LogStoreError { .. }
         ),
-        DeltaTableError::GenericError { .. } => true,
+        // Ours, typed and marked permanent (crate::fault); delta-rs' own
+        // GenericErrors are I/O around the log.
+        DeltaTableError::GenericError { .. } => !crate::fault::is_permanent(e),
         DeltaTableError::Generic(message) => flattened_store_error_retryable(message),
         _ => false,
     }
@@ -145,7 +147,11 @@ pub fn storage_hint(message: &str) -> Option<&'static str> {
              --storage-option aws_access_key_id=..), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, \
              a profile, or an instance/pod role",
         )
-    } else if m.contains("403") || m.contains("accessdenied") || m.contains("permission") {
+    } else if m.contains("status code: 403")
+        || m.contains("accessdenied")
+        || m.contains("permission")
+        || m.contains("403 forbidden")
+    {
         Some(
             "Access denied: the credentials need s3:ListBucket, s3:GetObject and s3:PutObject on the table's bucket and prefix",
         )
@@ -193,6 +199,15 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_403_in_a_path_or_an_offset_is_not_taken_for_a_refusal() {
+        let denied = "Generic S3 error: Error performing GET http://h/b/t in 2ms - \
+                      Server returned non-2xx status code: 403 Forbidden: <Error/>";
+        assert!(storage_hint(denied).is_some_and(|h| h.starts_with("Access denied")));
+        let offset = "record t/4 offset 40312 rejected; table s3://b/events-403/";
+        assert_eq!(storage_hint(offset), None);
+    }
 
     #[test]
     fn an_s3_outage_flattened_to_text_by_delta_rs_is_retried() {

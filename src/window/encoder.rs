@@ -19,6 +19,23 @@ use tokio::task::JoinHandle;
 
 use crate::telemetry::stats::{PipelineStats, StorageCall};
 
+/// Why the encoder of a window ended without its files.
+#[derive(Debug, thiserror::Error)]
+pub enum EncoderError {
+    /// The window was discarded (aborted) before it was finished.
+    #[error("the window was discarded")]
+    Discarded,
+    /// The encoder task hung up without an error of its own.
+    #[error("the Parquet encoder task stopped early")]
+    StoppedEarly,
+    /// Its error was already returned at an earlier call.
+    #[error("the Parquet encoder already failed for this window")]
+    AlreadyFailed,
+    /// The task panicked or was cancelled.
+    #[error("the Parquet encoder task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// Batches queued between the pipeline and the encoder. Two keep the encoder busy
 /// while the pipeline decodes; more would only hold more memory.
 const QUEUE_DEPTH: usize = 2;
@@ -68,7 +85,7 @@ impl WindowWriter {
             if skip.load(Ordering::Acquire) {
                 // Abort the multipart uploads of the discarded window.
                 writer.reset();
-                return Err(DeltaTableError::Generic("the window was discarded".into()));
+                return Err(crate::fault::permanent(EncoderError::Discarded));
             }
             Ok(writer)
         });
@@ -93,9 +110,7 @@ impl WindowWriter {
         match self.join().await {
             Ok(mut writer) => {
                 writer.reset();
-                Err(DeltaTableError::Generic(
-                    "the Parquet encoder task stopped early".into(),
-                ))
+                Err(crate::fault::permanent(EncoderError::StoppedEarly))
             }
             Err(e) => Err(e),
         }
@@ -127,15 +142,11 @@ impl WindowWriter {
     /// or at an earlier join.
     async fn join(&mut self) -> Result<RecordBatchWriter, DeltaTableError> {
         let Some(task) = self.task.take() else {
-            return Err(DeltaTableError::Generic(
-                "the Parquet encoder already failed for this window".into(),
-            ));
+            return Err(crate::fault::permanent(EncoderError::AlreadyFailed));
         };
         match task.await {
             Ok(result) => result,
-            Err(e) => Err(DeltaTableError::Generic(format!(
-                "the Parquet encoder task failed: {e}"
-            ))),
+            Err(e) => Err(crate::fault::permanent(EncoderError::Task(e))),
         }
     }
 }

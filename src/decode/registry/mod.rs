@@ -143,7 +143,7 @@ impl RegistryError {
 
     fn from_src(e: SRCError, what: impl Into<String>) -> Self {
         let raw = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<RawError>());
-        let refused = e.error.contains("status 401") || e.error.contains("status 403");
+        let refused = matches!(http_status(&e), Some(401 | 403));
         match raw {
             Some(r) if (40400..40500).contains(&r.error_code) || r.error_code == 404 => {
                 RegistryError::NotFound {
@@ -165,6 +165,15 @@ impl RegistryError {
             _ => RegistryError::Unavailable(e.to_string()),
         }
     }
+}
+
+/// The HTTP status of a registry call that failed with one. The client keeps
+/// it only in its message ("HTTP request to schema registry failed with status
+/// 401 Unauthorized"), so the status code is parsed from exactly that place.
+fn http_status(e: &SRCError) -> Option<u16> {
+    const PREFIX: &str = "HTTP request to schema registry failed with status ";
+    let rest = e.error.strip_prefix(PREFIX)?;
+    rest.split(' ').next()?.parse().ok()
 }
 
 /// Registry answers by schema id: the schema, or why there is none.
@@ -313,6 +322,25 @@ fn convert(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_refusal_is_known_by_its_status_code_not_by_text_elsewhere() {
+        let e = |m: &str| schema_registry_converter::error::SRCError::new(m, None, false);
+        let status = |m: &str| super::http_status(&e(m));
+        assert_eq!(
+            status("HTTP request to schema registry failed with status 401 Unauthorized"),
+            Some(401)
+        );
+        assert_eq!(
+            status("HTTP request to schema registry failed with status 503 Service Unavailable"),
+            Some(503)
+        );
+        // A 401 elsewhere in a message (a subject, a schema id) is no status.
+        assert_eq!(
+            status("could not find schema 401 for subject status-401"),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]

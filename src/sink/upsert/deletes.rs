@@ -158,7 +158,7 @@ impl Inner {
                     .await
                     .map_err(|e| match e {
                         crate::sink::table::TableError::Delta { source, .. } => *source,
-                        other => DeltaTableError::Generic(other.to_string()),
+                        other => crate::fault::permanent(other),
                     })?;
                 *guard = found;
             }
@@ -205,7 +205,7 @@ impl Inner {
         }
         guard
             .as_mut()
-            .ok_or_else(|| DeltaTableError::Generic("delete memory not created".into()))
+            .ok_or_else(|| crate::fault::permanent(MemoryError::NotCreated))
     }
 
     async fn prune_logged(&self, table: &mut DeltaTable, now: SystemTime) {
@@ -246,7 +246,9 @@ fn column_type(
         .schema()
         .field(name)
         .map(|f| f.data_type().clone())
-        .ok_or_else(|| DeltaTableError::Generic(format!("the table has no column `{name}`")))
+        .ok_or_else(|| DeltaTableError::SchemaMismatch {
+            msg: format!("the table has no column `{name}`"),
+        })
 }
 
 /// The window's markers: for each delete, the key's order state after it
@@ -325,9 +327,11 @@ fn markers(
 }
 
 fn column<'c>(c: &'c Changes, name: &str) -> Result<&'c ArrayRef, DeltaTableError> {
-    c.rows
-        .column_by_name(name)
-        .ok_or_else(|| DeltaTableError::Generic(format!("column `{name}` is not in the changes")))
+    c.rows.column_by_name(name).ok_or_else(|| {
+        crate::fault::permanent(crate::decode::changes::ChangesError::MissingColumn {
+            column: name.to_owned(),
+        })
+    })
 }
 
 /// No marker for any change.
@@ -415,7 +419,7 @@ fn latest(
     let seqs = seqs
         .as_any()
         .downcast_ref::<Int64Array>()
-        .ok_or_else(|| DeltaTableError::Generic("marker sequence".into()))?;
+        .ok_or_else(|| crate::fault::permanent(MemoryError::NotASequence))?;
     let mut latest: HashMap<_, (i64, u32)> = HashMap::new();
     for i in 0..found.num_rows() {
         let s = seqs.value(i);
@@ -438,6 +442,17 @@ fn cast_like(c: &ArrayRef, t: &DataType) -> Result<ArrayRef, DeltaTableError> {
         return Ok(c.clone());
     }
     Ok(deltalake::arrow::compute::cast(c, t)?)
+}
+
+/// A memory of deletes that cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum MemoryError {
+    /// The memory's table was neither found nor created.
+    #[error("the memory of deletes was not created")]
+    NotCreated,
+    /// Its marker column is not a sequence of numbers.
+    #[error("the memory of deletes holds a marker sequence that is not a number")]
+    NotASequence,
 }
 
 #[cfg(test)]
