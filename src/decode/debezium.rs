@@ -29,7 +29,7 @@ use deltalake::arrow::error::ArrowError;
 
 use deltalake::kernel::{DataType as DeltaType, StructField, StructType};
 
-use super::changes::{Changes, with_columns};
+use super::changes::{Changes, ChangesError, with_columns};
 
 /// The changes of a batch of envelopes, and the rows (of the input batch) that
 /// were rejected, with why.
@@ -41,18 +41,23 @@ pub struct Flattened {
     pub rejected: Vec<(usize, String)>,
 }
 
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ArrowError> {
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef, ChangesError> {
     batch
         .column_by_name(name)
-        .ok_or_else(|| ArrowError::SchemaError(format!("no `{name}` in the change events")))
+        .ok_or_else(|| ChangesError::MissingField {
+            field: name.to_owned(),
+        })
 }
 
-fn strings(a: &ArrayRef) -> Result<StringArray, ArrowError> {
+fn strings(a: &ArrayRef) -> Result<StringArray, ChangesError> {
     let s = cast(a, &DataType::Utf8)?;
     s.as_any()
         .downcast_ref::<StringArray>()
         .cloned()
-        .ok_or_else(|| ArrowError::CastError("not a string column".into()))
+        .ok_or_else(|| ChangesError::WrongType {
+            field: "__deleted`/`__op".into(),
+            expected: "a string",
+        })
 }
 
 /// The table column that keeps a `source` field (for `order_by`).
@@ -67,19 +72,19 @@ pub fn source_column(field: &str) -> String {
 pub fn envelope_record(
     record: &StructType,
     source_fields: &[&str],
-) -> Result<StructType, ArrowError> {
+) -> Result<StructType, ChangesError> {
     let row = StructType::try_new(
         record
             .fields()
             .map(|f| StructField::new(f.name(), f.data_type().clone(), true)),
     )
-    .map_err(|e| ArrowError::SchemaError(e.to_string()))?;
+    .map_err(|e| ChangesError::EnvelopeSchema(Box::new(e)))?;
     let source = StructType::try_new(
         source_fields
             .iter()
             .map(|f| StructField::new(*f, DeltaType::LONG, true)),
     )
-    .map_err(|e| ArrowError::SchemaError(e.to_string()))?;
+    .map_err(|e| ChangesError::EnvelopeSchema(Box::new(e)))?;
     let envelope = || {
         let mut fields = vec![
             StructField::new("before", DeltaType::Struct(Box::new(row.clone())), true),
@@ -96,14 +101,14 @@ pub fn envelope_record(
         fields
     };
     let payload =
-        StructType::try_new(envelope()).map_err(|e| ArrowError::SchemaError(e.to_string()))?;
+        StructType::try_new(envelope()).map_err(|e| ChangesError::EnvelopeSchema(Box::new(e)))?;
     let mut fields = envelope();
     fields.push(StructField::new(
         "payload",
         DeltaType::Struct(Box::new(payload)),
         true,
     ));
-    StructType::try_new(fields).map_err(|e| ArrowError::SchemaError(e.to_string()))
+    StructType::try_new(fields).map_err(|e| ChangesError::EnvelopeSchema(Box::new(e)))
 }
 
 /// The source table's row in a Debezium envelope schema: the `after` record
@@ -140,14 +145,17 @@ pub fn flattened_row_fields(record: &StructType) -> Result<StructType, super::Re
 }
 
 /// The envelope columns each row has: from `payload` where it has one.
-fn unwrap_payload(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+fn unwrap_payload(batch: &RecordBatch) -> Result<RecordBatch, ChangesError> {
     let Some(payload) = batch.column_by_name("payload") else {
         return Ok(batch.clone());
     };
     let payload = payload
         .as_any()
         .downcast_ref::<StructArray>()
-        .ok_or_else(|| ArrowError::SchemaError("`payload` is not a struct".into()))?;
+        .ok_or_else(|| ChangesError::WrongType {
+            field: "payload".into(),
+            expected: "a struct",
+        })?;
     let inside: Vec<bool> = (0..payload.len()).map(|i| payload.is_valid(i)).collect();
     let inside = BooleanArray::from(inside);
     let schema = batch.schema();
@@ -173,7 +181,10 @@ fn unwrap_payload(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
             columns.push(p.clone());
         }
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// Debezium envelopes (`before`, `after`, `op`, `source`; at the top or in a
@@ -187,7 +198,7 @@ pub fn envelopes(
     batch: &RecordBatch,
     source_fields: &[&str],
     keyed_elsewhere: bool,
-) -> Result<Flattened, ArrowError> {
+) -> Result<Flattened, ChangesError> {
     let batch = &unwrap_payload(batch)?;
     let op = strings(column(batch, "op")?)?;
     let before = column(batch, "before")?;
@@ -231,10 +242,13 @@ pub fn envelopes(
     }
     let is_delete = BooleanArray::from(deleted);
     let row = zip(&is_delete, before, after)?;
-    let row = row
-        .as_any()
-        .downcast_ref::<StructArray>()
-        .ok_or_else(|| ArrowError::SchemaError("`before`/`after` are not rows".into()))?;
+    let row =
+        row.as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| ChangesError::WrongType {
+                field: "before`/`after".into(),
+                expected: "rows",
+            })?;
     let mut rows = rows_of(row)?;
     if !source_fields.is_empty() {
         rows = with_source(rows, batch, source_fields)?;
@@ -253,25 +267,28 @@ pub fn envelopes(
 /// A struct column's rows as a batch, every field nullable (a null row's fields
 /// read null; such rows are filtered out afterwards). `RecordBatch::from`
 /// panics on a struct column with nulls.
-fn rows_of(a: &StructArray) -> Result<RecordBatch, ArrowError> {
+fn rows_of(a: &StructArray) -> Result<RecordBatch, ChangesError> {
     let (fields, columns, _nulls) = a.clone().into_parts();
     let fields: Vec<Field> = fields
         .iter()
         .map(|f| f.as_ref().clone().with_nullable(true))
         .collect();
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
-fn filter_bool(a: &BooleanArray, keep: &BooleanArray) -> Result<BooleanArray, ArrowError> {
+fn filter_bool(a: &BooleanArray, keep: &BooleanArray) -> Result<BooleanArray, ChangesError> {
     filter(a, keep)?
         .as_any()
         .downcast_ref::<BooleanArray>()
         .cloned()
-        .ok_or_else(|| ArrowError::CastError("deleted flags".into()))
+        .ok_or_else(|| ArrowError::CastError("deleted flags".into()).into())
 }
 
 /// `rows` with `batch`'s columns that are not part of the envelope.
-fn with_others(rows: RecordBatch, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+fn with_others(rows: RecordBatch, batch: &RecordBatch) -> Result<RecordBatch, ChangesError> {
     const ENVELOPE: [&str; 6] = ["before", "after", "op", "source", "payload", "ts_ms"];
     let schema = batch.schema();
     let extra = schema
@@ -282,35 +299,40 @@ fn with_others(rows: RecordBatch, batch: &RecordBatch) -> Result<RecordBatch, Ar
             !ENVELOPE.contains(&f.name().as_str()) && rows.column_by_name(f.name()).is_none()
         })
         .map(|(f, c)| (f.as_ref().clone().with_nullable(true), c.clone()));
-    with_columns(&rows, extra)
+    Ok(with_columns(&rows, extra)?)
 }
 
 fn with_source(
     rows: RecordBatch,
     batch: &RecordBatch,
     fields: &[&str],
-) -> Result<RecordBatch, ArrowError> {
+) -> Result<RecordBatch, ChangesError> {
     let source = column(batch, "source")?
         .as_any()
         .downcast_ref::<StructArray>()
-        .ok_or_else(|| ArrowError::SchemaError("`source` is not a struct".into()))?;
+        .ok_or_else(|| ChangesError::WrongType {
+            field: "source".into(),
+            expected: "a struct",
+        })?;
     let extra = fields
         .iter()
         .map(|name| {
-            let c = source.column_by_name(name).ok_or_else(|| {
-                ArrowError::SchemaError(format!("no `source.{name}` in the change events"))
-            })?;
+            let c = source
+                .column_by_name(name)
+                .ok_or_else(|| ChangesError::MissingField {
+                    field: format!("source.{name}"),
+                })?;
             let column = source_column(name);
             Ok((Field::new(column, c.data_type().clone(), true), c.clone()))
         })
-        .collect::<Result<Vec<_>, ArrowError>>()?;
-    with_columns(&rows, extra)
+        .collect::<Result<Vec<_>, ChangesError>>()?;
+    Ok(with_columns(&rows, extra)?)
 }
 
 /// Rows flattened by `ExtractNewRecordState`: deleted where `__deleted` is
 /// `"true"` or `__op` is `d`; both columns are dropped from the rows.
-pub fn flattened(batch: &RecordBatch) -> Result<Changes, ArrowError> {
-    let flag = |name: &str, yes: &str| -> Result<Option<Vec<bool>>, ArrowError> {
+pub fn flattened(batch: &RecordBatch) -> Result<Changes, ChangesError> {
+    let flag = |name: &str, yes: &str| -> Result<Option<Vec<bool>>, ChangesError> {
         batch
             .column_by_name(name)
             .map(|c| {

@@ -20,7 +20,7 @@ use super::{DecodeError, Decoded, JsonDecoder, RejectKind, Rejected, append_meta
 use crate::record::RecordChunk;
 use crate::schema::TableSchema;
 
-use super::changes::Changes;
+use super::changes::{Changes, ChangesError};
 pub use super::tombstones::LastDeletes;
 
 /// What an upsert table's records hold.
@@ -57,7 +57,7 @@ pub fn take(
     chunk: &RecordChunk,
     decoded: &mut Decoded,
     last_deletes: &mut LastDeletes,
-) -> Result<Option<(Changes, Vec<usize>)>, ArrowError> {
+) -> Result<Option<(Changes, Vec<usize>)>, ChangesError> {
     let combined = match keying.envelope {
         Envelope::Rows => keyed_rows(schema, keying.key, chunk, decoded, None)?,
         Envelope::DebeziumFlattened => {
@@ -132,7 +132,7 @@ pub fn envelope_schema(
         Envelope::Debezium => {
             let record = deltalake::kernel::StructType::try_new(record_fields.cloned())
                 .map_err(|e| schema_err(&e))?;
-            super::debezium::envelope_record(&record, &source).map_err(DecodeError::Schema)?
+            super::debezium::envelope_record(&record, &source).map_err(DecodeError::Envelope)?
         }
         Envelope::DebeziumFlattened => {
             let markers = ["__deleted", "__op"].map(|m| {
@@ -174,7 +174,7 @@ fn keyed_rows(
     chunk: &RecordChunk,
     decoded: &mut Decoded,
     flattened: Option<&mut LastDeletes>,
-) -> Result<Rows, ArrowError> {
+) -> Result<Rows, ChangesError> {
     let by_kafka_key = key.iter().all(|k| schema.metadata.names().any(|m| m == k));
     let rows = decoded.batch.take();
     let row_indices = std::mem::take(&mut decoded.rows);
@@ -235,7 +235,7 @@ fn debezium_rows(
     decoded: &mut Decoded,
     source_order: Option<&str>,
     by_kafka_key: bool,
-) -> Result<Rows, ArrowError> {
+) -> Result<Rows, ChangesError> {
     decoded.rejected.retain(|r| r.kind != RejectKind::Empty);
     let Some(batch) = decoded.batch.take() else {
         return Ok(None);
@@ -280,7 +280,7 @@ fn nullable(schema: &SchemaRef) -> SchemaRef {
 }
 
 /// `batch`'s columns by name in `target`'s order, nulls where it has none.
-fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ChangesError> {
     let columns: Vec<ArrayRef> = target
         .fields()
         .iter()
@@ -291,7 +291,7 @@ fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Arrow
                 .unwrap_or_else(|| new_null_array(f.data_type(), batch.num_rows()))
         })
         .collect();
-    RecordBatch::try_new(target.clone(), columns)
+    Ok(RecordBatch::try_new(target.clone(), columns)?)
 }
 
 /// The decoded rows and the tombstones' deletion rows, interleaved in chunk
@@ -312,7 +312,7 @@ fn combine(
     target: &SchemaRef,
     chunk: &RecordChunk,
     d: Deletions<'_>,
-) -> Result<(RecordBatch, Vec<usize>, Vec<bool>), ArrowError> {
+) -> Result<(RecordBatch, Vec<usize>, Vec<bool>), ChangesError> {
     let (row_indices, tombstones) = (d.row_indices, d.tombstones);
     let rows = match d.rows {
         Some(b) => conform(&b, target)?,
@@ -368,13 +368,13 @@ fn keep_keyed(
     key: &[String],
     rows: RecordBatch,
     deleted: Vec<bool>,
-) -> Result<(Changes, Vec<(usize, String)>), ArrowError> {
+) -> Result<(Changes, Vec<(usize, String)>), ChangesError> {
     let mut keyless = Vec::new();
     let mut keep = vec![true; rows.num_rows()];
     for k in key {
         let c = rows
             .column_by_name(k)
-            .ok_or_else(|| ArrowError::SchemaError(format!("key column `{k}` is not decoded")))?;
+            .ok_or_else(|| ChangesError::MissingColumn { column: k.clone() })?;
         for (row, kept) in keep.iter_mut().enumerate() {
             if *kept && c.is_null(row) {
                 *kept = false;

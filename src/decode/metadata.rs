@@ -67,11 +67,9 @@ pub(crate) fn append_metadata(
                 .iter()
                 .position(|(n, _)| *n == f.name())
                 .map(|i| named.swap_remove(i).1)
-                .ok_or_else(|| {
-                    DecodeError::Assemble(ArrowError::SchemaError(format!(
-                        "no values for table column `{}`",
-                        f.name()
-                    )))
+                .ok_or_else(|| DecodeError::Layout {
+                    column: f.name().clone(),
+                    problem: "has no values",
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -91,14 +89,16 @@ fn headers_array(
         .data_type()
         .clone();
     let DataType::List(element) = list_type else {
-        return Err(DecodeError::Assemble(ArrowError::SchemaError(format!(
-            "headers column `{name}` is not a list"
-        ))));
+        return Err(DecodeError::Layout {
+            column: name.to_owned(),
+            problem: "holds headers but is not a list",
+        });
     };
     let DataType::Struct(fields) = element.data_type().clone() else {
-        return Err(DecodeError::Assemble(ArrowError::SchemaError(format!(
-            "headers column `{name}` is not a list of structs"
-        ))));
+        return Err(DecodeError::Layout {
+            column: name.to_owned(),
+            problem: "holds headers but is not a list of structs",
+        });
     };
     let fields: Fields = fields;
     let entry = StructBuilder::new(

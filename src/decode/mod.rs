@@ -133,9 +133,21 @@ pub enum DecodeError {
     /// The decoded columns do not fit the table schema (a bug, not bad input).
     #[error("decoded columns do not match the table schema: {0}")]
     Assemble(#[source] ArrowError),
+    /// A table column the decoded values cannot fill as the schema says (a
+    /// bug, not bad input).
+    #[error("table column `{column}` {problem}")]
+    Layout {
+        /// The column.
+        column: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// The schema registry failed or refused us.
     #[error(transparent)]
     Registry(RegistryError),
+    /// The table's schema does not make an upsert envelope's schema.
+    #[error("cannot decode the table's change events: {0}")]
+    Envelope(#[source] changes::ChangesError),
     /// A producer schema cannot be written to the table and the config says stop.
     #[error(
         "{0} (decode.on_incompatible = \"fail\"; set it to \"skip\" to send such records to dead letters instead)"

@@ -9,7 +9,7 @@ use deltalake::arrow::error::ArrowError;
 
 use super::Pipeline;
 use super::error::PipelineError;
-use crate::decode::changes::{Changes, reduce_growing};
+use crate::decode::changes::Changes;
 use crate::decode::envelope::{self, Envelope, Keying};
 use crate::decode::{DecodeError, Decoded, JsonDecoder};
 use crate::record::{RecordChunk, TopicPartition};
@@ -89,10 +89,7 @@ impl Pipeline {
             decoded,
             &mut s.last_deletes,
         )
-        .map_err(|e: ArrowError| PipelineError::Write {
-            uri,
-            source: Box::new(e.into()),
-        })?;
+        .map_err(|source| PipelineError::Changes { uri, source })?;
         Ok(taken.map(|(c, _)| c))
     }
 
@@ -104,13 +101,11 @@ impl Pipeline {
         let Some(spec) = &s.tcfg.upsert else {
             return;
         };
-        let w = &mut s.window;
         let (key, order) = (spec.key.as_slice(), spec.order_by.as_deref());
         let at = (s.flush.max_rows / 4).clamp(1, REDUCE_AT) as usize;
-        if let Err(e) = reduce_growing(&mut w.changes, &mut w.reduced_changes, key, order, at) {
+        if let Err(e) = s.window.reduce_changes(key, order, at) {
             // The commit's own reduction reports it; try again once doubled.
             tracing::debug!(table = %s.tcfg.uri, error = %e, "window changes left as they are");
-            w.reduced_changes = w.changes.iter().map(|c| c.rows.num_rows()).sum();
         }
     }
 

@@ -12,6 +12,7 @@ use crate::record::TopicPartition;
 use crate::sink::commit::{CommitOutcome, CommitReport};
 use crate::source::SourceCommand;
 use crate::telemetry::events;
+use crate::window::Body;
 use crate::window::budget::{Held, MemoryBudget};
 use crate::window::flush::{CommitDone, DeadCommit, TaskError, WindowRows, flush_and_commit};
 
@@ -100,19 +101,18 @@ impl Pipeline {
         let app_id = self.cfg.app_id.clone();
         let policy = self.policy;
         let abandon = self.abandon.clone();
-        let writer = match &self.sinks[sink].tcfg.upsert {
-            Some(spec) if !window.changes.is_empty() => {
-                let tcfg = &self.sinks[sink].tcfg;
-                WindowRows::Changes {
-                    spec: spec.clone(),
-                    changes: window.changes,
-                    parquet: Box::new(crate::sink::table::writer_properties(
-                        tcfg.compression,
-                        tcfg.row_group_rows,
-                    )),
-                }
-            }
-            _ => WindowRows::Files(window.writer),
+        let tcfg = &self.sinks[sink].tcfg;
+        let writer = match (window.body, &tcfg.upsert) {
+            (Body::Changes(c), Some(spec)) => WindowRows::Changes {
+                spec: spec.clone(),
+                changes: c.list,
+                parquet: Box::new(crate::sink::table::writer_properties(
+                    tcfg.compression,
+                    tcfg.row_group_rows,
+                )),
+            },
+            (Body::Files(w), _) => WindowRows::Files(Some(w)),
+            (Body::Empty | Body::Changes(_), _) => WindowRows::Files(None),
         };
         let stats = self.stats.clone();
         let handle = tokio::spawn(async move {

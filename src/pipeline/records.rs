@@ -184,7 +184,7 @@ impl Pipeline {
             // and reduced to a change per key as they grow; `rows` counts the
             // changes taken, which is what `max_rows` bounds.
             window.rows += c.rows.num_rows() as u64;
-            window.changes.push(c);
+            window.add_changes(c);
             self.reduce_window_changes(sink);
         }
         match decoded.batch {
@@ -301,16 +301,18 @@ impl Pipeline {
         let rows = batch.num_rows() as u64;
         let raw = batch.get_array_memory_size() as u64;
         let s = &mut self.sinks[sink];
-        if s.window.writer.is_none() {
-            let writer = table::new_writer(&s.table, s.props.clone(), s.flush.max_bytes).map_err(
-                |source| PipelineError::Write {
-                    uri: s.uri(),
-                    source: Box::new(source),
-                },
-            )?;
-            s.window.writer = Some(WindowWriter::start(writer, self.stats.clone()));
-        }
-        let writer = s.window.writer.as_mut().expect("writer just set");
+        let (table, props, max_bytes) = (&s.table, s.props.clone(), s.flush.max_bytes);
+        let stats = self.stats.clone();
+        let writer = s
+            .window
+            .files(|| {
+                let writer = table::new_writer(table, props, max_bytes)?;
+                Ok(WindowWriter::start(writer, stats))
+            })
+            .map_err(|source| PipelineError::Write {
+                uri: table.table_url().to_string(),
+                source: Box::new(source),
+            })?;
         if let Err(e) = writer.write(batch).await {
             if crate::sink::retry::is_retryable(&e) {
                 tracing::warn!(error = %e, "writing Parquet failed; rewinding to the table's offsets");

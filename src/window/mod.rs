@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use deltalake::arrow::array::RecordBatch;
 use tokio::time::Instant;
 
+use crate::decode::changes::{Changes, ChangesError, reduce_growing};
 use crate::record::TopicPartition;
 use encoder::WindowWriter;
 
@@ -66,11 +67,44 @@ pub const MERGE_COPIES: u64 = 1;
 /// window's encoded bytes keep in memory at most, besides the open row group.
 const UPLOAD_PART: u64 = 5 << 20;
 
+/// What an open window's rows become: Parquet files or keyed changes, never
+/// both.
+#[derive(Default)]
+pub enum Body {
+    /// No row yet.
+    #[default]
+    Empty,
+    /// An append table's Parquet files, being encoded.
+    Files(WindowWriter),
+    /// An upsert table's changes (held as they are, not encoded).
+    Changes(WindowChanges),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Empty => write!(f, "Empty"),
+            Body::Files(w) => write!(f, "Files({} bytes encoded)", w.encoded_bytes()),
+            Body::Changes(c) => write!(f, "Changes({} segments)", c.list.len()),
+        }
+    }
+}
+
+/// An upsert window's changes, in offset order, kept reduced to the last
+/// change per key as the window grows ([`reduce_growing`]).
+#[derive(Debug, Default)]
+pub struct WindowChanges {
+    /// The segments' changes.
+    pub list: Vec<Changes>,
+    /// Rows the last reduction left.
+    pub reduced: usize,
+}
+
 /// A table's open window: the records accounted for since its last commit.
 #[derive(Default)]
 pub struct Window {
-    /// The encoder of the window's Parquet files, once a row is written.
-    pub writer: Option<WindowWriter>,
+    /// What its rows become.
+    pub body: Body,
     /// Rows written.
     pub rows: u64,
     /// Arrow bytes of the rows written (what they took decoded).
@@ -87,13 +121,7 @@ pub struct Window {
     pub parts: HashMap<TopicPartition, i64>,
     /// Dead letters of this window, for the dead-letter table.
     pub dead: Vec<RecordBatch>,
-    /// An upsert table's changes (instead of Parquet files), in offset order;
-    /// kept reduced to the last change per key as the window grows
-    /// ([`crate::decode::changes::reduce_growing`]).
-    pub changes: Vec<crate::decode::changes::Changes>,
-    /// Rows the last reduction of `changes` left.
-    pub reduced_changes: usize,
-    /// The partitions they come from.
+    /// The partitions the dead letters come from.
     pub dead_parts: HashSet<TopicPartition>,
 }
 
@@ -104,6 +132,7 @@ impl std::fmt::Debug for Window {
             .field("records", &self.records)
             .field("partitions", &self.parts.len())
             .field("dead_letter_batches", &self.dead.len())
+            .field("body", &self.body)
             .finish_non_exhaustive()
     }
 }
@@ -116,7 +145,63 @@ impl Window {
 
     /// Parquet bytes encoded so far.
     pub fn encoded_bytes(&self) -> u64 {
-        self.writer.as_ref().map_or(0, WindowWriter::encoded_bytes)
+        match &self.body {
+            Body::Files(w) => w.encoded_bytes(),
+            Body::Empty | Body::Changes(_) => 0,
+        }
+    }
+
+    /// The changes held (none for an append window).
+    pub fn changes(&self) -> &[Changes] {
+        match &self.body {
+            Body::Changes(c) => &c.list,
+            Body::Empty | Body::Files(_) => &[],
+        }
+    }
+
+    /// Add a segment's changes.
+    pub fn add_changes(&mut self, c: Changes) {
+        match &mut self.body {
+            Body::Changes(held) => held.list.push(c),
+            body => {
+                *body = Body::Changes(WindowChanges {
+                    list: vec![c],
+                    reduced: 0,
+                })
+            }
+        }
+    }
+
+    /// Keep the changes reduced to a change per key as they grow
+    /// ([`reduce_growing`]): reduced again once they have doubled since the
+    /// last reduction, and at least `min_rows` were added. True when it
+    /// reduced; on an error they are left as they are until they double again.
+    pub fn reduce_changes(
+        &mut self,
+        key: &[String],
+        order_by: Option<&str>,
+        min_rows: usize,
+    ) -> Result<bool, ChangesError> {
+        let Body::Changes(c) = &mut self.body else {
+            return Ok(false);
+        };
+        reduce_growing(&mut c.list, &mut c.reduced, key, order_by, min_rows).inspect_err(|_| {
+            c.reduced = c.list.iter().map(|c| c.rows.num_rows()).sum();
+        })
+    }
+
+    /// The window's Parquet writer, started by `start` on the first rows.
+    pub fn files<E>(
+        &mut self,
+        start: impl FnOnce() -> Result<WindowWriter, E>,
+    ) -> Result<&mut WindowWriter, E> {
+        if !matches!(self.body, Body::Files(_)) {
+            self.body = Body::Files(start()?);
+        }
+        match &mut self.body {
+            Body::Files(w) => Ok(w),
+            Body::Empty | Body::Changes(_) => unreachable!("the body was just made files"),
+        }
     }
 
     /// What the window holds in memory, estimated for the memory budget: the
@@ -136,7 +221,7 @@ impl Window {
         let dead: u64 = self
             .dead
             .iter()
-            .chain(self.changes.iter().map(|c| &c.rows))
+            .chain(self.changes().iter().map(|c| &c.rows))
             .map(|b| b.get_array_memory_size() as u64)
             .sum();
         // Until a row group has closed, its encoded pages are part of the open group
@@ -151,7 +236,7 @@ impl Window {
 
     /// The Arrow bytes of an upsert window's changes (0 for an append window).
     pub fn changes_bytes(&self) -> u64 {
-        self.changes
+        self.changes()
             .iter()
             .map(|c| c.rows.get_array_memory_size() as u64)
             .sum()
@@ -195,7 +280,7 @@ impl Window {
 
     /// Drop what the window holds, aborting its uploads.
     pub fn abort(&mut self) {
-        if let Some(w) = self.writer.take() {
+        if let Body::Files(w) = std::mem::take(&mut self.body) {
             w.abort();
         }
         *self = Window::default();
@@ -309,11 +394,12 @@ mod tests {
             ..policy()
         };
         assert!(!w.due(&small, Instant::now()));
-        w.changes.push(change.clone());
+        w.add_changes(change.clone());
         assert!(w.changes_bytes() >= 160_000);
         assert!(w.due(&small, Instant::now()), "due by the changes' bytes");
         assert!(!w.full(&small, true, Instant::now()), "grows on, to 4x");
-        w.changes.extend([change.clone(), change]);
+        w.add_changes(change.clone());
+        w.add_changes(change);
         assert!(w.full(&small, true, Instant::now()), "full at 4x max_bytes");
     }
 
@@ -325,7 +411,7 @@ mod tests {
         use deltalake::arrow::array::{BooleanArray, Int64Array, RecordBatch};
         let ids = Int64Array::from_iter_values(0..1_000);
         let rows = RecordBatch::try_from_iter([("id", std::sync::Arc::new(ids) as _)]).unwrap();
-        w.changes.push(crate::decode::changes::Changes::new(
+        w.add_changes(crate::decode::changes::Changes::new(
             rows,
             BooleanArray::from(vec![false; 1_000]),
         ));

@@ -46,6 +46,23 @@ pub enum ChangesError {
     /// A join of no changes was asked for.
     #[error("no changes to join")]
     Empty,
+    /// A field the change events need is not in them.
+    #[error("no `{field}` in the change events")]
+    MissingField {
+        /// The field (`before`, `source.lsn`, ...).
+        field: String,
+    },
+    /// A field of the change events is not of the type the envelope needs.
+    #[error("`{field}` is not {expected}")]
+    WrongType {
+        /// The field.
+        field: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// The envelope's schema cannot be built from the table's.
+    #[error("the change events' schema: {0}")]
+    EnvelopeSchema(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Arrow failed on well-formed input (a kernel's own limits).
     #[error(transparent)]
     Arrow(#[from] ArrowError),

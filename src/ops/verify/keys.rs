@@ -219,7 +219,7 @@ impl<'k> Replay<'k> {
             &mut decoded,
             &mut self.last_deletes,
         )
-        .map_err(|e| err(e.into()))?;
+        .map_err(err)?;
         let counts = self.counts.entry(tp.clone()).or_default();
         counts.records += records.len() as u64;
         counts.rejected += (decoded.rejected.len() + keep.iter().filter(|k| !**k).count()) as u64;
