@@ -218,12 +218,12 @@ impl TableArgs {
             (Some(uri), None) => {
                 let uri = crate::config::parse_table_uri(uri)?;
                 let storage =
-                    crate::ops::maintenance::parse_storage_options(&uri, &self.storage_options)?;
+                    crate::ops::tables::parse_storage_options(&uri, &self.storage_options)?;
                 (uri, storage)
             }
             (None, None) => anyhow::bail!("name a table URI or --config FILE"),
         };
-        Ok(crate::ops::maintenance::open(&uri, &storage).await?)
+        Ok(crate::ops::tables::open(&uri, &storage).await?)
     }
 }
 

@@ -18,7 +18,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 
 use crate::config::Config;
-use crate::ops::maintenance::{self, MaintenanceError};
+use crate::ops::tables::{self, MaintenanceError};
 use crate::record::TopicPartition;
 use crate::sink::table;
 use crate::source::probe::{self, ProbeError};
@@ -138,7 +138,7 @@ pub async fn set(
     if !force && !dry_run {
         refuse_active_group(cfg, timeout).await?;
     }
-    let mut t = maintenance::open(&cfg.table.uri, &cfg.storage).await?;
+    let mut t = tables::open(&cfg.table.uri, &cfg.storage).await?;
     let uri = cfg.table.uri.to_string();
     let delta_err = |e| MaintenanceError::Delta {
         uri: uri.clone(),

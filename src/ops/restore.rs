@@ -33,8 +33,8 @@ use futures::TryStreamExt as _;
 
 use crate::config::Config;
 use crate::offsets::store::OffsetStore;
-use crate::ops::maintenance::{self, MaintenanceError};
 use crate::ops::offsets::{OffsetsError, refuse_active_group};
+use crate::ops::tables::{self, MaintenanceError};
 use crate::record::TopicPartition;
 use crate::sink::table;
 
@@ -148,7 +148,7 @@ pub async fn restore(
         source: Box::new(source),
     };
     for _ in 0..ATTEMPTS {
-        let latest = maintenance::open(&cfg.table.uri, &cfg.storage).await?;
+        let latest = tables::open(&cfg.table.uri, &cfg.storage).await?;
         let mut report = plan(cfg, &latest, target).await?;
         if dry_run {
             return Ok(report);

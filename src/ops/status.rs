@@ -16,7 +16,7 @@ use futures::StreamExt;
 
 use crate::config::Config;
 use crate::offsets::store::OffsetStore;
-use crate::ops::maintenance::{self, FileSummary, MaintenanceError};
+use crate::ops::tables::{self, FileSummary, MaintenanceError};
 use crate::record::TopicPartition;
 use crate::source::probe::{self, ProbeError};
 
@@ -77,10 +77,10 @@ pub struct StatusReport {
 
 /// Build the report for a config.
 pub async fn status(cfg: &Config, timeout: Duration) -> Result<StatusReport, StatusError> {
-    let t = maintenance::open(&cfg.table.uri, &cfg.storage).await?;
+    let t = tables::open(&cfg.table.uri, &cfg.storage).await?;
     let uri = cfg.table.uri.to_string();
-    let target = maintenance::target_file_size(&t, None);
-    let files = maintenance::file_summary(&t, target).await?;
+    let target = tables::target_file_size(&t, None);
+    let files = tables::file_summary(&t, target).await?;
 
     let parts = probe::blocking(&cfg.kafka, move |k| probe::partitions(k, timeout)).await?;
     let delta = |e| MaintenanceError::Delta {

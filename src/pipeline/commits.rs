@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::ledger::{self, Flushed, dead_letter_commit};
-use super::{Pipeline, PipelineError, Sink};
+use super::{Pipeline, PipelineError, TableSink};
 use crate::record::TopicPartition;
 use crate::sink::commit::{CommitOutcome, CommitReport};
 use crate::source::SourceCommand;
@@ -246,7 +246,7 @@ pub(super) struct Inflight {
 
 /// The next commit task of any sink to finish.
 pub(super) async fn next_commit(
-    sinks: &mut [Sink],
+    sinks: &mut [TableSink],
 ) -> (usize, Result<CommitDone, tokio::task::JoinError>) {
     std::future::poll_fn(|cx| {
         for (i, s) in sinks.iter_mut().enumerate() {

@@ -33,7 +33,6 @@
 //! fits, a rejected record in strict mode) stop the daemon with an error.
 
 mod assign;
-mod changes;
 mod commits;
 mod drain;
 mod error;
@@ -41,6 +40,7 @@ mod ledger;
 mod open;
 mod records;
 mod recovery;
+mod upserts;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -217,7 +217,7 @@ impl Pipeline {
 /// One destination table and everything written to it: its decoder, its open
 /// window and its commit in flight. Each table's commits carry the offsets of the
 /// partitions routed to it, so exactly-once holds per table.
-struct Sink {
+struct TableSink {
     /// The table's configuration (URI resolved).
     tcfg: TableConfig,
     flush: FlushPolicy,
@@ -238,7 +238,7 @@ struct Sink {
     last_deletes: crate::decode::envelope::LastDeletes,
 }
 
-impl Sink {
+impl TableSink {
     fn uri(&self) -> String {
         self.tcfg.uri.to_string()
     }
@@ -271,7 +271,7 @@ struct Pipeline {
     options: RunOptions,
     policy: RetryPolicy,
     registry: Option<Registry>,
-    sinks: Vec<Sink>,
+    sinks: Vec<TableSink>,
     sink_of_topic: HashMap<Arc<str>, usize>,
     parts: HashMap<TopicPartition, PartState>,
     source: Option<Source>,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 
-use super::{Pipeline, PipelineError, Sink};
+use super::{Pipeline, PipelineError, TableSink};
 use crate::config::{Config, FlushPolicy, TableConfig};
 use crate::decode::Decoder;
 use crate::decode::registry::Registry;
@@ -80,14 +80,15 @@ impl Pipeline {
             .into_iter()
             .map(|(route, tcfg, topic)| (self.opening(route), tcfg, topic))
             .collect();
-        let opened: Vec<(Arc<str>, Result<Sink, PipelineError>)> = futures::stream::iter(openings)
-            .map(|(opening, tcfg, topic)| async move {
-                let sink = opening.sink(tcfg, &topic).await;
-                (topic, sink)
-            })
-            .buffer_unordered(OPEN_CONCURRENCY)
-            .collect()
-            .await;
+        let opened: Vec<(Arc<str>, Result<TableSink, PipelineError>)> =
+            futures::stream::iter(openings)
+                .map(|(opening, tcfg, topic)| async move {
+                    let sink = opening.sink(tcfg, &topic).await;
+                    (topic, sink)
+                })
+                .buffer_unordered(OPEN_CONCURRENCY)
+                .collect()
+                .await;
         for (topic, sink) in opened {
             if let Ok(sink) = sink {
                 self.sinks.push(sink);
@@ -123,7 +124,7 @@ struct Opening {
 
 impl Opening {
     /// Open (or create) the table `tcfg` for `topic` and build its sink.
-    async fn sink(self, tcfg: TableConfig, topic: &str) -> Result<Sink, PipelineError> {
+    async fn sink(self, tcfg: TableConfig, topic: &str) -> Result<TableSink, PipelineError> {
         let Opening {
             cfg,
             registry,
@@ -184,7 +185,7 @@ impl Opening {
         if let Some(u) = tcfg.upsert.as_ref().filter(|u| u.order_by.is_some()) {
             log.deletes = DeleteMemory::new(&tcfg.uri, &cfg.storage, u.delete_horizon);
         }
-        Ok(Sink {
+        Ok(TableSink {
             tcfg,
             flush,
             table: opened.table,

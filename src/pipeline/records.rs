@@ -162,7 +162,7 @@ impl Pipeline {
         let mut decoded = if envelope == Envelope::Rows || s.decoder.reads_envelopes() {
             s.decoder.decode(chunk, &in_segment)?
         } else {
-            super::changes::sink_envelope_decoder(s, self.cfg.kafka.max_chunk_records)?
+            super::upserts::sink_envelope_decoder(s, self.cfg.kafka.max_chunk_records)?
                 .decode(chunk, in_segment)?
         };
         if let Some(t) = &s.transform {

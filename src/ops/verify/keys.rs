@@ -55,7 +55,7 @@ pub(super) async fn verify_keys(
     spec: &crate::config::UpsertSpec,
     timeout: Duration,
 ) -> Result<VerifyReport, VerifyError> {
-    let t = maintenance::open(&cfg.table.uri, &cfg.storage).await?;
+    let t = tables::open(&cfg.table.uri, &cfg.storage).await?;
     let uri = cfg.table.uri.to_string();
     let qerr = |e: &dyn std::fmt::Display| query_error(&uri, e);
     let parts = probe::blocking(&cfg.kafka, move |k| probe::partitions(k, timeout)).await?;

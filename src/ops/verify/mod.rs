@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::decode::registry::{Registry, RegistryError};
 use crate::decode::transform::Transform;
 use crate::decode::{DecodeError, Decoder};
-use crate::ops::maintenance::{self, MaintenanceError};
+use crate::ops::tables::{self, MaintenanceError};
 use crate::record::{HeaderMeta, RecordChunk, RecordMeta, TopicPartition};
 use crate::sink::table;
 use crate::source::probe::{self, ProbeError};
@@ -193,7 +193,7 @@ pub async fn verify(cfg: &Config, timeout: Duration) -> Result<VerifyReport, Ver
     let (Some(tcol), Some(pcol), Some(ocol)) = (&m.topic, &m.partition, &m.offset) else {
         return Err(VerifyError::NoMetadataColumns);
     };
-    let t = maintenance::open(&cfg.table.uri, &cfg.storage).await?;
+    let t = tables::open(&cfg.table.uri, &cfg.storage).await?;
     let uri = cfg.table.uri.to_string();
     // Table side: every (topic, partition, offset); dead letters headed for it.
     let sql = format!("SELECT \"{tcol}\", \"{pcol}\", \"{ocol}\" FROM t");

@@ -1,5 +1,5 @@
 //! Upsert tables: a segment's decoded rows and tombstones become keyed changes
-//! in the window (see [`crate::decode::changes`] for how).
+//! in the window (see [`crate::decode::envelope`] for how).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ const PARTITION_COUNT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The decoder of an upsert table's `envelope` (Debezium events, whole or
 /// flattened), (re)built for the table's current schema.
 pub(super) fn sink_envelope_decoder(
-    s: &mut super::Sink,
+    s: &mut super::TableSink,
     batch_size: usize,
 ) -> Result<&mut JsonDecoder, PipelineError> {
     let schema = s.decoder.schema();
@@ -239,7 +239,7 @@ async fn count_written(
     Ok(partitions::written_with(&stored))
 }
 
-fn table_error(s: &super::Sink, e: deltalake::DeltaTableError) -> PipelineError {
+fn table_error(s: &super::TableSink, e: deltalake::DeltaTableError) -> PipelineError {
     PipelineError::Table(Box::new(TableError::Delta {
         uri: s.uri(),
         source: Box::new(e),
