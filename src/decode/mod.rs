@@ -18,6 +18,7 @@ mod json;
 mod metadata;
 pub mod options;
 pub mod registry;
+pub mod segment;
 mod tombstones;
 pub mod transform;
 

@@ -232,7 +232,7 @@ struct TableSink {
     inflight: Option<Inflight>,
     /// Debezium tables: the decoder of change events, and the table schema it
     /// was built for.
-    envelope: Option<(deltalake::kernel::StructType, crate::decode::JsonDecoder)>,
+    envelope: crate::decode::segment::EnvelopeDecoder,
     /// Flattened Debezium rows: whether each partition's last record was a
     /// delete, for the tombstone that follows it in a later chunk.
     last_deletes: crate::decode::envelope::LastDeletes,

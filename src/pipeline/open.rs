@@ -3,6 +3,8 @@
 //! round trips, would otherwise be opened one after another inside the rebalance
 //! callback while the group waits).
 
+use crate::decode::envelope::Envelope;
+use crate::decode::segment::EnvelopeDecoder;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -185,6 +187,8 @@ impl Opening {
         if let Some(u) = tcfg.upsert.as_ref().filter(|u| u.order_by.is_some()) {
             log.deletes = DeleteMemory::new(&tcfg.uri, &cfg.storage, u.delete_horizon);
         }
+        let envelope_of = tcfg.upsert.as_ref().map_or(Envelope::Rows, |u| u.envelope);
+        let source_order = tcfg.upsert.as_ref().and_then(|u| u.source_order.clone());
         Ok(TableSink {
             tcfg,
             flush,
@@ -195,7 +199,7 @@ impl Opening {
             props,
             window: Window::default(),
             inflight: None,
-            envelope: None,
+            envelope: EnvelopeDecoder::new(envelope_of, source_order, cfg.kafka.max_chunk_records),
             last_deletes: Default::default(),
         })
     }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::ledger::{self, PartState};
 use super::{DUE_WINDOW_WAIT, Pipeline, PipelineError};
 use crate::config::OnError;
-use crate::decode::envelope::Envelope;
+use crate::decode::segment::decode_segment;
 use crate::decode::transform::Transform;
 use crate::decode::{Decoded, Evolution, RejectKind, Rejected};
 use crate::record::{RecordChunk, TopicPartition};
@@ -154,20 +154,13 @@ impl Pipeline {
             .sum();
         let s = &mut self.sinks[sink];
         s.window.decoder_bytes = s.window.decoder_bytes.max(2 * values as u64);
-        let envelope = s
-            .tcfg
-            .upsert
-            .as_ref()
-            .map_or(Envelope::Rows, |u| u.envelope);
-        let mut decoded = if envelope == Envelope::Rows || s.decoder.reads_envelopes() {
-            s.decoder.decode(chunk, &in_segment)?
-        } else {
-            super::upserts::sink_envelope_decoder(s, self.cfg.kafka.max_chunk_records)?
-                .decode(chunk, in_segment)?
-        };
-        if let Some(t) = &s.transform {
-            decoded = t.apply(decoded);
-        }
+        let mut decoded = decode_segment(
+            &mut s.decoder,
+            &mut s.envelope,
+            s.transform.as_ref(),
+            chunk,
+            &in_segment,
+        )?;
         let changes = self.take_changes(sink, chunk, &mut decoded)?;
         self.reject(chunk, &mut decoded, too_large, &already_dead)?;
         self.keep_dead_letters(sink, chunk, &decoded.rejected, &already_dead)?;

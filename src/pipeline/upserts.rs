@@ -5,13 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deltalake::arrow::error::ArrowError;
-
 use super::Pipeline;
 use super::error::PipelineError;
+use crate::decode::Decoded;
 use crate::decode::changes::Changes;
-use crate::decode::envelope::{self, Envelope, Keying};
-use crate::decode::{DecodeError, Decoded, JsonDecoder};
+use crate::decode::envelope::{self, Keying};
 use crate::record::{RecordChunk, TopicPartition};
 use crate::sink::table::TableError;
 use crate::sink::upsert::partitions::{self, Verdict};
@@ -22,45 +20,6 @@ const REDUCE_AT: u64 = 1 << 18;
 
 /// How long reading a topic's partition count may take.
 const PARTITION_COUNT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The decoder of an upsert table's `envelope` (Debezium events, whole or
-/// flattened), (re)built for the table's current schema.
-pub(super) fn sink_envelope_decoder(
-    s: &mut super::TableSink,
-    batch_size: usize,
-) -> Result<&mut JsonDecoder, PipelineError> {
-    let schema = s.decoder.schema();
-    let stale = s
-        .envelope
-        .as_ref()
-        .is_none_or(|(built, _)| *built != schema.delta);
-    if stale {
-        let keying = Keying {
-            key: &[],
-            envelope: s
-                .tcfg
-                .upsert
-                .as_ref()
-                .map_or(Envelope::Rows, |u| u.envelope),
-            source_order: s
-                .tcfg
-                .upsert
-                .as_ref()
-                .and_then(|u| u.source_order.as_deref()),
-        };
-        let decoder = envelope::envelope_decoder(schema, keying, batch_size)?.ok_or_else(|| {
-            DecodeError::Schema(ArrowError::InvalidArgumentError(
-                "rows have no envelope to decode".into(),
-            ))
-        })?;
-        s.envelope = Some((schema.delta.clone(), decoder));
-    }
-    s.envelope.as_mut().map(|(_, d)| d).ok_or_else(|| {
-        PipelineError::Decode(DecodeError::Schema(ArrowError::InvalidArgumentError(
-            "no envelope decoder".into(),
-        )))
-    })
-}
 
 impl Pipeline {
     /// For an upsert table: take the segment's rows and tombstones out of

@@ -2,6 +2,8 @@
 //! or nothing (filtered), judged with the same decoder, transform and limits.
 
 use super::*;
+use crate::decode::envelope::Envelope;
+use crate::decode::segment::{EnvelopeDecoder, decode_segment};
 
 /// What the daemon would make of a record today.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +16,8 @@ pub(super) enum Fate {
 /// Judges records with the pipeline's own decoder, size limit and transform.
 pub(super) struct Judge {
     pub(super) decoder: Decoder,
+    /// Append tables' judge decodes rows: no envelope.
+    pub(super) envelope: EnvelopeDecoder,
     pub(super) transform: Option<Transform>,
     pub(super) max_record_bytes: u64,
 }
@@ -33,15 +37,15 @@ impl Judge {
             // and written the row.
             return Ok(Fate::Row);
         }
-        let mut decoded = self.decoder.decode(&chunk, &|_| true)?;
+        let decoded = decode_segment(
+            &mut self.decoder,
+            &mut self.envelope,
+            self.transform.as_ref(),
+            &chunk,
+            &|_| true,
+        )?;
         if !decoded.rejected.is_empty() {
             return Ok(Fate::Rejected);
-        }
-        if let Some(t) = &self.transform {
-            decoded = t.apply(decoded);
-            if !decoded.rejected.is_empty() {
-                return Ok(Fate::Rejected);
-            }
         }
         Ok(if decoded.rows.is_empty() {
             Fate::Filtered
@@ -119,7 +123,87 @@ pub(super) fn judge_for(
     )?;
     Ok(Judge {
         decoder,
+        envelope: EnvelopeDecoder::new(Envelope::Rows, None, 1),
         transform,
         max_record_bytes: cfg.decode.max_record_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::transform::TransformSpec;
+    use crate::schema::{MetadataColumns, TableSchema};
+
+    /// A judge for a JSON table `(id long not null, s string)` whose filter
+    /// keeps `s <> 'skip'`, with records of at most 64 bytes.
+    fn judge() -> Judge {
+        let record = crate::schema::parse_schema_json(
+            r#"{"type":"struct","fields":[
+                {"name":"id","type":"long","nullable":false,"metadata":{}},
+                {"name":"s","type":"string","nullable":true,"metadata":{}}]}"#,
+        )
+        .unwrap();
+        let schema = TableSchema::new(&record, &MetadataColumns::default()).unwrap();
+        let spec = TransformSpec {
+            columns: Vec::new(),
+            filter: Some("s <> 'skip'".into()),
+        };
+        let transform = Transform::new(&spec, &schema).unwrap();
+        let decoder = Decoder::for_format(
+            crate::decode::Format::Json,
+            None,
+            schema,
+            1,
+            crate::decode::OnError::Skip,
+        )
+        .unwrap();
+        Judge {
+            decoder,
+            envelope: EnvelopeDecoder::new(Envelope::Rows, None, 1),
+            transform,
+            max_record_bytes: 64,
+        }
+    }
+
+    fn record(value: &str) -> probe::RawRecord {
+        probe::RawRecord {
+            offset: 7,
+            value: Some(value.as_bytes().to_vec()),
+            key: None,
+            timestamp_ms: Some(0),
+            headers: Vec::new(),
+        }
+    }
+
+    /// What verify says a missing record would have become is what ingest
+    /// makes of it: the same decoder, size limit and filter.
+    #[tokio::test]
+    async fn a_missing_record_is_judged_as_ingest_would_have_taken_it() {
+        let tp = TopicPartition::new("t", 0);
+        let mut j = judge();
+        let mut fate = async |v: &str| j.fate(&tp, &record(v)).await.unwrap();
+        assert_eq!(fate(r#"{"id": 1, "s": "a"}"#).await, Fate::Row);
+        assert_eq!(fate(r#"{"id": 2, "s": "skip"}"#).await, Fate::Filtered);
+        assert_eq!(fate("not json").await, Fate::Rejected);
+        assert_eq!(fate(r#"{"s": "no id"}"#).await, Fate::Rejected);
+        let large = format!(r#"{{"id": 3, "s": "{}"}}"#, "x".repeat(64));
+        assert_eq!(fate(&large).await, Fate::Rejected, "over max_record_bytes");
+    }
+
+    #[test]
+    fn a_chunk_of_raw_records_keeps_their_offsets_keys_and_headers() {
+        let tp = TopicPartition::new("t", 3);
+        let mut r = record("{}");
+        r.key = Some(b"k".to_vec());
+        r.headers = vec![("h".into(), Some(b"v".to_vec())), ("n".into(), None)];
+        let chunk = records_chunk(&tp, &[r, record("[]")]);
+        assert_eq!(chunk.records.len(), 2);
+        assert_eq!(chunk.records[0].offset, 7);
+        assert_eq!(chunk.records[0].headers, 0..2);
+        assert_eq!(chunk.records[1].headers, 2..2);
+        assert!(chunk.records[0].key.is_some() && chunk.records[1].key.is_none());
+        assert_eq!(chunk.headers[1].key, "n");
+        assert!(chunk.headers[1].value.is_none());
+    }
 }

@@ -29,6 +29,7 @@ use super::judge::{Judge, judge_for, records_chunk};
 use super::*;
 use crate::decode::changes::{Changes, ChangesError, reduce, reduce_growing, with_columns};
 use crate::decode::envelope::{self, Keying};
+use crate::decode::segment::{EnvelopeDecoder, decode_segment};
 
 mod report;
 mod state;
@@ -105,7 +106,7 @@ pub(super) struct Counts {
 /// The replay: each partition's changes, reduced as they grow.
 struct Replay<'k> {
     judge: Judge,
-    envelope: Option<crate::decode::JsonDecoder>,
+    envelope: EnvelopeDecoder,
     keying: Keying<'k>,
     order_by: Option<&'k str>,
     parts: Vec<TopicPartition>,
@@ -125,11 +126,11 @@ impl<'k> Replay<'k> {
         parts: &[TopicPartition],
         dead: Offsets,
     ) -> Result<Self, VerifyError> {
-        let envelope = if judge.decoder.reads_envelopes() {
-            None
-        } else {
-            envelope::envelope_decoder(judge.decoder.schema(), keying, CHUNK)?
-        };
+        let envelope = EnvelopeDecoder::new(
+            keying.envelope,
+            keying.source_order.map(str::to_owned),
+            CHUNK,
+        );
         Ok(Self {
             judge,
             envelope,
@@ -204,13 +205,13 @@ impl<'k> Replay<'k> {
         // Registry formats: fetch the records' schemas (the table has already
         // taken every change they needed).
         self.judge.decoder.prepare(&chunk, &in_segment).await?;
-        let mut decoded = match &mut self.envelope {
-            Some(d) => d.decode(&chunk, in_segment)?,
-            None => self.judge.decoder.decode(&chunk, &in_segment)?,
-        };
-        if let Some(t) = &self.judge.transform {
-            decoded = t.apply(decoded);
-        }
+        let mut decoded = decode_segment(
+            &mut self.judge.decoder,
+            &mut self.envelope,
+            self.judge.transform.as_ref(),
+            &chunk,
+            &in_segment,
+        )?;
         let schema = self.judge.decoder.schema();
         let taken = envelope::take(
             schema,

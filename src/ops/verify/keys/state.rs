@@ -282,3 +282,124 @@ async fn scan(
     let df = ctx.sql("SELECT * FROM t").await.map_err(external)?;
     df.execute_stream().await.map_err(external)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deltalake::arrow::array::{Int64Array, StringArray, UInt32Array};
+    use deltalake::arrow::datatypes::{Field, Schema};
+    use deltalake::kernel::{DataType as DeltaType, PrimitiveType, StructField};
+    use deltalake::writer::DeltaWriter;
+
+    use super::super::Counts;
+    use super::*;
+
+    /// A local `file://` table `(id bigint not null, v string)` holding `rows`.
+    async fn table(dir: &tempfile::TempDir, rows: &[(i64, &str)]) -> DeltaTable {
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let t = DeltaTable::try_from_url(url)
+            .await
+            .unwrap()
+            .create()
+            .with_columns([
+                StructField::new("id", DeltaType::Primitive(PrimitiveType::Long), false),
+                StructField::new("v", DeltaType::Primitive(PrimitiveType::String), true),
+            ])
+            .await
+            .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap();
+        let mut w = deltalake::writer::RecordBatchWriter::for_table(&t).unwrap();
+        w.write(batch).await.unwrap();
+        let mut t = t;
+        w.flush_and_commit(&mut t).await.unwrap();
+        t
+    }
+
+    /// Partition 0's last changes `(id, v)`; `v = None` deletes.
+    fn last_changes(c: &[(i64, Option<&str>)]) -> Changes {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Utf8, true),
+            Field::new(PART, DataType::UInt32, false),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(c.iter().map(|c| c.0))),
+                Arc::new(StringArray::from_iter(c.iter().map(|c| c.1))),
+                Arc::new(UInt32Array::from(vec![0; c.len()])),
+            ],
+        )
+        .unwrap();
+        Changes::new(rows, c.iter().map(|c| Some(c.1.is_none())).collect())
+    }
+
+    /// verify's judging of an upsert table against a local table: each way a
+    /// table can differ from its keys' last changes is found and counted, and
+    /// the right rows are not.
+    #[tokio::test]
+    async fn every_kind_of_wrong_row_is_found_against_the_last_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table(
+            &dir,
+            &[(1, "a"), (2, "B"), (3, "c"), (5, "e"), (1, "a"), (6, "f")],
+        )
+        .await;
+        let last = last_changes(&[
+            (1, Some("a")),
+            (2, Some("b")),
+            (3, None),
+            (4, Some("d")),
+            (6, Some("f")),
+        ]);
+        let expected = Expected::new(&["id".into()], None, &[last]).unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let counts = HashMap::from([(
+            tp.clone(),
+            Counts {
+                records: 10,
+                changes: 10,
+                rejected: 0,
+                first_offset: Some(0),
+            },
+        )]);
+        let stored = HashMap::from([(tp.clone(), Some(9))]);
+        let mut tally = Tally::new(std::slice::from_ref(&tp), &stored, &counts);
+        let parts = [tp];
+        let partition_of = PartitionOf {
+            parts: &parts,
+            topic: None,
+            partition: None,
+        };
+        expected
+            .compare(&t, &partition_of, &mut tally)
+            .await
+            .unwrap();
+        let p0 = &tally.parts[0];
+        // Keys 1, 2, 4 and 6 have a live last change; 4's row is missing, 2's
+        // holds another value, 1's is there twice; 6 is right.
+        assert_eq!(
+            (p0.keys, p0.missing_keys, p0.wrong_values, p0.duplicate_keys),
+            (4, 1, 1, 1)
+        );
+        assert_eq!(p0.missing_sample, ["id=4"]);
+        assert_eq!(p0.wrong_sample, ["id=2"]);
+        // A row whose last change deletes it (3) and one with no change (5):
+        // extra, on the line of rows with no partition to tell.
+        let unknown = &tally.parts[1];
+        assert_eq!(unknown.extra_keys, 2);
+        assert_eq!(expected.not_compared, Vec::<String>::new());
+    }
+}
