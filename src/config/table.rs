@@ -53,36 +53,10 @@ fn upsert_spec(
     raw: &RawTable,
     schema: Option<&deltalake::kernel::StructType>,
 ) -> Result<Option<UpsertSpec>, ConfigError> {
-    match &raw.mode {
-        None | Some(RawMode::Append) => {
-            if !raw.key.is_empty() || raw.order_by.is_some() || raw.envelope.is_some() {
-                return Err(ConfigError::invalid(
-                    "table.key",
-                    "key, order_by and envelope are for mode = \"upsert\"; set it, or remove them",
-                ));
-            }
-            return Ok(None);
-        }
-        Some(RawMode::Upsert) => {}
-        Some(RawMode::Other(other)) => {
-            return Err(ConfigError::invalid(
-                "table.mode",
-                format!("`{other}` is not a mode: use \"append\" or \"upsert\""),
-            ));
-        }
+    if !is_upsert(raw)? {
+        return Ok(None);
     }
-    // The default key is the Kafka key, stored in its metadata column.
-    let key = match (&raw.key[..], &raw.metadata_columns.key) {
-        ([], Some(kafka_key)) => vec![kafka_key.clone()],
-        ([], None) => {
-            return Err(ConfigError::invalid(
-                "table.key",
-                "mode = \"upsert\" is keyed by the Kafka key unless `key` names columns: set \
-                 [table.metadata_columns] key = \"_kafka_key\" to store it, or key = [\"id\"]",
-            ));
-        }
-        (named, _) => named.to_vec(),
-    };
+    let key = key(raw)?;
     if raw.filter.as_deref().is_some_and(|f| !f.trim().is_empty()) {
         return Err(ConfigError::invalid(
             "table.filter",
@@ -128,6 +102,40 @@ fn upsert_spec(
         source_order,
         delete_horizon,
     }))
+}
+
+/// Whether the table is an upsert table (`mode`); the upsert keys are refused
+/// on an append table.
+fn is_upsert(raw: &RawTable) -> Result<bool, ConfigError> {
+    match &raw.mode {
+        None | Some(RawMode::Append) => {
+            if !raw.key.is_empty() || raw.order_by.is_some() || raw.envelope.is_some() {
+                return Err(ConfigError::invalid(
+                    "table.key",
+                    "key, order_by and envelope are for mode = \"upsert\"; set it, or remove them",
+                ));
+            }
+            Ok(false)
+        }
+        Some(RawMode::Upsert) => Ok(true),
+        Some(RawMode::Other(other)) => Err(ConfigError::invalid(
+            "table.mode",
+            format!("`{other}` is not a mode: use \"append\" or \"upsert\""),
+        )),
+    }
+}
+
+/// The key columns: those named, or else the Kafka key's metadata column.
+fn key(raw: &RawTable) -> Result<Vec<String>, ConfigError> {
+    match (&raw.key[..], &raw.metadata_columns.key) {
+        ([], Some(kafka_key)) => Ok(vec![kafka_key.clone()]),
+        ([], None) => Err(ConfigError::invalid(
+            "table.key",
+            "mode = \"upsert\" is keyed by the Kafka key unless `key` names columns: set \
+             [table.metadata_columns] key = \"_kafka_key\" to store it, or key = [\"id\"]",
+        )),
+        (named, _) => Ok(named.to_vec()),
+    }
 }
 
 /// `order_by`: a column, or `source.FIELD` of Debezium events (kept in the

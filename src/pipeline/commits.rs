@@ -163,29 +163,7 @@ impl Pipeline {
                     ..
                 },
             ) => {
-                match report.outcome {
-                    CommitOutcome::Committed { version } => events::commit_landed(
-                        &self.stats,
-                        &events::CommitLanded {
-                            table: &uri,
-                            version,
-                            rows: inflight.rows,
-                            files: report.files as usize,
-                            bytes: report.bytes,
-                            partitions: inflight.parts.len(),
-                            attempts: report.attempts,
-                            conflicts: report.conflicts,
-                            duration: report.duration,
-                        },
-                    ),
-                    _ => events::commit_found_landed(
-                        &self.stats,
-                        &uri,
-                        inflight.rows,
-                        report.attempts,
-                        report.duration,
-                    ),
-                }
+                self.report_landed(&uri, &inflight, &report);
                 self.offsets_stored(&inflight.parts);
                 Ok(())
             }
@@ -209,6 +187,34 @@ impl Pipeline {
             }),
             Err(TaskError::Commit(e)) => Err(Box::new(e).into()),
             Err(TaskError::Changes(source)) => Err(PipelineError::Changes { uri, source }),
+        }
+    }
+
+    /// The events and metrics of a window whose commit landed (or was found
+    /// landed).
+    fn report_landed(&self, uri: &str, inflight: &Inflight, report: &CommitReport) {
+        match report.outcome {
+            CommitOutcome::Committed { version } => events::commit_landed(
+                &self.stats,
+                &events::CommitLanded {
+                    table: uri,
+                    version,
+                    rows: inflight.rows,
+                    files: report.files as usize,
+                    bytes: report.bytes,
+                    partitions: inflight.parts.len(),
+                    attempts: report.attempts,
+                    conflicts: report.conflicts,
+                    duration: report.duration,
+                },
+            ),
+            _ => events::commit_found_landed(
+                &self.stats,
+                uri,
+                inflight.rows,
+                report.attempts,
+                report.duration,
+            ),
         }
     }
 

@@ -20,7 +20,6 @@ pub(crate) fn merge(
     table: &DeltaTable,
     plan: &MergePlan,
 ) -> Result<deltalake::operations::merge::MergeBuilder, DeltaTableError> {
-    let how = plan;
     let key = &plan.key;
     let source = with_flags(
         &plan.changes,
@@ -37,7 +36,7 @@ pub(crate) fn merge(
     // The table's columns that the changes have: a column added to the table
     // after they were decoded (another replica, another engine) keeps its value
     // in updated rows and is null in inserted ones.
-    let have = how.changes.rows.schema();
+    let have = plan.changes.rows.schema();
     let columns: Vec<String> = table
         .snapshot()?
         .schema()
@@ -45,35 +44,18 @@ pub(crate) fn merge(
         .map(|f| f.name().clone())
         .filter(|c| have.field_with_name(c).is_ok())
         .collect();
-    // Where either side has no order value, or the window's change of the key
-    // came after one without (see [`reduce`]), the change is the newer.
-    let newer = how.order_by.as_deref().map_or(String::new(), |o| {
-        let o = quote(o);
-        format!(
-            " AND (s.{u} OR t.{o} IS NULL OR s.{o} IS NULL OR s.{o} >= t.{o})",
-            u = quote(UNCONDITIONAL)
-        )
-    });
-    let deleted = format!("s.{}{newer}", quote(DELETED));
-    let replaced = format!("NOT s.{}{newer}", quote(DELETED));
-    // An absent key is inserted unless it was deleted by a newer change.
-    let kept = match (how.order_by.as_deref(), how.deleted_order.as_ref()) {
-        (Some(o), Some(_)) => format!(
-            "NOT s.{d} AND (s.{u} OR s.{o} IS NULL OR s.{m} IS NULL OR s.{o} >= s.{m})",
-            d = quote(DELETED),
-            u = quote(UNCONDITIONAL),
-            o = quote(o),
-            m = quote(DELETED_ORDER)
-        ),
-        _ => format!("NOT s.{}", quote(DELETED)),
-    };
+    let Conditions {
+        deleted,
+        replaced,
+        kept,
+    } = Conditions::of(plan);
     let mut builder = table
         .clone()
         .merge(df, on)
         .with_source_alias("s")
         .with_target_alias("t")
         .with_session_state(merge_session()?);
-    if let Some(p) = &how.parquet {
+    if let Some(p) = &plan.parquet {
         builder = builder.with_writer_properties(p.clone());
     }
     builder
@@ -88,6 +70,48 @@ pub(crate) fn merge(
                 i.set(c.as_str(), format!("s.{}", quote(c)))
             })
         })
+}
+
+/// The MERGE's three clauses, as SQL over the source `s` and the target `t`.
+#[derive(Debug, PartialEq, Eq)]
+struct Conditions {
+    /// A matched row is deleted.
+    deleted: String,
+    /// A matched row is replaced by the change.
+    replaced: String,
+    /// An absent key's change is inserted.
+    kept: String,
+}
+
+impl Conditions {
+    fn of(plan: &MergePlan) -> Self {
+        // Where either side has no order value, or the window's change of the
+        // key came after one without (see [`crate::decode::changes::reduce`]),
+        // the change is the newer.
+        let newer = plan.order_by.as_deref().map_or(String::new(), |o| {
+            let o = quote(o);
+            format!(
+                " AND (s.{u} OR t.{o} IS NULL OR s.{o} IS NULL OR s.{o} >= t.{o})",
+                u = quote(UNCONDITIONAL)
+            )
+        });
+        // An absent key is inserted unless it was deleted by a newer change.
+        let kept = match (plan.order_by.as_deref(), plan.deleted_order.as_ref()) {
+            (Some(o), Some(_)) => format!(
+                "NOT s.{d} AND (s.{u} OR s.{o} IS NULL OR s.{m} IS NULL OR s.{o} >= s.{m})",
+                d = quote(DELETED),
+                u = quote(UNCONDITIONAL),
+                o = quote(o),
+                m = quote(DELETED_ORDER)
+            ),
+            _ => format!("NOT s.{}", quote(DELETED)),
+        };
+        Self {
+            deleted: format!("s.{}{newer}", quote(DELETED)),
+            replaced: format!("NOT s.{}{newer}", quote(DELETED)),
+            kept,
+        }
+    }
 }
 
 /// The session MERGEs run in: delta-rs' own, with one partition.
