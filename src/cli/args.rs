@@ -300,6 +300,40 @@ pub struct NotATime {
 mod tests {
     use super::*;
 
+    /// README's table of commands and the command line name the same
+    /// commands (`config` and `help` aside: README shows `config example` in
+    /// prose).
+    #[test]
+    fn the_readme_lists_every_command_and_only_commands_that_exist() {
+        use clap::CommandFactory;
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+        )
+        .unwrap();
+        let table = readme.split("| command | does |").nth(1).unwrap();
+        let table = table.split("\n\n").next().unwrap();
+        let mut listed: Vec<String> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter_map(|l| l.split(" |").next())
+            .flat_map(|names| {
+                names
+                    .split(", ")
+                    .map(|n| n.trim_matches('`').to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|n| !n.starts_with('-'))
+            .collect();
+        listed.sort();
+        let mut commands: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .filter(|n| n != "config")
+            .collect();
+        commands.sort();
+        assert_eq!(listed, commands);
+    }
+
     #[test]
     fn reset_takes_exactly_one_target_and_an_rfc3339_time() {
         let parse = |args: &[&str]| {

@@ -445,6 +445,39 @@ schema_file = "SCHEMA"
         );
     }
 
+    /// README's minimal configuration is a valid one, with the defaults it
+    /// says (a config next to the repository's root, as written).
+    #[test]
+    fn the_readmes_minimal_config_is_valid_and_its_defaults_are_as_it_says() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let section = readme.split("## A minimal configuration").nth(1).unwrap();
+        let toml = section.split("```toml\n").nth(1).unwrap();
+        let toml = toml.split("```").next().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("minimal.toml");
+        let absolute = root.join("schemas/demo_events.json");
+        std::fs::write(
+            &path,
+            toml.replace("schemas/demo_events.json", absolute.to_str().unwrap()),
+        )
+        .unwrap();
+        let c = RawConfig::load(&path, &|_| None)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(c.table.uri.as_str(), "s3://my-bucket/tables/events");
+        assert_eq!(c.table.compression, Compression::Snappy);
+        assert_eq!(c.flush.max_rows, 1_000_000);
+        assert_eq!(c.flush.max_bytes, 128 * 1024 * 1024);
+        assert_eq!(c.flush.max_age, Duration::from_secs(30));
+        assert_eq!(c.memory_budget.limit(), 256 * 1024 * 1024);
+        assert_eq!(
+            c.kafka.auto_offset_reset,
+            crate::source::OffsetReset::Earliest
+        );
+    }
+
     #[test]
     fn shipped_avro_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config/orders-avro.toml");
