@@ -156,37 +156,24 @@ impl Pipeline {
         self.sinks[sink].table = done.table;
         ledger::dead_committed(&mut self.parts, &inflight.parts, &done.dead_committed);
         let uri = self.sinks[sink].uri();
-        match done.result {
-            Ok(
-                report @ CommitReport {
-                    outcome: CommitOutcome::Committed { .. } | CommitOutcome::AlreadyCommitted,
-                    ..
-                },
-            ) => {
+        match after_commit(done.result, uri.clone()) {
+            AfterCommit::Stored(report) => {
                 self.report_landed(&uri, &inflight, &report);
                 self.offsets_stored(&inflight.parts);
                 Ok(())
             }
-            Ok(CommitReport {
-                outcome: CommitOutcome::Stale { partitions },
-                ..
-            }) => {
+            AfterCommit::Stale(partitions) => {
                 events::window_stale(&self.stats, &uri, &partitions);
                 self.abort_windows();
                 self.recovery.rewind_now();
                 Ok(())
             }
-            Err(e) if e.is_retryable() => {
+            AfterCommit::Rewind(e) => {
                 tracing::warn!(table = %uri, error = %e, "the window's flush did not complete; rewinding");
                 self.fail_and_rewind();
                 Ok(())
             }
-            Err(TaskError::Write(source)) => Err(PipelineError::Write {
-                uri,
-                source: Box::new(source),
-            }),
-            Err(TaskError::Commit(e)) => Err(Box::new(e).into()),
-            Err(TaskError::Changes(source)) => Err(PipelineError::Changes { uri, source }),
+            AfterCommit::Stop(e) => Err(e),
         }
     }
 
@@ -239,6 +226,38 @@ impl Pipeline {
     }
 }
 
+/// What the pipeline does with a window's finished commit.
+#[derive(Debug)]
+enum AfterCommit {
+    /// It landed (or had landed): the offsets are stored.
+    Stored(CommitReport),
+    /// Another writer moved these partitions: drop the windows, rewind now.
+    Stale(Vec<(TopicPartition, Option<i64>)>),
+    /// It failed in a way a later attempt may not: rewind after a backoff.
+    Rewind(TaskError),
+    /// It failed for good: the daemon stops with this error.
+    Stop(PipelineError),
+}
+
+fn after_commit(result: Result<CommitReport, TaskError>, uri: String) -> AfterCommit {
+    match result {
+        Ok(CommitReport {
+            outcome: CommitOutcome::Stale { partitions },
+            ..
+        }) => AfterCommit::Stale(partitions),
+        Ok(report) => AfterCommit::Stored(report),
+        Err(e) if e.is_retryable() => AfterCommit::Rewind(e),
+        Err(TaskError::Write(source)) => AfterCommit::Stop(PipelineError::Write {
+            uri,
+            source: Box::new(source),
+        }),
+        Err(TaskError::Commit(e)) => AfterCommit::Stop(Box::new(e).into()),
+        Err(TaskError::Changes(source)) => {
+            AfterCommit::Stop(PipelineError::Changes { uri, source })
+        }
+    }
+}
+
 pub(super) struct Inflight {
     pub(super) handle: JoinHandle<CommitDone>,
     pub(super) started: Instant,
@@ -266,4 +285,97 @@ pub(super) async fn next_commit(
         std::task::Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::commit::CommitError;
+
+    fn report(outcome: CommitOutcome) -> CommitReport {
+        CommitReport {
+            outcome,
+            attempts: 1,
+            conflicts: 0,
+            replans: 0,
+            duration: Duration::ZERO,
+            files: 1,
+            bytes: 10,
+        }
+    }
+
+    fn decide(r: Result<CommitReport, TaskError>) -> AfterCommit {
+        after_commit(r, "s3://b/t".into())
+    }
+
+    #[test]
+    fn a_landed_or_found_commit_stores_and_a_stale_one_rewinds_at_once() {
+        let landed = decide(Ok(report(CommitOutcome::Committed { version: 3 })));
+        assert!(matches!(landed, AfterCommit::Stored(r) if r.files == 1));
+        let found = decide(Ok(report(CommitOutcome::AlreadyCommitted)));
+        assert!(matches!(found, AfterCommit::Stored(_)));
+        let tp = TopicPartition::new("t", 0);
+        let stale = decide(Ok(report(CommitOutcome::Stale {
+            partitions: vec![(tp.clone(), Some(9))],
+        })));
+        assert!(matches!(stale, AfterCommit::Stale(p) if p == [(tp, Some(9))]));
+    }
+
+    #[test]
+    fn transient_failures_rewind_and_permanent_ones_stop_the_daemon() {
+        let uri = "s3://b/t".to_owned();
+        let contended = CommitError::Contended {
+            uri: uri.clone(),
+            replans: 10,
+            last_error: "conflict".into(),
+        };
+        let abandoned = CommitError::Abandoned {
+            uri: uri.clone(),
+            attempts: 3,
+            last_error: "timeout".into(),
+        };
+        for e in [contended, abandoned] {
+            assert!(matches!(
+                decide(Err(TaskError::Commit(e))),
+                AfterCommit::Rewind(_)
+            ));
+        }
+        let keyless = CommitError::Changes {
+            uri: uri.clone(),
+            source: crate::decode::changes::ChangesError::NullKey {
+                column: "id".into(),
+                count: 2,
+            },
+        };
+        let stop = decide(Err(TaskError::Commit(keyless)));
+        assert!(
+            matches!(&stop, AfterCommit::Stop(e) if e.to_string().contains("null in 2")),
+            "{stop:?}"
+        );
+        let denied = deltalake::DeltaTableError::ObjectStore {
+            source: deltalake::ObjectStoreError::PermissionDenied {
+                path: "t/x.parquet".into(),
+                source: "403".into(),
+            },
+        };
+        assert!(matches!(
+            decide(Err(TaskError::Write(denied))),
+            AfterCommit::Stop(PipelineError::Write { .. })
+        ));
+        let outage = deltalake::DeltaTableError::ObjectStore {
+            source: deltalake::ObjectStoreError::Generic {
+                store: "S3",
+                source: "connection reset".into(),
+            },
+        };
+        assert!(matches!(
+            decide(Err(TaskError::Write(outage))),
+            AfterCommit::Rewind(_)
+        ));
+        let join = TaskError::Changes(crate::decode::changes::ChangesError::Empty);
+        assert!(matches!(
+            decide(Err(join)),
+            AfterCommit::Stop(PipelineError::Changes { .. })
+        ));
+    }
 }
