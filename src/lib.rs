@@ -19,15 +19,18 @@
 //! checks it):
 //!
 //! - [`record`]: `TopicPartition` and [`record::RecordChunk`], records of one poll
-//!   burst in one contiguous buffer. [`secret`]: redacted values.
+//!   burst in one contiguous buffer. [`secret`]: redacted values. [`fault`]: our
+//!   typed errors inside delta-rs' error type, known by type.
 //! - [`telemetry`]: counters, named events (count and log in one place), the
 //!   metrics endpoint, logging. [`schema`]: the table schema and its evolution.
 //!   [`offsets`]: the stored offsets of a table's txn actions.
 //! - [`source`]: the rdkafka consumer on its own thread; rebalance callbacks wait
 //!   for the pipeline's answer; back-pressure without leaving the group.
-//!   [`decode`]: records straight into Arrow, bad ones isolated with a reason.
-//! - [`sink`]: one table: open or create it, commit a window with a compare-and-swap
-//!   on its offsets, dead letters, checkpoints, which storage errors are transient.
+//!   [`decode`]: records straight into Arrow, bad ones isolated with a reason;
+//!   an upsert table's records as keyed changes, reduced to one per key.
+//! - [`sink`]: one table: open or create it; the commit engine, whose body is
+//!   appended files or a MERGE of keyed changes, under a compare-and-swap on the
+//!   offsets; dead letters, checkpoints, which storage errors are transient.
 //! - [`window`]: the open window, which records it admits, when it is due, its
 //!   Parquet encoder and its flush.
 //! - [`config`]: the TOML file, validated into a typed [`config::Config`].

@@ -517,7 +517,7 @@ async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
         // Each updates its own owner's rows from the same table version: A lands
         // first, then B's MERGE, planned on the version before A's, meets A's
         // commit (delta-rs' own MERGE, so that it starts from B's stale
-        // snapshot; `upsert::apply` refreshes first).
+        // snapshot; the commit engine refreshes first).
         let (_, sa, _) = crate::harness::apply(
             &mut a,
             &la,
