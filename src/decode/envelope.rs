@@ -120,8 +120,6 @@ pub fn envelope_schema(
         .iter()
         .map(|f| super::debezium::source_column(f))
         .collect();
-    let schema_err =
-        |e: &dyn std::fmt::Display| DecodeError::Schema(ArrowError::SchemaError(e.to_string()));
     let record_fields = schema.delta.fields().filter(|f| {
         !schema.metadata.names().any(|m| m == f.name())
             && !schema.derived.iter().any(|d| d == f.name())
@@ -131,7 +129,7 @@ pub fn envelope_schema(
         Envelope::Rows => return Ok(None),
         Envelope::Debezium => {
             let record = deltalake::kernel::StructType::try_new(record_fields.cloned())
-                .map_err(|e| schema_err(&e))?;
+                .map_err(|e| DecodeError::Envelope(ChangesError::EnvelopeSchema(Box::new(e))))?;
             super::debezium::envelope_record(&record, &source).map_err(DecodeError::Envelope)?
         }
         Envelope::DebeziumFlattened => {
@@ -139,12 +137,12 @@ pub fn envelope_schema(
                 deltalake::kernel::StructField::new(m, deltalake::kernel::DataType::STRING, true)
             });
             deltalake::kernel::StructType::try_new(record_fields.cloned().chain(markers))
-                .map_err(|e| schema_err(&e))?
+                .map_err(|e| DecodeError::Envelope(ChangesError::EnvelopeSchema(Box::new(e))))?
         }
     };
     TableSchema::new(&decoded, &schema.metadata)
         .map(Some)
-        .map_err(|e| schema_err(&e))
+        .map_err(|e| DecodeError::Envelope(ChangesError::EnvelopeSchema(Box::new(e))))
 }
 
 /// The JSON decoder of an envelope's records for a table of `schema` (`None`
