@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod cleanup;
 pub mod commit;
 pub mod dead_letter;
+pub mod dv;
 pub mod log_cache;
 pub mod options;
 pub mod retry;
