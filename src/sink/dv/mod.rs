@@ -8,6 +8,8 @@
 //! Nothing in the daemon writes deletion vectors yet: these are the parts the
 //! merge-on-read commit body will be built from.
 
+pub mod positions;
+
 use std::collections::HashMap;
 
 use buoyant_kernel::actions::deletion_vector as kernel_dv;

@@ -270,3 +270,114 @@ async fn a_committed_vector_hides_its_rows_and_a_second_one_adds_to_it() {
         .unwrap();
     assert_eq!(ids(&fresh).await, [0, 1, 4, 5, 6, 7, 8]);
 }
+
+/// A vector committed for `path` of `t` (with `rows` physical rows).
+async fn commit_vector(t: &mut deltalake::DeltaTable, path: &str, v: &RoaringTreemap) {
+    use deltalake::kernel::Action;
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::protocol::DeltaOperation;
+    use object_store::ObjectStoreExt as _;
+    #[allow(deprecated)]
+    let add = t
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .map(|f| f.add_action())
+        .find(|a| a.path == path)
+        .unwrap();
+    let rows = rows_by_path([&add])[&add.path];
+    let file = write_file("", uuid::Uuid::new_v4(), std::slice::from_ref(v)).unwrap();
+    t.log_store()
+        .object_store(None)
+        .put(
+            &deltalake::Path::from(file.path.as_str()),
+            file.bytes.into(),
+        )
+        .await
+        .unwrap();
+    let (remove, new) = replace(&add, file.descriptors[0].clone(), v, rows, 1).unwrap();
+    let done = CommitBuilder::default()
+        .with_actions(vec![Action::Remove(remove), Action::Add(new)])
+        .build(
+            Some(t.snapshot().unwrap()),
+            t.log_store(),
+            DeltaOperation::Delete { predicate: None },
+        )
+        .await
+        .unwrap();
+    t.state = Some(done.snapshot());
+}
+
+/// The positions a window's deletion vectors delete: each live row of a
+/// changed key, as (file, row index); rows a vector already deleted and keys
+/// the table lacks are not found.
+#[tokio::test]
+async fn keys_are_found_at_their_file_and_row_and_deleted_rows_are_not() {
+    use deltalake::arrow::array::{Int64Array, RecordBatch};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema};
+    use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = one_file_table(&dir).await;
+    // A second file: ids 10..20.
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int64Array::from_iter_values(10..20))],
+    )
+    .unwrap();
+    let mut w = RecordBatchWriter::for_table(&t).unwrap();
+    w.write(batch).await.unwrap();
+    w.flush_and_commit(&mut t).await.unwrap();
+    t = enable(t).await.unwrap();
+    let paths: Vec<String> = t
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .map(|f| f.path().into_owned())
+        .collect();
+    let first = |t: &deltalake::DeltaTable| {
+        // The file holding id 0..10: the one whose stats say min 0.
+        #[allow(deprecated)]
+        let adds: Vec<Add> = t
+            .snapshot()
+            .unwrap()
+            .log_data()
+            .iter()
+            .map(|f| f.add_action())
+            .collect();
+        adds.into_iter()
+            .find(|a| {
+                a.stats
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("\"minValues\":{\"id\":0}")
+            })
+            .unwrap()
+            .path
+    };
+    let low = first(&t);
+    let high = paths.iter().find(|p| **p != low).unwrap().clone();
+    // Id 3 (row 3 of the first file) was deleted earlier.
+    commit_vector(&mut t, &low, &vector(&[3])).await;
+    let keys =
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![3, 5, 12, 99]))]).unwrap();
+    let found = positions::locate(&t, &keys).await.unwrap();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[&low], vector(&[5]));
+    assert_eq!(found[&high], vector(&[2]));
+    // Its existing vector is read back through the table's own store.
+    let dv = t
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .find(|f| f.path() == low.as_str())
+        .and_then(|f| f.deletion_vector_descriptor())
+        .unwrap();
+    assert_eq!(
+        positions::read_vector(&t, &low, dv).await.unwrap(),
+        vector(&[3])
+    );
+}
