@@ -8,6 +8,7 @@
 //! Nothing in the daemon writes deletion vectors yet: these are the parts the
 //! merge-on-read commit body will be built from.
 
+pub mod apply;
 pub mod positions;
 
 use std::collections::HashMap;

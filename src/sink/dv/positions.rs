@@ -63,12 +63,21 @@ pub enum LocateError {
     Keys(#[source] deltalake::arrow::error::ArrowError),
 }
 
+/// The live rows of one data file whose keys a window changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// Their row indexes.
+    pub rows: RoaringTreemap,
+    /// The file's physical rows (read, so exact whatever its stats say).
+    pub physical: u64,
+}
+
 /// The live rows of `table` whose key is one of `keys` (a batch of the key
-/// columns, one row per key): per data file path, the row indexes.
+/// columns, one row per key), per data file path.
 pub async fn locate(
     table: &DeltaTable,
     keys: &RecordBatch,
-) -> Result<HashMap<String, RoaringTreemap>, LocateError> {
+) -> Result<HashMap<String, Found>, LocateError> {
     let names: Vec<String> = keys
         .schema()
         .fields()
@@ -108,9 +117,9 @@ pub async fn locate(
             wanted: &wanted,
             deleted: &deleted,
         };
-        let rows = cx.scan().await?;
-        if !rows.is_empty() {
-            found.insert(path, rows);
+        let f = cx.scan().await?;
+        if !f.rows.is_empty() {
+            found.insert(path, f);
         }
     }
     Ok(found)
@@ -153,7 +162,7 @@ struct FileScan<'a> {
 }
 
 impl FileScan<'_> {
-    async fn scan(&self) -> Result<RoaringTreemap, LocateError> {
+    async fn scan(&self) -> Result<Found, LocateError> {
         let parquet_err = |source| LocateError::Parquet {
             path: self.path.to_owned(),
             source,
@@ -195,7 +204,7 @@ impl FileScan<'_> {
             }
             at += batch.num_rows() as u64;
         }
-        Ok(rows)
+        Ok(Found { rows, physical: at })
     }
 
     /// The file's key columns in the keys' order and types.
