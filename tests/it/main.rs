@@ -13,6 +13,7 @@ mod ingest;
 mod liveness;
 mod long_log;
 mod maintenance;
+mod merge_on_read;
 mod observability;
 mod process;
 mod readers;

@@ -1,0 +1,142 @@
+//! Tables with deletion vectors written by `tributary::sink::dv` (issue 25's
+//! first part), read back by readers we did not write: DuckDB's delta extension
+//! (delta-kernel-rs underneath) and the Python deltalake package's DataFusion
+//! reader. The table is local; no server is needed but the readers' Python.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use deltalake::arrow::array::{BooleanArray, Int64Array, RecordBatch, StringArray};
+use deltalake::arrow::datatypes::{DataType, Field, Schema};
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{DataType as DeltaType, PrimitiveType, StructField};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use tributary::decode::changes::Changes;
+use tributary::sink::dv;
+
+fn id_v(rows: &[(i64, &str)]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("v", DataType::Utf8, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+        ],
+    )
+    .unwrap()
+}
+
+/// Apply one window by merge-on-read and commit it.
+async fn window(t: &mut deltalake::DeltaTable, rows: &[(i64, &str)], deleted: &[bool]) {
+    let changes = Changes::new(id_v(rows), BooleanArray::from(deleted.to_vec()));
+    let props = deltalake::parquet::file::properties::WriterProperties::default();
+    let m = dv::apply::apply(t, &["id".into()], &changes, props, 1)
+        .await
+        .unwrap();
+    let done = CommitBuilder::default()
+        .with_actions(m.actions)
+        .build(
+            Some(t.snapshot().unwrap()),
+            t.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .unwrap();
+    t.state = Some(done.snapshot());
+}
+
+#[tokio::test]
+async fn a_table_upserted_by_merge_on_read_is_read_exactly_by_duckdb_and_deltalake() {
+    let python = std::env::var("TRIBUTARY_TEST_PYTHON")
+        .expect("TRIBUTARY_TEST_PYTHON is set by tests/run.sh (the readers' interpreter)");
+    let dir = tempfile::tempdir().unwrap();
+    let url = url::Url::from_directory_path(dir.path()).unwrap();
+    let mut t = deltalake::DeltaTable::try_from_url(url.clone())
+        .await
+        .unwrap()
+        .create()
+        .with_columns([
+            StructField::new("id", DeltaType::Primitive(PrimitiveType::Long), false),
+            StructField::new("v", DeltaType::Primitive(PrimitiveType::String), true),
+        ])
+        .await
+        .unwrap();
+    let initial: Vec<(i64, String)> = (0..100).map(|i| (i, format!("v{i}"))).collect();
+    let pairs: Vec<(i64, &str)> = initial.iter().map(|(i, v)| (*i, v.as_str())).collect();
+    let mut w = RecordBatchWriter::for_table(&t).unwrap();
+    w.write(id_v(&pairs)).await.unwrap();
+    w.flush_and_commit(&mut t).await.unwrap();
+    t = dv::enable(t).await.unwrap();
+    // Updates, deletes, a re-insert of a deleted key, a delete of an absent one,
+    // and one key updated in every window.
+    window(
+        &mut t,
+        &[
+            (2, "a"),
+            (5, ""),
+            (7, ""),
+            (150, "new"),
+            (999, ""),
+            (50, "w1"),
+        ],
+        &[false, true, true, false, true, false],
+    )
+    .await;
+    window(
+        &mut t,
+        &[(7, "back"), (3, ""), (50, "w2")],
+        &[false, true, false],
+    )
+    .await;
+    window(
+        &mut t,
+        &[(150, ""), (50, "w3"), (2, "b")],
+        &[true, false, false],
+    )
+    .await;
+    let mut want: std::collections::BTreeMap<i64, String> = initial.into_iter().collect();
+    for k in [3, 5] {
+        want.remove(&k);
+    }
+    want.insert(2, "b".into());
+    want.insert(7, "back".into());
+    want.insert(50, "w3".into());
+    let want: Vec<serde_json::Value> = want
+        .into_iter()
+        .map(|(i, v)| serde_json::json!([i, v]))
+        .collect();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/dv_rows.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(url.as_str())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for reader in ["duckdb", "deltalake_datafusion"] {
+        assert_eq!(got[reader].as_array().unwrap(), &want, "{reader}");
+    }
+    // delta-rs' own reader agrees.
+    let live = tributary::sink::table::query(&t, "SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    let n = live[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(n as usize, want.len());
+}
