@@ -1,7 +1,8 @@
 //! Tables with deletion vectors written by `tributary::sink::dv` (issue 25's
 //! first part), read back by readers we did not write: DuckDB's delta extension
-//! (delta-kernel-rs underneath) and the Python deltalake package's DataFusion
-//! reader. The table is local; no server is needed but the readers' Python.
+//! (delta-kernel-rs underneath), the Python deltalake package's DataFusion
+//! reader, and Spark with Delta Lake's jars. The table is local; no server is
+//! needed but the readers' interpreters.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -129,7 +130,7 @@ async fn vacuum_keeps_the_vectors_live_files_reference() {
 }
 
 #[tokio::test]
-async fn a_table_upserted_by_merge_on_read_is_read_exactly_by_duckdb_and_deltalake() {
+async fn a_table_upserted_by_merge_on_read_is_read_exactly_by_duckdb_deltalake_and_spark() {
     let python = std::env::var("TRIBUTARY_TEST_PYTHON")
         .expect("TRIBUTARY_TEST_PYTHON is set by tests/run.sh (the readers' interpreter)");
     let dir = tempfile::tempdir().unwrap();
@@ -185,8 +186,11 @@ async fn a_table_upserted_by_merge_on_read_is_read_exactly_by_duckdb_and_deltala
         String::from_utf8_lossy(&out.stderr)
     );
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for reader in ["duckdb", "deltalake_datafusion"] {
-        assert_eq!(got[reader].as_array().unwrap(), &want, "{reader}");
+    for reader in ["duckdb", "deltalake_datafusion", "spark_delta"] {
+        let rows = got[reader]
+            .as_array()
+            .unwrap_or_else(|| panic!("{reader}: {}", got[reader]));
+        assert_eq!(rows, &want, "{reader}");
     }
     // delta-rs' own reader agrees.
     assert_eq!(count(&t).await as usize, want.len());
