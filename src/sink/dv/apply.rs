@@ -18,7 +18,7 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::writer::DeltaWriter;
 use object_store::ObjectStoreExt as _;
 
-use super::positions::{LocateError, locate, read_vector};
+use super::positions::{LocateError, locate};
 use super::{DvError, replace, union, write_file};
 use crate::decode::changes::Changes;
 
@@ -48,6 +48,9 @@ pub enum ApplyError {
     /// Writing the new files or the DV file failed.
     #[error(transparent)]
     Delta(Box<deltalake::DeltaTableError>),
+    /// A change's column does not fit the table's.
+    #[error("the window's changes do not fit the table: {0}")]
+    Align(#[source] crate::schema::evolve::Mismatch),
     /// The changes do not have the key or the table's columns.
     #[error("the window's changes: {0}")]
     Changes(#[source] deltalake::arrow::error::ArrowError),
@@ -102,16 +105,15 @@ pub async fn apply(
             .filter(|f| found.contains_key(f.path().as_ref()))
             .map(|f| f.add_action())
             .collect();
-        let mut vectors = Vec::with_capacity(adds.len());
-        for add in &adds {
-            let old = match &add.deletion_vector {
-                Some(d) => Some(read_vector(table, &add.path, d.clone()).await?),
-                None => None,
-            };
-            let new = &found[&add.path].rows;
-            rows_deleted += new.len();
-            vectors.push(union(old, new.iter()));
-        }
+        // `locate` read each file's current vector: the new one is the union.
+        let vectors: Vec<_> = adds
+            .iter()
+            .map(|add| {
+                let f = &found[&add.path];
+                rows_deleted += f.rows.len();
+                union(Some(f.deleted.clone()), f.rows.iter())
+            })
+            .collect();
         let file = write_file("", uuid::Uuid::new_v4(), &vectors)?;
         table
             .log_store()
@@ -158,18 +160,14 @@ fn live_rows(table: &DeltaTable, changes: &Changes) -> Result<RecordBatch, Apply
         .try_into_arrow()
         .map_err(ApplyError::Changes)?;
     let schema = std::sync::Arc::new(schema);
-    let columns = schema
+    let have: Vec<_> = rows
+        .schema()
         .fields()
         .iter()
-        .map(|f| match rows.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => deltalake::arrow::compute::cast(c, f.data_type()),
-            None => Ok(deltalake::arrow::array::new_null_array(
-                f.data_type(),
-                rows.num_rows(),
-            )),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ApplyError::Changes)?;
+        .cloned()
+        .zip(rows.columns().iter().cloned())
+        .collect();
+    let columns = crate::schema::evolve::align_columns(&have, schema.fields(), rows.num_rows())
+        .map_err(ApplyError::Align)?;
     RecordBatch::try_new(schema, columns).map_err(ApplyError::Changes)
 }

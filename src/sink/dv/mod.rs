@@ -208,15 +208,5 @@ pub fn enabled(table: &deltalake::DeltaTable) -> Result<bool, deltalake::DeltaTa
     Ok(on && has(protocol.reader_features()) && has(protocol.writer_features()))
 }
 
-/// The row count of each data file whose statistics state it, by path.
-pub fn rows_by_path<'a>(adds: impl IntoIterator<Item = &'a Add>) -> HashMap<String, u64> {
-    adds.into_iter()
-        .filter_map(|a| {
-            let stats: serde_json::Value = serde_json::from_str(a.stats.as_deref()?).ok()?;
-            Some((a.path.clone(), stats.get("numRecords")?.as_u64()?))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests;

@@ -70,6 +70,8 @@ pub struct Found {
     pub rows: RoaringTreemap,
     /// The file's physical rows (read, so exact whatever its stats say).
     pub physical: u64,
+    /// The rows its current deletion vector deletes (read once, here).
+    pub deleted: RoaringTreemap,
 }
 
 /// The live rows of `table` whose key is one of `keys` (a batch of the key
@@ -117,9 +119,16 @@ pub async fn locate(
             wanted: &wanted,
             deleted: &deleted,
         };
-        let f = cx.scan().await?;
-        if !f.rows.is_empty() {
-            found.insert(path, f);
+        let (rows, physical) = cx.scan().await?;
+        if !rows.is_empty() {
+            found.insert(
+                path,
+                Found {
+                    rows,
+                    physical,
+                    deleted,
+                },
+            );
         }
     }
     Ok(found)
@@ -162,7 +171,8 @@ struct FileScan<'a> {
 }
 
 impl FileScan<'_> {
-    async fn scan(&self) -> Result<Found, LocateError> {
+    /// The matching live rows, and the file's physical row count.
+    async fn scan(&self) -> Result<(RoaringTreemap, u64), LocateError> {
         let parquet_err = |source| LocateError::Parquet {
             path: self.path.to_owned(),
             source,
@@ -204,7 +214,7 @@ impl FileScan<'_> {
             }
             at += batch.num_rows() as u64;
         }
-        Ok(Found { rows, physical: at })
+        Ok((rows, at))
     }
 
     /// The file's key columns in the keys' order and types.

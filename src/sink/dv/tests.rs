@@ -12,6 +12,16 @@ use deltalake::logstore::object_store;
 
 use super::*;
 
+/// The row count of each data file whose statistics state it, by path.
+fn rows_by_path<'a>(adds: impl IntoIterator<Item = &'a Add>) -> HashMap<String, u64> {
+    adds.into_iter()
+        .filter_map(|a| {
+            let stats: serde_json::Value = serde_json::from_str(a.stats.as_deref()?).ok()?;
+            Some((a.path.clone(), stats.get("numRecords")?.as_u64()?))
+        })
+        .collect()
+}
+
 fn vector(rows: &[u64]) -> RoaringTreemap {
     rows.iter().copied().collect()
 }
