@@ -2,11 +2,11 @@
 //! lands data, a repeated commit is recognised, and concurrent commits for the same
 //! partition land at most once.
 
-use crate::harness::policy;
+use crate::harness::{CommitRequest, policy};
 use tributary::config::{Compression, MetadataColumns, StorageConfig, TableConfig};
 use tributary::record::TopicPartition;
 use tributary::schema::parse_schema_json;
-use tributary::sink::commit::{CommitOutcome, CommitRequest, PartitionCommit, TableLog};
+use tributary::sink::commit::{CommitOutcome, PartitionCommit, TableLog};
 
 async fn local_table(dir: &std::path::Path) -> deltalake::DeltaTable {
     let cfg = TableConfig {

@@ -65,12 +65,20 @@ pub struct Written {
     pub bytes: u64,
 }
 
+/// An append the tests commit: files already uploaded, and the offsets they
+/// account for.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    pub adds: Vec<deltalake::kernel::Add>,
+    pub partitions: Vec<tributary::sink::commit::PartitionCommit>,
+}
+
 /// An append of `req` through the commit engine: its outcome and report.
 pub async fn commit(
     t: &mut deltalake::DeltaTable,
     log: &tributary::sink::commit::TableLog,
     app_id: &str,
-    req: &tributary::sink::commit::CommitRequest,
+    req: &CommitRequest,
     policy: tributary::sink::commit::RetryPolicy,
     cancelled: &(dyn Fn() -> bool + Send + Sync),
 ) -> Result<
@@ -81,7 +89,8 @@ pub async fn commit(
     tributary::sink::commit::CommitError,
 > {
     let r = tributary::sink::commit::Commit::new(t, log, app_id, policy)
-        .with_request(req.clone())
+        .with_partitions(req.partitions.clone())
+        .with_files(req.adds.clone())
         .execute(cancelled)
         .await?;
     Ok((r.outcome.clone(), r))

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use tributary::record::TopicPartition;
-use tributary::sink::commit::{CommitOutcome, CommitRequest, PartitionCommit, TableLog};
+use tributary::sink::commit::{CommitOutcome, PartitionCommit, TableLog};
 
-use crate::harness::{Scenario, policy};
+use crate::harness::{CommitRequest, Scenario, policy};
 
 /// Partitions; `TRIBUTARY_SCALE_PARTITIONS` overrides it to take figures at
 /// other sizes (the assertions scale with it).

@@ -180,15 +180,6 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
 }
 
-/// A commit request: files already uploaded, and the offsets they account for.
-#[derive(Debug, Clone)]
-pub struct CommitRequest {
-    /// Add actions for the uploaded files.
-    pub adds: Vec<Add>,
-    /// One entry per partition touched.
-    pub partitions: Vec<PartitionCommit>,
-}
-
 /// One commit, planned then executed: a body and the offsets it accounts for.
 #[derive(Debug)]
 pub struct Commit<'a> {
@@ -248,11 +239,6 @@ impl<'a> Commit<'a> {
     pub fn with_files(mut self, adds: Vec<Add>) -> Self {
         self.body = Pending::Files(adds);
         self
-    }
-
-    /// An append of `req`'s files with its offsets.
-    pub fn with_request(self, req: CommitRequest) -> Self {
-        self.with_partitions(req.partitions).with_files(req.adds)
     }
 
     /// An upsert: the window's changes as one MERGE, with its offsets.
