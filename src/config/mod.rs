@@ -26,7 +26,7 @@ pub use crate::decode::{DecodeConfig, Format, OnError};
 pub use crate::schema::MetadataColumns;
 pub use crate::sink::{
     CommitConfig, Compression, StorageConfig, TableConfig, TableUriError, UpsertSpec,
-    parse_table_uri,
+    UpsertStrategy, parse_table_uri,
 };
 pub use crate::source::{KafkaConfig, OffsetReset, Subscription};
 pub use crate::window::FlushPolicy;
@@ -254,6 +254,7 @@ schema_file = "SCHEMA"
                 envelope: crate::decode::envelope::Envelope::Rows,
                 source_order: None,
                 delete_horizon: table::DEFAULT_DELETE_HORIZON,
+                strategy: Default::default(),
             })
         );
         assert_eq!(parse(MINIMAL).unwrap().table.upsert, None);

@@ -144,6 +144,10 @@ pub struct RawTable {
     /// (e.g. `"7d"`; every table's, routes' too).
     #[serde(default, with = "humantime_serde")]
     pub delete_horizon: Option<std::time::Duration>,
+    /// Upsert: `copy-on-write` (default: a window's MERGE rewrites the files
+    /// holding its keys) or `merge-on-read` (deletion vectors mark the old
+    /// rows; every table's, routes' too).
+    pub upsert_strategy: Option<RawStrategy>,
 }
 
 /// `[[routes]]`: some topics into a table of their own. Compression, table
@@ -242,6 +246,19 @@ pub enum RawMode {
     /// The table holds the latest change per key.
     Upsert,
     /// Anything else (refused by validation, naming the key).
+    #[serde(untagged)]
+    Other(String),
+}
+
+/// `upsert_strategy`: how an upsert window changes the table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawStrategy {
+    /// One MERGE per window, rewriting the files that hold its keys.
+    CopyOnWrite,
+    /// Deletion vectors on the old rows, the window's rows in new files.
+    MergeOnRead,
+    /// Anything else (refused by validation).
     #[serde(untagged)]
     Other(String),
 }

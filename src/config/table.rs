@@ -101,7 +101,20 @@ fn upsert_spec(
         envelope,
         source_order,
         delete_horizon,
+        strategy: strategy(raw)?,
     }))
+}
+
+/// `upsert_strategy`: copy-on-write unless merge-on-read is asked for.
+fn strategy(raw: &RawTable) -> Result<UpsertStrategy, ConfigError> {
+    match &raw.upsert_strategy {
+        None | Some(RawStrategy::CopyOnWrite) => Ok(UpsertStrategy::CopyOnWrite),
+        Some(RawStrategy::MergeOnRead) => Ok(UpsertStrategy::MergeOnRead),
+        Some(RawStrategy::Other(other)) => Err(ConfigError::invalid(
+            "table.upsert_strategy",
+            format!("`{other}` is not a strategy: use \"copy-on-write\" or \"merge-on-read\""),
+        )),
+    }
 }
 
 /// Whether the table is an upsert table (`mode`); the upsert keys are refused
@@ -113,6 +126,12 @@ fn is_upsert(raw: &RawTable) -> Result<bool, ConfigError> {
                 return Err(ConfigError::invalid(
                     "table.key",
                     "key, order_by and envelope are for mode = \"upsert\"; set it, or remove them",
+                ));
+            }
+            if raw.upsert_strategy.is_some() {
+                return Err(ConfigError::invalid(
+                    "table.upsert_strategy",
+                    "upsert_strategy is for mode = \"upsert\"; set it, or remove it",
                 ));
             }
             Ok(false)

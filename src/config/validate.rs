@@ -430,6 +430,10 @@ fn validate_route(
         }
         _ => return Err(invalid("set either `topics` or `topic_pattern`".into())),
     };
+    let strategy = base
+        .upsert_strategy
+        .clone()
+        .filter(|_| r.mode == Some(RawMode::Upsert));
     let table = validate_table(RawTable {
         uri: r.uri,
         schema_file: r.schema_file,
@@ -445,6 +449,8 @@ fn validate_route(
         order_by: r.order_by,
         envelope: r.envelope,
         delete_horizon: base.delete_horizon,
+        // The table's strategy is its upsert routes' too.
+        upsert_strategy: strategy,
     })
     .map_err(|e| invalid(e.to_string()))?;
     if decode.format == Format::Json && table.schema.is_none() {

@@ -252,9 +252,11 @@ async fn check_table(cfg: &Config) -> Result<String, Problem> {
     match table::load(uri, &cfg.storage).await {
         Ok(Some(t)) => {
             table::check_schema(&t, &cfg.table).map_err(|e| Problem::from(e.to_string()))?;
+            let dv = crate::sink::dv::enabled(&t).map_err(|e| Problem::from(e.to_string()))?;
             Ok(format!(
-                "{uri} at version {}, schema compatible",
-                t.version().map_or(-1, |v| v as i64)
+                "{uri} at version {}, schema compatible{}",
+                t.version().map_or(-1, |v| v as i64),
+                merge_on_read(cfg, Some(dv))
             ))
         }
         Ok(None) => {
@@ -267,11 +269,41 @@ async fn check_table(cfg: &Config) -> Result<String, Problem> {
                 .await
                 .map_err(|e| storage_hint(uri, &e.to_string()))?;
             Ok(format!(
-                "{uri} has no table yet; it will be created on first start"
+                "{uri} has no table yet; it will be created on first start{}",
+                merge_on_read(cfg, None)
             ))
         }
         Err(e) => Err(storage_hint(uri, &e.to_string())),
     }
+}
+
+/// What `upsert_strategy = "merge-on-read"` does to the table and to who can
+/// read it (empty for other tables). `enabled`: whether the table already has
+/// deletion vectors (`None`: no table yet).
+fn merge_on_read(cfg: &Config, enabled: Option<bool>) -> String {
+    use crate::config::UpsertStrategy;
+    if !cfg
+        .table
+        .upsert
+        .as_ref()
+        .is_some_and(|u| u.strategy == UpsertStrategy::MergeOnRead)
+    {
+        return String::new();
+    }
+    let upgrade = match enabled {
+        Some(true) => "deletion vectors already enabled",
+        Some(false) => {
+            "the daemon enables deletion vectors at start, upgrading the table to reader 3 / \
+             writer 7 (irreversible)"
+        }
+        None => "created with deletion vectors (reader 3 / writer 7)",
+    };
+    format!(
+        "; upsert_strategy = merge-on-read: {upgrade}. Readers with deletion-vector support \
+         read it (Spark with Delta 2.4+, Databricks, Trino, DuckDB's delta extension, the \
+         deltalake package's QueryBuilder, pysail); readers without cannot (the deltalake \
+         package's to_pyarrow_table, Delta before 2.3; Athena's support is not documented)"
+    )
 }
 
 fn storage_hint(uri: &url::Url, err: &str) -> Problem {

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::{Pipeline, PipelineError, TableSink};
-use crate::config::{Config, FlushPolicy, TableConfig};
+use crate::config::{Config, FlushPolicy, TableConfig, UpsertStrategy};
 use crate::decode::Decoder;
 use crate::decode::registry::Registry;
 use crate::decode::transform::Transform;
 use crate::sink::commit::TableLog;
-use crate::sink::table;
+use crate::sink::table::{self, TableError};
 use crate::sink::upsert::deletes::DeleteMemory;
 use crate::window::Window;
 
@@ -167,6 +167,21 @@ impl Opening {
             version = opened.table.version().map_or(-1, |v| v as i64),
             "table open"
         );
+        let mut opened = opened;
+        if tcfg
+            .upsert
+            .as_ref()
+            .is_some_and(|u| u.strategy == UpsertStrategy::MergeOnRead)
+        {
+            opened.table = crate::sink::dv::ensure_enabled(opened.table)
+                .await
+                .map_err(|source| {
+                    Box::new(TableError::Delta {
+                        uri: tcfg.uri.to_string(),
+                        source: Box::new(source),
+                    })
+                })?;
+        }
         let decoder = Decoder::for_format(
             cfg.decode.format,
             registry.as_ref(),

@@ -16,5 +16,5 @@ pub mod upsert;
 
 pub use options::{
     CommitConfig, Compression, StorageConfig, TableConfig, TableUriError, UpsertSpec,
-    parse_table_uri,
+    UpsertStrategy, parse_table_uri,
 };

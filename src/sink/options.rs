@@ -66,6 +66,23 @@ pub struct UpsertSpec {
     /// With `order_by`: how long the order values of deleted keys are kept
     /// (a change older than a delete that arrives later inserts the key again).
     pub delete_horizon: std::time::Duration,
+    /// How a window changes the table: a MERGE rewriting files, or deletion
+    /// vectors.
+    pub strategy: UpsertStrategy,
+}
+
+/// How an upsert window changes the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpsertStrategy {
+    /// One MERGE per window: every file holding a changed key is read and
+    /// rewritten whole. Any Delta reader reads the table.
+    #[default]
+    CopyOnWrite,
+    /// The old rows are marked deleted by deletion vectors and the window's
+    /// rows written as new files: a window costs its changes, not the table.
+    /// The table needs readers with deletion-vector support (reader 3 /
+    /// writer 7).
+    MergeOnRead,
 }
 
 /// Parquet compression codec.

@@ -148,6 +148,7 @@ async fn commit_rows(
             changes: Changes::concat(&changes).map_err(TaskError::Changes)?,
             partitions,
             parquet: Some(*parquet),
+            strategy: spec.strategy,
         }),
     };
     commit.execute(cancelled).await.map_err(TaskError::Commit)

@@ -1424,6 +1424,7 @@ async fn avro_upserts_through_the_registry_take_an_added_column() {
         envelope: Default::default(),
         source_order: None,
         delete_horizon: Duration::ZERO,
+        strategy: Default::default(),
     });
     let mut run = start(cfg.clone());
     run.committed(&s.topic, &last_offsets(&produced)).await;

@@ -34,10 +34,15 @@ fn id_v(rows: &[(i64, &str)]) -> RecordBatch {
 /// Apply one window by merge-on-read and commit it.
 async fn window(t: &mut deltalake::DeltaTable, rows: &[(i64, &str)], deleted: &[bool]) {
     let changes = Changes::new(id_v(rows), BooleanArray::from(deleted.to_vec()));
-    let props = deltalake::parquet::file::properties::WriterProperties::default();
-    let m = dv::apply::apply(t, &["id".into()], &changes, props, 1)
-        .await
-        .unwrap();
+    let plan = tributary::sink::upsert::MergePlan {
+        key: vec!["id".into()],
+        order_by: None,
+        changes,
+        deleted_order: None,
+        parquet: None,
+    };
+    let index = dv::index::KeyIndex::default();
+    let m = dv::apply::apply(t, &index, &plan, 1).await.unwrap();
     let done = CommitBuilder::default()
         .with_actions(m.actions)
         .build(

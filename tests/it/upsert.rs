@@ -53,6 +53,7 @@ fn window(
     )
     .unwrap();
     UpsertWindow {
+        strategy: Default::default(),
         key: vec!["id".into()],
         order_by: None,
         changes: Changes::new(
@@ -293,6 +294,7 @@ async fn with_an_order_an_older_change_never_overwrites_a_newer_one() {
             )
             .unwrap();
             UpsertWindow {
+                strategy: Default::default(),
                 key: vec!["id".into()],
                 order_by: Some("lsn".into()),
                 changes: Changes::new(
@@ -385,6 +387,7 @@ fn owned(
     )
     .unwrap();
     UpsertWindow {
+        strategy: Default::default(),
         key: vec!["owner".into(), "id".into()],
         order_by: None,
         changes: Changes::new(rows, BooleanArray::from(vec![false; ids.len()])),

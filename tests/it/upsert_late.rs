@@ -58,6 +58,7 @@ fn window(
     .unwrap();
     let deleted = BooleanArray::from_iter(changes.iter().map(|c| Some(c.1.is_none())));
     UpsertWindow {
+        strategy: Default::default(),
         key: vec!["id".into()],
         order_by: ordered.then(|| "lsn".to_owned()),
         changes: Changes::new(rows, deleted),

@@ -1,5 +1,5 @@
-//! What a commit writes besides its offsets: appended files, or a MERGE of
-//! keyed changes (and, later, deletion vectors). Each body writes one Delta
+//! What a commit writes besides its offsets: appended files, a MERGE of
+//! keyed changes, or the same changes by deletion vectors ([`super::on_read`]). Each body writes one Delta
 //! commit carrying the properties [`super::txn`] made.
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -7,6 +7,7 @@ use deltalake::kernel::{Action, Add};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError};
 
+use crate::sink::table_log::TableLog;
 use crate::sink::upsert::MergePlan;
 use crate::sink::upsert::merge::merge;
 
@@ -17,6 +18,8 @@ pub(super) enum Body {
     Files(Vec<Add>),
     /// A window's changes, merged on the key.
     Merge(Box<MergePlan>),
+    /// A window's changes by deletion vectors and new files.
+    MergeOnRead(Box<MergePlan>),
 }
 
 /// A landed commit.
@@ -40,6 +43,8 @@ pub(super) enum Wrote {
     /// Nothing was changed and no commit written (a MERGE that matched
     /// nothing to change).
     Nothing,
+    /// Another commit landed first; the body must be planned again on it.
+    Lost,
 }
 
 impl Body {
@@ -47,11 +52,15 @@ impl Body {
     pub(super) async fn write(
         &self,
         table: &mut DeltaTable,
+        log: &TableLog,
         properties: CommitProperties,
     ) -> Result<Wrote, DeltaTableError> {
         match self {
             Body::Files(adds) => append(table, adds, properties).await,
             Body::Merge(plan) => merged(table, plan, properties).await,
+            Body::MergeOnRead(plan) => {
+                super::on_read::write(table, &log.keys, plan, properties).await
+            }
         }
     }
 }

@@ -47,8 +47,16 @@
 //!
 //! A racing commit that holds one of our `txn` app ids is neither: it makes
 //! the commit [`CommitOutcome::Stale`] on the next compare.
+//!
+//! A merge-on-read body is never re-based by delta-rs: its deletion vectors
+//! name rows of files as they were when it read them, and delta-rs' checker
+//! lets a commit re-add a file that a concurrent compaction removed
+//! (`dataChange = false`), which would bring the compacted rows back twice.
+//! So any commit that lands first makes it plan again (level 2, counted in
+//! `replans`) on the new version.
 
 mod body;
+mod on_read;
 pub mod txn;
 
 use std::time::{Duration, Instant};
@@ -58,6 +66,7 @@ use deltalake::DeltaTableError;
 use deltalake::kernel::Add;
 
 use crate::record::TopicPartition;
+use crate::sink::UpsertStrategy;
 use crate::sink::retry::{is_conflict, is_retryable};
 use crate::sink::upsert::{self, PlanError, UpsertWindow};
 use body::{Body, Landed, Wrote};
@@ -206,6 +215,8 @@ enum Attempt {
     Landed(Landed),
     /// The body changed nothing and wrote no commit.
     Nothing,
+    /// Another commit landed first and the body must be planned again on it.
+    Lost,
     /// A racing commit holds one of our app ids: compare again.
     Raced,
 }
@@ -286,6 +297,18 @@ impl<'a> Commit<'a> {
                     body = Body::Files(Vec::new());
                     continue;
                 }
+                Ok(Attempt::Lost) if r.replans < self.policy.max_replans => {
+                    (r.replans, r.conflicts) = (r.replans + 1, r.conflicts + 1);
+                    tracing::info!(table = %uri, "another commit landed first; planning again on it");
+                    continue;
+                }
+                Ok(Attempt::Lost) => {
+                    return Err(CommitError::Contended {
+                        uri,
+                        replans: r.replans,
+                        last_error: "another commit landed first".into(),
+                    });
+                }
                 Ok(Attempt::Raced) => {
                     r.conflicts += 1;
                     tracing::info!(table = %uri, "concurrent commit on one of our partitions; re-checking offsets");
@@ -319,8 +342,12 @@ impl<'a> Commit<'a> {
         match std::mem::replace(&mut self.body, Pending::Files(Vec::new())) {
             Pending::Files(adds) => Ok(Body::Files(adds)),
             Pending::Upsert(window) => {
+                let strategy = window.strategy;
                 match upsert::plan(self.table, &self.log.deletes, *window).await {
-                    Ok(Some(plan)) => Ok(Body::Merge(Box::new(plan))),
+                    Ok(Some(plan)) => Ok(match strategy {
+                        UpsertStrategy::CopyOnWrite => Body::Merge(Box::new(plan)),
+                        UpsertStrategy::MergeOnRead => Body::MergeOnRead(Box::new(plan)),
+                    }),
                     Ok(None) => Ok(Body::Files(Vec::new())),
                     Err(PlanError::Changes(source)) => Err(CommitError::Changes {
                         uri: uri.to_owned(),
@@ -351,7 +378,7 @@ impl<'a> Commit<'a> {
         }
         let (properties, written) =
             txn::commit_properties(self.app_id, &self.partitions, self.policy);
-        match body.write(table, properties).await {
+        match body.write(table, self.log, properties).await {
             Ok(Wrote::Landed(landed)) => {
                 self.log
                     .offsets
@@ -361,6 +388,7 @@ impl<'a> Commit<'a> {
                 Ok(Attempt::Landed(landed))
             }
             Ok(Wrote::Nothing) => Ok(Attempt::Nothing),
+            Ok(Wrote::Lost) => Ok(Attempt::Lost),
             Err(DeltaTableError::Transaction {
                 source:
                     deltalake::kernel::transaction::TransactionError::CommitConflict(

@@ -159,6 +159,7 @@ fn window(
     last: i64,
 ) -> UpsertWindow {
     UpsertWindow {
+        strategy: Default::default(),
         key: vec!["id".into()],
         order_by: order_by.map(str::to_owned),
         changes: changes(c),
@@ -301,4 +302,153 @@ fn a_contended_commit_is_retried_later_not_fatal() {
     };
     assert!(e.is_retryable());
     assert!(e.to_string().contains("10 times"), "{e}");
+}
+
+/// A new table with deletion vectors enabled, for merge-on-read.
+async fn dv_table(dir: &tempfile::TempDir) -> DeltaTable {
+    crate::sink::dv::ensure_enabled(table(dir).await)
+        .await
+        .unwrap()
+}
+
+async fn upsert_on_read(t: &mut DeltaTable, log: &TableLog, mut w: UpsertWindow) -> CommitReport {
+    w.strategy = UpsertStrategy::MergeOnRead;
+    upsert(t, log, w).await
+}
+
+/// Per live file: (rows its vector deletes, or 0).
+fn vectors(t: &DeltaTable) -> Vec<i64> {
+    let mut v: Vec<i64> = t
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .map(|f| f.deletion_vector_descriptor().map_or(0, |d| d.cardinality))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Merge-on-read through the engine: one key updated in every window ends as
+/// one live row; a delete, a re-insert and a delete of an absent key; no file
+/// is ever rewritten (the first window's file stays, its vector growing), and
+/// each window's offsets land in its commit.
+#[tokio::test]
+async fn merge_on_read_keeps_one_live_row_per_key_and_rewrites_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = dv_table(&dir).await;
+    let log = TableLog::default();
+    let first: Vec<(i64, Option<&str>, Option<i64>)> =
+        (0..10).map(|i| (i, Some("v0"), None)).collect();
+    upsert_on_read(&mut t, &log, window(None, &first, None, 0)).await;
+    let original = t
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .next()
+        .unwrap()
+        .path()
+        .into_owned();
+    let values: Vec<String> = (1..=5).map(|w| format!("v{w}")).collect();
+    for (w, v) in values.iter().enumerate() {
+        let w = w as i64 + 1;
+        let r = upsert_on_read(
+            &mut t,
+            &log,
+            window(
+                None,
+                &[(3, Some(v), None), (3, Some(v), None)],
+                Some(w - 1),
+                w,
+            ),
+        )
+        .await;
+        assert!(
+            matches!(r.outcome, CommitOutcome::Committed { .. }),
+            "{r:?}"
+        );
+        assert_eq!(r.files, 1, "one new file, nothing rewritten: {r:?}");
+    }
+    let want = |t: &[(i64, &str)]| -> Vec<(i64, String)> {
+        t.iter().map(|(i, v)| (*i, v.to_string())).collect()
+    };
+    let mut expect: Vec<(i64, &str)> = (0..10).map(|i| (i, "v0")).collect();
+    expect[3].1 = "v5";
+    assert_eq!(table_rows(&t).await, want(&expect));
+    assert_eq!(stored(&t).await, Some(5));
+    // Delete 4, delete 99 (absent), then re-insert 4.
+    upsert_on_read(
+        &mut t,
+        &log,
+        window(None, &[(4, None, None), (99, None, None)], Some(5), 6),
+    )
+    .await;
+    expect.remove(4);
+    assert_eq!(table_rows(&t).await, want(&expect));
+    upsert_on_read(
+        &mut t,
+        &log,
+        window(None, &[(4, Some("back"), None)], Some(6), 7),
+    )
+    .await;
+    expect.insert(4, (4, "back"));
+    assert_eq!(table_rows(&t).await, want(&expect));
+    // The first file is still there, its vector deleting keys 3 and 4.
+    let snapshot = t.snapshot().unwrap();
+    let first_file = snapshot
+        .log_data()
+        .iter()
+        .find(|f| f.path() == original.as_str())
+        .and_then(|f| f.deletion_vector_descriptor())
+        .map(|d| d.cardinality);
+    assert_eq!(first_file, Some(2));
+    // Every file but the live ones of key 3 and 4 has its row deleted.
+    assert_eq!(
+        vectors(&t).iter().filter(|c| **c == 0).count(),
+        2,
+        "{:?}",
+        vectors(&t)
+    );
+    assert_eq!(stored(&t).await, Some(7));
+}
+
+/// With `order_by`, merge-on-read keeps the MERGE's rule: an older change
+/// never replaces a newer row, a newer delete wins, and a change without an
+/// order value always replaces.
+#[tokio::test]
+async fn merge_on_read_with_an_order_never_lets_an_older_change_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = dv_table(&dir).await;
+    let log = TableLog::default();
+    let lsn = Some("lsn");
+    upsert_on_read(
+        &mut t,
+        &log,
+        window(lsn, &[(1, Some("new"), Some(10))], None, 0),
+    )
+    .await;
+    let late = window(
+        lsn,
+        &[(1, Some("old"), Some(5)), (2, Some("b"), Some(1))],
+        Some(0),
+        1,
+    );
+    upsert_on_read(&mut t, &log, late).await;
+    upsert_on_read(&mut t, &log, window(lsn, &[(1, None, Some(7))], Some(1), 2)).await;
+    assert_eq!(table_rows(&t).await, [(1, "new".into()), (2, "b".into())]);
+    upsert_on_read(
+        &mut t,
+        &log,
+        window(lsn, &[(1, None, Some(11))], Some(2), 3),
+    )
+    .await;
+    upsert_on_read(
+        &mut t,
+        &log,
+        window(lsn, &[(2, Some("forced"), None)], Some(3), 4),
+    )
+    .await;
+    assert_eq!(table_rows(&t).await, [(2, "forced".into())]);
+    assert_eq!(stored(&t).await, Some(4));
 }

@@ -3,10 +3,9 @@
 //! file, the union with the file's earlier one), and its changes that are not
 //! deletions are written as new Parquet files. Nothing is rewritten: what a
 //! window writes is its changes and its vectors, whatever the table's size.
-//!
-//! Not yet: `order_by` (a change must not replace a newer row, which needs the
-//! matched rows' order values), the memory of deletes, and the commit body that
-//! carries these actions with the window's offsets through the engine.
+//! Which rows are deleted and which changes written is [`super::decide`]'s:
+//! the copy-on-write MERGE's rules, `order_by` and the memory of deletes
+//! included. The commit engine carries the actions with the window's offsets.
 
 use deltalake::DeltaTable;
 use deltalake::arrow::array::RecordBatch;
@@ -14,13 +13,15 @@ use deltalake::arrow::compute::filter_record_batch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoArrow as _;
 use deltalake::kernel::{Action, Add};
 use deltalake::logstore::object_store;
-use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::writer::DeltaWriter;
 use object_store::ObjectStoreExt as _;
 
-use super::positions::{LocateError, locate};
+use super::decide::{Decision, decide};
+use super::index::KeyIndex;
+use super::positions::{LocateError, Located, locate};
 use super::{DvError, replace, union, write_file};
 use crate::decode::changes::Changes;
+use crate::sink::upsert::MergePlan;
 
 /// What applying a window by merge-on-read puts in its commit.
 #[derive(Debug)]
@@ -74,85 +75,122 @@ impl From<deltalake::DeltaTableError> for ApplyError {
     }
 }
 
-/// Plan and write (the DV file and the new data files are uploaded; nothing
-/// is committed) the merge-on-read of `changes`, reduced to one per key, on
-/// `key`.
+/// Write (the DV file and the new data files are uploaded; nothing is
+/// committed) the merge-on-read of `plan`'s changes, reduced to one per key,
+/// found through `index`.
 pub async fn apply(
     table: &DeltaTable,
-    key: &[String],
-    changes: &Changes,
-    parquet: WriterProperties,
+    index: &KeyIndex,
+    plan: &MergePlan,
     now_ms: i64,
 ) -> Result<MergeOnRead, ApplyError> {
+    let changes = &plan.changes;
     let keys = changes
         .rows
         .project(
-            &key.iter()
+            &plan
+                .key
+                .iter()
                 .map(|k| changes.rows.schema().index_of(k))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(ApplyError::Changes)?,
         )
         .map_err(ApplyError::Changes)?;
-    let found = locate(table, &keys).await?;
-    let mut actions = Vec::new();
-    let (mut rows_deleted, mut files_with_vectors) = (0, 0);
-    if !found.is_empty() {
-        #[allow(deprecated)] // the file as an Add: the commit needs the action
-        let adds: Vec<Add> = table
-            .snapshot()?
-            .log_data()
+    let located = locate(table, index, &keys, plan.order_by.as_deref()).await?;
+    let decision = decide(plan, &located).map_err(ApplyError::Changes)?;
+    let mut out = MergeOnRead {
+        actions: Vec::new(),
+        rows_deleted: 0,
+        files_with_vectors: 0,
+        rows_written: 0,
+    };
+    let touched: Vec<usize> = (0..located.files.len())
+        .filter(|f| !decision.deletes[*f].is_empty())
+        .collect();
+    if !touched.is_empty() {
+        out.actions = vectors(table, &located, &decision, &touched, now_ms).await?;
+        out.files_with_vectors = touched.len() as u64;
+        out.rows_deleted = touched
             .iter()
-            .filter(|f| found.contains_key(f.path().as_ref()))
-            .map(|f| f.add_action())
-            .collect();
-        // `locate` read each file's current vector: the new one is the union.
-        let vectors: Vec<_> = adds
-            .iter()
-            .map(|add| {
-                let f = &found[&add.path];
-                rows_deleted += f.rows.len();
-                union(Some(f.deleted.clone()), f.rows.iter())
-            })
-            .collect();
-        let file = write_file("", uuid::Uuid::new_v4(), &vectors)?;
-        table
-            .log_store()
-            .object_store(None)
-            .put(
-                &deltalake::Path::from(file.path.as_str()),
-                file.bytes.into(),
-            )
-            .await
-            .map_err(deltalake::DeltaTableError::from)?;
-        for ((add, v), d) in adds.iter().zip(&vectors).zip(file.descriptors) {
-            let physical = found[&add.path].physical;
-            let (remove, add) = replace(add, d, v, physical, now_ms)?;
-            actions.push(Action::Remove(remove));
-            actions.push(Action::Add(add));
-            files_with_vectors += 1;
-        }
+            .map(|f| decision.deletes[*f].len() as u64)
+            .sum();
     }
-    let rows = live_rows(table, changes)?;
-    let rows_written = rows.num_rows() as u64;
-    if rows_written > 0 {
-        let mut w =
-            deltalake::writer::RecordBatchWriter::for_table(table)?.with_writer_properties(parquet);
+    let rows = live_rows(table, changes, &decision.write)?;
+    out.rows_written = rows.num_rows() as u64;
+    if out.rows_written > 0 {
+        let mut w = deltalake::writer::RecordBatchWriter::for_table(table)?
+            .with_writer_properties(plan.parquet.clone().unwrap_or_default());
         w.write(rows).await?;
-        actions.extend(w.flush().await?.into_iter().map(Action::Add));
+        out.actions
+            .extend(w.flush().await?.into_iter().map(Action::Add));
     }
-    Ok(MergeOnRead {
-        actions,
-        rows_deleted,
-        files_with_vectors,
-        rows_written,
-    })
+    Ok(out)
 }
 
-/// The changes that are not deletions, in the table's columns (a column the
+/// The DV file of the window (uploaded) and, per touched file, the `remove`
+/// and `add` that give it its new vector: the union with the one it had.
+async fn vectors(
+    table: &DeltaTable,
+    located: &Located,
+    decision: &Decision,
+    touched: &[usize],
+    now_ms: i64,
+) -> Result<Vec<Action>, ApplyError> {
+    let paths: std::collections::HashSet<&str> = touched
+        .iter()
+        .map(|f| located.files[*f].path.as_str())
+        .collect();
+    #[allow(deprecated)] // the file as an Add: the commit needs the action
+    let adds: std::collections::HashMap<String, Add> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .filter(|f| paths.contains(f.path().as_ref()))
+        .map(|f| (f.path().into_owned(), f.add_action()))
+        .collect();
+    let vectors: Vec<_> = touched
+        .iter()
+        .map(|f| {
+            union(
+                Some((*located.files[*f].deleted).clone()),
+                decision.deletes[*f].iter().copied(),
+            )
+        })
+        .collect();
+    let file = write_file("", uuid::Uuid::new_v4(), &vectors)?;
+    table
+        .log_store()
+        .object_store(None)
+        .put(
+            &deltalake::Path::from(file.path.as_str()),
+            file.bytes.into(),
+        )
+        .await
+        .map_err(deltalake::DeltaTableError::from)?;
+    let mut actions = Vec::with_capacity(touched.len() * 2);
+    for ((f, v), d) in touched.iter().zip(&vectors).zip(file.descriptors) {
+        let at = &located.files[*f];
+        let add = adds.get(&at.path).ok_or_else(|| {
+            ApplyError::Delta(Box::new(deltalake::DeltaTableError::Generic(format!(
+                "data file {} left the table while its vector was written",
+                at.path
+            ))))
+        })?;
+        let (remove, add) = replace(add, d, v, at.keys.rows(), now_ms)?;
+        actions.push(Action::Remove(remove));
+        actions.push(Action::Add(add));
+    }
+    Ok(actions)
+}
+
+/// The changes to write, in the table's columns (a column the
 /// changes lack is null).
-fn live_rows(table: &DeltaTable, changes: &Changes) -> Result<RecordBatch, ApplyError> {
-    let kept = deltalake::arrow::compute::not(&changes.deleted).map_err(ApplyError::Changes)?;
-    let rows = filter_record_batch(&changes.rows, &kept).map_err(ApplyError::Changes)?;
+fn live_rows(
+    table: &DeltaTable,
+    changes: &Changes,
+    write: &deltalake::arrow::array::BooleanArray,
+) -> Result<RecordBatch, ApplyError> {
+    let rows = filter_record_batch(&changes.rows, write).map_err(ApplyError::Changes)?;
     let schema: deltalake::arrow::datatypes::Schema = table
         .snapshot()?
         .schema()

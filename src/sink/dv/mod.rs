@@ -5,10 +5,13 @@
 //! Vectors" rules. The bytes are the kernel's (`StreamingDeletionVectorWriter`);
 //! the tests read them back with the kernel's reader.
 //!
-//! Nothing in the daemon writes deletion vectors yet: these are the parts the
-//! merge-on-read commit body will be built from.
+//! The merge-on-read commit body ([`crate::sink::commit`]) is built from these:
+//! [`index`] and [`positions`] find the rows, [`decide`] what to do with them,
+//! [`apply`] writes the files.
 
 pub mod apply;
+pub mod decide;
+pub mod index;
 pub mod positions;
 
 use std::collections::HashMap;
@@ -189,6 +192,29 @@ pub async fn enable(
         .set_tbl_properties()
         .with_properties(HashMap::from([(ENABLE.to_owned(), "true".to_owned())]))
         .await
+}
+
+/// `table` ready for merge-on-read: enabled ([`enable`]) unless it already
+/// is. Replicas starting together may race to enable it; the loser finds it
+/// enabled.
+pub async fn ensure_enabled(
+    table: deltalake::DeltaTable,
+) -> Result<deltalake::DeltaTable, deltalake::DeltaTableError> {
+    if enabled(&table)? {
+        return Ok(table);
+    }
+    let uri = table.table_url().to_string();
+    let mut again = table.clone();
+    match enable(table).await {
+        Ok(t) => {
+            tracing::warn!(table = %uri, "deletion vectors enabled for merge-on-read: the table now needs readers of protocol 3/7 with deletionVectors");
+            Ok(t)
+        }
+        Err(e) => {
+            again.update_state().await?;
+            if enabled(&again)? { Ok(again) } else { Err(e) }
+        }
+    }
 }
 
 /// Whether `table` may hold deletion vectors: the feature in its protocol and

@@ -1,28 +1,25 @@
 //! Where a window's keys live: the data file and physical row index of each
 //! live row whose key the window changes, the positions its deletion vectors
-//! delete. One pass over the key columns of the table's data files (only those
-//! columns are read), honouring each file's deletion vector; the row index is
-//! the row's place in its file from 0, as the protocol defines it.
+//! delete. The table's key index ([`super::index`]) is probed with the
+//! window's keys, file by file, honouring each file's deletion vector; only
+//! files the index does not hold yet are read (their key columns alone). The
+//! row index is the row's place in its file from 0, as the protocol defines it.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use buoyant_kernel::actions::deletion_vector as kernel_dv;
 use buoyant_kernel_engine::executor::tokio::TokioBackgroundExecutor;
 use buoyant_kernel_engine::filesystem::ObjectStoreStorageHandler;
-use deltalake::arrow::array::{ArrayRef, RecordBatch};
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::row::{RowConverter, SortField};
-use deltalake::parquet::arrow::ProjectionMask;
-// parquet 59.3 deprecates its object-store reader in favour of one's own
-// `AsyncFileReader`; delta-rs 1.1.3 still reads its data files with it.
-#[allow(deprecated)]
-use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
-use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use deltalake::arrow::array::RecordBatch;
+use deltalake::arrow::datatypes::DataType;
+use deltalake::kernel::DeletionVectorDescriptor;
 use deltalake::{DeltaTable, DeltaTableError};
-use futures::TryStreamExt as _;
+use futures::StreamExt as _;
 use roaring::RoaringTreemap;
+use rustc_hash::FxHashMap;
 use url::Url;
+
+use super::index::{FileKeys, Fingerprints, KeyIndex, fingerprint, read_file};
 
 /// Why positions cannot be found.
 #[derive(Debug, thiserror::Error)]
@@ -63,75 +60,200 @@ pub enum LocateError {
     Keys(#[source] deltalake::arrow::error::ArrowError),
 }
 
-/// The live rows of one data file whose keys a window changes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Found {
-    /// Their row indexes.
-    pub rows: RoaringTreemap,
-    /// The file's physical rows (read, so exact whatever its stats say).
-    pub physical: u64,
-    /// The rows its current deletion vector deletes (read once, here).
-    pub deleted: RoaringTreemap,
+/// A data file holding live rows of keys a window changes.
+#[derive(Debug, Clone)]
+pub struct FileAt {
+    /// Its path.
+    pub path: String,
+    /// Its keys (and order values) as the index holds them.
+    pub keys: Arc<FileKeys>,
+    /// The rows its current deletion vector deletes.
+    pub deleted: Arc<RoaringTreemap>,
 }
 
+/// A live row whose key a change of the window has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    /// The change (its row in the window's keys).
+    pub change: usize,
+    /// The file ([`Located::files`]).
+    pub file: usize,
+    /// The row's index in the file.
+    pub row: u64,
+}
+
+/// Where a window's keys live.
+#[derive(Debug, Default)]
+pub struct Located {
+    /// The files with hits.
+    pub files: Vec<FileAt>,
+    /// The hits, file by file.
+    pub hits: Vec<Hit>,
+}
+
+/// How many data files are read at once to fill the index.
+const READ_AHEAD: usize = 8;
+
 /// The live rows of `table` whose key is one of `keys` (a batch of the key
-/// columns, one row per key), per data file path.
+/// columns, one row per key), through `index` (files it does not hold yet
+/// are read and added; with `order_by`, their order values too).
 pub async fn locate(
     table: &DeltaTable,
+    index: &KeyIndex,
     keys: &RecordBatch,
-) -> Result<HashMap<String, Found>, LocateError> {
+    order_by: Option<&str>,
+) -> Result<Located, LocateError> {
     let names: Vec<String> = keys
         .schema()
         .fields()
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let fields: Vec<SortField> = keys
+    let types: Vec<DataType> = keys
         .columns()
         .iter()
-        .map(|c| SortField::new(c.data_type().clone()))
+        .map(|c| c.data_type().clone())
         .collect();
-    let converter = RowConverter::new(fields).map_err(LocateError::Keys)?;
-    let wanted: HashSet<Vec<u8>> = {
-        let rows = converter
-            .convert_columns(keys.columns())
-            .map_err(LocateError::Keys)?;
-        rows.iter().map(|r| r.as_ref().to_vec()).collect()
-    };
+    let wanted = Wanted::of(&fingerprint(keys.columns())?);
     let snapshot = table.snapshot()?;
-    let files: Vec<(String, Option<deltalake::kernel::DeletionVectorDescriptor>)> = snapshot
+    let files: Vec<(String, Option<DeletionVectorDescriptor>)> = snapshot
         .log_data()
         .iter()
         .map(|f| (f.path().into_owned(), f.deletion_vector_descriptor()))
         .collect();
-    let mut found = HashMap::new();
-    for (path, dv) in files {
+    index.retain(&files.iter().map(|(p, _)| p.as_str()).collect());
+    let held = fill(table, index, &files, &names, &types, order_by).await?;
+    let mut located = Located::default();
+    for ((path, dv), file_keys) in files.into_iter().zip(held) {
+        let rows = wanted.probe(&file_keys.keys);
+        if rows.is_empty() {
+            continue;
+        }
         let deleted = match dv {
-            Some(d) => read_vector(table, &path, d).await?,
-            None => RoaringTreemap::new(),
+            Some(d) => vector(table, index, &path, d).await?,
+            None => Arc::default(),
         };
-        let cx = FileScan {
-            table,
-            path: &path,
-            names: &names,
-            keys,
-            converter: &converter,
-            wanted: &wanted,
-            deleted: &deleted,
-        };
-        let (rows, physical) = cx.scan().await?;
-        if !rows.is_empty() {
-            found.insert(
+        let file = located.files.len();
+        let before = located.hits.len();
+        located.hits.extend(
+            rows.into_iter()
+                .filter(|(row, _)| !deleted.contains(*row))
+                .map(|(row, change)| Hit { change, file, row }),
+        );
+        if located.hits.len() > before {
+            located.files.push(FileAt {
                 path,
-                Found {
-                    rows,
-                    physical,
-                    deleted,
-                },
-            );
+                keys: file_keys,
+                deleted,
+            });
         }
     }
-    Ok(found)
+    Ok(located)
+}
+
+/// Every file's entry, the missing ones read (several at a time) and added.
+async fn fill(
+    table: &DeltaTable,
+    index: &KeyIndex,
+    files: &[(String, Option<DeletionVectorDescriptor>)],
+    names: &[String],
+    types: &[DataType],
+    order_by: Option<&str>,
+) -> Result<Vec<Arc<FileKeys>>, LocateError> {
+    let ordered = order_by.is_some();
+    let missing: Vec<&str> = files
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .filter(|p| index.get(p, types, ordered).is_none())
+        .collect();
+    for chunk in missing.chunks(READ_AHEAD) {
+        let mut reads = futures::stream::FuturesOrdered::new();
+        for path in chunk {
+            reads.push_back(read_file(table, path, names, types, order_by));
+        }
+        for path in chunk {
+            let keys = reads.next().await.ok_or_else(|| LocateError::Column {
+                path: (*path).to_owned(),
+                column: names.join(", "),
+                problem: "not read".into(),
+            })??;
+            index.put(path, Arc::new(keys));
+        }
+    }
+    files
+        .iter()
+        .map(|(p, _)| {
+            index
+                .get(p, types, ordered)
+                .ok_or_else(|| LocateError::Column {
+                    path: p.clone(),
+                    column: names.join(", "),
+                    problem: "not indexed".into(),
+                })
+        })
+        .collect()
+}
+
+/// A file's vector, from the index when its descriptor is unchanged.
+async fn vector(
+    table: &DeltaTable,
+    index: &KeyIndex,
+    path: &str,
+    d: DeletionVectorDescriptor,
+) -> Result<Arc<RoaringTreemap>, LocateError> {
+    let id = format!("{:?}{}@{:?}", d.storage_type, d.path_or_inline_dv, d.offset);
+    if let Some(v) = index.vector(path, &id) {
+        return Ok(v);
+    }
+    let v = Arc::new(read_vector(table, path, d).await?);
+    index.put_vector(path, id, v.clone());
+    Ok(v)
+}
+
+/// The window's keys by fingerprint.
+enum Wanted {
+    Int(FxHashMap<i64, usize>, i64, i64),
+    Hash(FxHashMap<u128, usize>),
+}
+
+impl Wanted {
+    fn of(keys: &Fingerprints) -> Self {
+        match keys {
+            Fingerprints::Int(v) => Wanted::Int(
+                v.iter().enumerate().map(|(i, k)| (*k, i)).collect(),
+                v.iter().copied().min().unwrap_or(i64::MAX),
+                v.iter().copied().max().unwrap_or(i64::MIN),
+            ),
+            Fingerprints::Hash(v) => {
+                Wanted::Hash(v.iter().enumerate().map(|(i, k)| (*k, i)).collect())
+            }
+        }
+    }
+
+    /// The rows of a file whose key is wanted, with the change that wants it.
+    fn probe(&self, file: &Fingerprints) -> Vec<(u64, usize)> {
+        let hits = |m: &dyn Fn(usize) -> Option<usize>, n: usize| {
+            (0..n)
+                .filter_map(|i| m(i).map(|c| (i as u64, c)))
+                .collect::<Vec<_>>()
+        };
+        match (self, file) {
+            (Wanted::Int(m, lo, hi), Fingerprints::Int(v)) => hits(
+                &|i| {
+                    let k = v[i];
+                    if k < *lo || k > *hi {
+                        None
+                    } else {
+                        m.get(&k).copied()
+                    }
+                },
+                v.len(),
+            ),
+            (Wanted::Hash(m), Fingerprints::Hash(v)) => hits(&|i| m.get(&v[i]).copied(), v.len()),
+            // Fingerprinted in other types: the index re-reads such a file.
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// A file's deletion vector, read by the kernel through the table's store.
@@ -157,86 +279,4 @@ pub async fn read_vector(
     .await
     .map_err(|e| vector_err(buoyant_kernel::Error::generic(e.to_string())))?
     .map_err(vector_err)
-}
-
-/// One data file's pass.
-struct FileScan<'a> {
-    table: &'a DeltaTable,
-    path: &'a str,
-    names: &'a [String],
-    keys: &'a RecordBatch,
-    converter: &'a RowConverter,
-    wanted: &'a HashSet<Vec<u8>>,
-    deleted: &'a RoaringTreemap,
-}
-
-impl FileScan<'_> {
-    /// The matching live rows, and the file's physical row count.
-    async fn scan(&self) -> Result<(RoaringTreemap, u64), LocateError> {
-        let parquet_err = |source| LocateError::Parquet {
-            path: self.path.to_owned(),
-            source,
-        };
-        let store = self.table.log_store().object_store(None);
-        #[allow(deprecated)]
-        let reader = ParquetObjectReader::new(store, deltalake::Path::from(self.path));
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(parquet_err)?;
-        let roots = self
-            .names
-            .iter()
-            .map(|n| {
-                builder
-                    .schema()
-                    .index_of(n)
-                    .map_err(|_| LocateError::Column {
-                        path: self.path.to_owned(),
-                        column: n.clone(),
-                        problem: "not in the file".into(),
-                    })
-            })
-            .collect::<Result<Vec<usize>, _>>()?;
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let mut stream = builder.with_projection(mask).build().map_err(parquet_err)?;
-        let (mut rows, mut at) = (RoaringTreemap::new(), 0u64);
-        while let Some(batch) = stream.try_next().await.map_err(parquet_err)? {
-            let columns = self.conform(&batch)?;
-            let converted = self
-                .converter
-                .convert_columns(&columns)
-                .map_err(LocateError::Keys)?;
-            for (i, r) in converted.iter().enumerate() {
-                let index = at + i as u64;
-                if !self.deleted.contains(index) && self.wanted.contains(r.as_ref()) {
-                    rows.insert(index);
-                }
-            }
-            at += batch.num_rows() as u64;
-        }
-        Ok((rows, at))
-    }
-
-    /// The file's key columns in the keys' order and types.
-    fn conform(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>, LocateError> {
-        self.names
-            .iter()
-            .zip(self.keys.columns())
-            .map(|(n, k)| {
-                let column_err = |problem: String| LocateError::Column {
-                    path: self.path.to_owned(),
-                    column: n.clone(),
-                    problem,
-                };
-                let c = batch
-                    .column_by_name(n)
-                    .ok_or_else(|| column_err("not read".into()))?;
-                if c.data_type() == k.data_type() {
-                    Ok(c.clone())
-                } else {
-                    cast(c, k.data_type()).map_err(|e| column_err(e.to_string()))
-                }
-            })
-            .collect()
-    }
 }

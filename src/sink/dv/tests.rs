@@ -375,11 +375,28 @@ async fn keys_are_found_at_their_file_and_row_and_deleted_rows_are_not() {
     commit_vector(&mut t, &low, &vector(&[3])).await;
     let keys =
         RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![3, 5, 12, 99]))]).unwrap();
-    let found = positions::locate(&t, &keys).await.unwrap();
-    assert_eq!(found.len(), 2, "{found:?}");
-    assert_eq!(found[&low].rows, vector(&[5]));
-    assert_eq!(found[&high].rows, vector(&[2]));
-    assert_eq!((found[&low].physical, found[&high].physical), (10, 10));
+    let index = index::KeyIndex::default();
+    let found = positions::locate(&t, &index, &keys, None).await.unwrap();
+    let rows_of = |path: &str| -> Vec<(usize, u64)> {
+        let f = found.files.iter().position(|f| f.path == path).unwrap();
+        found
+            .hits
+            .iter()
+            .filter(|h| h.file == f)
+            .map(|h| (h.change, h.row))
+            .collect()
+    };
+    assert_eq!(found.files.len(), 2, "{found:?}");
+    // Key 5 (change 1) at row 5 of the first file, key 12 (change 2) at row 2
+    // of the second; 3 is deleted and 99 absent.
+    assert_eq!(rows_of(&low), [(1, 5)]);
+    assert_eq!(rows_of(&high), [(2, 2)]);
+    assert!(found.files.iter().all(|f| f.keys.rows() == 10));
+    let low_at = found.files.iter().find(|f| f.path == low).unwrap();
+    assert_eq!(*low_at.deleted, vector(&[3]));
+    // Both files are held by the index now: 20 rows of 8-byte keys.
+    let size = index.size();
+    assert_eq!((size.files, size.rows, size.bytes), (2, 20, 160));
     // Its existing vector is read back through the table's own store.
     let dv = t
         .snapshot()
@@ -472,9 +489,16 @@ async fn a_window_by_merge_on_read_updates_deletes_and_inserts_without_rewriting
             deltalake::arrow::array::BooleanArray::from(deleted.to_vec()),
         )
     };
+    let index = index::KeyIndex::default();
     let commit = async |t: &mut deltalake::DeltaTable, c: &Changes| {
-        let props = WriterPropertiesForTests::default();
-        let m = apply::apply(t, &["id".into()], c, props, 5).await.unwrap();
+        let plan = crate::sink::upsert::MergePlan {
+            key: vec!["id".into()],
+            order_by: None,
+            changes: c.clone(),
+            deleted_order: None,
+            parquet: None,
+        };
+        let m = apply::apply(t, &index, &plan, 5).await.unwrap();
         let done = CommitBuilder::default()
             .with_actions(m.actions.clone())
             .build(
@@ -538,5 +562,3 @@ async fn a_window_by_merge_on_read_updates_deletes_and_inserts_without_rewriting
     assert_eq!(views.len(), 3, "{views:?}");
     assert!(views.iter().any(|(_, c)| *c == Some(3)), "{views:?}");
 }
-
-type WriterPropertiesForTests = deltalake::parquet::file::properties::WriterProperties;

@@ -20,6 +20,7 @@ use deltalake::parquet::file::properties::WriterProperties;
 
 use crate::decode::changes::{ChangesError, reduce};
 use crate::offsets::PartitionCommit;
+use crate::sink::UpsertStrategy;
 use deletes::DeleteMemory;
 
 pub use crate::decode::changes::Changes;
@@ -39,6 +40,8 @@ pub struct UpsertWindow {
     /// Parquet settings of the files the MERGE writes (the table's compression
     /// and row groups); delta-rs' defaults when `None`.
     pub parquet: Option<WriterProperties>,
+    /// A MERGE rewriting files, or deletion vectors.
+    pub strategy: UpsertStrategy,
 }
 
 /// A window planned as a MERGE: its changes reduced to one per key, and with

@@ -158,6 +158,7 @@ mod tests {
             envelope: Default::default(),
             source_order: None,
             delete_horizon: std::time::Duration::ZERO,
+            strategy: Default::default(),
         }
     }
 

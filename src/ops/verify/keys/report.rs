@@ -304,6 +304,7 @@ mod tests {
             envelope: crate::decode::envelope::Envelope::Rows,
             source_order: None,
             delete_horizon: std::time::Duration::ZERO,
+            strategy: Default::default(),
         }
     }
 
