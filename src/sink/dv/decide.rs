@@ -124,6 +124,3 @@ fn kept(plan: &MergePlan) -> Result<Vec<bool>, ArrowError> {
         })
         .collect())
 }
-
-#[cfg(test)]
-mod tests;
