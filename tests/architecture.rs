@@ -26,7 +26,11 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
         for entry in std::fs::read_dir(&d).unwrap() {
             let p = entry.unwrap().path();
             if p.is_dir() {
-                stack.push(p);
+                // A `tests/` directory is a module's tests split by the module
+                // they check (`#[cfg(test)] mod tests;` with a `tests/mod.rs`).
+                if !p.ends_with("tests") {
+                    stack.push(p);
+                }
             } else if p.extension().is_some_and(|e| e == "rs") && !p.ends_with("tests.rs") {
                 // A `tests.rs` is a module's tests (`#[cfg(test)] mod tests;`).
                 out.push(p);

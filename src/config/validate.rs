@@ -399,6 +399,33 @@ fn validate_decode(
     })
 }
 
+/// The topics a route takes: a list (each one subscribed) or a pattern
+/// (anchored at the start, as Kafka's own pattern subscription is).
+fn route_topics(i: usize, r: &RawRoute, kafka: &KafkaConfig) -> Result<TopicMatch, ConfigError> {
+    let invalid = |m: String| ConfigError::invalid("routes", format!("route {}: {m}", i + 1));
+    match (r.topics.is_empty(), &r.topic_pattern) {
+        (false, None) => {
+            if let Subscription::Topics(subscribed) = &kafka.subscription
+                && let Some(t) = r.topics.iter().find(|t| !subscribed.contains(t))
+            {
+                return Err(invalid(format!("topic `{t}` is not in kafka.topics")));
+            }
+            Ok(TopicMatch::Topics(r.topics.clone()))
+        }
+        (true, Some(p)) => {
+            let anchored = if p.starts_with('^') {
+                p.clone()
+            } else {
+                format!("^{p}")
+            };
+            regex::Regex::new(&anchored)
+                .map(TopicMatch::Pattern)
+                .map_err(|e| invalid(format!("topic_pattern `{p}`: {e}")))
+        }
+        _ => Err(invalid("set either `topics` or `topic_pattern`".into())),
+    }
+}
+
 fn validate_route(
     i: usize,
     r: RawRoute,
@@ -408,28 +435,7 @@ fn validate_route(
     decode: &DecodeConfig,
 ) -> Result<Route, ConfigError> {
     let invalid = |m: String| ConfigError::invalid("routes", format!("route {}: {m}", i + 1));
-    let topics = match (r.topics.is_empty(), &r.topic_pattern) {
-        (false, None) => {
-            if let Subscription::Topics(subscribed) = &kafka.subscription
-                && let Some(t) = r.topics.iter().find(|t| !subscribed.contains(t))
-            {
-                return Err(invalid(format!("topic `{t}` is not in kafka.topics")));
-            }
-            TopicMatch::Topics(r.topics.clone())
-        }
-        (true, Some(p)) => {
-            let anchored = if p.starts_with('^') {
-                p.clone()
-            } else {
-                format!("^{p}")
-            };
-            TopicMatch::Pattern(
-                regex::Regex::new(&anchored)
-                    .map_err(|e| invalid(format!("topic_pattern `{p}`: {e}")))?,
-            )
-        }
-        _ => return Err(invalid("set either `topics` or `topic_pattern`".into())),
-    };
+    let topics = route_topics(i, &r, kafka)?;
     let strategy = base
         .upsert_strategy
         .clone()

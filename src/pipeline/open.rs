@@ -7,6 +7,8 @@ use crate::decode::envelope::Envelope;
 use crate::decode::segment::EnvelopeDecoder;
 use std::sync::Arc;
 
+use deltalake::DeltaTable;
+use deltalake::kernel::StructType;
 use futures::StreamExt;
 
 use super::{Pipeline, PipelineError, TableSink};
@@ -137,27 +139,10 @@ impl Opening {
         let existing = table::load(&tcfg.uri, &cfg.storage)
             .await
             .map_err(Box::new)?;
-        let mut fallback = None;
-        if tcfg.schema.is_none()
-            && existing.is_none()
-            && let Some(registry) = &registry
-        {
-            let subject = cfg.decode.subject_for(topic);
-            let latest = registry.latest(&subject).await?;
-            let imports = registry.references(&latest).await?;
-            let envelope = tcfg
-                .upsert
-                .as_ref()
-                .map_or_else(Default::default, |u| u.envelope);
-            let record = crate::decode::record_schema(&latest, &imports)
-                .and_then(|envelope_schema| envelope.rows_of(&envelope_schema))
-                .map_err(|message| PipelineError::RegistrySchema {
-                    subject: subject.clone(),
-                    message,
-                })?;
-            tracing::info!(%subject, schema_id = latest.id, "creating the table from the registry schema");
-            fallback = Some(record);
-        }
+        let fallback = match (&registry, tcfg.schema.is_none() && existing.is_none()) {
+            (Some(registry), true) => Some(registry_schema(registry, &cfg, &tcfg, topic).await?),
+            _ => None,
+        };
         let opened = table::open_or_create_loaded(&tcfg, &cfg.storage, existing, fallback.as_ref())
             .await
             .map_err(Box::new)?;
@@ -173,14 +158,7 @@ impl Opening {
             .as_ref()
             .is_some_and(|u| u.strategy == UpsertStrategy::MergeOnRead)
         {
-            opened.table = crate::sink::dv::ensure_enabled(opened.table)
-                .await
-                .map_err(|source| {
-                    Box::new(TableError::Delta {
-                        uri: tcfg.uri.to_string(),
-                        source: Box::new(source),
-                    })
-                })?;
+            opened.table = enable_deletion_vectors(opened.table, &tcfg).await?;
         }
         let decoder = Decoder::for_format(
             cfg.decode.format,
@@ -218,4 +196,46 @@ impl Opening {
             last_deletes: Default::default(),
         })
     }
+}
+
+/// The rows of a table created from `topic`'s latest registry schema (a
+/// registry format without a schema file).
+async fn registry_schema(
+    registry: &Registry,
+    cfg: &Config,
+    tcfg: &TableConfig,
+    topic: &str,
+) -> Result<StructType, PipelineError> {
+    let subject = cfg.decode.subject_for(topic);
+    let latest = registry.latest(&subject).await?;
+    let imports = registry.references(&latest).await?;
+    let envelope = tcfg
+        .upsert
+        .as_ref()
+        .map_or_else(Default::default, |u| u.envelope);
+    let record = crate::decode::record_schema(&latest, &imports)
+        .and_then(|envelope_schema| envelope.rows_of(&envelope_schema))
+        .map_err(|message| PipelineError::RegistrySchema {
+            subject: subject.clone(),
+            message,
+        })?;
+    tracing::info!(%subject, schema_id = latest.id, "creating the table from the registry schema");
+    Ok(record)
+}
+
+/// A merge-on-read table with deletion vectors enabled (the upgrade
+/// `validate` states).
+async fn enable_deletion_vectors(
+    table: DeltaTable,
+    tcfg: &TableConfig,
+) -> Result<DeltaTable, PipelineError> {
+    crate::sink::dv::ensure_enabled(table)
+        .await
+        .map_err(|source| {
+            Box::new(TableError::Delta {
+                uri: tcfg.uri.to_string(),
+                source: Box::new(source),
+            })
+            .into()
+        })
 }

@@ -58,6 +58,7 @@
 mod body;
 mod on_read;
 pub mod txn;
+mod wrote;
 
 use std::time::{Duration, Instant};
 
@@ -69,7 +70,8 @@ use crate::record::TopicPartition;
 use crate::sink::UpsertStrategy;
 use crate::sink::retry::{is_conflict, is_retryable};
 use crate::sink::upsert::{self, PlanError, UpsertWindow};
-use body::{Body, Landed, Wrote};
+use body::Body;
+use wrote::{Landed, Wrote};
 
 pub use crate::offsets::PartitionCommit;
 pub use crate::sink::table_log::TableLog;

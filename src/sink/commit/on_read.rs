@@ -8,10 +8,10 @@ use deltalake::kernel::{Action, Add};
 use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, DeltaTableError};
 
-use super::body::{Landed, Wrote};
+use super::wrote::{Landed, Wrote};
 use crate::sink::dv::apply::{ApplyError, apply};
+use crate::sink::dv::error::LocateError;
 use crate::sink::dv::index::KeyIndex;
-use crate::sink::dv::positions::LocateError;
 use crate::sink::upsert::MergePlan;
 
 /// Apply `plan` by merge-on-read and commit it with `properties`.

@@ -17,8 +17,9 @@ use deltalake::writer::DeltaWriter;
 use object_store::ObjectStoreExt as _;
 
 use super::decide::{Decision, decide};
+use super::error::LocateError;
 use super::index::KeyIndex;
-use super::positions::{LocateError, Located, locate};
+use super::positions::{Located, locate};
 use super::{DvError, replace, union, write_file};
 use crate::decode::changes::Changes;
 use crate::sink::upsert::MergePlan;

@@ -28,7 +28,7 @@ use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use futures::TryStreamExt as _;
 use roaring::RoaringTreemap;
 
-use super::positions::LocateError;
+use super::error::LocateError;
 
 /// Keys' fingerprints, a row each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,14 +213,48 @@ pub(super) async fn read_file(
     types: &[DataType],
     order_by: Option<&str>,
 ) -> Result<FileKeys, LocateError> {
-    let parquet_err = |source| LocateError::Parquet {
-        path: path.to_owned(),
-        source,
+    let (batches, has_order) = read_columns(table, path, names, order_by).await?;
+    let keys = names
+        .iter()
+        .zip(types)
+        .map(|(n, t)| concat_column(&batches, path, n, Some(t)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
+    let order = match order_by {
+        Some(o) if has_order && rows > 0 => Some(concat_column(&batches, path, o, None)?),
+        Some(_) => Some(deltalake::arrow::array::new_null_array(
+            &DataType::Null,
+            rows,
+        )),
+        None => None,
     };
-    let column_err = |column: &str, problem: String| LocateError::Column {
+    Ok(FileKeys {
+        types: types.to_vec(),
+        keys: fingerprint(&keys)?,
+        order,
+    })
+}
+
+fn column_err(path: &str, column: &str, problem: String) -> LocateError {
+    LocateError::Column {
         path: path.to_owned(),
         column: column.to_owned(),
         problem,
+    }
+}
+
+/// The batches of `path` holding the key columns and, when the file has it,
+/// the order column (a file written before `order_by` was set has not: its
+/// rows are older than any that has one).
+async fn read_columns(
+    table: &DeltaTable,
+    path: &str,
+    names: &[String],
+    order_by: Option<&str>,
+) -> Result<(Vec<RecordBatch>, bool), LocateError> {
+    let parquet_err = |source| LocateError::Parquet {
+        path: path.to_owned(),
+        source,
     };
     let store = table.log_store().object_store(None);
     #[allow(deprecated)]
@@ -234,7 +268,7 @@ pub(super) async fn read_file(
             builder
                 .schema()
                 .index_of(n)
-                .map_err(|_| column_err(n, "not in the file".into()))
+                .map_err(|_| column_err(path, n, "not in the file".into()))
         })
         .collect::<Result<Vec<usize>, _>>()?;
     let order_at = order_by.and_then(|o| builder.schema().index_of(o).ok());
@@ -245,45 +279,34 @@ pub(super) async fn read_file(
     while let Some(batch) = stream.try_next().await.map_err(parquet_err)? {
         batches.push(batch);
     }
-    let column = |name: &str, want: Option<&DataType>| -> Result<ArrayRef, LocateError> {
-        let parts = batches
-            .iter()
-            .map(|b| {
-                let c = b
-                    .column_by_name(name)
-                    .ok_or_else(|| column_err(name, "not read".into()))?;
-                match want {
-                    Some(t) if c.data_type() != t => {
-                        cast(c, t).map_err(|e| column_err(name, e.to_string()))
-                    }
-                    _ => Ok(c.clone()),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-        match (refs.is_empty(), want) {
-            (true, Some(t)) => Ok(deltalake::arrow::array::new_empty_array(t)),
-            _ => deltalake::arrow::compute::concat(&refs)
-                .map_err(|e| column_err(name, e.to_string())),
-        }
-    };
-    let keys = names
+    Ok((batches, order_at.is_some()))
+}
+
+/// Column `name` of all `batches` as one array, cast to `want` if given.
+fn concat_column(
+    batches: &[RecordBatch],
+    path: &str,
+    name: &str,
+    want: Option<&DataType>,
+) -> Result<ArrayRef, LocateError> {
+    let parts = batches
         .iter()
-        .zip(types)
-        .map(|(n, t)| column(n, Some(t)))
+        .map(|b| {
+            let c = b
+                .column_by_name(name)
+                .ok_or_else(|| column_err(path, name, "not read".into()))?;
+            match want {
+                Some(t) if c.data_type() != t => {
+                    cast(c, t).map_err(|e| column_err(path, name, e.to_string()))
+                }
+                _ => Ok(c.clone()),
+            }
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
-    let order = match (order_by, order_at) {
-        (Some(o), Some(_)) if rows > 0 => Some(column(o, None)?),
-        (Some(_), _) => Some(deltalake::arrow::array::new_null_array(
-            &DataType::Null,
-            rows,
-        )),
-        (None, _) => None,
-    };
-    Ok(FileKeys {
-        types: types.to_vec(),
-        keys: fingerprint(&keys)?,
-        order,
-    })
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    match (refs.is_empty(), want) {
+        (true, Some(t)) => Ok(deltalake::arrow::array::new_empty_array(t)),
+        _ => deltalake::arrow::compute::concat(&refs)
+            .map_err(|e| column_err(path, name, e.to_string())),
+    }
 }

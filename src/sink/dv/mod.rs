@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod decide;
+pub mod error;
 pub mod index;
 pub mod positions;
 

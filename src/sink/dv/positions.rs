@@ -10,55 +10,17 @@ use std::sync::Arc;
 use buoyant_kernel::actions::deletion_vector as kernel_dv;
 use buoyant_kernel_engine::executor::tokio::TokioBackgroundExecutor;
 use buoyant_kernel_engine::filesystem::ObjectStoreStorageHandler;
+use deltalake::DeltaTable;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::datatypes::DataType;
 use deltalake::kernel::DeletionVectorDescriptor;
-use deltalake::{DeltaTable, DeltaTableError};
 use futures::StreamExt as _;
 use roaring::RoaringTreemap;
 use rustc_hash::FxHashMap;
 use url::Url;
 
+use super::error::LocateError;
 use super::index::{FileKeys, Fingerprints, KeyIndex, fingerprint, read_file};
-
-/// Why positions cannot be found.
-#[derive(Debug, thiserror::Error)]
-pub enum LocateError {
-    /// Reading the table's log or a file failed.
-    #[error(transparent)]
-    Delta(#[from] DeltaTableError),
-    /// A data file cannot be read as Parquet.
-    #[error("reading data file {path}: {source}")]
-    Parquet {
-        /// The file.
-        path: String,
-        /// Parquet's error.
-        #[source]
-        source: deltalake::parquet::errors::ParquetError,
-    },
-    /// A key column is missing from a data file, or not of a key's type.
-    #[error("data file {path}: key column `{column}`: {problem}")]
-    Column {
-        /// The file.
-        path: String,
-        /// The column.
-        column: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A file's deletion vector cannot be read.
-    #[error("the deletion vector of {path}: {source}")]
-    Vector {
-        /// The file.
-        path: String,
-        /// The kernel's error.
-        #[source]
-        source: buoyant_kernel::Error,
-    },
-    /// The keys themselves cannot be encoded for comparison.
-    #[error("the window's keys: {0}")]
-    Keys(#[source] deltalake::arrow::error::ArrowError),
-}
 
 /// A data file holding live rows of keys a window changes.
 #[derive(Debug, Clone)]
