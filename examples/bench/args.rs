@@ -46,13 +46,15 @@ pub struct Args {
     pub upsert: Option<u64>,
     /// Upsert: the table partitioned by the Kafka partition (an ownership column).
     pub owned: bool,
+    /// Upsert: the table written merge-on-read (deletion vectors).
+    pub merge_on_read: bool,
 }
 
 const USAGE: &str = "usage: bench --brokers HOST:PORT --s3 URL [--moto-log FILE] \
     [--records N] [--partitions P] [--tables T] [--replicas R] [--rate REC_PER_S --duration S] \
     [--long-log VERSIONS] [--format json|avro] [--compression C] [--config EXTRA.toml] \
     [--kafka 'KEY = VALUE'] [--broker-pid PID] [--broker-name NAME] [--s3-pid PID] [--daemon PATH] \
-    [--upsert KEYS [--owned]]";
+    [--upsert KEYS [--owned] [--merge-on-read]]";
 
 pub fn parse() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -76,6 +78,7 @@ pub fn parse() -> anyhow::Result<Args> {
         daemon: None,
         upsert: None,
         owned: false,
+        merge_on_read: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -111,6 +114,7 @@ pub fn parse() -> anyhow::Result<Args> {
             "--daemon" => a.daemon = Some(value()?.into()),
             "--upsert" => a.upsert = Some(value()?.parse().context("--upsert")?),
             "--owned" => a.owned = true,
+            "--merge-on-read" => a.merge_on_read = true,
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
@@ -132,8 +136,8 @@ pub fn parse() -> anyhow::Result<Args> {
             "--upsert loads one JSON table and catches up on changes: no --format avro, --tables, --rate or --long-log"
         );
     }
-    if a.owned && a.upsert.is_none() {
-        bail!("--owned is for --upsert");
+    if (a.owned || a.merge_on_read) && a.upsert.is_none() {
+        bail!("--owned and --merge-on-read are for --upsert");
     }
     Ok(a)
 }
@@ -144,12 +148,17 @@ impl Args {
         let mut parts = Vec::new();
         if let Some(keys) = self.upsert {
             parts.push(format!(
-                "upsert of {} changes (80% on 5% of the keys, 5% deletes) over a table of {keys} keys{}",
+                "upsert of {} changes (80% on 5% of the keys, 5% deletes) over a table of {keys} keys{}, {}",
                 self.records,
                 if self.owned {
                     ", partitioned by the Kafka partition"
                 } else {
                     ""
+                },
+                if self.merge_on_read {
+                    "merge-on-read"
+                } else {
+                    "copy-on-write"
                 }
             ));
         }

@@ -101,7 +101,7 @@ format = "json"
         s3 = args.s3,
         extra = args.extra_config,
         upsert = args.upsert.map_or(String::new(), |_| {
-            crate::upsert::table_lines(args.owned, upsert_mode)
+            crate::upsert::table_lines(args.owned, upsert_mode, args.merge_on_read)
         }),
     )
 }

@@ -252,7 +252,8 @@ async fn main() -> anyhow::Result<()> {
             .flat_map(|d| measure::log_lines(&d.log))
             .collect();
         let m = upsert::merged(&lines);
-        text.push_str(&upsert::render(&w, outcome.payload_bytes, m));
+        let on_read = upsert::merged_on_read(&lines);
+        text.push_str(&upsert::render(&w, outcome.payload_bytes, m, on_read));
     }
     print!("{text}");
     std::fs::write(dir.join("report.txt"), &text)?;

@@ -100,8 +100,13 @@ impl Keyed {
 
 /// The `[table]` lines of the upsert scenario: the Kafka key (and partition)
 /// stored; in upsert mode keyed by them.
-pub fn table_lines(owned: bool, upsert: bool) -> String {
+pub fn table_lines(owned: bool, upsert: bool, on_read: bool) -> String {
     let mut lines = String::new();
+    if on_read {
+        // The table's strategy, set from the load on: the load is an append,
+        // and the table is upgraded when the upsert daemon opens it.
+        lines.push_str("upsert_strategy = \"merge-on-read\"\n");
+    }
     if upsert {
         lines.push_str("mode = \"upsert\"\n");
         if owned {
@@ -123,6 +128,11 @@ pub struct Written {
     pub removed_bytes: u64,
     pub files_added: u64,
     pub table_bytes: u64,
+    /// Deletion-vector bytes the commits wrote (merge-on-read).
+    pub dv_bytes: u64,
+    /// Files given a deletion vector (a `remove` + `add` of the same path: no
+    /// data written).
+    pub files_with_vectors: u64,
 }
 
 /// Sum the `add` and `remove` sizes of the commits after version `from`.
@@ -139,13 +149,37 @@ pub async fn written(config_text: &str, from: u64) -> anyhow::Result<Written> {
             continue;
         };
         w.commits += 1;
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let a: serde_json::Value = serde_json::from_slice(line)?;
+        let actions = bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(serde_json::from_slice::<serde_json::Value>)
+            .collect::<Result<Vec<_>, _>>()?;
+        // A file given a deletion vector is removed and added again under its
+        // own path: neither is data written.
+        let removed: std::collections::HashSet<&str> = actions
+            .iter()
+            .filter_map(|a| a.get("remove")?["path"].as_str())
+            .collect();
+        let revectored: std::collections::HashSet<&str> = actions
+            .iter()
+            .filter_map(|a| a.get("add"))
+            .filter(|add| add["deletionVector"].is_object())
+            .filter_map(|add| add["path"].as_str())
+            .filter(|p| removed.contains(p))
+            .collect();
+        for a in &actions {
             if let Some(add) = a.get("add") {
-                w.added_bytes += add["size"].as_u64().unwrap_or(0);
-                w.files_added += 1;
+                if revectored.contains(add["path"].as_str().unwrap_or_default()) {
+                    w.files_with_vectors += 1;
+                    w.dv_bytes += add["deletionVector"]["sizeInBytes"].as_u64().unwrap_or(0);
+                } else {
+                    w.added_bytes += add["size"].as_u64().unwrap_or(0);
+                    w.files_added += 1;
+                }
             }
-            if let Some(rm) = a.get("remove") {
+            if let Some(rm) = a.get("remove")
+                && !revectored.contains(rm["path"].as_str().unwrap_or_default())
+            {
                 w.removed_bytes += rm["size"].as_u64().unwrap_or(0);
             }
         }
@@ -182,32 +216,72 @@ pub fn merged(lines: &[serde_json::Value]) -> [u64; 8] {
     sums
 }
 
+/// What the merge-on-read commits did, summed from the daemons' "merged on
+/// read" log lines: rows deleted by vectors, rows written, files given a
+/// vector, and milliseconds in all and in finding and writing.
+pub fn merged_on_read(lines: &[serde_json::Value]) -> Option<[u64; 5]> {
+    let mut sums = [0u64; 5];
+    let mut any = false;
+    for l in lines {
+        let f = &l["fields"];
+        if f["message"].as_str() != Some("merged on read") {
+            continue;
+        }
+        any = true;
+        let keys = [
+            "rows_deleted",
+            "rows_written",
+            "files_with_vectors",
+            "ms",
+            "apply_ms",
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            sums[i] += f[*k].as_u64().unwrap_or(0);
+        }
+    }
+    any.then_some(sums)
+}
+
 /// The report's upsert lines.
-pub fn render(w: &Written, change_bytes: u64, m: [u64; 8]) -> String {
+pub fn render(w: &Written, change_bytes: u64, m: [u64; 8], on_read: Option<[u64; 5]>) -> String {
     let mb = |b: u64| b as f64 / 1e6;
-    let rows = format!(
-        "merged rows   {} inserted, {} updated, {} deleted, {} copied unchanged into rewritten \
+    let rows = match on_read {
+        Some(r) => format!(
+            "on read       {} rows deleted by deletion vectors in {} files, {} rows written \
+             in new files; {:.1} MB of deletion vectors\n\
+             merge time    {:.1} s in merge-on-read commits ({:.1} s locating keys and writing)\n",
+            r[0],
+            w.files_with_vectors,
+            r[1],
+            mb(w.dv_bytes),
+            r[3] as f64 / 1e3,
+            r[4] as f64 / 1e3
+        ),
+        None => format!(
+            "merged rows   {} inserted, {} updated, {} deleted, {} copied unchanged into rewritten \
          files; {} files scanned\n\
          merge time    {:.1} s in MERGE (delta-rs' own count: {:.1} s scanning, {:.1} s rewriting)\n",
-        m[0],
-        m[1],
-        m[2],
-        m[3],
-        m[4],
-        m[5] as f64 / 1e3,
-        m[6] as f64 / 1e3,
-        m[7] as f64 / 1e3
-    );
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5] as f64 / 1e3,
+            m[6] as f64 / 1e3,
+            m[7] as f64 / 1e3
+        ),
+    };
     rows + &format!(
         "upsert        {} commits wrote {:.1} MB of Parquet in {} files and removed {:.1} MB; \
          the table is {:.1} MB\n\
-         write amp.    {:.1}x (Parquet bytes written per byte of change ingested, {:.1} MB of changes)\n",
+         write amp.    {:.1}x (Parquet and deletion-vector bytes written per byte of change ingested, \
+         {:.1} MB of changes)\n",
         w.commits,
         mb(w.added_bytes),
         w.files_added,
         mb(w.removed_bytes),
         mb(w.table_bytes),
-        w.added_bytes as f64 / change_bytes.max(1) as f64,
+        (w.added_bytes + w.dv_bytes) as f64 / change_bytes.max(1) as f64,
         mb(change_bytes)
     )
 }

@@ -14,6 +14,7 @@ mod liveness;
 mod long_log;
 mod maintenance;
 mod merge_on_read;
+mod merge_on_read_pipeline;
 mod observability;
 mod process;
 mod readers;

@@ -577,7 +577,7 @@ async fn merges_of_replicas_owning_different_partitions_do_not_conflict() {
     assert_eq!(state, want);
 }
 
-fn merge_offsets(into: &mut BTreeMap<i32, Vec<i64>>, more: BTreeMap<i32, Vec<i64>>) {
+pub(crate) fn merge_offsets(into: &mut BTreeMap<i32, Vec<i64>>, more: BTreeMap<i32, Vec<i64>>) {
     for (p, o) in more {
         into.entry(p).or_default().extend(o);
     }
@@ -727,14 +727,16 @@ pub(crate) async fn two_rounds(
 }
 
 /// `verify` finds the upsert table clean; its key report.
-async fn verified_clean(cfg: &tributary::config::Config) -> tributary::ops::verify::UpsertReport {
+pub(crate) async fn verified_clean(
+    cfg: &tributary::config::Config,
+) -> tributary::ops::verify::UpsertReport {
     let report = verify_keys(cfg).await;
     assert!(report.clean, "{}", tributary::ops::verify::render(&report));
     report.upsert.expect("an upsert table's report")
 }
 
 /// A count summed over the upsert report's partitions.
-fn total(
+pub(crate) fn total(
     r: &tributary::ops::verify::UpsertReport,
     f: impl Fn(&tributary::ops::verify::KeyedPartitionReport) -> u64,
 ) -> u64 {
@@ -833,9 +835,16 @@ async fn a_changed_partition_count_stops_the_daemon_until_the_operator_accepts_i
 /// (`_partition`, `_key`) and partitioned by `_partition` (replicas' MERGEs
 /// stay apart), with `flush`.
 pub fn owned_upsert_config_file(s: &Scenario, flush: &str) -> std::path::PathBuf {
+    owned_upsert_config_file_with(s, flush, "")
+}
+
+/// [`owned_upsert_config_file`] with more `[table]` lines.
+pub fn owned_upsert_config_file_with(s: &Scenario, flush: &str, table: &str) -> std::path::PathBuf {
     let text = s.config_toml(flush).replace(
         "[table]\n",
-        "[table]\nmode = \"upsert\"\nkey = [\"_partition\", \"_key\"]\npartition_by = [\"_partition\"]\n",
+        &format!(
+            "[table]\nmode = \"upsert\"\nkey = [\"_partition\", \"_key\"]\npartition_by = [\"_partition\"]\n{table}"
+        ),
     );
     let cfg = s.dir.path().join("upsert.toml");
     std::fs::write(&cfg, text).unwrap();
@@ -847,11 +856,17 @@ pub fn owned_upsert_config_file(s: &Scenario, flush: &str) -> std::path::PathBuf
 /// every key ends with its last change, none lost, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_three_daemons_on_one_upsert_table_ends_exact() {
+    kill_9_with_three_daemons("upsert-kill", "").await;
+}
+
+/// The kill -9 scenario on a table with `table` lines (the strategy).
+pub(crate) async fn kill_9_with_three_daemons(name: &str, table: &str) {
     use rand::{Rng as _, SeedableRng as _};
     const KEYS: u64 = 300;
     const TOTAL: u64 = 6_000;
-    let s = Scenario::new("upsert-kill", 6).await;
-    let cfg = owned_upsert_config_file(&s, "[flush]\nmax_rows = 300\nmax_age = \"500ms\"");
+    let s = Scenario::new(name, 6).await;
+    let cfg =
+        owned_upsert_config_file_with(&s, "[flush]\nmax_rows = 300\nmax_age = \"500ms\"", table);
     // Key k always goes to partition k % 6; change j of key j % KEYS carries
     // event_id j, so a key's last change has the greatest event_id.
     let topic = s.topic.clone();

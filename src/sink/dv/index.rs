@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use deltalake::DeltaTable;
-use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use deltalake::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Int64Type};
 use deltalake::arrow::row::{RowConverter, SortField};
@@ -205,21 +205,47 @@ impl KeyIndex {
     }
 }
 
-/// Read the key columns (and the order column) of one data file.
+/// A data file's partition values (the columns Hive-style partitioning keeps
+/// out of the file), by column.
+pub(super) type Partition = HashMap<String, Option<String>>;
+
+/// A data file to read: its path and its partition values.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Source<'a> {
+    /// The path.
+    pub(super) path: &'a str,
+    /// Its partition values.
+    pub(super) partition: &'a Partition,
+}
+
+/// Read the key columns (and the order column) of one data file. A key
+/// column the table partitions by is not in the file: its value is the
+/// file's partition value, the same on every row.
 pub(super) async fn read_file(
     table: &DeltaTable,
-    path: &str,
+    source: Source<'_>,
     names: &[String],
     types: &[DataType],
     order_by: Option<&str>,
 ) -> Result<FileKeys, LocateError> {
-    let (batches, has_order) = read_columns(table, path, names, order_by).await?;
+    let path = source.path;
+    let stored: Vec<String> = names
+        .iter()
+        .filter(|n| !source.partition.contains_key(*n))
+        .cloned()
+        .collect();
+    let (batches, rows, has_order) = read_columns(table, path, &stored, order_by).await?;
     let keys = names
         .iter()
         .zip(types)
-        .map(|(n, t)| concat_column(&batches, path, n, Some(t)))
+        .map(|(n, t)| match source.partition.get(n) {
+            Some(value) => {
+                let values = StringArray::from(vec![value.as_deref(); rows]);
+                cast(&values, t).map_err(|e| column_err(path, n, e.to_string()))
+            }
+            None => concat_column(&batches, path, n, Some(t)),
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let rows = batches.iter().map(|b| b.num_rows()).sum::<usize>();
     let order = match order_by {
         Some(o) if has_order && rows > 0 => Some(concat_column(&batches, path, o, None)?),
         Some(_) => Some(deltalake::arrow::array::new_null_array(
@@ -243,15 +269,15 @@ fn column_err(path: &str, column: &str, problem: String) -> LocateError {
     }
 }
 
-/// The batches of `path` holding the key columns and, when the file has it,
-/// the order column (a file written before `order_by` was set has not: its
-/// rows are older than any that has one).
+/// The batches of `path` holding the key columns `names` and, when the file
+/// has it, the order column (a file written before `order_by` was set has
+/// not: its rows are older than any that has one); and the file's rows.
 async fn read_columns(
     table: &DeltaTable,
     path: &str,
     names: &[String],
     order_by: Option<&str>,
-) -> Result<(Vec<RecordBatch>, bool), LocateError> {
+) -> Result<(Vec<RecordBatch>, usize, bool), LocateError> {
     let parquet_err = |source| LocateError::Parquet {
         path: path.to_owned(),
         source,
@@ -273,13 +299,14 @@ async fn read_columns(
         .collect::<Result<Vec<usize>, _>>()?;
     let order_at = order_by.and_then(|o| builder.schema().index_of(o).ok());
     roots.extend(order_at);
+    let rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or_default();
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
     let mut stream = builder.with_projection(mask).build().map_err(parquet_err)?;
     let mut batches: Vec<RecordBatch> = Vec::new();
     while let Some(batch) = stream.try_next().await.map_err(parquet_err)? {
         batches.push(batch);
     }
-    Ok((batches, order_at.is_some()))
+    Ok((batches, rows, order_at.is_some()))
 }
 
 /// Column `name` of all `batches` as one array, cast to `want` if given.

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use url::Url;
 
 use super::error::LocateError;
-use super::index::{FileKeys, Fingerprints, KeyIndex, fingerprint, read_file};
+use super::index::{FileKeys, Fingerprints, KeyIndex, Partition, Source, fingerprint, read_file};
 
 /// A data file holding live rows of keys a window changes.
 #[derive(Debug, Clone)]
@@ -78,15 +78,21 @@ pub async fn locate(
         .collect();
     let wanted = Wanted::of(&fingerprint(keys.columns())?);
     let snapshot = table.snapshot()?;
-    let files: Vec<(String, Option<DeletionVectorDescriptor>)> = snapshot
+    let files: Vec<(String, Option<DeletionVectorDescriptor>, Partition)> = snapshot
         .log_data()
         .iter()
-        .map(|f| (f.path().into_owned(), f.deletion_vector_descriptor()))
+        .map(|f| {
+            (
+                f.path().into_owned(),
+                f.deletion_vector_descriptor(),
+                f.partition_values_map(),
+            )
+        })
         .collect();
-    index.retain(&files.iter().map(|(p, _)| p.as_str()).collect());
+    index.retain(&files.iter().map(|(p, _, _)| p.as_str()).collect());
     let held = fill(table, index, &files, &names, &types, order_by).await?;
     let mut located = Located::default();
-    for ((path, dv), file_keys) in files.into_iter().zip(held) {
+    for ((path, dv, _), file_keys) in files.into_iter().zip(held) {
         let rows = wanted.probe(&file_keys.keys);
         if rows.is_empty() {
             continue;
@@ -117,23 +123,24 @@ pub async fn locate(
 async fn fill(
     table: &DeltaTable,
     index: &KeyIndex,
-    files: &[(String, Option<DeletionVectorDescriptor>)],
+    files: &[(String, Option<DeletionVectorDescriptor>, Partition)],
     names: &[String],
     types: &[DataType],
     order_by: Option<&str>,
 ) -> Result<Vec<Arc<FileKeys>>, LocateError> {
     let ordered = order_by.is_some();
-    let missing: Vec<&str> = files
+    let missing: Vec<(&str, &Partition)> = files
         .iter()
-        .map(|(p, _)| p.as_str())
-        .filter(|p| index.get(p, types, ordered).is_none())
+        .map(|(p, _, partition)| (p.as_str(), partition))
+        .filter(|(p, _)| index.get(p, types, ordered).is_none())
         .collect();
     for chunk in missing.chunks(READ_AHEAD) {
         let mut reads = futures::stream::FuturesOrdered::new();
-        for path in chunk {
-            reads.push_back(read_file(table, path, names, types, order_by));
+        for (path, partition) in chunk {
+            let source = Source { path, partition };
+            reads.push_back(read_file(table, source, names, types, order_by));
         }
-        for path in chunk {
+        for (path, _) in chunk {
             let keys = reads.next().await.ok_or_else(|| LocateError::Column {
                 path: (*path).to_owned(),
                 column: names.join(", "),
@@ -144,7 +151,7 @@ async fn fill(
     }
     files
         .iter()
-        .map(|(p, _)| {
+        .map(|(p, _, _)| {
             index
                 .get(p, types, ordered)
                 .ok_or_else(|| LocateError::Column {
