@@ -38,8 +38,8 @@ def main():
     opts = storage_options(uri)
     dt = DeltaTable(uri, storage_options=opts)
     reader = QueryBuilder().register("t", dt)
-    rows = pa.Table.from_batches(
-        list(reader.execute(f"SELECT * FROM t WHERE CAST(_key AS STRING) = '{from_key}'"))
+    rows = pa.table(
+        reader.execute(f"SELECT * FROM t WHERE CAST(_key AS STRING) = '{from_key}'").read_all()
     )
     if rows.num_rows != 1:
         sys.exit(f"expected one live row of key {from_key}, found {rows.num_rows}")
