@@ -190,6 +190,17 @@ pub fn render(r: &StatusReport) -> String {
         "files        {} ({} bytes); {} smaller than {} bytes",
         r.files.files, r.files.bytes, r.files.small_files, r.target_file_size
     );
+    if r.files.files_with_vectors > 0 {
+        let _ = writeln!(
+            s,
+            "deleted      {} of {} rows ({:.1}%) by deletion vectors in {} files \
+             (`compact` drops them from the small files it rewrites)",
+            r.files.deleted_rows,
+            r.files.rows,
+            100.0 * r.files.deleted_fraction(),
+            r.files.files_with_vectors
+        );
+    }
     let _ = writeln!(s, "total lag    {} records", r.total_lag);
     if let Some(hole) = &r.foreign_restore {
         let _ = writeln!(s, "ERROR        {hole}");

@@ -132,6 +132,20 @@ pub struct FileSummary {
     pub compactable_files: u64,
     /// Their total size.
     pub compactable_bytes: u64,
+    /// Rows the files hold, as their statistics state them (deleted rows
+    /// included).
+    pub rows: u64,
+    /// Rows deletion vectors delete (merge-on-read tables).
+    pub deleted_rows: u64,
+    /// Files with a deletion vector.
+    pub files_with_vectors: u64,
+}
+
+impl FileSummary {
+    /// The fraction of the files' rows deletion vectors delete (0 without any).
+    pub fn deleted_fraction(&self) -> f64 {
+        self.deleted_rows as f64 / self.rows.max(1) as f64
+    }
 }
 
 /// Summarize active files against a target size.
@@ -144,16 +158,29 @@ pub async fn file_summary(
     let log_store = table.log_store();
     let mut summary = FileSummary::default();
     let mut small_by_partition: HashMap<String, (u64, u64)> = HashMap::new();
-    let files: Vec<(String, u64)> = snapshot
+    let files: Vec<(String, u64, u64, Option<u64>)> = snapshot
         .snapshot()
         .file_views(log_store.as_ref(), None)
-        .map_ok(|f| (f.path().to_string(), f.size().max(0) as u64))
+        .map_ok(|f| {
+            (
+                f.path().to_string(),
+                f.size().max(0) as u64,
+                f.num_records().unwrap_or_default() as u64,
+                f.deletion_vector_descriptor()
+                    .map(|d| d.cardinality.max(0) as u64),
+            )
+        })
         .try_collect()
         .await
         .map_err(MaintenanceError::delta(&uri))?;
-    for (path, size) in files {
+    for (path, size, rows, deleted) in files {
         summary.files += 1;
         summary.bytes += size;
+        summary.rows += rows;
+        if let Some(deleted) = deleted {
+            summary.files_with_vectors += 1;
+            summary.deleted_rows += deleted;
+        }
         if size < target {
             summary.small_files += 1;
             summary.small_bytes += size;

@@ -149,6 +149,20 @@ async fn merge_on_read_windows_update_delete_and_reinsert_rewriting_no_file() {
     );
     let keys = verified_clean(&cfg).await;
     assert_eq!(total(&keys, |p| p.keys), 39);
+    // status counts the rows the vectors delete: 56 written (40, then 1, 2,
+    // 1, 11 and 1 a window), 17 superseded or deleted, 39 live.
+    let status = tributary::ops::status::status(&cfg, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.files.rows, status.files.deleted_rows),
+        (56, 17),
+        "{:?}",
+        status.files
+    );
+    assert!(status.files.files_with_vectors > 0);
+    let text = tributary::ops::status::render(&status);
+    assert!(text.contains("deleted      17 of 56 rows (30.4%)"), "{text}");
 }
 
 /// One integer key column (the index's exact path, 8 bytes a row): `verify`

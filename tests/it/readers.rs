@@ -156,9 +156,21 @@ fn read_back(s: &Scenario, python: &str, expected: &[serde_json::Value]) -> serd
 /// every key still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upserted_tables_read_back_exactly_by_duckdb_and_spark() {
+    upserted_table_read_back("readers-upsert", "").await;
+}
+
+/// The same table written merge-on-read: every reader reads it exactly with
+/// its deletion vectors, and again after compaction and vacuum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_on_read_tables_read_back_exactly_by_duckdb_sail_spark_and_trino() {
+    upserted_table_read_back("readers-mor", "\nupsert_strategy = \"merge-on-read\"").await;
+}
+
+/// The upsert readers scenario on a table with `strategy` lines.
+async fn upserted_table_read_back(name: &str, strategy: &str) {
     let python = std::env::var("TRIBUTARY_TEST_PYTHON")
         .expect("TRIBUTARY_TEST_PYTHON is set by tests/run.sh (the readers' interpreter)");
-    let s = Scenario::new("readers-upsert", 2).await;
+    let s = Scenario::new(name, 2).await;
     let schema =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/readers_compat.json");
     let toml = s
@@ -166,7 +178,7 @@ async fn upserted_tables_read_back_exactly_by_duckdb_and_spark() {
         .replace(&demo_schema_path().display().to_string(), &schema.display().to_string())
         .replace(
             "compression = \"zstd(1)\"",
-            "compression = \"zstd(1)\"\nmode = \"upsert\"\nkey = [\"_key\"]\npartition_by = [\"country\"]\n[table.properties]\n\"delta.checkpointInterval\" = \"3\"",
+            &format!("compression = \"zstd(1)\"\nmode = \"upsert\"\nkey = [\"_key\"]\npartition_by = [\"country\"]{strategy}\n[table.properties]\n\"delta.checkpointInterval\" = \"3\""),
         );
     let mut run = start(parse_config(&toml));
     let producer = producer(&s.servers.brokers);
@@ -209,7 +221,23 @@ async fn upserted_tables_read_back_exactly_by_duckdb_and_spark() {
     }
     run.committed(&s.topic, &last_offsets(&produced)).await;
     run.stop().await;
+    let expected: Vec<serde_json::Value> = last.into_values().flatten().collect();
+    assert_eq!(expected.len(), 120 - 12 + 1);
     let t = s.table().await.unwrap();
+    let vectors = t
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .filter(|f| f.deletion_vector_descriptor().is_some())
+        .count();
+    if strategy.is_empty() {
+        assert_eq!(vectors, 0, "copy-on-write writes no deletion vector");
+    } else {
+        assert!(vectors > 0, "merge-on-read deleted rows by vectors");
+        let summary = read_back(&s, &python, &expected);
+        check_readers(&summary, expected.len());
+    }
     let compact = Compact::new(t, None);
     let plan = compact.plan().await.unwrap();
     compact.execute(plan).await.unwrap();
@@ -235,11 +263,14 @@ async fn upserted_tables_read_back_exactly_by_duckdb_and_spark() {
     assert_eq!(stored, last_offsets(&produced));
     assert_eq!(status.total_lag, 0);
 
-    let expected: Vec<serde_json::Value> = last.into_values().flatten().collect();
-    assert_eq!(expected.len(), 120 - 12 + 1);
     let summary = read_back(&s, &python, &expected);
+    check_readers(&summary, expected.len());
+}
+
+/// Every reader read `rows` rows and none differs from what was produced.
+fn check_readers(summary: &serde_json::Value, rows: usize) {
     for reader in ["duckdb", "spark_sail", "spark_delta", "trino"] {
-        assert_eq!(summary[reader]["rows"], expected.len(), "{summary}");
+        assert_eq!(summary[reader]["rows"], rows, "{summary}");
         assert_eq!(summary[reader]["mismatches"], 0, "{summary}");
     }
 }
