@@ -162,7 +162,10 @@ async fn merge_on_read_windows_update_delete_and_reinsert_rewriting_no_file() {
     );
     assert!(status.files.files_with_vectors > 0);
     let text = tributary::ops::status::render(&status);
-    assert!(text.contains("deleted      17 of 56 rows (30.4%)"), "{text}");
+    assert!(
+        text.contains("deleted      17 of 56 rows (30.4%)"),
+        "{text}"
+    );
 }
 
 /// One integer key column (the index's exact path, 8 bytes a row): `verify`
