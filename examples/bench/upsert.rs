@@ -102,9 +102,9 @@ impl Keyed {
 /// stored; in upsert mode keyed by them.
 pub fn table_lines(owned: bool, upsert: bool, on_read: bool) -> String {
     let mut lines = String::new();
-    if on_read {
-        // The table's strategy, set from the load on: the load is an append,
-        // and the table is upgraded when the upsert daemon opens it.
+    if on_read && upsert {
+        // The load is an append table; the upsert daemon upgrades the table
+        // when it opens it.
         lines.push_str("upsert_strategy = \"merge-on-read\"\n");
     }
     if upsert {
